@@ -1,0 +1,44 @@
+# Two entry points matter: `make demo` (main job on the embedded defaults) and `make test`.
+# Both create .venv and install everything the first time; later runs reuse it.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.metallmix-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint typecheck studio mlflow-ui bench-lodo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade "pip>=24" wheel
+	$(BIN)/python -m pip install -e ".[all]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/metallmix demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/python scripts/typecheck.py
+
+studio: $(STAMP)
+	$(BIN)/langgraph dev --host 127.0.0.1 --port 2024 --no-browser
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
+		--default-artifact-root mlruns/artifacts --host 127.0.0.1 --port 5000
+
+bench-lodo: $(STAMP)
+	$(BIN)/metallmix bench lodo --kb ../shared/data/quicktune/extended
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""LLM nodes of the recommendation graph. Installed as ``metallmix.agents``."""

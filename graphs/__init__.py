@@ -1,0 +1,1 @@
+"""Graph state and wiring (LangGraph). Installed as ``metallmix.graphs``."""

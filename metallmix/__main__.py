@@ -1,0 +1,5 @@
+import sys
+
+from metallmix.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared output conventions of every CLI verb.
+
+``--json`` prints exactly one JSON document on stdout; everything else (logs, progress,
+tables) goes to stderr or, without ``--json``, is rendered for people on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
+    """Print ``result`` as JSON, or call ``render`` for a human-readable view."""
+    if as_json or render is None:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        render(stdout)
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance

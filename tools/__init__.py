@@ -1,0 +1,2 @@
+"""Deterministic capabilities: datasets, meta-features, knowledge base, meta-learner, retrieval,
+training. Installed as ``metallmix.tools``."""

@@ -1,0 +1,43 @@
+"""Flat tabular view of the knowledge base, the input of the meta-learner and the exports.
+
+Column prefixes keep the origin of each column obvious: ``mf_`` meta-features,
+``hp_`` hyperparameters (``hp_x_`` for the open remainder), ``out_`` outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from metallmix.tools.kb.records import RunRecord
+
+ID_COLUMNS = ["run_id", "source", "dataset", "dataset_group", "model", "pretrained", "status"]
+
+
+def record_to_row(record: RunRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_id": record.run_id,
+        "source": record.source,
+        "dataset": record.dataset,
+        "dataset_group": record.dataset_group,
+        "model": record.model,
+        "pretrained": record.pretrained,
+        "status": record.status,
+        "seed": record.seed,
+        "mf_modality": record.meta_features.modality,
+    }
+    row.update({f"mf_{k}": v for k, v in record.meta_features.numeric().items()})
+    row.update({f"hp_{k}": v for k, v in record.hyperparameters.flat().items()})
+    outcomes = record.outcomes.model_dump(exclude={"learning_curve"})
+    row.update({f"out_{k}": v for k, v in outcomes.items()})
+    return row
+
+
+def records_to_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run; an empty frame still has the identifying columns."""
+    rows = [record_to_row(r) for r in records]
+    if not rows:
+        return pd.DataFrame(columns=ID_COLUMNS)
+    return pd.DataFrame(rows)

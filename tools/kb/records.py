@@ -1,0 +1,134 @@
+"""The one record type of the knowledge base: a single training run and its outcome.
+
+Every source (our own runs, Quick-Tune, MLflow history, CSV) is converted to
+:class:`RunRecord` so that the meta-learner and retrieval see one shape. Accuracies are
+fractions in [0, 1] whatever the source reported; provenance says where each row came from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from metallmix.tools.metafeatures import MetaFeatures
+
+KB_SCHEMA_VERSION = 1
+
+Source = Literal["own", "quicktune", "mlflow", "csv"]
+Status = Literal["ok", "failed", "diverged"]
+Scalar = float | int | str | bool | None
+
+
+class Hyperparameters(BaseModel):
+    """A typed core of the hyperparameters every source can express, plus an open remainder.
+
+    Core fields are optional because public meta-datasets do not record all of them;
+    ``extra`` keeps everything else (mixup, layer decay, ...) without losing it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    optimizer: str | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    epochs: int | None = Field(default=None, ge=1)
+    scheduler: str | None = None
+    augmentation: str | None = None
+    image_size: int | None = Field(default=None, ge=1)
+    label_smoothing: float | None = Field(default=None, ge=0, le=1)
+    dropout: float | None = Field(default=None, ge=0, le=1)
+    extra: dict[str, Scalar] = Field(default_factory=dict)
+
+    CORE: tuple[str, ...] = (
+        "lr",
+        "batch_size",
+        "optimizer",
+        "weight_decay",
+        "epochs",
+        "scheduler",
+        "augmentation",
+        "image_size",
+        "label_smoothing",
+        "dropout",
+    )
+
+    def flat(self) -> dict[str, Scalar]:
+        """Core and extra merged into one flat mapping (extra keys prefixed ``x_``)."""
+        out: dict[str, Scalar] = {k: getattr(self, k) for k in self.CORE}
+        out.update({f"x_{k}": v for k, v in self.extra.items()})
+        return out
+
+
+class Outcomes(BaseModel):
+    """What the run achieved and what it cost. Accuracies are fractions in [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    val_accuracy: float | None = Field(default=None, ge=0, le=1)
+    test_accuracy: float | None = Field(default=None, ge=0, le=1)
+    macro_f1: float | None = Field(default=None, ge=0, le=1)
+    balanced_accuracy: float | None = Field(default=None, ge=0, le=1)
+    train_seconds: float | None = Field(default=None, ge=0)
+    seconds_per_epoch: float | None = Field(default=None, ge=0)
+    epochs_run: int | None = Field(default=None, ge=0)
+    learning_curve: list[float] = Field(
+        default_factory=list, description="validation accuracy per epoch, fractions"
+    )
+
+
+class Provenance(BaseModel):
+    """Where a record came from, precisely enough to find the original again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    public_source: str | None = None
+    file: str | None = None
+    row: int | str | None = None
+    dataset_source_repo: str | None = None
+    dataset_source_commit: str | None = None
+    code_version: str | None = None
+    notes: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class RunRecord(BaseModel):
+    """One training run: dataset description, configuration, outcome, provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(min_length=1)
+    source: Source
+    provenance: Provenance = Field(default_factory=Provenance)
+    dataset: str = Field(min_length=1, description="task name, e.g. 'breastmnist/sub200'")
+    dataset_group: str = Field(
+        default="",
+        description="origin dataset; derived tasks share it, so leave-one-dataset-out holds "
+        "out the whole group. Defaults to ``dataset``.",
+    )
+    meta_features: MetaFeatures
+    model: str = Field(min_length=1, description="timm model name")
+    pretrained: bool = False
+    weights_tag: str | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    outcomes: Outcomes = Field(default_factory=Outcomes)
+    status: Status = "ok"
+    seed: int | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("dataset_group", mode="after")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.dataset_group:
+            object.__setattr__(self, "dataset_group", self.dataset)
+
+    @property
+    def score(self) -> float | None:
+        """The accuracy the meta-learner learns from: final validation accuracy."""
+        return self.outcomes.val_accuracy

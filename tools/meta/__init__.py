@@ -1,0 +1,1 @@
+"""Meta-learner, SHAP explanations, retrieval and candidate shortlists."""

@@ -1,0 +1,1 @@
+"""Training harness: timm fine-tuning, MLflow logging, Optuna searches, KB builds."""
