@@ -3,7 +3,9 @@
 The paper's seven (size, classes, imbalance, entropy, resolution, class-size statistics,
 modality) plus cheap extras. They are always computed on the *training* split so that a
 recommendation never peeks at validation or test data. The model is versioned: records in
-the knowledge base carry the version they were computed with.
+the knowledge base carry the version they were computed with. Class-distribution fields are
+optional because public meta-datasets often publish only size, classes and resolution;
+unknown stays ``None`` (NaN for the meta-learner) rather than an invented value.
 """
 
 from __future__ import annotations
@@ -21,21 +23,27 @@ class MetaFeatures(BaseModel):
     version: int = META_FEATURES_VERSION
     n_images: int = Field(ge=0, description="number of training images")
     n_classes: int = Field(ge=1, description="number of classes present in training")
-    imbalance_ratio: float = Field(ge=1.0, description="largest / smallest class size")
-    class_entropy: float = Field(ge=0.0, description="Shannon entropy of class sizes, bits")
-    normalized_entropy: float = Field(
-        ge=0.0, le=1.0, description="class entropy / log2(n_classes); 1 = balanced"
+    imbalance_ratio: float | None = Field(
+        default=None, ge=1.0, description="largest / smallest class size"
+    )
+    class_entropy: float | None = Field(
+        default=None, ge=0.0, description="Shannon entropy of class sizes, bits"
+    )
+    normalized_entropy: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="class entropy / log2(n_classes); 1 = balanced"
     )
     resolution_h: float = Field(gt=0, description="median image height, pixels")
     resolution_w: float = Field(gt=0, description="median image width, pixels")
     channels: int = Field(ge=1, description="image channels (1 grey, 3 RGB)")
     class_size_mean: float = Field(ge=0)
-    class_size_std: float = Field(ge=0)
-    class_size_min: int = Field(ge=0)
-    class_size_max: int = Field(ge=0)
+    class_size_std: float | None = Field(default=None, ge=0)
+    class_size_min: int | None = Field(default=None, ge=0)
+    class_size_max: int | None = Field(default=None, ge=0)
     modality: str = Field(default="unknown", description="imaging modality, user-given")
     images_per_class: float = Field(ge=0, description="n_images / n_classes")
-    min_class_fraction: float = Field(ge=0, le=1, description="smallest class share")
+    min_class_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="smallest class share"
+    )
     pixel_mean: float | None = Field(default=None, description="mean intensity in [0, 1]")
     pixel_std: float | None = Field(default=None, description="intensity std in [0, 1]")
 
