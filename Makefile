@@ -11,7 +11,6 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade "pip>=24" wheel
 	$(BIN)/python -m pip install -e ".[all]"
 	@touch $(STAMP)
 
