@@ -8,7 +8,7 @@ fractions in [0, 1] whatever the source reported; provenance says where each row
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,7 +42,8 @@ class Hyperparameters(BaseModel):
     dropout: float | None = Field(default=None, ge=0, le=1)
     extra: dict[str, Scalar] = Field(default_factory=dict)
 
-    CORE: tuple[str, ...] = (
+    # ClassVar: a constant of the class, not a field (else it is serialised into every record).
+    CORE: ClassVar[tuple[str, ...]] = (
         "lr",
         "batch_size",
         "optimizer",
