@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metallmix.cli.output import JsonOption, emit
-from metallmix.tools.kb.store import open_kb
+from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.tools.kb.store import AddResult, open_kb
 
 kb_app = typer.Typer(help="Inspect and grow the knowledge base.", no_args_is_help=True)
 
@@ -40,6 +40,50 @@ def info(kb: Path | None = KbOption, as_json: bool = JsonOption) -> None:
             console.print(table)
 
     emit(summary.to_dict(), as_json, render)
+
+
+def _report(result: AddResult, extra: dict[str, object], as_json: bool, what: str) -> None:
+    """The summary every import prints: inserted, skipped, plus command-specific fields."""
+    summary: dict[str, object] = {"inserted": result.inserted, "skipped": result.skipped, **extra}
+
+    def render(console: Console) -> None:
+        console.print(
+            f"{what}: [bold]{result.inserted}[/bold] inserted, {result.skipped} skipped "
+            "(already in the knowledge base)"
+        )
+        for key, value in extra.items():
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            console.print(f"{key}: {value}")
+
+    emit(summary, as_json, render)
+
+
+@kb_app.command("import-quicktune")
+def import_quicktune_cmd(
+    root: Path = typer.Argument(..., help="Quick-Tune version folder (holds table.csv)."),
+    datasets: str | None = typer.Option(
+        None, "--datasets", help="Comma-separated subset of datasets, e.g. BRD,AWA."
+    ),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import the public Quick-Tune meta-dataset (idempotent: re-running inserts nothing)."""
+    from metallmix.tools.kb.quicktune import read_quicktune
+
+    store = open_kb(kb)
+    source = read_quicktune(root)
+    chosen = source.select(datasets.split(",") if datasets else None)
+    with progress(f"reading Quick-Tune {source.version}", source.count(chosen)) as advance:
+        records = source.records(chosen, on_record=advance)
+    stderr.print(f"writing {len(records)} runs to {store.location}")
+    result = store.add(records)
+    _report(
+        result,
+        {"datasets": chosen, "version": source.version, "kb": store.location},
+        as_json,
+        f"Quick-Tune {source.version}",
+    )
 
 
 def register(app: typer.Typer) -> None:
