@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import AddResult, open_kb
 
 kb_app = typer.Typer(help="Inspect and grow the knowledge base.", no_args_is_help=True)
@@ -84,6 +85,64 @@ def import_quicktune_cmd(
         as_json,
         f"Quick-Tune {source.version}",
     )
+
+
+def _add_all(store_spec: Path | None, records: list[RunRecord], what: str) -> AddResult:
+    """One transaction for the whole batch: a failure leaves the KB as it was."""
+    store = open_kb(store_spec)
+    with progress(f"writing {what}", len(records)) as advance:
+        result = store.add(records)
+        advance(len(records))
+    return result
+
+
+@kb_app.command("import-csv")
+def import_csv_cmd(
+    file: Path = typer.Argument(..., help="CSV in the column layout of `kb export`."),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import runs from a CSV (source 'csv' unless a source column says otherwise)."""
+    from metallmix.tools.kb.tabular import import_csv
+
+    records = import_csv(file)
+    result = _add_all(kb, records, f"{len(records)} runs from {file.name}")
+    _report(result, {"file": str(file), "rows": len(records)}, as_json, str(file))
+
+
+@kb_app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., help="An export of `kb export` (.csv or .parquet)."),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import an export (.csv or .parquet) back, record for record."""
+    from metallmix.tools.kb.tabular import read_records
+
+    records = read_records(file)
+    result = _add_all(kb, records, f"{len(records)} runs from {file.name}")
+    _report(result, {"file": str(file), "rows": len(records)}, as_json, str(file))
+
+
+@kb_app.command("export")
+def export_cmd(
+    file: Path = typer.Argument(..., help="Target file, .csv or .parquet."),
+    source: str | None = typer.Option(None, "--source", help="Only runs of this source."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Only runs of this dataset."),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Export the knowledge base (all fields, lossless) to CSV or Parquet."""
+    from metallmix.tools.kb.tabular import check_format, export_records
+
+    check_format(file)
+    store = open_kb(kb)
+    records = store.records(source=source, dataset=dataset)
+    with progress(f"exporting to {file.name}", len(records)) as advance:
+        count = export_records(records, file)
+        advance(count)
+    summary = {"file": str(file), "rows": count, "kb": store.location}
+    emit(summary, as_json, lambda console: console.print(f"exported {count} runs to {file}"))
 
 
 def register(app: typer.Typer) -> None:
