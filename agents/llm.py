@@ -1,0 +1,288 @@
+"""The local LLM behind the recommender and the judge: llama.cpp on the CPU, no cloud.
+
+Nodes code against :class:`ChatLLM`, so unit tests can swap in
+:class:`metallmix.agents.fake_llm.ScriptedLLM` while production uses :class:`LocalLLM`.
+Weights are resolved and sha256-verified by :mod:`metallmix.agents.llm_weights` before
+llama.cpp sees them; loaded models are cached per process so a second recommendation is warm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
+
+from metallmix.errors import MetaLLMiXError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from metallmix.agents.llm_weights import ResolvedWeights
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_THREADS = 2
+# llama.cpp keeps the KV state of earlier prompts here, so the judge re-reading the
+# recommender's context (same system prompt, same facts) skips most of the prompt eval.
+PROMPT_CACHE_BYTES = 512 << 20
+
+
+class LLMOutputError(MetaLLMiXError):
+    """The model answered, but not with what was asked (invalid JSON, wrong fields, cut off).
+
+    ``raw`` keeps the model's text so it can be logged to MLflow and shown to the user.
+    """
+
+    def __init__(self, message: str, raw: str) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+@runtime_checkable
+class ChatLLM(Protocol):
+    """What an agent node needs from a language model."""
+
+    name: str
+    sha256: str
+    last_raw: str
+    last_usage: dict[str, float]
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> str: ...
+
+    def chat_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: type[M],
+        *,
+        max_tokens: int = 768,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> M: ...
+
+
+def parse_json_output(raw: str, schema: type[M], *, truncated: bool = False) -> M:
+    """Validate the model's text against ``schema``; LLMOutputError carries the raw text.
+
+    Shared by the real and the scripted model so both fail the same way on the same text.
+    """
+    snippet = raw if len(raw) <= 300 else raw[:300] + "..."
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "<root>"
+        hint = " (the answer hit max_tokens and was cut off: raise max_tokens)" if truncated else ""
+        raise LLMOutputError(
+            f"the LLM's answer is not a valid {schema.__name__}{hint}: "
+            f"{where}: {first.get('msg', exc)}; raw answer: {snippet!r}",
+            raw,
+        ) from exc
+
+
+def schema_for(schema: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema llama.cpp turns into a grammar, so output is valid JSON by construction."""
+    return schema.model_json_schema()
+
+
+def default_threads() -> int:
+    """``METALLMIX_LLM_THREADS`` or 2: the box the recommender runs on is small."""
+    value = os.environ.get("METALLMIX_LLM_THREADS")
+    if not value:
+        return DEFAULT_THREADS
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise MetaLLMiXError(
+            f"METALLMIX_LLM_THREADS={value!r} is not a positive integer: set it to e.g. 2"
+        )
+    return threads
+
+
+class LocalLLM:
+    """A verified GGUF loaded into llama.cpp; implements :class:`ChatLLM`.
+
+    Calls are serialised with a lock because a llama.cpp context is not thread-safe and
+    LangGraph may run nodes from worker threads.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        sha256: str,
+        threads: int = DEFAULT_THREADS,
+        n_ctx: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        try:
+            from llama_cpp import Llama, LlamaRAMCache
+        except ImportError as exc:
+            raise ModelUnavailableError(
+                "llama-cpp-python is not installed: pip install 'metallmix[llm]' "
+                "(builds llama.cpp from source, 11-28 minutes on 2 cores)"
+            ) from exc
+        self.name = name
+        self.sha256 = sha256
+        self.path = Path(path)
+        self.threads = threads
+        self.n_ctx = n_ctx
+        self.seed = seed
+        self.last_raw = ""
+        self.last_usage: dict[str, float] = {}
+        self._lock = threading.Lock()
+        started = time.perf_counter()
+        try:
+            self._llama = Llama(
+                model_path=str(self.path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=seed,
+                verbose=False,
+            )
+        except ValueError as exc:  # llama.cpp reports unreadable files as ValueError
+            raise ModelUnavailableError(
+                f"llama.cpp could not load {self.path}: {exc}; "
+                "check the file with `metallmix llm check`"
+            ) from exc
+        self._llama.set_cache(LlamaRAMCache(capacity_bytes=PROMPT_CACHE_BYTES))
+        self.load_seconds = time.perf_counter() - started
+
+    def __repr__(self) -> str:
+        return f"LocalLLM(name={self.name!r}, threads={self.threads}, n_ctx={self.n_ctx})"
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> str:
+        text, _ = self._complete(messages, None, max_tokens, temperature, seed)
+        return text
+
+    def chat_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: type[M],
+        *,
+        max_tokens: int = 768,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> M:
+        response_format = {"type": "json_object", "schema": schema_for(schema)}
+        text, finish = self._complete(messages, response_format, max_tokens, temperature, seed)
+        return parse_json_output(text, schema, truncated=finish == "length")
+
+    def _complete(
+        self,
+        messages: list[dict[str, str]],
+        response_format: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> tuple[str, str]:
+        """One chat completion; records the raw text and prompt/generation timings."""
+        _check_messages(messages)
+        import llama_cpp
+
+        with self._lock:
+            ctx = self._llama.ctx
+            llama_cpp.llama_perf_context_reset(ctx)
+            started = time.perf_counter()
+            response: Any = self._llama.create_chat_completion(
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                response_format=response_format,  # type: ignore[arg-type]
+            )
+            seconds = time.perf_counter() - started
+            perf = llama_cpp.llama_perf_context(ctx)
+        choice = response["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = response.get("usage") or {}
+        self.last_raw = text
+        self.last_usage = {
+            "prompt_tokens": float(usage.get("prompt_tokens", 0)),
+            "completion_tokens": float(usage.get("completion_tokens", 0)),
+            "seconds": seconds,
+            # What llama.cpp actually evaluated: fewer prompt tokens than sent on a cache hit.
+            "prompt_eval_tokens": float(perf.n_p_eval),
+            "prompt_eval_seconds": perf.t_p_eval_ms / 1000.0,
+            "gen_tokens": float(perf.n_eval),
+            "gen_seconds": perf.t_eval_ms / 1000.0,
+        }
+        return text, str(choice.get("finish_reason") or "")
+
+
+def _check_messages(messages: list[dict[str, str]]) -> None:
+    """Catch malformed prompts here, with a message, rather than deep inside llama.cpp."""
+    if not messages:
+        raise MetaLLMiXError("no messages given to the LLM: pass at least one user message")
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in {"system", "user", "assistant"} or not isinstance(content, str):
+            raise MetaLLMiXError(
+                f"message {i} is {json.dumps(message)[:120]}: each message needs a role "
+                "(system, user or assistant) and a string content"
+            )
+
+
+_LOADED: dict[tuple[str, int, int], LocalLLM] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_llm(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    threads: int | None = None,
+    n_ctx: int = 4096,
+    seed: int = 0,
+    allow_download: bool | None = None,
+) -> LocalLLM:
+    """A loaded, verified local LLM; reused within the process per (file, threads, n_ctx).
+
+    ``name_or_path``: a registry name (``qwen2.5-coder-1.5b``), a profile (``default``,
+    ``fast``), a ``.gguf`` path, or None for ``METALLMIX_LLM`` / the bundled default.
+    """
+    from metallmix.agents.llm_weights import resolve_weights
+
+    weights: ResolvedWeights = resolve_weights(name_or_path, allow_download=allow_download)
+    threads = threads or default_threads()
+    key = (str(weights.path.resolve()), threads, n_ctx)
+    with _LOADED_LOCK:
+        llm = _LOADED.get(key)
+        if llm is None:
+            llm = LocalLLM(
+                weights.path,
+                name=weights.name,
+                sha256=weights.sha256,
+                threads=threads,
+                n_ctx=n_ctx,
+                seed=seed,
+            )
+            _LOADED[key] = llm
+    return llm
+
+
+def unload_all() -> None:
+    """Drop the process-wide model cache (frees memory; used by benchmarks for cold loads)."""
+    with _LOADED_LOCK:
+        for llm in _LOADED.values():
+            llm._llama.close()
+        _LOADED.clear()
