@@ -53,6 +53,8 @@ def _report(result: AddResult, extra: dict[str, object], as_json: bool, what: st
             "(already in the knowledge base)"
         )
         for key, value in extra.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                continue  # detail for --json; already reported on stderr
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
             console.print(f"{key}: {value}")
@@ -143,6 +145,36 @@ def export_cmd(
         advance(count)
     summary = {"file": str(file), "rows": count, "kb": store.location}
     emit(summary, as_json, lambda console: console.print(f"exported {count} runs to {file}"))
+
+
+@kb_app.command("import-mlflow")
+def import_mlflow_cmd(
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or local)."
+    ),
+    experiment: list[str] | None = typer.Option(
+        None, "--experiment", help="Experiment name; repeat for several (default: all)."
+    ),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import training runs from an MLflow tracking store."""
+    from metallmix import config
+    from metallmix.tools.kb.mlflow_import import scan_mlflow
+
+    uri = tracking_uri or config.tracking_uri()
+    with progress(f"reading MLflow runs from {uri}", None) as advance:
+        scan = scan_mlflow(uri, list(experiment) if experiment else None, on_run=advance)
+    for run_id, reason in scan.skipped:
+        stderr.print(f"skipped MLflow run {run_id}: {reason}")
+    result = _add_all(kb, scan.records, f"{len(scan.records)} MLflow runs")
+    extra = {
+        "tracking_uri": uri,
+        "experiments": scan.experiments,
+        "not_importable": len(scan.skipped),
+        "not_importable_runs": [{"run_id": r, "reason": why} for r, why in scan.skipped],
+    }
+    _report(result, extra, as_json, f"MLflow {uri}")
 
 
 def register(app: typer.Typer) -> None:

@@ -55,12 +55,12 @@ class Column:
     kind: Kind
 
 
-def _kind(annotation: Any) -> Kind:
+def field_kind(annotation: Any) -> Kind:
     """The encoding of a field from its type: one scalar type, else JSON."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _kind(args[0]) if len(args) == 1 else "json"
+        return field_kind(args[0]) if len(args) == 1 else "json"
     if origin is Literal:
         values = typing.get_args(annotation)
         return "str" if all(isinstance(v, str) for v in values) else "json"
@@ -83,9 +83,9 @@ def columns() -> list[Column]:
             assert isinstance(model, type) and issubclass(model, BaseModel)
             prefix = NESTED_PREFIXES[name]
             for sub, sub_info in model.model_fields.items():
-                out.append(Column(f"{prefix}{sub}", name, sub, _kind(sub_info.annotation)))
+                out.append(Column(f"{prefix}{sub}", name, sub, field_kind(sub_info.annotation)))
         else:
-            out.append(Column(name, None, name, _kind(info.annotation)))
+            out.append(Column(name, None, name, field_kind(info.annotation)))
     return out
 
 
