@@ -1,0 +1,353 @@
+"""The meta-learner: XGBoost models that predict accuracy and cost of an unseen configuration.
+
+Raw accuracy mixes "how hard is this dataset" with "how good is this configuration", and a
+recommender only needs the second. So the model that *ranks* candidates is trained on one of
+three targets (compared by the leave-one-dataset-out benchmark, see ``bench/results``):
+
+- ``raw``: validation accuracy as is;
+- ``normalized``: accuracy min-max scaled within each training dataset;
+- ``rank``: XGBoost's pairwise ranking objective with one query group per dataset.
+
+Whatever ranks, the *numbers* shown to people come from a plain accuracy regressor (the
+predicted accuracy, fraction) and a quantile regressor (10th / 90th percentile: the
+uncertainty band), plus a cost regressor on log seconds. Everything is saved in XGBoost's
+JSON format with a JSON sidecar, never pickled, and cached per KB content hash so a KB that
+did not change is never refitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from pydantic import BaseModel, ConfigDict, Field
+
+from metallmix import config
+from metallmix.errors import KnowledgeBaseError, ModelUnavailableError
+from metallmix.tools.kb.frame import records_to_frame
+from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
+
+Objective = Literal["raw", "normalized", "rank"]
+OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank")
+# Chosen by the LODO benchmark on Quick-Tune (bench/results/lodo_quicktune.md).
+DEFAULT_OBJECTIVE: Objective = "normalized"
+MIN_TRAINING_ROWS = 8
+MIN_COST_ROWS = 8
+
+
+class MetaLearnerConfig(BaseModel):
+    """Hyperparameters of the meta-learner itself; small on purpose (2 shared CPU cores)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    objective: Objective = DEFAULT_OBJECTIVE
+    n_estimators: int = Field(default=300, ge=1)
+    max_depth: int = Field(default=5, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.8, gt=0, le=1)
+    min_child_weight: float = Field(default=1.0, ge=0)
+    quantiles: tuple[float, float] = (0.1, 0.9)
+    nthread: int = Field(default=2, ge=1)
+    seed: int = 0
+    with_uncertainty: bool = True
+    with_cost: bool = True
+
+    def xgb_params(self, objective: str) -> dict[str, object]:
+        return {
+            "objective": objective,
+            "tree_method": "hist",
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+            "nthread": self.nthread,
+            "seed": self.seed,
+            "verbosity": 0,
+        }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-row predictions; accuracies are fractions, seconds may be NaN (no cost model)."""
+
+    score: np.ndarray
+    accuracy: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    seconds: np.ndarray
+
+
+def training_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows the meta-learner can learn from: finished runs with a validation accuracy."""
+    if frame.empty or "out_val_accuracy" not in frame:
+        return frame.iloc[0:0]
+    ok = (frame["status"] == "ok") & frame["out_val_accuracy"].notna()
+    return frame.loc[ok].reset_index(drop=True)
+
+
+def normalized_target(frame: pd.DataFrame) -> np.ndarray:
+    """Accuracy min-max scaled within each dataset (0 worst, 1 best; 0.5 when constant)."""
+    acc = frame["out_val_accuracy"].astype(float)
+    grouped = acc.groupby(frame["dataset"])
+    low, high = grouped.transform("min"), grouped.transform("max")
+    span = (high - low).to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(span > 0, (acc.to_numpy() - low.to_numpy()) / span, 0.5)
+    return norm
+
+
+class MetaLearner:
+    """Fitted encoder + boosters. Build with :meth:`fit`, :meth:`load` or :func:`fit_or_load`."""
+
+    def __init__(
+        self,
+        encoder: FeatureEncoder,
+        cfg: MetaLearnerConfig,
+        accuracy: xgb.Booster,
+        *,
+        score: xgb.Booster | None = None,
+        quantile: xgb.Booster | None = None,
+        cost: xgb.Booster | None = None,
+        info: dict[str, object] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.config = cfg
+        self.accuracy_booster = accuracy
+        self.score_booster = score
+        self.quantile_booster = quantile
+        self.cost_booster = cost
+        self.info: dict[str, object] = dict(info or {})
+
+    # ---------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls, data: pd.DataFrame | Iterable[RunRecord], cfg: MetaLearnerConfig | None = None
+    ) -> MetaLearner:
+        """Fit on KB rows (a ``records_to_frame`` frame or records)."""
+        cfg = cfg or MetaLearnerConfig()
+        frame = data if isinstance(data, pd.DataFrame) else records_to_frame(data)
+        rows = training_rows(frame)
+        if len(rows) < MIN_TRAINING_ROWS:
+            raise KnowledgeBaseError(
+                f"the knowledge base has {len(rows)} usable runs (status ok with a validation "
+                f"accuracy); the meta-learner needs at least {MIN_TRAINING_ROWS}. Import runs "
+                "with `metallmix kb import-quicktune` or train some with `metallmix train`"
+            )
+        encoder = FeatureEncoder.fit(rows)
+        x = encoder.transform(rows)
+        acc = rows["out_val_accuracy"].to_numpy(dtype=float)
+        n_rounds = cfg.n_estimators
+
+        def train(params: dict[str, object], label: np.ndarray, qid: np.ndarray | None = None):  # type: ignore[no-untyped-def]
+            dm = xgb.DMatrix(x, label=label, qid=qid, missing=np.nan)
+            return xgb.train(params, dm, num_boost_round=n_rounds)
+
+        accuracy = train(cfg.xgb_params("reg:squarederror"), acc)
+        score: xgb.Booster | None = None
+        if cfg.objective == "normalized":
+            score = train(cfg.xgb_params("reg:squarederror"), normalized_target(rows))
+        elif cfg.objective == "rank":
+            order = np.argsort(rows["dataset"].to_numpy(), kind="stable")
+            codes = pd.factorize(rows["dataset"].to_numpy()[order])[0]
+            dm = xgb.DMatrix(x[order], label=normalized_target(rows)[order], qid=codes)
+            score = xgb.train(cfg.xgb_params("rank:pairwise"), dm, num_boost_round=n_rounds)
+        quantile: xgb.Booster | None = None
+        if cfg.with_uncertainty:
+            params = cfg.xgb_params("reg:quantileerror")
+            params["quantile_alpha"] = list(cfg.quantiles)
+            quantile = train(params, acc)
+        cost: xgb.Booster | None = None
+        seconds = rows.get("out_train_seconds")
+        if cfg.with_cost and seconds is not None:
+            sec = pd.to_numeric(seconds, errors="coerce").to_numpy(dtype=float)
+            has = np.isfinite(sec) & (sec > 0)
+            if has.sum() >= MIN_COST_ROWS:
+                dm = xgb.DMatrix(x[has], label=np.log(sec[has]), missing=np.nan)
+                cost = xgb.train(cfg.xgb_params("reg:squarederror"), dm, num_boost_round=n_rounds)
+        info: dict[str, object] = {
+            "n_rows": len(rows),
+            "datasets": sorted(rows["dataset"].unique().tolist()),
+            "dataset_groups": sorted(rows["dataset_group"].unique().tolist()),
+            "run_ids_hash": _hash_strings(rows["run_id"].astype(str)),
+            "accuracy_median": float(np.median(acc)),
+        }
+        return cls(encoder, cfg, accuracy, score=score, quantile=quantile, cost=cost, info=info)
+
+    # ---------------------------------------------------------------- prediction
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.encoder.transform(frame)
+
+    def predict(self, frame: pd.DataFrame) -> Prediction:
+        """Predictions for candidate rows (columns as :func:`encoding.candidate_row`)."""
+        dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
+        acc = self.accuracy_booster.predict(dm).astype(float)
+        score = acc if self.score_booster is None else self.score_booster.predict(dm)
+        if self.quantile_booster is not None:
+            q = np.asarray(self.quantile_booster.predict(dm), dtype=float).reshape(len(acc), -1)
+            low = np.minimum(q[:, 0], acc)
+            high = np.maximum(q[:, -1], acc)
+        else:
+            low, high = acc.copy(), acc.copy()
+        if self.cost_booster is not None:
+            seconds = np.exp(self.cost_booster.predict(dm).astype(float))
+        else:
+            seconds = np.full(len(acc), np.nan)
+        return Prediction(
+            score=np.asarray(score, dtype=float),
+            accuracy=np.clip(acc, 0.0, 1.0),
+            low=np.clip(low, 0.0, 1.0),
+            high=np.clip(high, 0.0, 1.0),
+            seconds=seconds,
+        )
+
+    def contributions(self, frame: pd.DataFrame) -> tuple[np.ndarray, float]:
+        """TreeSHAP values of the accuracy model (rows x encoded columns) and the base value."""
+        import shap
+
+        explainer = shap.TreeExplainer(self.accuracy_booster)
+        values = np.asarray(explainer.shap_values(self.matrix(frame)), dtype=float)
+        base = float(np.ravel(explainer.expected_value)[0])
+        return values, base
+
+    @property
+    def version(self) -> str:
+        return f"xgb-{self.config.objective}-e{ENCODING_VERSION}-s{self.config.seed}"
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, directory: Path) -> Path:
+        """Write boosters (XGBoost JSON) and a JSON sidecar atomically into ``directory``."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        try:
+            boosters = {
+                "accuracy": self.accuracy_booster,
+                "score": self.score_booster,
+                "quantile": self.quantile_booster,
+                "cost": self.cost_booster,
+            }
+            for name, booster in boosters.items():
+                if booster is not None:
+                    booster.save_model(str(tmp / f"{name}.json"))
+            sidecar = {
+                "format": "metallmix-metalearner",
+                "encoding_version": ENCODING_VERSION,
+                "config": self.config.model_dump(mode="json"),
+                "encoder": self.encoder.model_dump(mode="json"),
+                "boosters": sorted(k for k, b in boosters.items() if b is not None),
+                "info": self.info,
+            }
+            (tmp / "metalearner.json").write_text(json.dumps(sidecar, indent=2, default=str))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> MetaLearner:
+        directory = Path(directory)
+        sidecar_path = directory / "metalearner.json"
+        try:
+            sidecar = json.loads(sidecar_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailableError(
+                f"cannot read the meta-learner sidecar {sidecar_path}: {exc}; delete the folder "
+                "to refit"
+            ) from exc
+        if sidecar.get("encoding_version") != ENCODING_VERSION:
+            raise ModelUnavailableError(
+                f"meta-learner in {directory} uses encoding v{sidecar.get('encoding_version')}, "
+                f"this version needs v{ENCODING_VERSION}; delete the folder to refit"
+            )
+        boosters: dict[str, xgb.Booster] = {}
+        for name in sidecar["boosters"]:
+            booster = xgb.Booster()
+            booster.load_model(str(directory / f"{name}.json"))
+            booster.set_param({"nthread": int(sidecar["config"].get("nthread", 2))})
+            boosters[name] = booster
+        return cls(
+            FeatureEncoder.model_validate(sidecar["encoder"]),
+            MetaLearnerConfig.model_validate(sidecar["config"]),
+            boosters["accuracy"],
+            score=boosters.get("score"),
+            quantile=boosters.get("quantile"),
+            cost=boosters.get("cost"),
+            info=sidecar.get("info", {}),
+        )
+
+
+def _hash_strings(values: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for value in sorted(values):
+        digest.update(value.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def cache_key(kb_hash: str, cfg: MetaLearnerConfig, exclude: Iterable[str] = ()) -> str:
+    """``<kb_hash>-<encoding_version>-<seed>`` (+ a short tag when not the default fit)."""
+    parts = cfg.model_dump(mode="json", exclude={"seed"})
+    tag_src = json.dumps({"cfg": parts, "exclude": sorted(exclude)}, sort_keys=True)
+    tag = hashlib.sha256(tag_src.encode()).hexdigest()[:8]
+    return f"{kb_hash}-{ENCODING_VERSION}-{cfg.seed}-{tag}"
+
+
+def fit_or_load(
+    kb: KnowledgeBase,
+    cfg: MetaLearnerConfig | None = None,
+    *,
+    exclude_datasets: Iterable[str] | None = None,
+    cache: Path | None = None,
+    records: list[RunRecord] | None = None,
+) -> MetaLearner:
+    """The meta-learner for the KB's current content: loaded from cache or fitted and cached.
+
+    ``exclude_datasets`` drops whole datasets (and their dataset groups) from training, e.g.
+    to recommend for a dataset that is itself in the KB without peeking at its runs.
+    """
+    cfg = cfg or MetaLearnerConfig()
+    excluded = set(exclude_datasets or ())
+    all_records = records if records is not None else list(kb.iter_records())
+    kb_hash = kb_content_hash(all_records)
+    root = (cache or config.cache_dir()) / "metalearner"
+    directory = root / cache_key(kb_hash, cfg, excluded)
+    if (directory / "metalearner.json").is_file():
+        try:
+            learner = MetaLearner.load(directory)
+            learner.info["kb_hash"] = kb_hash
+            learner.info["cached"] = True
+            return learner
+        except ModelUnavailableError:
+            pass  # stale or damaged cache: refit below
+    kept = [r for r in all_records if r.dataset not in excluded and r.dataset_group not in excluded]
+    learner = MetaLearner.fit(records_to_frame(kept), cfg)
+    learner.info["kb_hash"] = kb_hash
+    learner.info["excluded"] = sorted(excluded)
+    learner.save(directory)
+    learner.info["cached"] = False
+    return learner
+
+
+def kb_content_hash(records: Iterable[RunRecord]) -> str:
+    """Same digest as :meth:`KnowledgeBase.content_hash`, from records already in memory."""
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r.run_id):
+        digest.update(record.model_dump_json().encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,368 @@
+"""FAISS retrieval of the past experiments most similar to a new dataset.
+
+A dataset is embedded as its standardised meta-features (log scales for counts, one-hot
+modality, a constant bias so an "average" dataset is not a zero vector), L2-normalised so
+FAISS's inner product is the cosine similarity. Runs are embedded as their dataset's vector
+plus a down-weighted description of the configuration, so "runs like this one" also works.
+
+The index is saved with ``faiss.write_index`` (FAISS's own binary format) and a JSON
+sidecar, never pickled; it is rebuilt whenever the KB content hash changes. It lives beside
+a writable SQLite KB (``<kb>.sqlite.retrieval/``) and in the cache otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from metallmix import config
+from metallmix.errors import KnowledgeBaseError
+from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.store import KnowledgeBase, SQLiteKnowledgeBase
+from metallmix.tools.meta.contracts import SimilarRun
+from metallmix.tools.meta.encoding import model_arch, model_params_m
+from metallmix.tools.meta.metalearner import kb_content_hash
+from metallmix.tools.metafeatures import MetaFeatures
+
+RETRIEVAL_VERSION = 1
+_LOG_FEATURES = {
+    "n_images",
+    "n_classes",
+    "imbalance_ratio",
+    "class_size_mean",
+    "class_size_std",
+    "class_size_min",
+    "class_size_max",
+    "images_per_class",
+    "resolution_h",
+    "resolution_w",
+}
+_DATASET_FEATURES = [
+    "n_images",
+    "n_classes",
+    "imbalance_ratio",
+    "normalized_entropy",
+    "resolution_h",
+    "resolution_w",
+    "channels",
+    "class_size_mean",
+    "class_size_std",
+    "images_per_class",
+    "min_class_fraction",
+    "pixel_mean",
+    "pixel_std",
+]
+CONFIG_WEIGHT = 0.5
+MODALITY_WEIGHT = 1.5
+
+
+def _raw_vector(mf: MetaFeatures) -> np.ndarray:
+    values = mf.numeric()
+    out = []
+    for name in _DATASET_FEATURES:
+        v = values.get(name, math.nan)
+        if name in _LOG_FEATURES and not math.isnan(v):
+            v = math.log10(max(v, 0.0) + 1.0)
+        out.append(v)
+    return np.asarray(out, dtype=float)
+
+
+def config_vector(model: str, hp: Hyperparameters, pretrained: bool) -> np.ndarray:
+    """A small numeric description of a configuration (scales roughly comparable)."""
+
+    def log10(v: float | None, floor: float) -> float:
+        return math.log10(max(v, floor)) if v is not None else math.nan
+
+    params = model_params_m(model)
+    vec = [
+        log10(hp.lr, 1e-7) + 3.0,
+        log10(hp.weight_decay, 1e-8) / 3.0 + 1.5,
+        math.log2(hp.batch_size) - 6.0 if hp.batch_size else math.nan,
+        (hp.epochs - 10) / 10.0 if hp.epochs else math.nan,
+        math.log2(hp.image_size) - 6.0 if hp.image_size else math.nan,
+        (hp.label_smoothing or 0.0) * 5,
+        (hp.dropout or 0.0) * 3,
+        math.log10(params) - 1.0 if not math.isnan(params) else math.nan,
+        model_arch(model),
+        1.0 if pretrained else 0.0,
+    ]
+    return np.nan_to_num(np.asarray(vec, dtype=float), nan=0.0)
+
+
+class DatasetScaler(BaseModel):
+    """Standardisation fitted on one vector per KB dataset (big datasets do not dominate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: list[float]
+    std: list[float]
+    modalities: list[str]
+
+    @classmethod
+    def fit(cls, metas: Sequence[MetaFeatures]) -> DatasetScaler:
+        raw = np.vstack([_raw_vector(m) for m in metas]) if metas else np.zeros((0, 13))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
+            std = np.nanstd(raw, axis=0) if len(raw) else np.ones(raw.shape[1])
+        mean = np.nan_to_num(mean, nan=0.0)
+        std = np.where(np.isfinite(std) & (std > 1e-9), std, 1.0)
+        modalities = sorted({m.modality for m in metas})
+        return cls(mean=mean.tolist(), std=std.tolist(), modalities=modalities)
+
+    def embed(self, mf: MetaFeatures) -> np.ndarray:
+        z = (_raw_vector(mf) - np.asarray(self.mean)) / np.asarray(self.std)
+        z = np.nan_to_num(z, nan=0.0)
+        onehot = np.zeros(len(self.modalities) + 1)
+        idx = self.modalities.index(mf.modality) if mf.modality in self.modalities else -1
+        onehot[idx] = MODALITY_WEIGHT
+        return np.concatenate([z, onehot, [1.0]])
+
+
+def _normalise(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+class VectorIndex:
+    """Exact cosine search (``IndexFlatIP`` over L2-normalised vectors)."""
+
+    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexFlatIP(dim)
+
+    def add(self, vectors: np.ndarray) -> None:
+        self.index.add(_normalise(vectors))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(0, min(k, self.index.ntotal))
+        if k == 0:
+            return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), dtype=np.int64)
+        sims, ids = self.index.search(_normalise(np.atleast_2d(queries)), k)
+        return sims, ids
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+
+class RetrievalIndex:
+    """Dataset- and run-level indexes over one KB snapshot."""
+
+    def __init__(
+        self,
+        scaler: DatasetScaler,
+        datasets: list[str],
+        dataset_index: VectorIndex,
+        run_ids: list[str],
+        run_index: VectorIndex,
+        kb_hash: str,
+    ) -> None:
+        self.scaler = scaler
+        self.datasets = datasets
+        self.dataset_index = dataset_index
+        self.run_ids = run_ids
+        self.run_index = run_index
+        self.kb_hash = kb_hash
+        self._records: dict[str, RunRecord] = {}
+
+    @classmethod
+    def build(cls, records: Sequence[RunRecord], kb_hash: str | None = None) -> RetrievalIndex:
+        if not records:
+            raise KnowledgeBaseError(
+                "cannot build a retrieval index over an empty knowledge base; import runs first"
+            )
+        by_dataset: dict[str, MetaFeatures] = {}
+        for r in records:
+            by_dataset.setdefault(r.dataset, r.meta_features)
+        datasets = sorted(by_dataset)
+        scaler = DatasetScaler.fit([by_dataset[d] for d in datasets])
+        dvecs = np.vstack([scaler.embed(by_dataset[d]) for d in datasets])
+        dindex = VectorIndex(dvecs.shape[1])
+        dindex.add(dvecs)
+        ordered = sorted(records, key=lambda r: r.run_id)
+        rvecs = np.vstack([run_vector(scaler, r) for r in ordered])
+        rindex = VectorIndex(rvecs.shape[1])
+        rindex.add(rvecs)
+        index = cls(
+            scaler,
+            datasets,
+            dindex,
+            [r.run_id for r in ordered],
+            rindex,
+            kb_hash or kb_content_hash(records),
+        )
+        index.attach(records)
+        return index
+
+    def attach(self, records: Sequence[RunRecord]) -> None:
+        """Keep the records in memory to turn hits into :class:`SimilarRun`."""
+        self._records = {r.run_id: r for r in records}
+
+    # ------------------------------------------------------------- queries
+    def similar_datasets(
+        self, mf: MetaFeatures, k: int = 5, *, exclude: set[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` most similar KB datasets and their cosine similarity."""
+        excluded = exclude or set()
+        want = min(len(self.datasets), k + len(excluded))
+        sims, ids = self.dataset_index.search(self.scaler.embed(mf)[None, :], want)
+        out = [
+            (self.datasets[int(i)], float(s))
+            for s, i in zip(sims[0], ids[0], strict=True)
+            if i >= 0 and self.datasets[int(i)] not in excluded
+        ]
+        return out[:k]
+
+    def similar_runs(
+        self,
+        mf: MetaFeatures,
+        k: int = 10,
+        *,
+        per_dataset: int = 3,
+        n_datasets: int = 3,
+        exclude: set[str] | None = None,
+    ) -> list[SimilarRun]:
+        """The best runs (by validation accuracy) on the most similar datasets."""
+        excluded = exclude or set()
+        out: list[SimilarRun] = []
+        for dataset, sim in self.similar_datasets(mf, n_datasets, exclude=excluded):
+            runs = [
+                r
+                for r in self._records.values()
+                if r.dataset == dataset
+                and r.status == "ok"
+                and r.outcomes.val_accuracy is not None
+                and r.dataset_group not in excluded
+            ]
+            runs.sort(key=lambda r: (-(r.outcomes.val_accuracy or 0.0), r.run_id))
+            out.extend(_similar(r, sim) for r in runs[:per_dataset])
+        return out[:k]
+
+    def runs_like(
+        self,
+        mf: MetaFeatures,
+        model: str,
+        hp: Hyperparameters,
+        k: int = 10,
+        *,
+        pretrained: bool = False,
+    ) -> list[SimilarRun]:
+        """Past runs nearest to a (dataset, configuration) pair."""
+        query = np.concatenate(
+            [self.scaler.embed(mf), CONFIG_WEIGHT * config_vector(model, hp, pretrained)]
+        )
+        sims, ids = self.run_index.search(query[None, :], k)
+        return [
+            _similar(self._records[self.run_ids[int(i)]], float(s))
+            for s, i in zip(sims[0], ids[0], strict=True)
+            if i >= 0 and self.run_ids[int(i)] in self._records
+        ]
+
+    # ------------------------------------------------------------- persistence
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        try:
+            faiss.write_index(self.dataset_index.index, str(tmp / "datasets.faiss"))
+            faiss.write_index(self.run_index.index, str(tmp / "runs.faiss"))
+            sidecar = {
+                "format": "metallmix-retrieval",
+                "version": RETRIEVAL_VERSION,
+                "kb_hash": self.kb_hash,
+                "scaler": self.scaler.model_dump(),
+                "datasets": self.datasets,
+                "run_ids": self.run_ids,
+            }
+            (tmp / "retrieval.json").write_text(json.dumps(sidecar))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> RetrievalIndex:
+        directory = Path(directory)
+        try:
+            sidecar = json.loads((directory / "retrieval.json").read_text())
+            dindex = faiss.read_index(str(directory / "datasets.faiss"))
+            rindex = faiss.read_index(str(directory / "runs.faiss"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise KnowledgeBaseError(
+                f"cannot read the retrieval index in {directory}: {exc}; delete it to rebuild"
+            ) from exc
+        if sidecar.get("version") != RETRIEVAL_VERSION:
+            raise KnowledgeBaseError(f"retrieval index {directory} has another version")
+        return cls(
+            DatasetScaler.model_validate(sidecar["scaler"]),
+            list(sidecar["datasets"]),
+            VectorIndex(dindex.d, dindex),
+            list(sidecar["run_ids"]),
+            VectorIndex(rindex.d, rindex),
+            str(sidecar["kb_hash"]),
+        )
+
+
+def run_vector(scaler: DatasetScaler, record: RunRecord) -> np.ndarray:
+    return np.concatenate(
+        [
+            scaler.embed(record.meta_features),
+            CONFIG_WEIGHT * config_vector(record.model, record.hyperparameters, record.pretrained),
+        ]
+    )
+
+
+def _similar(record: RunRecord, similarity: float) -> SimilarRun:
+    return SimilarRun(
+        run_id=record.run_id,
+        dataset=record.dataset,
+        similarity=round(similarity, 4),
+        model=record.model,
+        hyperparameters=record.hyperparameters,
+        val_accuracy=record.outcomes.val_accuracy,
+        test_accuracy=record.outcomes.test_accuracy,
+        train_seconds=record.outcomes.train_seconds,
+    )
+
+
+def index_dir(kb: KnowledgeBase, kb_hash: str) -> Path:
+    """Beside a writable SQLite KB, else in the cache (keyed by content hash)."""
+    if isinstance(kb, SQLiteKnowledgeBase) and not kb.read_only:
+        parent = kb.path.parent
+        if os.access(parent, os.W_OK):
+            return kb.path.with_name(kb.path.name + ".retrieval")
+    return config.cache_dir() / "retrieval" / kb_hash
+
+
+def load_or_build(kb: KnowledgeBase, records: list[RunRecord] | None = None) -> RetrievalIndex:
+    """The index for the KB's current content, rebuilt (and saved) only when it changed."""
+    records = records if records is not None else list(kb.iter_records())
+    kb_hash = kb_content_hash(records)
+    directory = index_dir(kb, kb_hash)
+    if (directory / "retrieval.json").is_file():
+        try:
+            index = RetrievalIndex.load(directory)
+            if index.kb_hash == kb_hash:
+                index.attach(records)
+                return index
+        except KnowledgeBaseError:
+            pass
+    index = RetrievalIndex.build(records, kb_hash)
+    with contextlib.suppress(OSError):  # a read-only location only costs a rebuild
+        index.save(directory)
+    return index

@@ -1,0 +1,174 @@
+"""Candidates and the diverse shortlist the recommender agent chooses from.
+
+Candidates come from two places: the configurations of the best runs on the most similar
+KB datasets (evidence that worked somewhere alike) and random samples of the search space
+(coverage where the KB is thin). The meta-learner scores all of them; a greedy pass keeps
+the best per model first so the agent sees real alternatives, not five near-copies.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.contracts import Candidate, Shortlist
+from metallmix.tools.meta.encoding import candidates_frame
+from metallmix.tools.meta.explain import facts_for_rows
+from metallmix.tools.meta.metalearner import (
+    MetaLearner,
+    MetaLearnerConfig,
+    Prediction,
+    fit_or_load,
+    kb_content_hash,
+)
+from metallmix.tools.meta.retrieval import RetrievalIndex, load_or_build
+from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace
+from metallmix.tools.metafeatures import MetaFeatures
+
+N_SAMPLES = 300
+SIMILAR_DATASETS = 5
+RUNS_PER_SIMILAR_DATASET = 5
+
+
+def _config_key(model: str, hp: Hyperparameters) -> str:
+    return json.dumps([model, hp.model_dump(mode="json")], sort_keys=True, default=str)
+
+
+def gather_candidates(
+    meta_features: MetaFeatures,
+    index: RetrievalIndex,
+    space: SearchSpace,
+    *,
+    seed: int = 0,
+    n_samples: int = N_SAMPLES,
+    exclude: set[str] | None = None,
+) -> list[tuple[str, Hyperparameters, str]]:
+    """(model, hp, origin) from similar runs inside ``space`` plus samples of ``space``."""
+    seen: set[str] = set()
+    out: list[tuple[str, Hyperparameters, str]] = []
+    similar = index.similar_runs(
+        meta_features,
+        k=SIMILAR_DATASETS * RUNS_PER_SIMILAR_DATASET,
+        per_dataset=RUNS_PER_SIMILAR_DATASET,
+        n_datasets=SIMILAR_DATASETS,
+        exclude=exclude,
+    )
+    for run in similar:
+        key = _config_key(run.model, run.hyperparameters)
+        if key in seen or not space.contains(run.model, run.hyperparameters):
+            continue
+        seen.add(key)
+        out.append((run.model, run.hyperparameters, f"similar-run:{run.run_id}"))
+    for model, hp in space.sample(n_samples, seed=seed):
+        key = _config_key(model, hp)
+        if key not in seen:
+            seen.add(key)
+            out.append((model, hp, "sampled"))
+    return out
+
+
+def diverse_top(models: list[str], scores: np.ndarray, n: int, *, per_model: int = 1) -> list[int]:
+    """Indices of the top-``n`` scores, at most ``per_model`` per model in a first pass."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    picked: list[int] = []
+    counts: dict[str, int] = {}
+    for i in order:
+        if len(picked) >= n:
+            break
+        if counts.get(models[i], 0) < per_model:
+            picked.append(i)
+            counts[models[i]] = counts.get(models[i], 0) + 1
+    for i in order:
+        if len(picked) >= n:
+            break
+        if i not in picked:
+            picked.append(i)
+    return picked
+
+
+def score_candidates(
+    learner: MetaLearner,
+    meta_features: MetaFeatures,
+    configs: list[tuple[str, Hyperparameters]],
+    *,
+    pretrained: bool = False,
+) -> Prediction:
+    return learner.predict(candidates_frame(meta_features, configs, pretrained=pretrained))
+
+
+def build_shortlist(
+    meta_features: MetaFeatures,
+    kb: KnowledgeBase,
+    *,
+    n: int = 5,
+    space: SearchSpace | None = None,
+    seed: int = 0,
+    exclude_datasets: set[str] | None = None,
+    n_samples: int = N_SAMPLES,
+    facts_per_candidate: int = 4,
+) -> Shortlist:
+    """Scored, diverse shortlist with SHAP facts and similar runs: the agent's evidence.
+
+    ``exclude_datasets`` (dataset names or dataset groups) are invisible to the meta-learner
+    and to retrieval, e.g. when the user's dataset is itself in the KB.
+    """
+    space = space or CPU_ZOO_SPACE
+    records = list(kb.iter_records())
+    excluded_names = _excluded_datasets(records, exclude_datasets or set())
+    learner = fit_or_load(
+        kb, MetaLearnerConfig(seed=seed), exclude_datasets=excluded_names, records=records
+    )
+    visible = [r for r in records if r.dataset not in excluded_names]
+    index = (
+        load_or_build(kb, records=records) if not excluded_names else RetrievalIndex.build(visible)
+    )
+    pool = gather_candidates(
+        meta_features, index, space, seed=seed, n_samples=n_samples, exclude=excluded_names
+    )
+    configs = [(m, hp) for m, hp, _ in pool]
+    frame = candidates_frame(meta_features, configs, pretrained=space.pretrained)
+    pred = learner.predict(frame)
+    picked = diverse_top([m for m, _ in configs], pred.score, n)
+    candidates: list[Candidate] = []
+    for rank, i in enumerate(picked, start=1):
+        model, hp, origin = pool[i]
+        seconds = float(pred.seconds[i])
+        candidates.append(
+            Candidate(
+                candidate_id=f"c{rank}",
+                model=model,
+                pretrained=space.pretrained,
+                hyperparameters=hp,
+                predicted_accuracy=round(float(pred.accuracy[i]), 4),
+                accuracy_low=round(float(pred.low[i]), 4),
+                accuracy_high=round(float(pred.high[i]), 4),
+                predicted_seconds=round(seconds, 1) if np.isfinite(seconds) else None,
+                score=round(float(pred.score[i]), 4),
+                origin=origin,
+            )
+        )
+    facts = facts_for_rows(
+        learner,
+        frame.iloc[picked].reset_index(drop=True),
+        [c.candidate_id for c in candidates],
+        top_k=facts_per_candidate,
+    )
+    similar = index.similar_runs(meta_features, k=9, exclude=excluded_names)
+    return Shortlist(
+        meta_features=meta_features,
+        candidates=candidates,
+        facts=facts,
+        similar_runs=similar,
+        kb_hash=str(learner.info.get("kb_hash") or kb_content_hash(records)),
+        metalearner_version=learner.version,
+    )
+
+
+def _excluded_datasets(records: list[RunRecord], names: set[str]) -> set[str]:
+    """Dataset names hidden by ``names`` (a name or a dataset group hides all its tasks)."""
+    if not names:
+        return set()
+    return {r.dataset for r in records if r.dataset in names or r.dataset_group in names} | names
