@@ -1,0 +1,352 @@
+"""One recorded training run: train, log everything to MLflow, append the result to the KB.
+
+The MLflow layout is a contract with the KB's MLflow importer (``metallmix.kind`` tag,
+``dataset``/``model``/``mf.*``/``hp.*`` params, final metrics and the full
+:class:`RunRecord` as ``metallmix/run_record.json``), so a run logged here can always be
+re-imported into another knowledge base without loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metallmix.tools.datasets.base import Dataset
+from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.training import tracking
+from metallmix.tools.training.trainer import (
+    ArraySplits,
+    EpochStats,
+    TrainConfig,
+    TrainResult,
+    train,
+)
+
+RECORD_ARTIFACT_DIR = "metallmix"
+RECORD_ARTIFACT = "metallmix/run_record.json"
+
+
+def compute_meta_features(dataset: Dataset) -> MetaFeatures:
+    """Meta-features of ``dataset``'s training split (the dataset helpers own the maths)."""
+    import importlib
+
+    for module in ("metallmix.tools.datasets", "metallmix.tools.metafeatures"):
+        fn = getattr(importlib.import_module(module), "compute_meta_features", None)
+        if fn is not None:
+            return fn(dataset)  # type: ignore[no-any-return]
+    raise RuntimeError("compute_meta_features is not available in this build")
+
+
+def load_splits(
+    dataset: Dataset,
+    *,
+    image_size: int | None,
+    source_resolution: int | None = None,
+    max_val_images: int | None = None,
+    seed: int = 0,
+) -> ArraySplits:
+    """Arrays for training, read at ``source_resolution`` when the task is a low-res variant.
+
+    Reading straight at the training size spares a second resize; the trainer resizes again
+    only when a low-resolution task is trained at another size.
+    """
+    size = source_resolution or image_size
+    train_x, train_y = dataset.split("train").load_arrays(size=size, seed=seed)
+    channels = int(train_x.shape[-1])
+    val_x, val_y = dataset.split("val").load_arrays(
+        size=size, channels=channels, limit=max_val_images, seed=seed
+    )
+    test_x, test_y = None, None
+    if "test" in dataset.splits and len(dataset.split("test")):
+        test_x, test_y = dataset.split("test").load_arrays(size=size, channels=channels)
+    return ArraySplits(train_x, train_y, val_x, val_y, test_x, test_y, n_classes=dataset.n_classes)
+
+
+def _params(
+    record_base: dict[str, Scalar], hp: Hyperparameters, mf: MetaFeatures
+) -> dict[str, str]:
+    params = {k: str(v) for k, v in record_base.items() if v is not None}
+    for name, value in hp.model_dump(exclude={"extra"}).items():
+        if value is not None:
+            params[f"hp.{name}"] = str(value)
+    for name, value in hp.extra.items():
+        if value is not None:
+            params[f"hp.{name}"] = str(value)
+    for name, value in mf.model_dump().items():
+        if value is not None:
+            params[f"mf.{name}"] = str(value)
+    return params
+
+
+def _plot_curve(result: TrainResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h.epoch for h in result.history]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(epochs, [h.train_loss for h in result.history], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h.val_accuracy for h in result.history], "s-", color="C1", label="val acc")
+    ax2.set_ylabel("validation accuracy")
+    ax2.set_ylim(0, 1)
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_confusion(result: TrainResult, class_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    if result.confusion is None:
+        ax.text(0.5, 0.5, f"no test evaluation\n({result.status})", ha="center", va="center")
+        ax.axis("off")
+    else:
+        cm = result.confusion
+        ax.imshow(cm, cmap="Blues")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7)
+        labels = [n[:10] for n in class_names] or [str(i) for i in range(cm.shape[0])]
+        ax.set_xticks(range(cm.shape[0]), labels, rotation=45, ha="right", fontsize=6)
+        ax.set_yticks(range(cm.shape[0]), labels, fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def run_trial(
+    dataset: Dataset,
+    model: str,
+    hp: Hyperparameters,
+    *,
+    seed: int = 0,
+    kb: KnowledgeBase | None,
+    experiment: str = "metallmix-validation",
+    parent_run_id: str | None = None,
+    pretrained: bool = False,
+    weights: Path | None = None,
+    max_train_images: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[EpochStats], None] | None = None,
+    dataset_group: str | None = None,
+    source_resolution: int | None = None,
+    max_val_images: int | None = None,
+    meta_features: MetaFeatures | None = None,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+) -> RunRecord:
+    """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
+
+    ``max_train_images`` turns the dataset into a seeded stratified subsample first, and the
+    record then describes that subsample (its meta-features, name ``<name>-n<N>s<seed>``),
+    because that is what was trained on. A non-finite loss is recorded as ``diverged``;
+    any other failure marks the MLflow run FAILED and is re-raised, nothing reaches the KB.
+    """
+    config = TrainConfig.from_hyperparameters(
+        model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
+    )
+    group = dataset_group or str(dataset.source_info.get("derived_from") or dataset.name)
+    if max_train_images is not None and max_train_images < len(dataset.split("train")):
+        dataset = dataset.subset(train_limit=max_train_images, seed=seed)
+    mf = meta_features or compute_meta_features(dataset)
+    if source_resolution is not None:
+        mf = mf.model_copy(
+            update={
+                "resolution_h": float(source_resolution),
+                "resolution_w": float(source_resolution),
+            }
+        )
+    hp_used = config.hyperparameters()
+    info = dataset.source_info
+    code_version = tracking.code_version()
+    weights_tag = weights.name if weights is not None else ("timm-default" if pretrained else None)
+
+    mlflow = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(mlflow, experiment)
+    run_tags = {
+        tracking.KIND_TAG: tracking.TRAINING_KIND,
+        "metallmix.dataset_group": group,
+        "metallmix.code_version": code_version,
+        **(tags or {}),
+    }
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow.create_run(
+        exp_id, tags=run_tags, run_name=run_name or f"{dataset.name}:{model}:s{seed}"
+    )
+    run_id = run.info.run_id
+    try:
+        from mlflow.entities import Metric, Param
+
+        base: dict[str, Scalar] = {
+            "dataset": dataset.name,
+            "dataset_group": group,
+            "model": model,
+            "pretrained": pretrained,
+            "weights_tag": weights_tag,
+            "seed": seed,
+            "code_version": code_version,
+            "threads": threads,
+            "max_train_images": max_train_images,
+            "source_resolution": source_resolution,
+            "dataset_source_repo": info.get("repo"),
+            "dataset_source_commit": info.get("commit"),
+        }
+        params = _params(base, hp_used, mf)
+        mlflow.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        data = load_splits(
+            dataset,
+            image_size=config.image_size,
+            source_resolution=source_resolution,
+            max_val_images=max_val_images,
+            seed=seed,
+        )
+
+        def on_epoch(stats: EpochStats) -> None:
+            now = int(time.time() * 1000)
+            values = {
+                "train_loss": stats.train_loss,
+                "train_accuracy": stats.train_accuracy,
+                "val_loss": stats.val_loss,
+                "val_accuracy": stats.val_accuracy,
+                "lr": stats.lr,
+                "epoch_seconds": stats.seconds,
+            }
+            mlflow.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, stats.epoch) for k, v in values.items()],
+            )
+            if progress is not None:
+                progress(stats)
+
+        result = train(config, data, progress=on_epoch)
+        outcomes = Outcomes(
+            val_accuracy=_finite(result.val_accuracy),
+            test_accuracy=_finite(result.test_accuracy),
+            macro_f1=_finite(result.macro_f1),
+            balanced_accuracy=_finite(result.balanced_accuracy),
+            train_seconds=result.train_seconds,
+            seconds_per_epoch=_finite(result.seconds_per_epoch),
+            epochs_run=result.epochs_run,
+            learning_curve=result.learning_curve,
+        )
+        record = RunRecord(
+            run_id=f"own-{run_id}",
+            source="own",
+            provenance=Provenance(
+                mlflow_run_id=run_id,
+                tracking_uri=mlflow.tracking_uri,
+                file=info.get("path"),
+                dataset_source_repo=info.get("repo"),
+                dataset_source_commit=info.get("commit"),
+                code_version=code_version,
+                notes={
+                    k: v
+                    for k, v in {
+                        "experiment": experiment,
+                        "parent_run_id": parent_run_id,
+                        "best_epoch": result.best_epoch,
+                        "n_train": result.n_train,
+                        "n_parameters": result.n_parameters,
+                        "threads": threads,
+                        "message": result.message or None,
+                        **{k: v for k, v in (tags or {}).items() if k.startswith("metallmix.")},
+                    }.items()
+                    if v is not None
+                },
+            ),
+            dataset=dataset.name,
+            dataset_group=group,
+            meta_features=mf,
+            model=model,
+            pretrained=pretrained or weights is not None,
+            weights_tag=weights_tag,
+            hyperparameters=hp_used,
+            outcomes=outcomes,
+            status=result.status,
+            seed=seed,
+        )
+        now = int(time.time() * 1000) + 1
+        step = max(1, result.epochs_run)
+        finals = {
+            "val_accuracy": outcomes.val_accuracy,
+            "test_accuracy": outcomes.test_accuracy,
+            "macro_f1": outcomes.macro_f1,
+            "balanced_accuracy": outcomes.balanced_accuracy,
+            "train_seconds": outcomes.train_seconds,
+            "seconds_per_epoch": outcomes.seconds_per_epoch,
+            "epochs_run": float(result.epochs_run),
+        }
+        mlflow.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in finals.items() if v is not None],
+            tags=_tags({"metallmix.status": result.status, "metallmix.record_id": record.run_id}),
+        )
+        with tempfile.TemporaryDirectory(prefix="metallmix-run-") as tmp:
+            folder = Path(tmp)
+            (folder / RECORD_ARTIFACT_DIR).mkdir()
+            (folder / RECORD_ARTIFACT).write_text(record.model_dump_json(indent=2))
+            (folder / "config.json").write_text(
+                json.dumps(
+                    {
+                        "train_config": config.model_dump(mode="json"),
+                        "dataset": dataset.name,
+                        "dataset_group": group,
+                        "class_names": dataset.class_names,
+                        "source_info": info,
+                        "source_resolution": source_resolution,
+                        "max_train_images": max_train_images,
+                        "n_train": result.n_train,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
+            _plot_curve(result, folder / "learning_curve.png")
+            _plot_confusion(result, dataset.class_names, folder / "confusion_matrix.png")
+            mlflow.log_artifacts(run_id, str(folder))
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        try:
+            message = f"{type(exc).__name__}: {exc}"[:5000]
+            mlflow.set_tag(run_id, "metallmix.error", message)
+            mlflow.set_terminated(run_id, status=status)
+        except Exception:  # pragma: no cover - never hide the original error
+            pass
+        raise
+    mlflow.set_terminated(run_id, status="FINISHED")
+    if kb is not None:
+        kb.add([record])
+    return record
+
+
+def _tags(values: dict[str, str]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in values.items()]
+
+
+__all__ = ["load_splits", "run_trial"]

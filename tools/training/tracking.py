@@ -1,0 +1,73 @@
+"""MLflow plumbing shared by validation runs, searches and KB builds.
+
+A client bound to one tracking URI (instead of the ``mlflow`` module's global state) so that
+a recommendation run, its nested validation runs and a parallel KB build never step on each
+other's "active run". Experiments get their artifact root beside the tracking database
+(``sqlite:///mlruns/mlflow.db`` -> ``mlruns/artifacts``), which MLflow 3 needs for DB stores.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from metallmix import __version__, config
+
+KIND_TAG = "metallmix.kind"
+TRAINING_KIND = "training-run"
+SEARCH_KIND = "search"
+BUILD_KIND = "kb-build"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment stores artifacts: ``<db folder>/artifacts`` for SQLite stores."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        return (db.parent / "artifacts").resolve().as_uri()
+    if "://" not in tracking_uri:  # a plain folder: file store
+        return None
+    return None
+
+
+def client(tracking_uri: str | None = None) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri`` (default: :func:`metallmix.config.tracking_uri`)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or config.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client: Any, name: str) -> str:
+    """The id of experiment ``name``, created (with our artifact root) when missing."""
+    existing = mlflow_client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    uri = mlflow_client.tracking_uri
+    try:
+        return str(mlflow_client.create_experiment(name, artifact_location=artifact_root(uri)))
+    except Exception:  # another process created it in between
+        again = mlflow_client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git short sha of the checkout, when there is one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__
