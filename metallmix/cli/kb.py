@@ -177,5 +177,56 @@ def import_mlflow_cmd(
     _report(result, extra, as_json, f"MLflow {uri}")
 
 
+@kb_app.command("download-quicktune")
+def download_quicktune_cmd(
+    version: str = typer.Option("extended", "--version", help="micro, mini or extended."),
+    dest: Path | None = typer.Option(
+        None, "--dest", help="Folder for the unpacked versions (default: the cache folder)."
+    ),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        help="Archive location: https://, file:// or a local path (default: the public "
+        "Quick-Tune archive, qt_metadataset.zip, linked from the Quick-Tune README).",
+    ),
+    sha256: str | None = typer.Option(None, "--sha256", help="Expected sha256 of the archive."),
+    force: bool = typer.Option(False, "--force", help="Download even if already present."),
+    import_too: bool = typer.Option(
+        False, "--import", help="Import the runs into the knowledge base afterwards."
+    ),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Download and unpack the public Quick-Tune meta-dataset (needs the network)."""
+    from metallmix.tools.kb.download import download_quicktune
+    from metallmix.tools.kb.quicktune import read_quicktune
+
+    with progress(f"downloading Quick-Tune {version}", None) as advance:
+        result = download_quicktune(version, dest, url, sha256, force=force, on_bytes=advance)
+    summary: dict[str, object] = {
+        "path": str(result.path),
+        "version": result.version,
+        "sha256": result.sha256,
+        "bytes": result.bytes,
+        "reused": result.reused,
+    }
+    if import_too:
+        records = read_quicktune(result.path).records()
+        added = _add_all(kb, records, f"{len(records)} Quick-Tune runs")
+        summary.update(inserted=added.inserted, skipped=added.skipped)
+
+    def render(console: Console) -> None:
+        state = "already present" if result.reused else f"downloaded ({result.bytes} bytes)"
+        console.print(f"Quick-Tune {result.version} {state}: {result.path}")
+        if result.sha256:
+            console.print(f"sha256: {result.sha256}")
+        if import_too:
+            console.print(f"imported: {summary['inserted']} inserted, {summary['skipped']} skipped")
+        else:
+            console.print(f"next: metallmix kb import-quicktune {result.path}")
+
+    emit(summary, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(kb_app, name="kb")
