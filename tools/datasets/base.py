@@ -179,8 +179,8 @@ def stratified_partition(
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         n = len(members)
-        n_test = int(round(n * test_fraction))
-        n_val = int(round(n * val_fraction))
+        n_test = round(n * test_fraction)
+        n_val = round(n * val_fraction)
         while n_test + n_val >= n and (n_test or n_val):
             if n_test >= n_val and n_test:
                 n_test -= 1
@@ -410,3 +410,40 @@ def check_usable(dataset: Dataset) -> None:
             f"{where}: the training split has one class only ({only!r}); "
             "a classifier needs at least two classes"
         )
+
+
+def build_splits(
+    source: ImageSource,
+    labels: np.ndarray,
+    assigned: dict[str, np.ndarray] | None,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    max_bad_fraction: float,
+) -> dict[str, Split]:
+    """Splits over one source. ``assigned`` maps split names to positions the storage already
+    fixes; without it everything is split. Missing val/test are carved from train, seeded and
+    stratified, so a dataset always offers all three."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not assigned:
+        assigned = {}
+        parts = stratified_partition(labels, val_fraction, test_fraction, seed)
+    else:
+        parts = {name: np.asarray(pos, dtype=np.int64) for name, pos in assigned.items()}
+        missing = [name for name in ("val", "test") if name not in parts]
+        if missing and "train" in parts and len(parts["train"]):
+            train = parts["train"]
+            carved = stratified_partition(
+                labels[train],
+                val_fraction if "val" in missing else 0.0,
+                test_fraction if "test" in missing else 0.0,
+                seed,
+            )
+            for name in [*missing, "train"]:
+                parts[name] = train[carved[name]]
+    return {
+        name: Split(name, labels[parts[name]], source, parts[name], max_bad_fraction)
+        for name in SPLIT_NAMES
+        if name in parts
+    }

@@ -97,8 +97,9 @@ class NpzImages(ImageSource):
                     count = min(per_chunk, len(self) - row)
                     raw = fh.read(count * row_bytes)
                     if len(raw) < count * row_bytes:
+                        at = row + len(raw) // max(row_bytes, 1)
                         raise DatasetError(
-                            f"{self.path}: '{self.key}' is truncated at image {row + len(raw) // max(row_bytes, 1)} "
+                            f"{self.path}: '{self.key}' is truncated at image {at} "
                             f"of {len(self)}; re-create or re-download the file"
                         )
                     chunk = np.frombuffer(raw, dtype=self.dtype).reshape((count, *row_shape))
@@ -127,13 +128,14 @@ def _load_labels(path: Path, data: Any, key: str, n_images: int) -> np.ndarray:
             f"{path}: '{key}' has {len(labels)} labels but '{images_key}' has {n_images} "
             "images; the arrays must have the same length"
         )
-    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
-        if not np.issubdtype(labels.dtype, np.floating) or not np.all(
-            np.isfinite(labels) & (labels == np.round(labels))
-        ):
-            raise DatasetError(
-                f"{path}: '{key}' must hold integer class indices, found dtype {labels.dtype}"
-            )
+    integral = np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
+    if not integral and not (
+        np.issubdtype(labels.dtype, np.floating)
+        and np.all(np.isfinite(labels) & (labels == np.round(labels)))
+    ):
+        raise DatasetError(
+            f"{path}: '{key}' must hold integer class indices, found dtype {labels.dtype}"
+        )
     labels = labels.astype(np.int64)
     if len(labels) and labels.min() < 0:
         row = int(np.argmax(labels < 0))
