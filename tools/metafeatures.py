@@ -10,7 +10,16 @@ unknown stays ``None`` (NaN for the meta-learner) rather than an invented value.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from metallmix.tools.datasets import Dataset
+    from metallmix.tools.datasets.card import DatasetCard
 
 META_FEATURES_VERSION = 1
 
@@ -60,3 +69,158 @@ class MetaFeatures(BaseModel):
                 continue
             out[name] = float("nan") if value is None else float(value)
         return out
+
+
+# --- computation -------------------------------------------------------------------------
+
+PIXEL_SAMPLE = 256  # images decoded for pixel statistics; enough for 3 decimals, cheap on disk
+
+
+def meta_features_from_counts(
+    counts: Sequence[int],
+    *,
+    resolution_h: float,
+    resolution_w: float,
+    channels: int,
+    modality: str = "unknown",
+    pixel_mean: float | None = None,
+    pixel_std: float | None = None,
+) -> MetaFeatures:
+    """Meta-features from per-class training counts and image geometry.
+
+    The single formula used for real datasets and for cards alike, so a card of a dataset and
+    the dataset itself give the same numbers. Classes with no training image are left out:
+    they cannot be learned and would make the imbalance ratio infinite. Class-size std is the
+    population std (ddof=0) of the sizes of the present classes.
+    """
+    sizes = np.asarray([int(c) for c in counts if int(c) > 0], dtype=np.int64)
+    if len(sizes) == 0:
+        raise _dataset_error("no training images: meta-features need at least one class")
+    n = int(sizes.sum())
+    k = len(sizes)
+    p = sizes / n
+    entropy = float(-(p * np.log2(p)).sum())
+    return MetaFeatures(
+        n_images=n,
+        n_classes=k,
+        imbalance_ratio=float(sizes.max() / sizes.min()),
+        class_entropy=max(entropy, 0.0),
+        normalized_entropy=min(entropy / np.log2(k), 1.0) if k > 1 else 1.0,
+        resolution_h=float(resolution_h),
+        resolution_w=float(resolution_w),
+        channels=int(channels),
+        class_size_mean=float(sizes.mean()),
+        class_size_std=float(sizes.std()),
+        class_size_min=int(sizes.min()),
+        class_size_max=int(sizes.max()),
+        modality=modality or "unknown",
+        images_per_class=n / k,
+        min_class_fraction=float(sizes.min() / n),
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
+
+
+def _dataset_error(message: str) -> Exception:
+    from metallmix.errors import DatasetError
+
+    return DatasetError(message)
+
+
+def _from_card(card: DatasetCard, modality: str | None) -> MetaFeatures:
+    return meta_features_from_counts(
+        card.counts(),
+        resolution_h=card.image_height,
+        resolution_w=card.image_width,
+        channels=card.channels,
+        modality=modality or card.modality,
+        pixel_mean=card.pixel_mean,
+        pixel_std=card.pixel_std,
+    )
+
+
+def _from_dataset(
+    dataset: Dataset,
+    modality: str | None,
+    seed: int,
+    pixel_sample: int,
+    on_progress: Callable[[int], None] | None,
+) -> MetaFeatures:
+    """One header pass over the training split plus a seeded decoded sample for pixel stats."""
+    from metallmix.tools.datasets import stratified_sample
+    from metallmix.tools.datasets.base import convert_channels
+
+    train = dataset.split("train")
+    advance = on_progress or (lambda n: None)
+    heights: list[int] = []
+    widths: list[int] = []
+    channel_votes = {1: 0, 3: 0}
+    for header in train.iter_headers():
+        heights.append(header.height)
+        widths.append(header.width)
+        channel_votes[1 if header.channels == 1 else 3] += 1
+        advance(1)
+    if not heights:
+        raise _dataset_error(f"{dataset.name}: no readable training image")
+    channels = 3 if channel_votes[3] >= channel_votes[1] else 1
+
+    total = 0.0
+    total_sq = 0.0
+    count = 0
+    if pixel_sample > 0:
+        positions = stratified_sample(train.labels, min(pixel_sample, len(train)), seed)
+        for _, image, _ in train.iter_labeled(positions):
+            values = convert_channels(image, channels).astype(np.float64) / 255.0
+            total += float(values.sum())
+            total_sq += float(np.square(values).sum())
+            count += values.size
+            advance(1)
+    mean = total / count if count else None
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0))) if mean is not None else None
+
+    counts = np.bincount(train.labels, minlength=dataset.n_classes)
+    return meta_features_from_counts(
+        counts.tolist(),
+        resolution_h=float(np.median(heights)),
+        resolution_w=float(np.median(widths)),
+        channels=channels,
+        modality=modality or dataset.modality,
+        pixel_mean=mean,
+        pixel_std=std,
+    )
+
+
+def meta_feature_steps(dataset: Dataset, pixel_sample: int = PIXEL_SAMPLE) -> int:
+    """How many progress steps :func:`compute_meta_features` reports for ``dataset``."""
+    n = len(dataset.split("train"))
+    return n + min(pixel_sample, n)
+
+
+def compute_meta_features(
+    source: Dataset | DatasetCard | str | Path,
+    *,
+    modality: str | None = None,
+    seed: int = 0,
+    pixel_sample: int = PIXEL_SAMPLE,
+    on_progress: Callable[[int], None] | None = None,
+) -> MetaFeatures:
+    """Meta-features of a dataset's training split.
+
+    ``source`` is a loaded :class:`~metallmix.tools.datasets.Dataset`, a dataset path (npz,
+    CSV manifest, ImageFolder) or a dataset card (``.json``, or a ``DatasetCard``).
+    ``modality`` overrides the dataset's or card's own. Counts come from the labels, image
+    sizes from headers (one streamed pass), pixel mean/std from ``pixel_sample`` decoded
+    training images chosen with ``seed``; seed also fixes any carved split of a path.
+    """
+    from metallmix.tools.datasets import Dataset, load_dataset
+    from metallmix.tools.datasets.card import DatasetCard, read_card
+
+    if isinstance(source, DatasetCard):
+        return _from_card(source, modality)
+    if isinstance(source, Dataset):
+        return _from_dataset(source, modality, seed, pixel_sample, on_progress)
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".json":
+        return _from_card(read_card(path), modality)
+    dataset = load_dataset(path, modality=modality, seed=seed)
+    return _from_dataset(dataset, modality, seed, pixel_sample, on_progress)
