@@ -169,11 +169,17 @@ def _check_gguf(path: Path) -> None:
 
 
 def verify_file(
-    path: Path, spec: ModelSpec | None, *, full: bool = False, on_bytes: ByteCallback | None = None
+    path: Path,
+    spec: ModelSpec | None,
+    *,
+    full: bool = False,
+    remember: bool = True,
+    on_bytes: ByteCallback | None = None,
 ) -> str:
     """The sha256 of ``path``, checked against ``spec`` when given; raises on any mismatch.
 
-    ``full`` ignores the marker and re-reads every byte (``metallmix llm check``).
+    ``full`` ignores the marker and re-reads every byte (``metallmix llm check``);
+    ``remember`` records the hash in a marker (not for throw-away download files).
     """
     if not path.is_file():
         raise ModelUnavailableError(f"LLM weights not found at {path}: no such file")
@@ -185,9 +191,10 @@ def verify_file(
             f"the file is truncated or a different model; delete it and run "
             f"`metallmix llm fetch {spec.name}`"
         )
-    if full:
+    if full or not remember:
         sha = sha256_file(path, on_bytes)
-        write_marker(path, sha)
+        if remember:
+            write_marker(path, sha)
     else:
         sha = file_sha256(path, on_bytes)
     if spec is not None and sha != spec.sha256:
@@ -322,7 +329,7 @@ def download(
     fetch = downloader or _hub_download
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as work:
         fetched = fetch(spec, Path(work))
-        sha = verify_file(fetched, spec, full=True, on_bytes=on_bytes)
+        sha = verify_file(fetched, spec, remember=False, on_bytes=on_bytes)
         with _atomic_target(target, 0) as tmp:
             if fetched.resolve().is_relative_to(Path(work).resolve()):
                 os.replace(fetched, tmp)
