@@ -168,6 +168,7 @@ class SQLiteKnowledgeBase(KnowledgeBase):
                 ) from exc
         with self._connect() as conn:
             if not read_only:
+                self._refuse_foreign(conn)
                 conn.executescript(_SCHEMA)
                 conn.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -191,6 +192,21 @@ class SQLiteKnowledgeBase(KnowledgeBase):
         except sqlite3.Error as exc:
             raise KnowledgeBaseError(f"cannot open knowledge base {self.path}: {exc}") from exc
         return conn
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Never add KB tables to another application's SQLite file (e.g. mlflow.db)."""
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise KnowledgeBaseError(
+                f"{self.path} is not a MetaLLMiX knowledge base ({exc}); "
+                "choose another file with METALLMIX_KB or --kb"
+            ) from exc
+        if tables and "meta" not in tables:
+            raise KnowledgeBaseError(
+                f"{self.path} is an SQLite file of another application (tables: "
+                f"{', '.join(sorted(tables)[:5])}); choose another file with METALLMIX_KB or --kb"
+            )
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         try:
