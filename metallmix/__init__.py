@@ -14,6 +14,10 @@ _LAZY = {
     "MetaFeatures": ("metallmix.tools.metafeatures", "MetaFeatures"),
     "RunRecord": ("metallmix.tools.kb.records", "RunRecord"),
     "open_kb": ("metallmix.tools.kb.store", "open_kb"),
+    "recommend": ("metallmix.api", "recommend"),
+    "validate": ("metallmix.api", "validate"),
+    "build_graph": ("metallmix.api", "build_graph"),
+    "Recommendation": ("metallmix.agents.schemas", "Recommendation"),
 }
 
 

@@ -1,0 +1,41 @@
+"""The LLM and KB a graph run uses, resolved from its configuration and cached per process.
+
+Loading a GGUF takes seconds and opening the KB reads every record, so a warm second
+recommendation must not redo either; objects passed in by the Python API win over names.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from metallmix.agents.llm import ChatLLM
+from metallmix.graphs.configuration import Configuration
+from metallmix.tools.kb.store import KnowledgeBase, open_kb
+from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SPACES, SearchSpace, get_space
+
+
+def get_llm(cfg: Configuration) -> ChatLLM:
+    if cfg.llm_instance is not None:
+        return cfg.llm_instance  # type: ignore[no-any-return]
+    from metallmix.agents.llm import load_llm
+
+    return load_llm(cfg.llm, seed=cfg.seed)
+
+
+def get_kb(cfg: Configuration) -> KnowledgeBase:
+    if cfg.kb_instance is not None:
+        return cfg.kb_instance  # type: ignore[no-any-return]
+    return open_kb(cfg.kb)
+
+
+def space_for(cfg: Configuration, kb: KnowledgeBase) -> SearchSpace:
+    """The configured space, else the shipped space most of the KB's models belong to."""
+    if cfg.space:
+        return get_space(cfg.space)
+    models = Counter(r.model for r in kb.iter_records())
+    best, best_count = CPU_ZOO_SPACE, 0
+    for space in SPACES.values():
+        count = sum(n for m, n in models.items() if m in space.models)
+        if count > best_count:
+            best, best_count = space, count
+    return best

@@ -1,0 +1,45 @@
+"""The typed state that flows through the recommendation graph.
+
+A pydantic model rather than a TypedDict so that input arriving as JSON (LangGraph Studio,
+the SDK) is validated and turned into the same typed objects the nodes use in-process.
+List and dict fields that several nodes (or attempts) add to carry merge reducers.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from metallmix.agents.schemas import JudgeVerdict, Recommendation
+from metallmix.tools.meta.contracts import Shortlist, SimilarRun
+from metallmix.tools.metafeatures import MetaFeatures
+
+
+def merge_dicts(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
+    return {**left, **right}
+
+
+class RecommendationState(BaseModel):
+    """Input: ``data`` (a dataset path or dataset card) or ``meta_features``; optionally a
+    precomputed ``shortlist``. Output: ``recommendation`` and the trail that led to it."""
+
+    data: str | None = Field(default=None, description="dataset path or dataset-card JSON")
+    modality: str | None = None
+    dataset_name: str = ""
+    meta_features: MetaFeatures | None = None
+    similar_runs: list[SimilarRun] = Field(default_factory=list)
+    shortlist: Shortlist | None = None
+    evidence: str = ""
+    attempts: int = 0
+    max_attempts: int = Field(default=2, ge=1, description="recommender attempts before fallback")
+    critique: str | None = None
+    draft: Recommendation | None = None
+    draft_error: str | None = None
+    recommendation: Recommendation | None = None
+    verdicts: Annotated[list[JudgeVerdict], operator.add] = Field(default_factory=list)
+    exchanges: Annotated[list[dict[str, Any]], operator.add] = Field(default_factory=list)
+    timings: Annotated[dict[str, float], merge_dicts] = Field(default_factory=dict)
+    fallback: bool = False
+    mlflow_run_id: str | None = None

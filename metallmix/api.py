@@ -1,0 +1,206 @@
+"""The public Python API: recommend a configuration, then optionally validate it.
+
+>>> rec = metallmix.recommend("../shared/data/medical/breastmnist.npz", llm="fast")  # doctest: +SKIP
+>>> record = metallmix.validate(rec, "../shared/data/medical/breastmnist.npz")      # doctest: +SKIP
+
+Every ``recommend`` is one MLflow run (experiment ``metallmix-recommendations``) with a
+trace of the graph; ``validate`` trains the recommendation and nests its run under it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metallmix import config
+from metallmix.agents.schemas import Recommendation
+from metallmix.errors import ConfigError, MetaLLMiXError
+
+if TYPE_CHECKING:
+    from metallmix.agents.llm import ChatLLM
+    from metallmix.tools.kb.records import RunRecord
+    from metallmix.tools.kb.store import KnowledgeBase
+    from metallmix.tools.meta.contracts import Shortlist
+    from metallmix.tools.metafeatures import MetaFeatures
+
+__all__ = ["Recommendation", "build_graph", "recommend", "validate"]
+
+
+def build_graph() -> Any:
+    """A freshly compiled recommendation graph (a LangChain runnable)."""
+    from metallmix.graphs.graph import build_graph as build
+
+    return build()
+
+
+_GRAPH: Any = None
+
+
+def _graph() -> Any:
+    global _GRAPH
+    if _GRAPH is None:
+        _GRAPH = build_graph()
+    return _GRAPH
+
+
+def _configurable(
+    llm: str | os.PathLike[str] | ChatLLM | None,
+    kb: str | os.PathLike[str] | KnowledgeBase | None,
+    seed: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    from metallmix.agents.llm import load_llm
+    from metallmix.tools.kb.store import KnowledgeBase, open_kb
+
+    out: dict[str, Any] = {"seed": seed, **extra}
+    if llm is None or isinstance(llm, str | os.PathLike):
+        # Load (and verify) the model before any work, so a missing GGUF fails first.
+        out["llm_instance"] = load_llm(llm, seed=seed)
+    else:
+        out["llm_instance"] = llm
+    if isinstance(kb, KnowledgeBase):
+        out["kb_instance"] = kb
+    else:
+        out["kb_instance"] = open_kb(kb)
+    return out
+
+
+def recommend(
+    data: str | os.PathLike[str] | MetaFeatures | None,
+    modality: str | None = None,
+    llm: str | os.PathLike[str] | ChatLLM | None = None,
+    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    seed: int = 0,
+    *,
+    shortlist: Shortlist | None = None,
+    name: str | None = None,
+    space: str | None = None,
+    n_candidates: int = 5,
+    judge_with_llm: bool = True,
+    max_attempts: int = 2,
+    track: bool = True,
+) -> Recommendation:
+    """Recommend a model and hyperparameters for ``data``.
+
+    ``data`` is a dataset path (``.npz``, ImageFolder, CSV manifest), a dataset-card JSON,
+    or precomputed :class:`MetaFeatures`. ``llm`` is a registry name, a profile (``fast``,
+    ``default``), a ``.gguf`` path or a loaded model; ``kb`` a ``.sqlite`` path or an open
+    store (default: ``METALLMIX_KB`` or the layered default). ``track`` logs the decision to
+    MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result.
+    """
+    from metallmix.tools.metafeatures import MetaFeatures
+
+    if max_attempts < 1:
+        raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
+    inputs: dict[str, Any] = {"modality": modality, "max_attempts": max_attempts}
+    if isinstance(data, MetaFeatures):
+        inputs["meta_features"] = data
+        inputs["dataset_name"] = name or "meta-features"
+    elif data is not None:
+        path = Path(data).expanduser()
+        inputs["data"] = str(path)
+        if name:
+            inputs["dataset_name"] = name
+    elif shortlist is None:
+        raise ConfigError("recommend() needs data: a dataset path, a card or MetaFeatures")
+    if shortlist is not None:
+        inputs["shortlist"] = shortlist
+        inputs.setdefault("meta_features", shortlist.meta_features)
+        inputs.setdefault("dataset_name", name or "meta-features")
+    configurable = _configurable(
+        llm,
+        kb,
+        seed,
+        space=space,
+        n_candidates=n_candidates,
+        judge_with_llm=judge_with_llm,
+        track=track,
+    )
+    if not track:
+        final = _graph().invoke(inputs, config={"configurable": configurable})
+        return _result(final)
+    return _tracked(inputs, configurable)
+
+
+def _tracked(inputs: dict[str, Any], configurable: dict[str, Any]) -> Recommendation:
+    """Run the graph inside an active MLflow run and a root trace span."""
+    import mlflow
+
+    from metallmix import tracking
+    from metallmix.tools.training.tracking import experiment_id
+
+    uri = config.tracking_uri()
+    client = tracking.client(uri)
+    exp_id = experiment_id(client, tracking.EXPERIMENT)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=exp_id)
+    run_id = tracking.start_run(run_name=inputs.get("dataset_name") or _stem(inputs.get("data")))
+    configurable = {**configurable, "run_id": run_id}
+    status = "FAILED"
+    try:
+        with mlflow.start_span(name="recommend") as span:
+            span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
+            final = _graph().invoke(inputs, config={"configurable": configurable})
+            result = _result(final)
+            span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
+        status = "FINISHED"
+    finally:
+        tracking.end_run(run_id, status)
+    return result
+
+
+def _stem(data: Any) -> str | None:
+    return Path(str(data)).stem if data else None
+
+
+def _result(final: Any) -> Recommendation:
+    rec = final["recommendation"] if isinstance(final, dict) else final.recommendation
+    if rec is None:  # pragma: no cover - the graph always ends with one (or raises)
+        raise MetaLLMiXError("the recommendation graph ended without a recommendation")
+    if isinstance(rec, dict):
+        rec = Recommendation.model_validate(rec)
+    run_id = final.get("mlflow_run_id") if isinstance(final, dict) else None
+    if run_id and rec.mlflow_run_id != run_id:
+        rec = rec.model_copy(update={"mlflow_run_id": run_id})
+    return rec  # type: ignore[no-any-return]
+
+
+def validate(
+    recommendation: Recommendation,
+    data: str | os.PathLike[str],
+    seed: int = 0,
+    *,
+    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    modality: str | None = None,
+    max_train_images: int | None = None,
+    threads: int | None = None,
+) -> RunRecord:
+    """Train the recommended configuration on ``data``; the MLflow run nests under the
+    recommendation's run and the outcome joins the KB (the KB grows with every validation).
+    """
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.kb.store import KnowledgeBase, open_kb
+    from metallmix.tools.training.runner import run_trial
+
+    store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
+    dataset = load_dataset(data, modality=modality, seed=seed)
+    record = run_trial(
+        dataset,
+        recommendation.model,
+        recommendation.hyperparameters,
+        seed=seed,
+        kb=store,
+        parent_run_id=recommendation.mlflow_run_id,
+        pretrained=recommendation.pretrained,
+        max_train_images=max_train_images,
+        threads=threads,
+        tags={"metallmix.recommendation": recommendation.candidate_id},
+    )
+    if recommendation.mlflow_run_id and record.outcomes.val_accuracy is not None:
+        from metallmix import tracking
+
+        tracking.client().log_metric(
+            recommendation.mlflow_run_id, "validated_accuracy", record.outcomes.val_accuracy
+        )
+    return record
