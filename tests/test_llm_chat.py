@@ -1,0 +1,135 @@
+"""The ChatLLM contract: the scripted fake and, as its ``real`` twins, llama.cpp models.
+
+The real tests assemble the bundled GGUFs from the installed weight packages once per
+session into a temporary cache, then load them with llama.cpp on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.agents.llm import ChatLLM, LLMOutputError, load_llm
+from metallmix.agents.llm_registry import get_spec
+from metallmix.errors import MetaLLMiXError
+
+QUESTION = [
+    {"role": "system", "content": "You answer arithmetic questions in JSON."},
+    {"role": "user", "content": "Is 7 a prime number? Give a reason of at most six words."},
+]
+
+
+class Answer(BaseModel):
+    is_prime: bool
+    reason: str = Field(max_length=200)
+
+
+# --- scripted fake --------------------------------------------------------------------------
+
+
+def test_scripted_chat_json_returns_the_scripted_object() -> None:
+    llm = ScriptedLLM(['{"is_prime": true, "reason": "only divisors 1 and 7"}'])
+    assert isinstance(llm, ChatLLM)
+    answer = llm.chat_json(QUESTION, Answer, max_tokens=64)
+    assert answer == Answer(is_prime=True, reason="only divisors 1 and 7")
+    assert json.loads(llm.last_raw)["is_prime"] is True
+    assert llm.last_usage["completion_tokens"] > 0
+    assert llm.calls[0].schema is Answer and llm.calls[0].kwargs["max_tokens"] == 64
+
+
+def test_scripted_invalid_answer_raises_llm_output_error_with_raw() -> None:
+    llm = ScriptedLLM(['{"is_prime": "maybe"', Answer(is_prime=False, reason="x")])
+    with pytest.raises(LLMOutputError, match="not a valid Answer") as info:
+        llm.chat_json(QUESTION, Answer)
+    assert info.value.raw == '{"is_prime": "maybe"'
+    assert isinstance(info.value, MetaLLMiXError)
+    assert llm.chat_json(QUESTION, Answer).is_prime is False  # pydantic objects serialised
+
+
+def test_scripted_exceptions_plain_text_and_exhaustion() -> None:
+    llm = ScriptedLLM([RuntimeError("llama died"), "plain text"])
+    with pytest.raises(RuntimeError, match="llama died"):
+        llm.chat(QUESTION)
+    assert llm.chat(QUESTION) == "plain text"
+    with pytest.raises(AssertionError, match="ran out of responses at call 3"):
+        llm.chat(QUESTION)
+
+
+# --- real models (twins of the tests above) --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llm-cache")
+
+
+@pytest.fixture
+def real(weights_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install metallmix[llm])")
+    monkeypatch.setenv("METALLMIX_CACHE", str(weights_cache))
+    for var in ("METALLMIX_LLM", "METALLMIX_LLM_PATH", "METALLMIX_LLM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_fast_chat_json_returns_valid_object() -> None:
+    llm = load_llm("fast")
+    assert isinstance(llm, ChatLLM)
+    assert (llm.name, llm.sha256) == ("qwen2.5-coder-0.5b", get_spec("fast").sha256)
+    answer = llm.chat_json(QUESTION, Answer, max_tokens=48)
+    assert isinstance(answer, Answer)
+    assert Answer.model_validate_json(llm.last_raw) == answer
+    assert llm.last_usage["prompt_tokens"] > 10
+    assert 0 < llm.last_usage["completion_tokens"] <= 48
+    assert llm.last_usage["seconds"] > 0
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_fast_is_deterministic_and_stays_loaded() -> None:
+    llm = load_llm("fast")
+    first = llm.chat_json(QUESTION, Answer, max_tokens=48, seed=3)
+    raw = llm.last_raw
+    assert load_llm("qwen2.5-coder-0.5b") is llm
+    assert llm.chat_json(QUESTION, Answer, max_tokens=48, seed=3) == first
+    assert llm.last_raw == raw
+    # The repeated prompt is served from llama.cpp's cache instead of being re-evaluated.
+    assert llm.last_usage["prompt_eval_tokens"] < llm.last_usage["prompt_tokens"]
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_cut_off_answer_raises_llm_output_error_with_raw() -> None:
+    llm = load_llm("fast")
+    with pytest.raises(LLMOutputError, match="raise max_tokens") as info:
+        llm.chat_json(QUESTION, Answer, max_tokens=4)
+    assert info.value.raw.startswith("{")
+    assert info.value.raw == llm.last_raw
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_plain_chat_and_bad_messages() -> None:
+    llm = load_llm("fast")
+    text = llm.chat([{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert isinstance(text, str) and text.strip()
+    with pytest.raises(MetaLLMiXError, match="message 0"):
+        llm.chat([{"role": "robot", "content": "hi"}])
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_default_model_chat_json() -> None:
+    llm = load_llm()
+    assert llm.name == "qwen2.5-coder-1.5b"
+    answer = llm.chat_json(QUESTION, Answer, max_tokens=48)
+    assert isinstance(answer, Answer)
+    assert answer.reason.strip()
+    assert llm.last_usage["completion_tokens"] <= 48
