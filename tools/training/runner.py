@@ -19,7 +19,7 @@ from typing import Any
 from metallmix.tools.datasets.base import Dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
-from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 from metallmix.tools.training import tracking
 from metallmix.tools.training.trainer import (
     ArraySplits,
@@ -31,17 +31,6 @@ from metallmix.tools.training.trainer import (
 
 RECORD_ARTIFACT_DIR = "metallmix"
 RECORD_ARTIFACT = "metallmix/run_record.json"
-
-
-def compute_meta_features(dataset: Dataset) -> MetaFeatures:
-    """Meta-features of ``dataset``'s training split (the dataset helpers own the maths)."""
-    import importlib
-
-    for module in ("metallmix.tools.datasets", "metallmix.tools.metafeatures"):
-        fn = getattr(importlib.import_module(module), "compute_meta_features", None)
-        if fn is not None:
-            return fn(dataset)  # type: ignore[no-any-return]
-    raise RuntimeError("compute_meta_features is not available in this build")
 
 
 def load_splits(

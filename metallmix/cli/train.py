@@ -1,0 +1,296 @@
+"""``metallmix validate``, ``metallmix search`` and ``metallmix kb build``: real training runs.
+
+All three record every run in MLflow and (unless ``--no-kb``) append it to the knowledge
+base; torch and timm are imported only when a command runs, so ``metallmix --help`` stays
+fast on machines without the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.errors import ConfigError
+from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.store import KnowledgeBase, open_kb
+
+KbOption = typer.Option(
+    None, "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
+)
+NoKbOption = typer.Option(False, "--no-kb", help="Record in MLflow only, not in the KB.")
+ThreadsOption = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's).")
+MaxTrainOption = typer.Option(
+    None, "--max-train-images", min=2, help="Train on a seeded stratified subsample of N images."
+)
+
+
+def _kb(path: Path | None, disabled: bool) -> KnowledgeBase | None:
+    return None if disabled else open_kb(path)
+
+
+def read_config(path: Path, model: str | None = None) -> tuple[str, Hyperparameters]:
+    """Model and hyperparameters from a JSON file.
+
+    Accepted shapes: ``{"model": ..., "hyperparameters": {...}}`` (also what a
+    recommendation or a KB record carries), the same under ``"recommendation"``, or a flat
+    ``{"model": ..., "lr": ..., ...}``; ``--model`` overrides the file's model.
+    """
+    from metallmix.tools.meta.search_space import make_hyperparameters
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object with 'model'")
+    if isinstance(data.get("recommendation"), dict):
+        data = data["recommendation"]
+    chosen = model or data.get("model")
+    if not isinstance(chosen, str) or not chosen:
+        raise ConfigError(f'config file {path} names no model; add "model" or pass --model')
+    hp_raw = data.get("hyperparameters")
+    if hp_raw is None:
+        hp_raw = {k: v for k, v in data.items() if k not in {"model", "pretrained", "seed"}}
+    if not isinstance(hp_raw, dict):
+        raise ConfigError(f"'hyperparameters' in {path} must be an object")
+    extra = hp_raw.pop("extra", None) or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"'hyperparameters.extra' in {path} must be an object")
+    try:
+        return chosen, make_hyperparameters({**extra, **hp_raw})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _record_summary(record: RunRecord) -> dict[str, Any]:
+    out = record.outcomes
+    return {
+        "run_id": record.run_id,
+        "mlflow_run_id": record.provenance.mlflow_run_id,
+        "dataset": record.dataset,
+        "model": record.model,
+        "status": record.status,
+        "val_accuracy": out.val_accuracy,
+        "test_accuracy": out.test_accuracy,
+        "macro_f1": out.macro_f1,
+        "balanced_accuracy": out.balanced_accuracy,
+        "train_seconds": out.train_seconds,
+        "seconds_per_epoch": out.seconds_per_epoch,
+        "epochs_run": out.epochs_run,
+    }
+
+
+def validate_command(
+    data: Path = typer.Option(..., "--data", help="Dataset (.npz, CSV manifest or folder)."),
+    config_file: Path = typer.Option(..., "--config", help="JSON with model + hyperparameters."),
+    model: str | None = typer.Option(None, "--model", help="Override the config's model."),
+    seed: int = typer.Option(0, "--seed"),
+    pretrained: bool = typer.Option(
+        False, "--pretrained/--scratch", help="Start from timm's pretrained weights."
+    ),
+    weights: Path | None = typer.Option(None, "--weights", help="Local state-dict file."),
+    modality: str | None = typer.Option(None, "--modality"),
+    parent_run_id: str | None = typer.Option(
+        None, "--parent-run-id", help="Nest under this MLflow run (a recommendation)."
+    ),
+    experiment: str = typer.Option("metallmix-validation", "--experiment"),
+    max_train_images: int | None = MaxTrainOption,
+    threads: int | None = ThreadsOption,
+    kb: Path | None = KbOption,
+    no_kb: bool = NoKbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Train one configuration, log it to MLflow and append it to the knowledge base."""
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.training.runner import run_trial
+
+    chosen, hp = read_config(config_file, model)
+    dataset = load_dataset(data, modality=modality, seed=seed)
+    store = _kb(kb, no_kb)
+    epochs = hp.epochs or 5
+    stderr.print(f"validating {chosen} on {dataset.name} ({len(dataset.split('train'))} train)")
+    with progress(f"training {chosen}", epochs) as advance:
+        record = run_trial(
+            dataset,
+            chosen,
+            hp,
+            seed=seed,
+            kb=store,
+            experiment=experiment,
+            parent_run_id=parent_run_id,
+            pretrained=pretrained,
+            weights=weights,
+            max_train_images=max_train_images,
+            threads=threads,
+            progress=lambda stats: advance(1),
+        )
+    result = _record_summary(record)
+    result["kb"] = store.location if store is not None else None
+
+    def render(console: Console) -> None:
+        table = Table(title=f"validation run {record.provenance.mlflow_run_id}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            table.add_row(key, shown)
+        console.print(table)
+
+    emit(result, as_json, render)
+
+
+def search_command(
+    data: Path = typer.Option(..., "--data", help="Dataset (.npz, CSV manifest or folder)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="random | tpe"),
+    trials: int = typer.Option(..., "--trials", min=1, help="Trials to reach (resumes)."),
+    seed: int = typer.Option(0, "--seed"),
+    space: str = typer.Option("cpu-zoo", "--space", help="Search space name."),
+    storage: Path | None = typer.Option(
+        None, "--storage", help="Optuna SQLite file (default: $METALLMIX_HOME/studies.sqlite)."
+    ),
+    study: str | None = typer.Option(None, "--study", help="Study name (default derived)."),
+    modality: str | None = typer.Option(None, "--modality"),
+    max_train_images: int | None = MaxTrainOption,
+    max_val_images: int | None = typer.Option(None, "--max-val-images", min=2),
+    threads: int | None = ThreadsOption,
+    kb: Path | None = KbOption,
+    no_kb: bool = NoKbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Random-search or TPE baseline: an Optuna study, one MLflow run per trial, resumable."""
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.meta.search_space import get_space
+    from metallmix.tools.training.search import SAMPLERS, run_search
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    dataset = load_dataset(data, modality=modality, seed=seed)
+    with progress(f"{sampler} search on {dataset.name}", trials) as advance:
+        result = run_search(
+            dataset,
+            sampler=sampler,
+            trials=trials,
+            seed=seed,
+            space=get_space(space),
+            storage=storage,
+            study_name=study,
+            kb=_kb(kb, no_kb),
+            max_train_images=max_train_images,
+            max_val_images=max_val_images,
+            threads=threads,
+            on_trial=lambda summary: advance(1),
+        )
+
+    def render(console: Console) -> None:
+        table = Table(title=f"study {result.study_name} ({result.sampler})")
+        for column in ("#", "state", "model", "val acc", "seconds"):
+            table.add_column(column)
+        for t in result.trials:
+            table.add_row(
+                str(t.number),
+                t.status or t.state,
+                t.model or "",
+                f"{t.value:.4f}" if t.value is not None else "-",
+                f"{t.seconds:.1f}" if t.seconds is not None else "-",
+            )
+        console.print(table)
+        console.print(
+            f"best: {result.best_model} val_accuracy={result.best_value} "
+            f"(MLflow run {result.best_run_id}); storage {result.storage}"
+        )
+
+    emit(result.to_dict(), as_json, render)
+
+
+def build_command(
+    datasets: list[Path] = typer.Option(
+        ..., "--datasets", help="Source datasets (repeat, or a shell glob after one flag)."
+    ),
+    extra: list[Path] = typer.Argument(None, help="More dataset files (from a shell glob)."),
+    configs_per_task: int = typer.Option(16, "--configs-per-task", min=1),
+    seed: int = typer.Option(0, "--seed", help="Seeds the sampled configurations."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads per run."),
+    shard: str = typer.Option("0/1", "--shard", help="i/n: run every n-th trial from i."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N trials."),
+    max_val_images: int = typer.Option(300, "--max-val-images", min=2),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build a KB from real runs on the datasets and derived tasks (resumable by trial key)."""
+    from metallmix.tools.training.build import (
+        build,
+        default_tasks_for,
+        done_keys,
+        plan,
+        resolve_sources,
+    )
+
+    try:
+        index, count = (int(p) for p in shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/2), got {shard!r}") from None
+    sources = resolve_sources([*datasets, *(extra or [])])
+    tasks = default_tasks_for(sources)
+    trials = plan(tasks, configs_per_task, seed=seed)
+    store = open_kb(kb)
+    already = done_keys(store)
+    mine = [t for i, t in enumerate(trials) if i % count == index]
+    todo = [t for t in mine if t.key not in already]
+    if limit is not None:
+        todo = todo[:limit]
+    stderr.print(
+        f"{len(tasks)} tasks x {configs_per_task} configs = {len(trials)} trials; "
+        f"shard {index}/{count}: {len(mine) - len(todo)} done, {len(todo)} to run -> "
+        f"{store.location}"
+    )
+    counts = {"ok": 0, "diverged": 0, "failed": 0}
+    errors: list[str] = []
+    with progress("kb build", len(todo)) as advance:
+        for event in build(store, todo, sources, threads=threads, max_val_images=max_val_images):
+            if event.record is not None:
+                counts[event.record.status] = counts.get(event.record.status, 0) + 1
+                acc = event.record.outcomes.val_accuracy
+                shown = "-" if acc is None else f"{acc:.3f}"
+                stderr.print(
+                    f"[{event.done}/{event.total}] {event.trial.task.name} "
+                    f"{event.trial.model} {event.record.status} val={shown} "
+                    f"{event.record.outcomes.train_seconds or 0:.1f}s"
+                )
+            else:
+                counts["failed"] += 1
+                errors.append(f"{event.trial.task.name} {event.trial.model}: {event.error}")
+                stderr.print(f"[{event.done}/{event.total}] failed: {errors[-1]}")
+            advance(1)
+    summary = store.info()
+    result = {
+        "tasks": [t.name for t in tasks],
+        "trials_planned": len(trials),
+        "ran": sum(counts.values()),
+        "by_status_this_run": counts,
+        "errors": errors,
+        "kb": summary.to_dict(),
+    }
+
+    def render(console: Console) -> None:
+        console.print(
+            f"ran {result['ran']} trials ({counts}); KB {summary.location} now holds "
+            f"{summary.total} runs over {len(summary.by_dataset)} tasks"
+        )
+
+    emit(result, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    from metallmix.cli.kb import kb_app
+
+    app.command("validate")(validate_command)
+    app.command("search")(search_command)
+    kb_app.command("build")(build_command)

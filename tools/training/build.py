@@ -1,0 +1,301 @@
+"""Build a knowledge base from real training runs on real datasets and derived tasks.
+
+Derived tasks follow ZAP (Ozturk et al., 2022): class subsets, training-set subsamples and
+lower resolutions of each source dataset, so a handful of datasets yields many meta-training
+points with different meta-features. Each (task, model, hyperparameters, seed) trial has a
+stable key stored in its record, which makes a build resumable: trials already in the KB
+are skipped, and a killed build loses at most the trial in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from metallmix.errors import ConfigError, DatasetError
+from metallmix.tools.datasets import Dataset, load_dataset
+from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.search_space import (
+    CPU_ZOO_SPACE,
+    Choice,
+    IntRange,
+    SearchSpace,
+)
+from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.training.runner import compute_meta_features, run_trial
+
+TRIAL_KEY_TAG = "metallmix.trial_key"
+BUILD_EXPERIMENT = "metallmix-kb-build"
+
+# The zoo minus efficientnet_b0 and resnet18 (2-3x slower than the rest on CPU at these
+# sizes, see bench/train_throughput.py), epochs and sizes capped so a run takes seconds.
+# A sub-space of CPU_ZOO_SPACE: every built configuration is inside the recommender's space.
+SLOW_MODELS = ("efficientnet_b0", "resnet18")
+BUILD_SPACE: SearchSpace = CPU_ZOO_SPACE.model_copy(
+    update={
+        "name": "cpu-zoo-build",
+        "models": [m for m in CPU_ZOO_SPACE.models if m not in SLOW_MODELS],
+        "params": {
+            **CPU_ZOO_SPACE.params,
+            "epochs": IntRange(low=3, high=5),
+            "image_size": Choice(values=[28, 32]),
+        },
+    }
+)
+
+# Smallest image size each model can run at (feature maps must not vanish).
+MIN_SIZE = {"convnext_atto": 32}
+
+
+class TaskSpec(BaseModel):
+    """One meta-training task: a source dataset, optionally narrowed and downsampled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="dataset stem, e.g. 'breastmnist'")
+    classes: list[int] | None = None
+    train_limit: int | None = Field(default=None, ge=10)
+    resolution: int | None = Field(default=None, ge=8)
+
+    @property
+    def name(self) -> str:
+        parts = [self.source]
+        if self.classes is not None:
+            parts.append("c" + "+".join(str(c) for c in self.classes))
+        if self.train_limit is not None:
+            parts.append(f"n{self.train_limit}")
+        if self.resolution is not None:
+            parts.append(f"r{self.resolution}")
+        return "/".join(parts)
+
+
+def _t(
+    source: str, classes: list[int] | None = None, n: int | None = None, r: int | None = None
+) -> TaskSpec:
+    return TaskSpec(source=source, classes=classes, train_limit=n, resolution=r)
+
+
+# 20 tasks over the six medical datasets; training sets capped at 500 images so that one
+# run takes seconds on a shared 2-core CPU.
+DEFAULT_TASKS: tuple[TaskSpec, ...] = (
+    _t("breastmnist"),
+    _t("breastmnist", n=200),
+    _t("pneumoniamnist_mod", n=500),
+    _t("pneumoniamnist_mod", n=200),
+    _t("pneumoniamnist_mod", n=400, r=14),
+    _t("brain_tumor_mri", n=500),
+    _t("brain_tumor_mri", n=200),
+    _t("brain_tumor_mri", classes=[0, 1], n=400),
+    _t("brain_tumor_mri", n=400, r=28),
+    _t("covid_ct", n=500),
+    _t("covid_ct", n=200),
+    _t("covid_ct", n=400, r=28),
+    _t("knee_oa_kl", n=500),
+    _t("knee_oa_kl", classes=[0, 2, 4], n=400),
+    _t("knee_oa_kl", classes=[0, 4], n=300),
+    _t("knee_oa_kl", n=400, r=28),
+    _t("lc25000_lung", n=500),
+    _t("lc25000_lung", n=200),
+    _t("lc25000_lung", classes=[1, 2], n=400),
+    _t("lc25000_lung", n=400, r=28),
+)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One planned run of the build."""
+
+    task: TaskSpec
+    model: str
+    hp: Hyperparameters
+    seed: int
+
+    @property
+    def key(self) -> str:
+        payload = json.dumps(
+            [self.task.name, self.model, self.hp.model_dump(mode="json"), self.seed],
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _fit_size(model: str, hp: Hyperparameters) -> Hyperparameters:
+    low = MIN_SIZE.get(model)
+    if low is not None and hp.image_size is not None and hp.image_size < low:
+        return hp.model_copy(update={"image_size": low})
+    return hp
+
+
+def plan(
+    tasks: Iterable[TaskSpec],
+    configs_per_task: int,
+    *,
+    space: SearchSpace = BUILD_SPACE,
+    seed: int = 0,
+) -> list[Trial]:
+    """Seeded configurations for every task; the same arguments always give the same plan.
+
+    Trials are interleaved task by task (round-robin) so a partial build still covers every
+    task instead of finishing the first few.
+    """
+    if configs_per_task < 1:
+        raise ConfigError(f"configs per task must be at least 1, got {configs_per_task}")
+    per_task: list[list[Trial]] = []
+    for task in tasks:
+        task_seed = zlib.crc32(f"{task.name}:{seed}".encode())
+        sampled = space.sample(configs_per_task, seed=task_seed)
+        per_task.append(
+            [
+                Trial(task, model, _fit_size(model, hp), seed + i)
+                for i, (model, hp) in enumerate(sampled)
+            ]
+        )
+    out: list[Trial] = []
+    for i in range(configs_per_task):
+        out.extend(trials[i] for trials in per_task if i < len(trials))
+    return out
+
+
+def resolve_sources(paths: Iterable[str | Path]) -> dict[str, Path]:
+    """Dataset stem -> file, refusing duplicates and missing files with the path named."""
+    out: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise DatasetError(f"{path}: no such dataset file; check --datasets")
+        stem = path.stem if path.is_file() else path.name
+        if stem in out:
+            raise DatasetError(f"two datasets are both called {stem!r}: {out[stem]} and {path}")
+        out[stem] = path
+    return out
+
+
+def default_tasks_for(sources: dict[str, Path]) -> list[TaskSpec]:
+    """The default tasks whose source is present, plus a plain task for any other dataset."""
+    tasks = [t for t in DEFAULT_TASKS if t.source in sources]
+    known = {t.source for t in DEFAULT_TASKS}
+    tasks.extend(_t(stem, n=1000) for stem in sources if stem not in known)
+    return tasks
+
+
+class TaskCache:
+    """Loaded source datasets and derived tasks with their meta-features, built once each."""
+
+    def __init__(self, sources: dict[str, Path]) -> None:
+        self.sources = sources
+        self._datasets: dict[str, Dataset] = {}
+        self._tasks: dict[str, tuple[Dataset, MetaFeatures]] = {}
+
+    def source(self, stem: str) -> Dataset:
+        if stem not in self._datasets:
+            if stem not in self.sources:
+                raise DatasetError(
+                    f"task needs dataset {stem!r} but --datasets has only {sorted(self.sources)}"
+                )
+            self._datasets[stem] = load_dataset(self.sources[stem])
+        return self._datasets[stem]
+
+    def task(self, spec: TaskSpec) -> tuple[Dataset, MetaFeatures]:
+        if spec.name not in self._tasks:
+            base = self.source(spec.source)
+            limit = spec.train_limit
+            if limit is not None and limit >= len(base.split("train")):
+                limit = None
+            if spec.classes is not None or limit is not None:
+                ds = base.subset(classes=spec.classes, train_limit=limit, seed=0, name=spec.name)
+            else:
+                ds = Dataset(
+                    name=spec.name,
+                    class_names=base.class_names,
+                    splits=base.splits,
+                    modality=base.modality,
+                    source_info=base.source_info,
+                    path=base.path,
+                    format=base.format,
+                )
+            mf = compute_meta_features(ds)
+            if spec.resolution is not None:
+                side = float(spec.resolution)
+                mf = mf.model_copy(update={"resolution_h": side, "resolution_w": side})
+            self._tasks[spec.name] = (ds, mf)
+        return self._tasks[spec.name]
+
+
+def done_keys(kb: KnowledgeBase) -> set[str]:
+    """Trial keys already recorded in ``kb``."""
+    keys: set[str] = set()
+    for record in kb.iter_records():
+        key = record.provenance.notes.get(TRIAL_KEY_TAG)
+        if isinstance(key, str):
+            keys.add(key)
+    return keys
+
+
+@dataclass
+class BuildEvent:
+    """Reported after each trial: what ran, how it ended, where the build stands."""
+
+    trial: Trial
+    record: RunRecord | None
+    error: str | None
+    done: int
+    total: int
+
+
+def build(
+    kb: KnowledgeBase,
+    trials: list[Trial],
+    sources: dict[str, Path],
+    *,
+    threads: int | None = 1,
+    max_val_images: int | None = 300,
+    experiment: str = BUILD_EXPERIMENT,
+    shard: tuple[int, int] = (0, 1),
+    on_trial: Callable[[BuildEvent], None] | None = None,
+) -> Iterator[BuildEvent]:
+    """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
+
+    ``shard=(i, n)`` runs only trials ``i, i+n, ...`` so ``n`` processes can share a build.
+    A trial that fails with a user-facing error (model cannot run at a size, ...) is
+    reported and skipped; the build goes on.
+    """
+    from metallmix.errors import MetaLLMiXError
+
+    index, count = shard
+    if not 0 <= index < count:
+        raise ConfigError(f"shard index {index} is not in 0..{count - 1}")
+    done = done_keys(kb)
+    todo = [t for i, t in enumerate(trials) if i % count == index and t.key not in done]
+    cache = TaskCache(sources)
+    for n, trial in enumerate(todo, start=1):
+        ds, mf = cache.task(trial.task)
+        record: RunRecord | None = None
+        error: str | None = None
+        try:
+            record = run_trial(
+                ds,
+                trial.model,
+                trial.hp,
+                seed=trial.seed,
+                kb=kb,
+                experiment=experiment,
+                threads=threads,
+                dataset_group=trial.task.source,
+                source_resolution=trial.task.resolution,
+                max_val_images=max_val_images,
+                meta_features=mf,
+                tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": trial.task.name},
+            )
+        except MetaLLMiXError as exc:
+            error = str(exc)
+        event = BuildEvent(trial, record, error, n, len(todo))
+        if on_trial is not None:
+            on_trial(event)
+        yield event

@@ -1,0 +1,280 @@
+"""Random-search and TPE baselines: an Optuna study over the same space and trainer.
+
+These are what a zero-shot recommendation is measured against, so they use exactly the
+search space the recommender draws from and exactly the recorded trainer (one MLflow run per
+trial, nested under one parent run per study). The study lives in SQLite: a search killed
+mid-trial resumes where it stopped, re-running the interrupted configuration first so the
+sequence of trials is the one an uninterrupted search would have produced.
+Only one process should drive a given study at a time (a running trial found on start-up is
+taken to be an interrupted one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metallmix import config
+from metallmix.errors import ConfigError, MetaLLMiXError
+from metallmix.tools.datasets import Dataset
+from metallmix.tools.kb.records import RunRecord, Scalar
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.search_space import (
+    CPU_ZOO_SPACE,
+    Choice,
+    FloatRange,
+    IntRange,
+    SearchSpace,
+    make_hyperparameters,
+)
+from metallmix.tools.training import tracking
+from metallmix.tools.training.trainer import EpochStats
+
+SAMPLERS = ("random", "tpe")
+SEARCH_EXPERIMENT = "metallmix-search"
+_PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """Optuna distributions for ``space``: the model is one more categorical parameter."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out: dict[str, Any] = {"model": CategoricalDistribution(list(space.models))}
+    for name, param in space.params.items():
+        if isinstance(param, FloatRange):
+            out[name] = FloatDistribution(param.low, param.high, log=param.log)
+        elif isinstance(param, IntRange):
+            out[name] = IntDistribution(param.low, param.high)
+        elif isinstance(param, Choice):
+            out[name] = CategoricalDistribution(list(param.values))
+    return out
+
+
+def _sampler(name: str, seed: int) -> Any:
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def default_storage() -> Path:
+    return config.home_dir() / "studies.sqlite"
+
+
+@dataclass
+class TrialSummary:
+    number: int
+    state: str
+    value: float | None
+    model: str | None
+    params: dict[str, Scalar]
+    mlflow_run_id: str | None = None
+    status: str | None = None
+    error: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str
+    sampler: str
+    trials_target: int
+    trials_done: int
+    resumed: int
+    best_value: float | None
+    best_model: str | None
+    best_params: dict[str, Scalar]
+    best_run_id: str | None
+    parent_run_id: str | None
+    trials: list[TrialSummary] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _counted(trial: Any) -> bool:
+    """Trials that used up budget: finished, or failed with a recorded error."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and "error" in trial.user_attrs
+    )
+
+
+def _summary(trial: Any) -> TrialSummary:
+    params = dict(trial.params)
+    return TrialSummary(
+        number=trial.number,
+        state=trial.state.name,
+        value=trial.value if trial.values else None,
+        model=params.pop("model", None),
+        params=params,
+        mlflow_run_id=trial.user_attrs.get("mlflow_run_id"),
+        status=trial.user_attrs.get("status"),
+        error=trial.user_attrs.get("error"),
+        seconds=trial.user_attrs.get("seconds"),
+    )
+
+
+def run_search(
+    dataset: Dataset,
+    *,
+    sampler: str,
+    trials: int,
+    seed: int = 0,
+    space: SearchSpace = CPU_ZOO_SPACE,
+    storage: Path | None = None,
+    study_name: str | None = None,
+    kb: KnowledgeBase | None = None,
+    experiment: str = SEARCH_EXPERIMENT,
+    max_train_images: int | None = None,
+    max_val_images: int | None = None,
+    threads: int | None = None,
+    tracking_uri: str | None = None,
+    on_trial: Callable[[TrialSummary], None] | None = None,
+    progress: Callable[[EpochStats], None] | None = None,
+) -> SearchResult:
+    """Run (or resume) an Optuna study until ``trials`` trials have used up the budget.
+
+    The objective is the validation accuracy of the recorded run; a diverged run scores its
+    best validation accuracy before diverging (0 when it never finished an epoch). A
+    configuration the trainer rejects (e.g. a model that cannot run at that image size) is
+    a failed trial that still counts, as it would for any practitioner.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from metallmix.tools.training.runner import run_trial
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_path = Path(storage) if storage is not None else default_storage()
+    storage_path.parent.mkdir(parents=True, exist_ok=True)
+    storage_url = f"sqlite:///{storage_path.resolve()}"
+    name = study_name or f"{dataset.name}-{sampler}-s{seed}"
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage_url,
+        sampler=_sampler(sampler, seed),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    existing_sampler = study.user_attrs.get("sampler")
+    if existing_sampler is not None and existing_sampler != sampler:
+        raise ConfigError(
+            f"study {name!r} in {storage_path} was run with sampler {existing_sampler!r}, "
+            f"not {sampler!r}; pick another --study name"
+        )
+    study.set_user_attr("sampler", sampler)
+    study.set_user_attr("space", space.name)
+    dists = distributions(space)
+
+    resumed = 0
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)
+        study.enqueue_trial(dict(stale.params), skip_if_exists=False)
+        resumed += 1
+
+    client = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(client, experiment)
+    parent = study.user_attrs.get(_PARENT_ATTR)
+    if parent is None:
+        parent_run = client.create_run(
+            exp_id,
+            tags={tracking.KIND_TAG: tracking.SEARCH_KIND, "metallmix.study": name},
+            run_name=f"search:{name}",
+        )
+        parent = parent_run.info.run_id
+        client.log_batch(
+            parent,
+            params=_params(
+                {
+                    "dataset": dataset.name,
+                    "sampler": sampler,
+                    "seed": seed,
+                    "space": space.name,
+                    "storage": str(storage_path),
+                    "study": name,
+                }
+            ),
+        )
+        study.set_user_attr(_PARENT_ATTR, parent)
+    else:
+        client.update_run(parent, status="RUNNING")
+
+    while sum(_counted(t) for t in study.get_trials(deepcopy=False)) < trials:
+        trial = study.ask(dists)
+        params: dict[str, Scalar] = dict(trial.params)
+        model = str(params.pop("model"))
+        started = time.perf_counter()
+        record: RunRecord | None = None
+        try:
+            hp = make_hyperparameters(params)
+            record = run_trial(
+                dataset,
+                model,
+                hp,
+                seed=seed + trial.number,
+                kb=kb,
+                experiment=experiment,
+                parent_run_id=parent,
+                max_train_images=max_train_images,
+                max_val_images=max_val_images,
+                threads=threads,
+                progress=progress,
+                tracking_uri=tracking_uri,
+                tags={"metallmix.study": name, "metallmix.trial": str(trial.number)},
+            )
+        except MetaLLMiXError as exc:
+            trial.set_user_attr("error", str(exc)[:1000])
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            trial.set_user_attr("mlflow_run_id", record.provenance.mlflow_run_id)
+            trial.set_user_attr("record_id", record.run_id)
+            trial.set_user_attr("status", record.status)
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            study.tell(trial, record.outcomes.val_accuracy or 0.0)
+        if on_trial is not None:
+            on_trial(_summary(study.get_trials(deepcopy=False)[trial.number]))
+    client.set_terminated(parent, status="FINISHED")
+
+    all_trials = study.get_trials(deepcopy=False)
+    completed = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    best = max(completed, key=lambda t: t.value or 0.0) if completed else None
+    best_params = dict(best.params) if best is not None else {}
+    best_model = best_params.pop("model", None)
+    return SearchResult(
+        study_name=name,
+        storage=str(storage_path),
+        sampler=sampler,
+        trials_target=trials,
+        trials_done=sum(_counted(t) for t in all_trials),
+        resumed=resumed,
+        best_value=best.value if best is not None else None,
+        best_model=best_model,
+        best_params=best_params,
+        best_run_id=best.user_attrs.get("mlflow_run_id") if best is not None else None,
+        parent_run_id=parent,
+        trials=[_summary(t) for t in all_trials],
+    )
+
+
+def _params(values: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)) for k, v in values.items()]
