@@ -87,7 +87,7 @@ def _native(text: str) -> Scalar:
         return text.lower() == "true"
     for convert in (int, float):
         try:
-            return convert(text)  # type: ignore[no-any-return]
+            return convert(text)
         except ValueError:
             pass
     return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -317,7 +318,7 @@ class LayeredKnowledgeBase(KnowledgeBase):
         return ids
 
 
-def open_kb(spec: str | Path | None = None) -> KnowledgeBase:
+def open_kb(spec: str | os.PathLike[str] | None = None) -> KnowledgeBase:
     """Open the KB named by ``spec``, else ``METALLMIX_KB``, else the layered default.
 
     ``spec`` is a path to a ``.sqlite`` file (``sqlite:///`` prefix accepted). The
