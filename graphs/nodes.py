@@ -25,7 +25,7 @@ Node = Callable[[RecommendationState, RunnableConfig], dict[str, Any]]
 
 
 def timed(name: str) -> Callable[[Node], Node]:
-    """Record the node's wall time under ``timings`` and wrap it in an MLflow span."""
+    """Record the node's wall time under ``timings``; inside a trace, add a span for it."""
 
     def decorate(fn: Node) -> Node:
         @wraps(fn)
@@ -38,9 +38,13 @@ def timed(name: str) -> Callable[[Node], Node]:
                 "judge": f"judge_{state.attempts}",
             }.get(name, name)
             started = time.perf_counter()
-            with mlflow.start_span(name=key) as span:
+            if mlflow.get_current_active_span() is None:
+                # Not inside a traced recommend() (an untracked run, Studio): no trace.
                 update = fn(state, config)
-                span.set_outputs({k: _brief(v) for k, v in update.items()})
+            else:
+                with mlflow.start_span(name=key) as span:
+                    update = fn(state, config)
+                    span.set_outputs({k: _brief(v) for k, v in update.items()})
             update["timings"] = {key: time.perf_counter() - started}
             return update
 

@@ -137,16 +137,17 @@ def _tracked(inputs: dict[str, Any], configurable: dict[str, Any]) -> Recommenda
     mlflow.set_experiment(experiment_id=exp_id)
     run_id = tracking.start_run(run_name=inputs.get("dataset_name") or _stem(inputs.get("data")))
     configurable = {**configurable, "run_id": run_id}
-    status = "FAILED"
-    try:
-        with mlflow.start_span(name="recommend") as span:
-            span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-            final = _graph().invoke(inputs, config={"configurable": configurable})
-            result = _result(final)
-            span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
-        status = "FINISHED"
-    finally:
-        tracking.end_run(run_id, status)
+    # Resuming the run makes it "active", which is what links the trace to it; leaving the
+    # block marks it FINISHED, or FAILED when the graph raised.
+    with mlflow.start_run(run_id=run_id):
+        try:
+            with mlflow.start_span(name="recommend") as span:
+                span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
+                final = _graph().invoke(inputs, config={"configurable": configurable})
+                result = _result(final)
+                span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
+        finally:
+            mlflow.flush_trace_async_logging()
     return result
 
 

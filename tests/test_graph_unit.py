@@ -238,6 +238,7 @@ def test_fallback_is_grounded_and_flagged() -> None:
 def _run(llm: ScriptedLLM, **kw):  # type: ignore[no-untyped-def]
     import metallmix
 
+    kw.setdefault("track", False)  # MLflow is checked once, below: a fresh store costs seconds
     return metallmix.recommend(
         None, llm=llm, kb=kw.pop("kb", None), shortlist=make_shortlist(), name="breast", **kw
     )
@@ -292,7 +293,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts() -> None:
     from metallmix import tracking
 
     llm = ScriptedLLM([INVENTED, LOW, GOOD, SCORES])
-    rec = _run(llm, seed=7)
+    rec = _run(llm, seed=7, track=True)
     assert rec.mlflow_run_id
     client = tracking.client()
     run = client.get_run(rec.mlflow_run_id)
@@ -320,11 +321,12 @@ def test_mlflow_run_holds_params_metrics_and_artifacts() -> None:
 
 
 def test_untracked_run_logs_nothing() -> None:
-    from metallmix import tracking
+    from metallmix import config
 
     rec = _run(ScriptedLLM([GOOD, SCORES]), track=False)
     assert rec.mlflow_run_id is None
-    assert tracking.client().search_experiments(filter_string="name = 'metallmix-recommendations'") == []
+    store = Path(config.tracking_uri().removeprefix("sqlite:///"))
+    assert not store.exists(), "an untracked recommendation touched the MLflow store"
 
 
 def test_empty_kb_is_a_clear_error(tmp_path: Path) -> None:
