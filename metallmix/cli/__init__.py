@@ -23,7 +23,7 @@ app = typer.Typer(
 
 
 # Verb groups, each a module of this package exposing ``register(app)``.
-VERB_MODULES = ("features", "kb", "meta", "train", "recommend", "bench")
+VERB_MODULES = ("features", "kb", "meta", "train", "recommend", "bench", "llm")
 
 
 def _register() -> None:
