@@ -31,7 +31,7 @@ class DatasetCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    card_version: Literal[1] = CARD_VERSION
+    card_version: Literal[1] = 1
     name: str = Field(min_length=1, description="dataset name, used as its key in the KB")
     modality: str = Field(default="unknown", description="imaging modality, e.g. 'chest X-ray'")
     class_names: list[str] = Field(min_length=2, description="class names, in label order")
@@ -82,7 +82,7 @@ class DatasetCard(BaseModel):
                 train_counts={str(c): int(train[c]) for c in data["class_names"]},
                 image_height=int(height),
                 image_width=int(width),
-                channels=int(data["channels"]),  # type: ignore[arg-type]
+                channels=int(data["channels"]),
                 source={k: data[k] for k in ("source", "licence", "file") if k in data},
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -201,17 +201,17 @@ def load_npz(
     splits: dict[str, Split] = {}
     train_source = sources["train"]
     train_labels = labels["train"]
-    missing = [name for name in ("val", "test") if name not in sources]
+    carve = [name for name in ("val", "test") if name not in sources]
     train_positions = np.arange(len(train_labels))
-    if missing and len(train_labels):
+    if carve and len(train_labels):
         parts = stratified_partition(
             train_labels,
-            val_fraction if "val" in missing else 0.0,
-            test_fraction if "test" in missing else 0.0,
+            val_fraction if "val" in carve else 0.0,
+            test_fraction if "test" in carve else 0.0,
             seed,
         )
         train_positions = parts["train"]
-        for name in missing:
+        for name in carve:
             splits[name] = Split(
                 name, train_labels[parts[name]], train_source, parts[name], max_bad_fraction
             )

@@ -45,7 +45,8 @@ def read_sidecar(path: Path) -> tuple[dict[str, Any], Path | None]:
 
 def provenance(data: dict[str, Any], sidecar: Path | None, path: Path) -> dict[str, Any]:
     """``source_info``: upstream repo, commit and file from the sidecar, plus the local path."""
-    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    raw = data.get("source")
+    source: dict[str, Any] = raw if isinstance(raw, dict) else {}
     info: dict[str, Any] = {"path": str(path)}
     for key, value in (
         ("repo", source.get("repo")),
