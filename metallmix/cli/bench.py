@@ -1,0 +1,80 @@
+"""``metallmix bench ...``: benchmarks that print their figures and write ``bench/results/``.
+
+Other benchmark verbs attach to :data:`bench_app` from their own modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from metallmix.cli.output import JsonOption, emit, progress, stderr
+
+bench_app = typer.Typer(help="Benchmarks (leave-one-dataset-out, ...).", no_args_is_help=True)
+
+
+def _default_quicktune() -> Path:
+    from metallmix import config
+
+    return config.shared_data_dir() / "quicktune" / "extended"
+
+
+def _results_name(spec: str) -> str:
+    path = Path(spec.removeprefix("sqlite:///"))
+    if path.is_dir():
+        return "lodo_quicktune"
+    return f"lodo_{path.stem}"
+
+
+@bench_app.command("lodo")
+def lodo(
+    kb: str = typer.Option(
+        None,
+        "--kb",
+        help="KB .sqlite file or Quick-Tune version folder "
+        "(default: ../shared/data/quicktune/extended).",
+    ),
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for md/json/png."),
+    name: str = typer.Option(
+        None, "--name", help="Base name of the result files (default: lodo_<kb name>)."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    n_estimators: int = typer.Option(300, "--trees", min=1, help="XGBoost trees per model."),
+    max_depth: int = typer.Option(5, "--depth", min=1, help="XGBoost tree depth."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Leave-one-dataset-out: meta-learner (raw / normalized / rank) vs baselines."""
+    from metallmix.tools.meta.lodo import load_kb_records, markdown_table, run_lodo, write_results
+
+    spec = kb or str(_default_quicktune())
+    records, label = load_kb_records(spec)
+    groups = sorted({r.dataset_group for r in records})
+    with progress("LODO folds", total=len(groups)) as advance:
+        result = run_lodo(
+            records,
+            kb_label=label,
+            seed=seed,
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            on_fold=lambda _g: advance(1),
+        )
+    paths = write_results(result, out, name or _results_name(spec))
+    stderr.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    summary = result.summary().reset_index()
+    payload = {
+        "kb": label,
+        "seconds": result.seconds,
+        "summary": summary.to_dict(orient="records"),
+        "files": {k: str(v) for k, v in paths.items()},
+    }
+
+    def render(console: Console) -> None:
+        console.print(markdown_table(result))
+
+    emit(payload, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

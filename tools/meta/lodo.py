@@ -1,0 +1,419 @@
+"""Leave-one-dataset-out (LODO) evaluation of the meta-learner against simple baselines.
+
+For each dataset group in turn, every model and baseline sees only the *other* groups; then
+each held-out dataset's evaluated configurations are ranked and the pick is scored by its
+true final validation accuracy:
+
+- normalised regret of the top-1 pick: (best - picked) / (best - worst), 0 is perfect;
+- rank of the pick among the dataset's configurations (1 = the best one);
+- Spearman correlation of predicted vs true accuracy (meta-learner variants only).
+
+Baselines on the same rows: random pick and random search best-of-5 / best-of-10 (exact
+expectations, no sampling noise), best-default (the training configuration with the best
+mean normalised score) and nearest-dataset-best (the best configuration of the most similar
+training dataset). When the held-out dataset never evaluated that exact configuration, the
+baseline gets the nearest evaluated one (same model first), which favours the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import spearmanr
+
+from metallmix.errors import KnowledgeBaseError
+from metallmix.tools.kb.frame import records_to_frame
+from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.meta.metalearner import (
+    OBJECTIVES,
+    MetaLearner,
+    MetaLearnerConfig,
+    Objective,
+    normalized_target,
+    training_rows,
+)
+from metallmix.tools.meta.retrieval import DatasetScaler, config_vector
+
+BASELINES = ("random", "random-best-of-5", "random-best-of-10", "best-default", "nearest-dataset")
+MIN_CONFIGS = 3
+
+
+class LeakError(AssertionError):
+    """A held-out row reached the training data: the benchmark result would be invalid."""
+
+
+class FoldResult(BaseModel):
+    """One held-out dataset scored by one method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    group: str
+    method: str
+    n_configs: int
+    regret: float
+    rank: float
+    picked_accuracy: float | None = None
+    best_accuracy: float
+    spearman: float | None = None
+
+
+class LodoResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kb: str
+    n_runs: int
+    n_datasets: int
+    seed: int
+    config: dict[str, object]
+    rows: list[FoldResult]
+    seconds: float
+    fit_seconds: dict[str, float] = Field(default_factory=dict)
+    folds: list[dict[str, object]] = Field(default_factory=list)
+
+    def summary(self) -> pd.DataFrame:
+        """Mean regret, rank and Spearman per method, plus wins against the best baseline."""
+        frame = pd.DataFrame([r.model_dump() for r in self.rows])
+        agg = frame.groupby("method").agg(
+            regret=("regret", "mean"),
+            regret_median=("regret", "median"),
+            rank=("rank", "mean"),
+            spearman=("spearman", "mean"),
+            datasets=("dataset", "nunique"),
+        )
+        order = [
+            m for m in [*(f"metalearner-{o}" for o in OBJECTIVES), *BASELINES] if m in agg.index
+        ]
+        return agg.loc[order]
+
+    def per_dataset(self, metric: str = "regret") -> pd.DataFrame:
+        frame = pd.DataFrame([r.model_dump() for r in self.rows])
+        return frame.pivot_table(index="dataset", columns="method", values=metric)
+
+
+def folds(
+    records: Sequence[RunRecord],
+) -> Iterator[tuple[str, list[RunRecord], list[RunRecord]]]:
+    """(held-out group, training records, held-out records); raises LeakError on overlap."""
+    groups = sorted({r.dataset_group for r in records})
+    for group in groups:
+        train = [r for r in records if r.dataset_group != group]
+        test = [r for r in records if r.dataset_group == group]
+        assert_no_leak(group, train, test)
+        yield group, train, test
+
+
+def assert_no_leak(group: str, train: Sequence[RunRecord], test: Sequence[RunRecord]) -> None:
+    test_ids = {r.run_id for r in test}
+    test_datasets = {r.dataset for r in test}
+    for r in train:
+        if r.run_id in test_ids or r.dataset_group == group or r.dataset in test_datasets:
+            raise LeakError(
+                f"held-out group {group!r}: run {r.run_id} (dataset {r.dataset}) is in the "
+                "training data"
+            )
+
+
+def regret_and_rank(true: np.ndarray, picked: int) -> tuple[float, float]:
+    best, worst = float(true.max()), float(true.min())
+    regret = 0.0 if best == worst else (best - float(true[picked])) / (best - worst)
+    rank = 1.0 + float(np.sum(true > true[picked]))
+    return regret, rank
+
+
+def expected_best_of(true: np.ndarray, k: int) -> tuple[float, float]:
+    """Exact expected regret and rank of the best of ``k`` configurations drawn at random."""
+    n = len(true)
+    k = min(k, n)
+    order = np.sort(true)  # ascending
+    best, worst = float(order[-1]), float(order[0])
+    # P(max of the draw is the i-th smallest, 1-based) = C(i-1, k-1) / C(n, k)
+    probs = np.array([math.comb(i - 1, k - 1) for i in range(1, n + 1)], dtype=float)
+    probs /= math.comb(n, k)
+    regrets = np.zeros(n) if best == worst else (best - order) / (best - worst)
+    ranks = np.array([1.0 + np.sum(true > v) for v in order])
+    return float(probs @ regrets), float(probs @ ranks)
+
+
+def _config_key(r: RunRecord) -> str:
+    return json.dumps([r.model, r.hyperparameters.model_dump(mode="json")], sort_keys=True)
+
+
+def _map_to_heldout(target: RunRecord, test: Sequence[RunRecord]) -> int:
+    """Index of ``target``'s configuration in ``test``, else the nearest one (same model first)."""
+    key = _config_key(target)
+    for i, r in enumerate(test):
+        if _config_key(r) == key:
+            return i
+    pool = [i for i, r in enumerate(test) if r.model == target.model] or list(range(len(test)))
+    tv = config_vector(target.model, target.hyperparameters, target.pretrained)
+    dists = [
+        float(
+            np.linalg.norm(
+                config_vector(test[i].model, test[i].hyperparameters, test[i].pretrained) - tv
+            )
+        )
+        for i in pool
+    ]
+    return pool[int(np.argmin(dists))]
+
+
+def best_default(train: Sequence[RunRecord]) -> RunRecord:
+    """The training configuration with the best mean normalised score across datasets.
+
+    Ties (common: every dataset's best run scores 1) go to the configuration whose model has
+    the best mean normalised score, then to the run id.
+    """
+    frame = training_rows(records_to_frame(train))
+    frame = frame.assign(norm=normalized_target(frame))
+    by_id = {r.run_id: r for r in train}
+    frame["key"] = [_config_key(by_id[i]) for i in frame["run_id"]]
+    per_config = frame.groupby("key")["norm"].mean()
+    per_model = frame.groupby("model")["norm"].mean()
+    frame["config_score"] = frame["key"].map(per_config)
+    frame["model_score"] = frame["model"].map(per_model)
+    frame = frame.sort_values(
+        ["config_score", "model_score", "run_id"], ascending=[False, False, True]
+    )
+    return by_id[str(frame.iloc[0]["run_id"])]
+
+
+def nearest_dataset_best(train: Sequence[RunRecord], test: Sequence[RunRecord]) -> RunRecord:
+    """The best run of the training dataset most similar (cosine, meta-features) to ``test``."""
+    metas: dict[str, RunRecord] = {}
+    for r in train:
+        metas.setdefault(r.dataset, r)
+    names = sorted(metas)
+    scaler = DatasetScaler.fit([metas[n].meta_features for n in names])
+    query = scaler.embed(test[0].meta_features)
+    vectors = np.vstack([scaler.embed(metas[n].meta_features) for n in names])
+    sims = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query) + 1e-12)
+    nearest = names[int(np.argmax(sims))]
+    runs = [r for r in train if r.dataset == nearest and r.outcomes.val_accuracy is not None]
+    return max(runs, key=lambda r: (r.outcomes.val_accuracy or 0.0, r.run_id))
+
+
+def run_lodo(
+    records: Sequence[RunRecord],
+    *,
+    kb_label: str = "",
+    objectives: Sequence[Objective] = OBJECTIVES,
+    seed: int = 0,
+    n_estimators: int = 300,
+    max_depth: int = 5,
+    on_fold: Callable[[str], None] | None = None,
+) -> LodoResult:
+    """The whole benchmark; deterministic for a seed."""
+    usable = [r for r in records if r.status == "ok" and r.outcomes.val_accuracy is not None]
+    groups = sorted({r.dataset_group for r in usable})
+    if len(groups) < 2:
+        raise KnowledgeBaseError(
+            f"LODO needs runs from at least 2 dataset groups, the KB has {len(groups)}; "
+            "import more datasets first"
+        )
+    started = time.perf_counter()
+    rows: list[FoldResult] = []
+    fit_seconds = dict.fromkeys(objectives, 0.0)
+    fold_info: list[dict[str, object]] = []
+    for group, train, test_all in folds(usable):
+        train_frame = records_to_frame(train)
+        learners: dict[str, MetaLearner] = {}
+        for objective in objectives:
+            cfg = MetaLearnerConfig(
+                objective=objective,
+                seed=seed,
+                n_estimators=n_estimators,
+                max_depth=max_depth,
+                with_uncertainty=False,
+                with_cost=False,
+            )
+            t0 = time.perf_counter()
+            learners[objective] = MetaLearner.fit(train_frame, cfg)
+            fit_seconds[objective] += time.perf_counter() - t0
+            seen = set(learners[objective].info["dataset_groups"])  # type: ignore[arg-type]
+            if group in seen:
+                raise LeakError(f"held-out group {group!r} reached the {objective} meta-learner")
+        default_run = best_default(train)
+        fold_info.append(
+            {
+                "group": group,
+                "n_train": len(train),
+                "n_test": len(test_all),
+                "train_groups": sorted({r.dataset_group for r in train}),
+                "best_default": default_run.run_id,
+            }
+        )
+        for dataset in sorted({r.dataset for r in test_all}):
+            test = sorted((r for r in test_all if r.dataset == dataset), key=lambda r: r.run_id)
+            if len(test) < MIN_CONFIGS:
+                continue
+            true = np.array([r.outcomes.val_accuracy for r in test], dtype=float)
+            best = float(true.max())
+            frame = records_to_frame(test)
+
+            def add(
+                method: str,
+                regret: float,
+                rank: float,
+                picked: float | None,
+                rho: float | None = None,
+                _d: str = dataset,
+                _n: int = len(test),
+                _b: float = best,
+                _g: str = group,
+            ) -> None:
+                rows.append(
+                    FoldResult(
+                        dataset=_d,
+                        group=_g,
+                        method=method,
+                        n_configs=_n,
+                        regret=regret,
+                        rank=rank,
+                        picked_accuracy=picked,
+                        best_accuracy=_b,
+                        spearman=rho,
+                    )
+                )
+
+            for objective, learner in learners.items():
+                scores = learner.predict(frame).score
+                pick = int(np.argmax(scores))
+                regret, rank = regret_and_rank(true, pick)
+                rho = float(spearmanr(scores, true).statistic) if np.std(scores) > 0 else 0.0
+                add(f"metalearner-{objective}", regret, rank, float(true[pick]), rho)
+            add("random", *expected_best_of(true, 1), None)
+            add("random-best-of-5", *expected_best_of(true, 5), None)
+            add("random-best-of-10", *expected_best_of(true, 10), None)
+            pick = _map_to_heldout(default_run, test)
+            add("best-default", *regret_and_rank(true, pick), float(true[pick]))
+            pick = _map_to_heldout(nearest_dataset_best(train, test), test)
+            add("nearest-dataset", *regret_and_rank(true, pick), float(true[pick]))
+        if on_fold is not None:
+            on_fold(group)
+    return LodoResult(
+        kb=kb_label,
+        n_runs=len(usable),
+        n_datasets=len({r.dataset for r in usable}),
+        seed=seed,
+        config={
+            "n_estimators": n_estimators,
+            "max_depth": max_depth,
+            "objectives": list(objectives),
+        },
+        rows=rows,
+        seconds=round(time.perf_counter() - started, 2),
+        fit_seconds={k: round(v, 2) for k, v in fit_seconds.items()},
+        folds=fold_info,
+    )
+
+
+def markdown_table(result: LodoResult) -> str:
+    summary = result.summary()
+    lines = [
+        f"LODO on `{result.kb}`: {result.n_runs} runs, {result.n_datasets} datasets, "
+        f"seed {result.seed}, {result.seconds:.0f} s total.",
+        "",
+        "| method | mean normalised regret | median regret | mean rank of pick | mean Spearman |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, row in summary.iterrows():
+        rho = "" if pd.isna(row["spearman"]) else f"{row['spearman']:.3f}"
+        lines.append(
+            f"| {method} | {row['regret']:.3f} | {row['regret_median']:.3f} | "
+            f"{row['rank']:.1f} | {rho} |"
+        )
+    per = result.per_dataset("regret")
+    n_cfg = (
+        pd.DataFrame([r.model_dump() for r in result.rows]).groupby("dataset")["n_configs"].max()
+    )
+    cols = list(summary.index)
+    lines += ["", "Normalised regret per held-out dataset (0 = picked the best config):", ""]
+    lines.append("| dataset | configs | " + " | ".join(cols) + " |")
+    lines.append("|---|---:|" + "---:|" * len(cols))
+    for dataset, row in per.iterrows():
+        cells = " | ".join(f"{row[c]:.3f}" for c in cols)
+        lines.append(f"| {dataset} | {int(n_cfg[dataset])} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: LodoResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result.summary()
+    per = result.per_dataset("regret")
+    methods = list(summary.index)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = np.arange(len(methods))
+    colors = ["#3b75af" if m.startswith("metalearner") else "#999999" for m in methods]
+    ax.bar(xs, summary["regret"].to_numpy(), color=colors, alpha=0.8)
+    for x, method in zip(xs, methods, strict=True):
+        values = per[method].dropna().to_numpy()
+        ax.scatter(
+            np.full(len(values), x) + np.linspace(-0.2, 0.2, len(values)),
+            values,
+            s=10,
+            color="black",
+            zorder=3,
+        )
+    ax.set_xticks(xs, methods, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("normalised regret of top-1 pick (lower is better)")
+    ax.set_title(
+        f"Leave-one-dataset-out, {result.n_datasets} datasets (bars: mean; dots: datasets)"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(result: LodoResult, out_dir: Path, name: str) -> dict[str, Path]:
+    """``<name>.md``, ``<name>.json`` and ``<name>.png`` in ``out_dir`` (atomic writes)."""
+    import os
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": out_dir / f"{name}.md",
+        "json": out_dir / f"{name}.json",
+        "png": out_dir / f"{name}.png",
+    }
+    payload = {
+        "md": f"# Leave-one-dataset-out benchmark\n\n{markdown_table(result)}",
+        "json": result.model_dump_json(indent=2),
+    }
+    for kind, text in payload.items():
+        tmp = paths[kind].with_suffix(paths[kind].suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, paths[kind])
+    tmp_png = out_dir / f".{name}.tmp.png"
+    plot(result, tmp_png)
+    os.replace(tmp_png, paths["png"])
+    return paths
+
+
+def load_kb_records(spec: str | Path) -> tuple[list[RunRecord], str]:
+    """Records from a Quick-Tune folder or a KB ``.sqlite`` file (read-only)."""
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    path = Path(str(spec).removeprefix("sqlite:///")).expanduser()
+    if path.is_dir():
+        from metallmix.tools.kb.quicktune import import_quicktune
+
+        return import_quicktune(path), str(spec)
+    if path.is_file():
+        return list(SQLiteKnowledgeBase(path, read_only=True).iter_records()), str(spec)
+    raise KnowledgeBaseError(
+        f"--kb {spec}: no such file or folder; give a KB .sqlite file or a Quick-Tune "
+        "version folder (e.g. ../shared/data/quicktune/extended)"
+    )
