@@ -371,3 +371,42 @@ def test_dicom_without_pydicom_says_how_to_install(
 
     with pytest.raises(DatasetError, match=r"pydicom is not installed.*metallmix\[dicom\]"):
         load_dataset(root)
+
+
+def test_damaged_dicom_is_skipped_and_counted(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    root = tmp_path / "dcm"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(15):
+            write_dicom(root / cls / f"{i}.dcm", np.full((4, 4), i, dtype=np.uint16))
+    (root / "a" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
+
+    split = load_dataset(root, val_fraction=0, test_fraction=0).split("train")
+
+    assert len(split) == 31
+    assert len(list(split.image_sizes())) == 30
+    assert len(split.skipped) == 1 and "broken.dcm" in split.skipped[0]
+
+
+def test_sixteen_bit_png_is_stretched_to_uint8(tmp_path: Path) -> None:
+    root = tmp_path / "png16"
+    deep = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 1000).astype(np.uint16)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        Image.fromarray(deep).save(root / cls / "x.png")
+
+    split = load_dataset(root, val_fraction=0, test_fraction=0).split("train")
+    image = next(split.iter_images())
+
+    assert image.dtype == np.uint8 and image.shape == (4, 5)
+    assert (image.min(), image.max()) == (0, 255)
+    assert next(split.iter_headers()).channels == 1
+
+
+def test_sidecar_inside_folder_sets_modality(tmp_path: Path) -> None:
+    make_folder(tmp_path / "ds", {"a": 2, "b": 2})
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps({"modality": "OCT"}))
+    assert load_dataset(tmp_path / "ds").modality == "OCT"
+    (tmp_path / "ds.json").write_text(json.dumps({"modality": "fundus"}))
+    assert load_dataset(tmp_path / "ds").modality == "fundus"

@@ -7,6 +7,7 @@ skip and count them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,12 @@ class FileImages(ImageSource):
         path = self.paths[index]
         dicom = is_dicom(path)
         try:
-            if what == "header":
-                return _dicom_header(path) if dicom else _pil_header(path)
-            return _dicom_pixels(path) if dicom else _pil_pixels(path)
+            with warnings.catch_warnings():
+                # pydicom warns on every oddity of a damaged file; the skip report says enough
+                warnings.simplefilter("ignore", UserWarning)
+                if what == "header":
+                    return _dicom_header(path) if dicom else _pil_header(path)
+                return _dicom_pixels(path) if dicom else _pil_pixels(path)
         except DatasetError:
             raise
         except (OSError, UnidentifiedImageError, ValueError, AttributeError, SyntaxError) as exc:
