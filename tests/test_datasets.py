@@ -410,3 +410,25 @@ def test_sidecar_inside_folder_sets_modality(tmp_path: Path) -> None:
     assert load_dataset(tmp_path / "ds").modality == "OCT"
     (tmp_path / "ds.json").write_text(json.dumps({"modality": "fundus"}))
     assert load_dataset(tmp_path / "ds").modality == "fundus"
+
+
+def test_npz_images_stream_without_loading_the_array(tmp_path: Path) -> None:
+    import tracemalloc
+
+    n, side = 4000, 64  # 16 MiB of pixels, compressing to almost nothing
+    path = save_npz(
+        tmp_path / "big.npz",
+        train_images=np.zeros((n, side, side), np.uint8),
+        train_labels=np.arange(n) % 2,
+    )
+    split = load_dataset(path, val_fraction=0, test_fraction=0).split("train")
+
+    tracemalloc.start()
+    try:
+        seen = sum(1 for _ in split.iter_images())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert seen == n
+    assert peak < (n * side * side) / 4  # a few chunks, never the whole array
