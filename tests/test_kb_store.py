@@ -95,6 +95,23 @@ def test_read_only_store(tmp_path: Path) -> None:
         ro.add(records("new", 1))
     with pytest.raises(KnowledgeBaseError, match="does not exist"):
         SQLiteKnowledgeBase(tmp_path / "absent.sqlite", read_only=True)
+    assert ro.get("r:00001") is not None and ro.get("nope") is None
+
+
+def test_read_only_store_in_read_only_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed package folder is not writable: the WAL-mode file still opens."""
+    folder = tmp_path / "site packages #1"  # characters that need quoting in a file: URI
+    path = folder / "kb.sqlite"
+    SQLiteKnowledgeBase(path).add(records("r", 3))
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode)
+    )
+    ro = SQLiteKnowledgeBase(path, read_only=True)
+    assert len(ro) == 3 and len(list(ro.iter_records())) == 3
+    assert not Path(f"{path}-wal").exists()
 
 
 def test_open_kb_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

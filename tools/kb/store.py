@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -167,15 +168,19 @@ class SQLiteKnowledgeBase(KnowledgeBase):
                 raise KnowledgeBaseError(
                     f"cannot create the folder for knowledge base {self.path}: {exc}"
                 ) from exc
-        with self._connect() as conn:
-            if not read_only:
-                self._refuse_foreign(conn)
-                conn.executescript(_SCHEMA)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (str(KB_SCHEMA_VERSION),),
-                )
-            self._check_schema(conn)
+        conn = self._connect()
+        try:  # closed explicitly: an unclosed connection leaves the -wal file behind
+            with conn:
+                if not read_only:
+                    self._refuse_foreign(conn)
+                    conn.executescript(_SCHEMA)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                        (str(KB_SCHEMA_VERSION),),
+                    )
+                self._check_schema(conn)
+        finally:
+            conn.close()
 
     @property
     def location(self) -> str:
@@ -184,7 +189,11 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     def _connect(self) -> sqlite3.Connection:
         try:
             if self.read_only:
-                uri = f"file:{self.path}?mode=ro"
+                # SQLite needs to write a WAL index even to read a WAL-mode file; in a
+                # read-only folder (an installed package) it cannot, and the shipped KB never
+                # changes, so it is opened immutable there.
+                flags = "mode=ro" if os.access(self.path.parent, os.W_OK) else "mode=ro&immutable=1"
+                uri = f"file:{quote(str(self.path))}?{flags}"
                 conn = sqlite3.connect(uri, uri=True, timeout=30.0)
             else:
                 conn = sqlite3.connect(self.path, timeout=30.0)
@@ -272,6 +281,22 @@ class SQLiteKnowledgeBase(KnowledgeBase):
             return {row[0] for row in conn.execute("SELECT run_id FROM runs")}
         finally:
             conn.close()
+
+    def get(self, run_id: str) -> RunRecord | None:
+        """One record by primary key, without parsing the whole store."""
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        finally:
+            conn.close()
+        if row is None:
+            return None
+        try:
+            return RunRecord.model_validate_json(row[0])
+        except ValidationError as exc:
+            raise KnowledgeBaseError(
+                f"record {run_id} in {self.path} does not match the current schema: {exc}"
+            ) from exc
 
 
 class LayeredKnowledgeBase(KnowledgeBase):
