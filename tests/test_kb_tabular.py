@@ -104,6 +104,22 @@ def test_round_trip_is_lossless(tmp_path: Path, suffix: str) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
 
 
+def test_parquet_records_schema_version(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from metallmix.tools.kb.records import KB_SCHEMA_VERSION
+    from metallmix.tools.kb.tabular import SCHEMA_KEY
+
+    path = tmp_path / "kb.parquet"
+    export_records(RECORDS, path)
+    table = pq.read_table(path)
+    assert table.schema.metadata[SCHEMA_KEY.encode()] == str(KB_SCHEMA_VERSION).encode()
+    newer = table.replace_schema_metadata({SCHEMA_KEY: str(KB_SCHEMA_VERSION + 1)})
+    pq.write_table(newer, tmp_path / "newer.parquet")
+    with pytest.raises(ImportFormatError, match=r"schema version \d+.*upgrade metallmix"):
+        read_records(tmp_path / "newer.parquet")
+
+
 def test_empty_export_round_trips(tmp_path: Path) -> None:
     for suffix in (".csv", ".parquet"):
         path = tmp_path / f"empty{suffix}"

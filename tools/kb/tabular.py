@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from metallmix.errors import ImportFormatError, KnowledgeBaseError
-from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.records import KB_SCHEMA_VERSION, RunRecord
 
 Kind = Literal["str", "int", "float", "bool", "datetime", "json"]
 
@@ -43,6 +43,7 @@ NESTED_PREFIXES = {
 }
 EMPTY_STRING = '""'
 FORMATS = (".csv", ".parquet")
+SCHEMA_KEY = "metallmix_kb_schema_version"
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def export_records(records: Iterable[RunRecord], path: Path) -> int:
             if c.kind == "json":
                 values = [None if v is None else json.dumps(_to_jsonable(v)) for v in values]
             data[c.name] = pa.array(values, type=arrow_types[c.kind])
-        table = pa.table(data)
+        # The schema version travels in the file's metadata (CSV has no place for it).
+        table = pa.table(data).replace_schema_metadata({SCHEMA_KEY: str(KB_SCHEMA_VERSION)})
 
         def write_parquet(tmp: Path) -> None:
             pq.write_table(table, tmp)
@@ -306,6 +308,12 @@ def _read_parquet(
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
         raise ImportFormatError(f"{path} is not a readable Parquet file: {exc}") from exc
+    version = (table.schema.metadata or {}).get(SCHEMA_KEY.encode())
+    if version is not None and int(version) > KB_SCHEMA_VERSION:
+        raise ImportFormatError(
+            f"{path} was exported with KB schema version {int(version)}, this MetaLLMiX reads "
+            f"up to {KB_SCHEMA_VERSION}; upgrade metallmix"
+        )
     cols = _check_header(path, list(table.column_names), required)
     out: list[tuple[str, dict[str, Any]]] = []
     for index, row in enumerate(table.to_pylist()):
