@@ -27,6 +27,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
 AUGMENTATIONS = ("none", "light", "medium")
 
+# Training images used to re-estimate batch-norm statistics before each evaluation.
+BN_CALIBRATION_IMAGES = 512
+
 # Used when a Hyperparameters field is unset (public records often omit some).
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -320,6 +323,33 @@ def _scheduler(config: TrainConfig, optimizer: Any) -> Any | None:
     return None
 
 
+def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
+    """Re-estimate batch-norm running statistics on training images ("precise BN").
+
+    From scratch and over few steps, the running averages lag far behind the fast-moving
+    weights, and eval-mode predictions collapse to one class even when training accuracy is
+    high. One gradient-free pass with a cumulative average fixes that for a fraction of an
+    epoch's cost.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            chunk = x[i : i + batch]
+            if len(chunk) > 1:
+                model(chunk)
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+
+
 def _predict(model: Any, x: Any, batch: int) -> Any:
     """Logits for all of ``x`` in eval mode, without gradients."""
     import torch
@@ -421,6 +451,8 @@ def train(
                 break
             if scheduler is not None:
                 scheduler.step()
+            calib = order[:BN_CALIBRATION_IMAGES]
+            _recalibrate_batchnorm(model, (train_x[calib] - mean) / std, max(batch, 64))
             logits = _predict(model, (val_x - mean) / std, max(batch, 128))
             val_loss = float(F.cross_entropy(logits, torch.from_numpy(val_y)))
             val_acc = float((logits.argmax(1).numpy() == val_y).mean())
