@@ -1,0 +1,127 @@
+"""Meta-learner: learns a planted effect, handles unknown models and NaNs, is deterministic,
+saves/loads exactly, and refits only when the KB content changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metallmix.errors import KnowledgeBaseError
+from metallmix.tools.kb.frame import records_to_frame
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
+from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder, candidates_frame
+from metallmix.tools.meta.metalearner import (
+    OBJECTIVES,
+    MetaLearner,
+    MetaLearnerConfig,
+    fit_or_load,
+    normalized_target,
+)
+from metallmix.tools.meta.search_space import make_hyperparameters
+from metallmix.tools.meta.synthetic import synthetic_records
+
+SMALL = {"n_estimators": 60, "max_depth": 4}
+
+
+@pytest.fixture(scope="module")
+def records():  # type: ignore[no-untyped-def]
+    return synthetic_records(5, 30, seed=1)
+
+
+def test_learns_the_planted_lr_optimum(records) -> None:  # type: ignore[no-untyped-def]
+    learner = MetaLearner.fit(records, MetaLearnerConfig(**SMALL))
+    mf = records[0].meta_features
+    configs = [
+        ("resnet18", make_hyperparameters({"lr": lr, "batch_size": 64, "optimizer": "adamw"}))
+        for lr in (1e-4, 1e-3, 2.5e-2)
+    ]
+    pred = learner.predict(candidates_frame(mf, configs))
+    assert pred.accuracy[1] > pred.accuracy[0] + 0.03
+    assert pred.accuracy[1] > pred.accuracy[2] + 0.03
+    assert np.all(pred.low <= pred.accuracy) and np.all(pred.accuracy <= pred.high)
+    assert np.all(np.isfinite(pred.seconds)) and np.all(pred.seconds > 0)
+
+
+def test_unknown_model_and_missing_values_are_predicted(records) -> None:  # type: ignore[no-untyped-def]
+    learner = MetaLearner.fit(records, MetaLearnerConfig(**SMALL))
+    mf = records[0].meta_features.model_copy(update={"imbalance_ratio": None})
+    configs = [("totally_new_net_b9", make_hyperparameters({"optimizer": "lion"}))]
+    pred = learner.predict(candidates_frame(mf, configs))
+    assert np.isfinite(pred.accuracy[0]) and 0 <= pred.accuracy[0] <= 1
+    columns = learner.encoder.columns
+    row = learner.encoder.transform(candidates_frame(mf, configs))[0]
+    assert row[columns.index("model=__other__")] == 1.0
+    assert row[columns.index("hp_optimizer=__other__")] == 1.0
+    assert np.isnan(row[columns.index("mf_imbalance_ratio")])
+
+
+def test_fit_is_deterministic_for_a_seed(records) -> None:  # type: ignore[no-untyped-def]
+    frame = records_to_frame(records)
+    cfg = MetaLearnerConfig(seed=3, **SMALL)
+    a = MetaLearner.fit(frame, cfg).predict(frame)
+    b = MetaLearner.fit(frame, cfg).predict(frame)
+    assert np.array_equal(a.score, b.score) and np.array_equal(a.high, b.high)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_save_load_round_trip(records, tmp_path: Path, objective: str) -> None:  # type: ignore[no-untyped-def]
+    frame = records_to_frame(records)
+    learner = MetaLearner.fit(frame, MetaLearnerConfig(objective=objective, **SMALL))  # type: ignore[arg-type]
+    directory = learner.save(tmp_path / "ml")
+    assert sorted(p.name for p in directory.iterdir() if p.suffix == ".json")
+    assert not list(directory.glob("*.pkl"))
+    again = MetaLearner.load(directory)
+    p, q = learner.predict(frame), again.predict(frame)
+    np.testing.assert_allclose(p.score, q.score, rtol=1e-6)
+    np.testing.assert_allclose(p.accuracy, q.accuracy, rtol=1e-6)
+    np.testing.assert_allclose(p.seconds, q.seconds, rtol=1e-6)
+    assert again.encoder == learner.encoder and again.version == learner.version
+
+
+def test_normalized_target_is_per_dataset(records) -> None:  # type: ignore[no-untyped-def]
+    frame = records_to_frame(records)
+    norm = normalized_target(frame)
+    for _, idx in frame.groupby("dataset").groups.items():
+        values = norm[np.asarray(idx)]
+        assert values.min() == pytest.approx(0.0) and values.max() == pytest.approx(1.0)
+
+
+def test_encoder_round_trips_and_groups_one_hots(records) -> None:  # type: ignore[no-untyped-def]
+    frame = records_to_frame(records)
+    enc = FeatureEncoder.fit(frame)
+    assert enc.version == ENCODING_VERSION
+    again = FeatureEncoder.model_validate_json(enc.model_dump_json())
+    np.testing.assert_array_equal(enc.transform(frame), again.transform(frame))
+    groups = dict(zip(enc.columns, enc.groups, strict=True))
+    assert groups["hp_optimizer=adamw"] == "optimizer"
+    assert groups["model=resnet18"] == "model" and groups["model_params_m"] == "model"
+    assert groups["hp_lr"] == "lr"
+
+
+def test_cache_is_reused_until_the_kb_changes(records, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    kb.add(records[:120])
+    cfg = MetaLearnerConfig(**SMALL)
+    first = fit_or_load(kb, cfg)
+    assert first.info["cached"] is False
+    second = fit_or_load(kb, cfg)
+    assert second.info["cached"] is True and second.info["kb_hash"] == first.info["kb_hash"]
+    kb.add(records[120:])
+    third = fit_or_load(kb, cfg)
+    assert third.info["cached"] is False and third.info["kb_hash"] != first.info["kb_hash"]
+    assert third.info["n_rows"] == len(records)
+
+
+def test_exclusion_hides_a_dataset_from_training(records, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    kb.add(records)
+    learner = fit_or_load(kb, MetaLearnerConfig(**SMALL), exclude_datasets={"synth00"})
+    assert "synth00" not in learner.info["datasets"]  # type: ignore[operator]
+    assert learner.info["n_rows"] == sum(1 for r in records if r.dataset != "synth00")
+
+
+def test_too_small_kb_is_a_clear_error(records) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(KnowledgeBaseError, match="at least"):
+        MetaLearner.fit(records[:3])
