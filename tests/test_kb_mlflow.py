@@ -151,3 +151,51 @@ def test_cli_import_mlflow(store: Store, tmp_path: Path, capsys) -> None:  # typ
     assert main([*bad, "--kb", str(fresh)]) == 2
     assert "error: MLflow run" in capsys.readouterr().err
     assert len(SQLiteKnowledgeBase(fresh)) == 0
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_contract_with_the_real_trainer(tmp_path: Path) -> None:
+    """A run logged by the real trainer (run_trial) comes back as the record it returned,
+    both from the artifact and, reconstructed, from its params and metrics alone."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.kb.mlflow_import import _reconstruct
+    from metallmix.tools.kb.records import Hyperparameters
+    from metallmix.tools.training.runner import run_trial
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 48), ("val", 16), ("test", 16)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 60, size=(n, 16, 16)).astype(np.uint8)
+        images[labels == 1, :8, :8] += 150
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.astype(np.int64)
+    np.savez(tmp_path / "toy.npz", **arrays)
+    (tmp_path / "toy.json").write_text(
+        json.dumps({"modality": "synthetic", "class_names": ["a", "b"]})
+    )
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    hp = Hyperparameters(epochs=2, image_size=16, batch_size=16, lr=3e-3)
+    record = run_trial(
+        load_dataset(tmp_path / "toy.npz"), "lcnet_050", hp, kb=None, tracking_uri=uri, threads=1
+    )
+    imported = import_mlflow(uri)
+    assert len(imported) == 1
+    back = imported[0]
+    assert back.run_id == record.run_id
+    assert back.provenance.tracking_uri == uri and back.provenance.mlflow_run_id
+    same = {"provenance", "source"}
+    assert back.model_dump(exclude=same) == record.model_dump(exclude=same)
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(back.provenance.mlflow_run_id)
+    rebuilt = _reconstruct(run, client, uri)
+    assert not isinstance(rebuilt, str), rebuilt
+    assert (rebuilt.dataset, rebuilt.model) == (record.dataset, record.model)
+    assert rebuilt.meta_features == record.meta_features
+    assert rebuilt.hyperparameters == record.hyperparameters
+    assert rebuilt.outcomes.val_accuracy == pytest.approx(record.outcomes.val_accuracy)

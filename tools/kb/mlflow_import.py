@@ -157,6 +157,9 @@ def _reconstruct(run: Any, client: Any, tracking_uri: str) -> RunRecord | str:
     for key in ("dataset_group", "weights_tag"):
         if key in params:
             data[key] = params[key]
+    for key in ("dataset_source_repo", "dataset_source_commit", "code_version"):
+        if key in params:
+            data["provenance"][key] = params[key]
     if "pretrained" in params:
         data["pretrained"] = params["pretrained"].lower() in {"true", "1"}
     if "seed" in params and params["seed"] != "None":
