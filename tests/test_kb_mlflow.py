@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,14 @@ def test_errors(store: Store, tmp_path: Path) -> None:
     with pytest.raises(KnowledgeBaseError, match="does not exist"):
         import_mlflow(f"sqlite:///{tmp_path / 'absent.db'}")
     assert not (tmp_path / "absent.db").exists()  # no empty store created by the attempt
+    kb = tmp_path / "kb.sqlite"
+    SQLiteKnowledgeBase(kb).add([make_record("own:1")])
+    with pytest.raises(KnowledgeBaseError, match="is not an MLflow tracking store"):
+        import_mlflow(f"sqlite:///{kb}")
+    with sqlite3.connect(kb) as conn:  # MLflow did not add its tables to the KB file
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert tables == {"meta", "runs"}
 
 
 def test_cli_import_mlflow(store: Store, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -49,6 +49,26 @@ class MlflowImport:
     experiments: list[str] = field(default_factory=list)
 
 
+def _check_mlflow_sqlite(path: Path, uri: str) -> None:
+    """MLflow adds its tables to any SQLite file it is pointed at; check before it does."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise KnowledgeBaseError(f"{uri} is not an MLflow store: {exc}") from exc
+    if "experiments" not in tables or "runs" not in tables:
+        raise KnowledgeBaseError(
+            f"{uri} is not an MLflow tracking store (no experiments/runs tables); pass the "
+            "--tracking-uri of the store your runs were logged to"
+        )
+
+
 def _check_uri(tracking_uri: str) -> str:
     """Refuse URIs that would silently create an empty store instead of reading one."""
     uri = tracking_uri.strip()
@@ -62,6 +82,7 @@ def _check_uri(tracking_uri: str) -> str:
                 f"MLflow store {uri} does not exist ({path} is not a file); pass the "
                 "--tracking-uri of an existing store"
             )
+        _check_mlflow_sqlite(Path(path), uri)
     elif parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else uri
         if not Path(path).is_dir():
