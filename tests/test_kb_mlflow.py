@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,6 +126,10 @@ def test_own_store_keeps_source(store: Store) -> None:
     scan = scan_mlflow(store.uri, ["validation"], own_tracking_uri=store.uri)
     logged = next(r for r in scan.records if r.provenance.mlflow_run_id == store.logged_run)
     assert logged.source == "own"
+    # The same file spelled differently (relative path) is still this installation's store.
+    relative = "sqlite:///" + os.path.relpath(store.uri[len("sqlite:///") :])
+    again = scan_mlflow(relative, ["validation"], own_tracking_uri=store.uri)
+    assert {r.source for r in again.records if r.run_id == logged.run_id} == {"own"}
 
 
 def test_errors(store: Store, tmp_path: Path) -> None:

@@ -69,6 +69,13 @@ def _check_mlflow_sqlite(path: Path, uri: str) -> None:
         )
 
 
+def _store_key(uri: str) -> str:
+    """Compare stores, not spellings: relative and absolute sqlite paths name one file."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
+    return uri.rstrip("/")
+
+
 def _check_uri(tracking_uri: str) -> str:
     """Refuse URIs that would silently create an empty store instead of reading one."""
     uri = tracking_uri.strip()
@@ -252,7 +259,7 @@ def scan_mlflow(
 
     uri = _check_uri(tracking_uri)
     own = own_tracking_uri if own_tracking_uri is not None else config.tracking_uri()
-    foreign = uri != own
+    foreign = _store_key(uri) != _store_key(own)
     client = MlflowClient(tracking_uri=uri)
     result = MlflowImport()
     try:
