@@ -240,3 +240,54 @@ def test_real_quicktune_extended(shared_data: Path, tmp_path: Path, capsys) -> N
     info = json.loads(capsys.readouterr().out)
     assert info["total"] == 2278 and info["by_source"] == {"quicktune": 2278}
     assert len(info["by_dataset"]) == 13
+
+
+KILLED_IMPORT = """
+import os, signal, sys
+from metallmix.cli import main
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+original = SQLiteKnowledgeBase._connect
+calls = [0]
+
+def connect(self):
+    conn = original(self)
+
+    def handler():
+        calls[0] += 1
+        if calls[0] >= 300 and conn.in_transaction and conn.total_changes > 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-INSERT, transaction open
+        return 0
+
+    conn.set_progress_handler(handler, 100)
+    return conn
+
+SQLiteKnowledgeBase._connect = connect
+main(["kb", "import-quicktune", sys.argv[1], "--kb", sys.argv[2]])
+print("finished")
+"""
+
+
+@pytest.mark.data
+def test_real_import_killed_mid_write(shared_data: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    root = shared_data / "quicktune" / "extended"
+    kb_path = tmp_path / "kb.sqlite"
+    kb = SQLiteKnowledgeBase(kb_path)
+    kb.add(import_quicktune(root, datasets=["BRD"]))
+    before = kb.content_hash()
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_IMPORT, str(root), str(kb_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "finished" not in proc.stdout
+    assert SQLiteKnowledgeBase(kb_path).content_hash() == before
+    assert len(SQLiteKnowledgeBase(kb_path)) == 160
+    result = SQLiteKnowledgeBase(kb_path).add(import_quicktune(root))
+    assert (result.inserted, result.skipped) == (2278 - 160, 160)
