@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def test_round_trip_is_lossless(tmp_path: Path, suffix: str) -> None:
     assert back[2].hyperparameters.augmentation is None
     assert isinstance(back[0].hyperparameters.extra["warmup_epochs"], int)
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_parquet_records_schema_version(tmp_path: Path) -> None:

@@ -117,6 +117,12 @@ def _csv_cell(value: Any, kind: Kind) -> str:
     return str(value)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temp file in the same folder, then rename: never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +130,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would surprise whoever reads it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
