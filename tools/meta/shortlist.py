@@ -109,6 +109,7 @@ def build_shortlist(
     exclude_datasets: set[str] | None = None,
     n_samples: int = N_SAMPLES,
     facts_per_candidate: int = 4,
+    learner_config: MetaLearnerConfig | None = None,
 ) -> Shortlist:
     """Scored, diverse shortlist with SHAP facts and similar runs: the agent's evidence.
 
@@ -118,9 +119,8 @@ def build_shortlist(
     space = space or CPU_ZOO_SPACE
     records = list(kb.iter_records())
     excluded_names = _excluded_datasets(records, exclude_datasets or set())
-    learner = fit_or_load(
-        kb, MetaLearnerConfig(seed=seed), exclude_datasets=excluded_names, records=records
-    )
+    cfg = learner_config or MetaLearnerConfig(seed=seed)
+    learner = fit_or_load(kb, cfg, exclude_datasets=excluded_names, records=records)
     visible = [r for r in records if r.dataset not in excluded_names]
     index = (
         load_or_build(kb, records=records) if not excluded_names else RetrievalIndex.build(visible)

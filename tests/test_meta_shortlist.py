@@ -1,0 +1,75 @@
+"""build_shortlist: the contract the agent relies on, on a small KB the test builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metallmix.errors import KnowledgeBaseError
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
+from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.meta.metalearner import MetaLearnerConfig
+from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
+from metallmix.tools.meta.shortlist import build_shortlist, diverse_top
+from metallmix.tools.meta.synthetic import LR_OPTIMUM, synthetic_records
+
+FAST = MetaLearnerConfig(n_estimators=60, max_depth=4)
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> SQLiteKnowledgeBase:
+    store = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    store.add(synthetic_records(5, 24, seed=7))
+    return store
+
+
+def test_shortlist_contract(kb: SQLiteKnowledgeBase) -> None:
+    records = list(kb.iter_records())
+    mf = records[0].meta_features
+    result = build_shortlist(
+        mf, kb, n=4, seed=1, exclude_datasets={"synth00"}, n_samples=120, learner_config=FAST
+    )
+    assert isinstance(result, Shortlist)
+    Shortlist.model_validate_json(result.model_dump_json())
+    assert [c.candidate_id for c in result.candidates] == ["c1", "c2", "c3", "c4"]
+    assert len({c.model for c in result.candidates}) == 4  # diverse: one per model first
+    scores = [c.score for c in result.candidates]
+    assert scores == sorted(scores, reverse=True)
+    for c in result.candidates:
+        assert CPU_ZOO_SPACE.contains(c.model, c.hyperparameters)
+        assert 0 <= c.accuracy_low <= c.predicted_accuracy <= c.accuracy_high <= 1
+        assert c.predicted_seconds is not None and c.predicted_seconds > 0
+        assert c.origin == "sampled" or c.origin.startswith("similar-run:")
+        assert result.facts_for(c.candidate_id), f"no SHAP facts for {c.candidate_id}"
+    assert all(f.candidate_id in {"c1", "c2", "c3", "c4"} for f in result.facts)
+    # the held-out dataset is invisible to retrieval and to the candidates' origins
+    assert result.similar_runs and all(r.dataset != "synth00" for r in result.similar_runs)
+    assert not any("synth00" in c.origin for c in result.candidates)
+    assert result.kb_hash and result.metalearner_version.startswith("xgb-")
+    # planted effect: the top candidate's lr is near the optimum
+    top_lr = result.candidates[0].hyperparameters.lr
+    assert top_lr is not None and LR_OPTIMUM / 4 < top_lr < LR_OPTIMUM * 4
+
+
+def test_shortlist_is_deterministic(kb: SQLiteKnowledgeBase) -> None:
+    mf = next(kb.iter_records()).meta_features
+    a = build_shortlist(mf, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
+    b = build_shortlist(mf, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
+    assert a.model_dump() == b.model_dump()
+
+
+def test_empty_kb_is_a_clear_error(tmp_path: Path) -> None:
+    kb = SQLiteKnowledgeBase(tmp_path / "empty.sqlite")
+    mf = synthetic_records(1, 1)[0].meta_features
+    with pytest.raises(KnowledgeBaseError, match="at least"):
+        build_shortlist(mf, kb, learner_config=FAST)
+
+
+def test_diverse_top_prefers_distinct_models() -> None:
+    import numpy as np
+
+    models = ["a", "a", "b", "a", "c"]
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
+    assert diverse_top(models, scores, 3) == [0, 2, 4]
+    assert diverse_top(models, scores, 4) == [0, 2, 4, 1]
