@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from metallmix.tools.meta.contracts import Candidate, Shortlist, SimilarRun
 from metallmix.tools.meta.search_space import hp_values
 
+MAX_SIMILAR = 5  # similar runs shown to the LLM
+
 
 def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
@@ -25,21 +27,26 @@ def seconds(value: float | None) -> str:
     return f"{value:.0f} s" if value < 600 else f"{value / 60:.1f} min"
 
 
-def hp_text(candidate_hp: dict[str, object]) -> str:
+KEY_HPS = ("lr", "batch_size", "optimizer", "epochs", "image_size", "augmentation")
+
+
+def hp_text(values: dict[str, object], keys: tuple[str, ...] | None = KEY_HPS) -> str:
+    """Hyperparameters as ``name=value``; floats to 3 significant digits (short prompts)."""
     parts = []
-    for name, value in candidate_hp.items():
-        if value is None:
+    for name, value in values.items():
+        if value is None or (keys is not None and name not in keys):
             continue
-        parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
     return ", ".join(parts)
 
 
-def candidate_line(c: Candidate) -> str:
+def candidate_line(c: Candidate, keys: tuple[str, ...] | None = KEY_HPS) -> str:
     start = "pretrained" if c.pretrained else "from scratch"
     return (
-        f"- {c.candidate_id}: {c.model} ({start}); {hp_text(dict(hp_values(c.hyperparameters)))}"
+        f"- {c.candidate_id}: {c.model} ({start}); "
+        f"{hp_text(dict(hp_values(c.hyperparameters)), keys)}"
         f"; predicted accuracy {pct(c.predicted_accuracy)} (interval {pct(c.accuracy_low)} to "
-        f"{pct(c.accuracy_high)}); training {seconds(c.predicted_seconds)}; score {c.score:.3f}"
+        f"{pct(c.accuracy_high)}); training {seconds(c.predicted_seconds)}"
     )
 
 
@@ -52,7 +59,7 @@ def run_line(r: SimilarRun) -> str:
 
 
 def best_run(shortlist: Shortlist) -> SimilarRun | None:
-    scored = [r for r in shortlist.similar_runs if r.val_accuracy is not None]
+    scored = [r for r in shortlist.similar_runs[:MAX_SIMILAR] if r.val_accuracy is not None]
     return max(scored, key=lambda r: r.val_accuracy or 0.0) if scored else None
 
 
@@ -100,22 +107,26 @@ class Evidence:
         )
 
 
-def render_evidence(name: str, shortlist: Shortlist, max_facts: int = 8) -> Evidence:
-    """Evidence for the prompt: the shortlist, the top candidates' SHAP facts, similar runs."""
+def fact_lines(shortlist: Shortlist, candidate_id: str, n: int) -> list[str]:
+    ranked = sorted(shortlist.facts_for(candidate_id), key=lambda f: -abs(f.effect_points))
+    return [f"- [{candidate_id}] {f.sentence}" for f in ranked[:n]]
+
+
+def render_evidence(name: str, shortlist: Shortlist) -> Evidence:
+    """Evidence for the prompt (~700 tokens): the shortlist with its key hyperparameters, the
+    top two candidates' largest SHAP facts, the most similar past runs."""
     ranked = sorted(shortlist.candidates, key=lambda c: -c.score)
     facts: list[str] = []
-    for c in ranked[:2]:  # the top two: enough to contrast, short enough for ~1k tokens
-        for f in sorted(shortlist.facts_for(c.candidate_id), key=lambda f: -abs(f.effect_points))[
-            : max_facts // 2
-        ]:
-            facts.append(f"- [{c.candidate_id}] {f.sentence} ({f.effect_points:+.1f} pp)")
+    for c, n in zip(ranked[:2], (3, 2), strict=False):
+        facts += fact_lines(shortlist, c.candidate_id, n)
     best = best_candidate(shortlist)
     run = best_run(shortlist)
     return Evidence(
         dataset=dataset_line(name, shortlist),
         candidates="\n".join(candidate_line(c) for c in ranked),
         facts="\n".join(facts) or "- none available",
-        similar="\n".join(run_line(r) for r in shortlist.similar_runs) or "- none in the KB",
+        similar="\n".join(run_line(r) for r in shortlist.similar_runs[:MAX_SIMILAR])
+        or "- none in the KB",
         best_candidate=(
             f"{best.candidate_id} ({best.model}, predicted {pct(best.predicted_accuracy)})"
         ),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from metallmix.agents.evidence import (
     citations,
+    dataset_line,
     evidence_values,
     grounded,
     identifiers,
@@ -134,11 +135,25 @@ def hard_checks(
     return checks, failures
 
 
+def judge_evidence(rec: Recommendation, shortlist: Shortlist) -> str:
+    """Only what the answer is about (the chosen candidate, its SHAP facts, the runs it
+    cites): a short prompt keeps the judge fast on a small CPU."""
+    from metallmix.agents.evidence import candidate_line, fact_lines, run_line
+
+    lines = [dataset_line(rec.dataset, shortlist)]
+    cand = shortlist.candidate(rec.candidate_id)
+    if cand is not None:
+        lines.append(candidate_line(cand, keys=None))
+        lines += fact_lines(shortlist, cand.candidate_id, 4)
+    cited = [r for r in shortlist.similar_runs if r.run_id in rec.cited_runs]
+    lines += [run_line(r) for r in cited or shortlist.similar_runs[:2]]
+    return "\n".join(lines)
+
+
 def judge_messages(rec: Recommendation, shortlist: Shortlist, checks: str) -> list[dict[str, str]]:
-    ev = render_evidence(rec.dataset, shortlist)
     user = render_prompt(
         "judge_user",
-        evidence=ev.text,
+        evidence=judge_evidence(rec, shortlist),
         candidate_id=rec.candidate_id,
         model=rec.model,
         confidence=rec.confidence,

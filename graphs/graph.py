@@ -43,9 +43,7 @@ def build_graph() -> Any:
     builder.add_edge("shortlist", "explain")
     builder.add_edge("explain", "recommender")
     builder.add_edge("recommender", "judge")
-    builder.add_conditional_edges(
-        "judge", nodes.after_judge, ["record", "recommender", "fallback"]
-    )
+    builder.add_conditional_edges("judge", nodes.after_judge, ["record", "recommender", "fallback"])
     builder.add_edge("fallback", "record")
     builder.add_edge("record", END)
     return builder.compile(name="metallmix-recommender")

@@ -1,7 +1,8 @@
 """The public Python API: recommend a configuration, then optionally validate it.
 
->>> rec = metallmix.recommend("../shared/data/medical/breastmnist.npz", llm="fast")  # doctest: +SKIP
->>> record = metallmix.validate(rec, "../shared/data/medical/breastmnist.npz")      # doctest: +SKIP
+>>> data = "../shared/data/medical/breastmnist.npz"
+>>> rec = metallmix.recommend(data, llm="fast")  # doctest: +SKIP
+>>> record = metallmix.validate(rec, data)  # doctest: +SKIP
 
 Every ``recommend`` is one MLflow run (experiment ``metallmix-recommendations``) with a
 trace of the graph; ``validate`` trains the recommendation and nests its run under it.

@@ -218,8 +218,9 @@ def test_out_of_space_hyperparameters_fail() -> None:
 
     shortlist = make_shortlist()
     rec = _rec(GOOD, shortlist)
-    bad = rec.model_copy(update={"hyperparameters": rec.hyperparameters.model_copy(
-        update={"lr": 0.5})})
+    bad = rec.model_copy(
+        update={"hyperparameters": rec.hyperparameters.model_copy(update={"lr": 0.5})}
+    )
     checks, failures = hard_checks(bad, shortlist, space=CPU_ZOO_SPACE)
     assert not checks["in_search_space"] and not checks["matches_candidate"]
     assert any("lr" in f for f in failures)
@@ -275,8 +276,12 @@ def test_two_rejections_fall_back_to_the_top_candidate() -> None:
 
 
 def test_malformed_json_and_unknown_candidate_count_as_failed_attempts() -> None:
-    llm = ScriptedLLM(['{"candidate_id": "c1"', LLMChoice(
-        candidate_id="c9", confidence="low", explanation="x" * 50), ])
+    llm = ScriptedLLM(
+        [
+            '{"candidate_id": "c1"',
+            LLMChoice(candidate_id="c9", confidence="low", explanation="x" * 50),
+        ]
+    )
     rec = _run(llm)
     assert rec.fallback and rec.attempts == 2
     # No judge LLM call for an attempt that produced no recommendation.
