@@ -220,7 +220,7 @@ def build_command(
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per run."),
     shard: str = typer.Option("0/1", "--shard", help="i/n: run every n-th trial from i."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N trials."),
-    max_val_images: int = typer.Option(300, "--max-val-images", min=2),
+    max_val_images: int = typer.Option(200, "--max-val-images", min=2),
     kb: Path | None = KbOption,
     as_json: bool = JsonOption,
 ) -> None:

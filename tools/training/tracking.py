@@ -36,9 +36,20 @@ def client(tracking_uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
     uri = tracking_uri or config.tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow creates and migrates a new SQLite store on first use; two processes doing that
+    # at once (parallel build shards) collide, so the first use is serialised by a file lock.
+    import fcntl
+
+    with open(db.parent / f".{db.name}.init-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow_client = MlflowClient(tracking_uri=uri)
+        mlflow_client.search_experiments(max_results=1)  # forces store creation now
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return mlflow_client
 
 
 def experiment_id(mlflow_client: Any, name: str) -> str:

@@ -28,7 +28,7 @@ SCHEDULERS = ("cosine", "step", "none")
 AUGMENTATIONS = ("none", "light", "medium")
 
 # Training images used to re-estimate batch-norm statistics before each evaluation.
-BN_CALIBRATION_IMAGES = 512
+BN_CALIBRATION_IMAGES = 256
 
 # Used when a Hyperparameters field is unset (public records often omit some).
 DEFAULTS: dict[str, Any] = {
