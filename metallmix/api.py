@@ -11,6 +11,7 @@ trace of the graph; ``validate`` trains the recommendation and nests its run und
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,7 @@ def recommend(
     judge_with_llm: bool = True,
     max_attempts: int = 2,
     track: bool = True,
+    on_node: Callable[[str], None] | None = None,
 ) -> Recommendation:
     """Recommend a model and hyperparameters for ``data``.
 
@@ -88,7 +90,8 @@ def recommend(
     or precomputed :class:`MetaFeatures`. ``llm`` is a registry name, a profile (``fast``,
     ``default``), a ``.gguf`` path or a loaded model; ``kb`` a ``.sqlite`` path or an open
     store (default: ``METALLMIX_KB`` or the layered default). ``track`` logs the decision to
-    MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result.
+    MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result. ``on_node`` is called with
+    each graph node's name as it finishes (progress display).
     """
     from metallmix.tools.metafeatures import MetaFeatures
 
@@ -119,12 +122,34 @@ def recommend(
         track=track,
     )
     if not track:
-        final = _graph().invoke(inputs, config={"configurable": configurable})
-        return _result(final)
-    return _tracked(inputs, configurable)
+        return _result(_invoke(inputs, configurable, on_node))
+    return _tracked(inputs, configurable, on_node)
 
 
-def _tracked(inputs: dict[str, Any], configurable: dict[str, Any]) -> Recommendation:
+def _invoke(
+    inputs: dict[str, Any],
+    configurable: dict[str, Any],
+    on_node: Callable[[str], None] | None,
+) -> Any:
+    """Run the graph; stream node updates only when someone listens."""
+    config: Any = {"configurable": configurable}
+    if on_node is None:
+        return _graph().invoke(inputs, config=config)
+    final: Any = None
+    for mode, chunk in _graph().stream(inputs, config=config, stream_mode=["updates", "values"]):
+        if mode == "updates":
+            for node in chunk:
+                on_node(str(node))
+        else:
+            final = chunk
+    return final
+
+
+def _tracked(
+    inputs: dict[str, Any],
+    configurable: dict[str, Any],
+    on_node: Callable[[str], None] | None = None,
+) -> Recommendation:
     """Run the graph inside an active MLflow run and a root trace span."""
     import mlflow
 
@@ -144,7 +169,7 @@ def _tracked(inputs: dict[str, Any], configurable: dict[str, Any]) -> Recommenda
         try:
             with mlflow.start_span(name="recommend") as span:
                 span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-                final = _graph().invoke(inputs, config={"configurable": configurable})
+                final = _invoke(inputs, configurable, on_node)
                 result = _result(final)
                 span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
         finally:

@@ -1,0 +1,135 @@
+"""``metallmix recommend PATH`` and ``metallmix demo``: the product in one command."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.errors import DatasetError
+
+DEMO_CARDS = {
+    "isic2018": "isic2018_ham10000.json",
+    "chest-xray": "chest_xray_pneumonia.json",
+}
+
+LlmOption = typer.Option(
+    None,
+    "--llm",
+    help="LLM: 'fast' (0.5B), 'default' (1.5B), a registry name or a .gguf path "
+    "(default: METALLMIX_LLM or the bundled default).",
+)
+KbOption = typer.Option(
+    None, "--kb", help="Knowledge-base file (default: METALLMIX_KB or the layered default)."
+)
+SeedOption = typer.Option(0, "--seed", help="Seed of the shortlist sampler and the LLM.")
+
+
+def example_card(name: str) -> Path:
+    """Path of a dataset card shipped in ``metallmix/data/examples``."""
+    if name not in DEMO_CARDS:
+        raise DatasetError(f"unknown example {name!r}; choose one of {', '.join(DEMO_CARDS)}")
+    return Path(str(resources.files("metallmix") / "data" / "examples" / DEMO_CARDS[name]))
+
+
+def _run(
+    path: Path,
+    modality: str | None,
+    llm: str | None,
+    kb: Path | None,
+    seed: int,
+    no_judge_llm: bool,
+) -> Any:
+    from metallmix.api import recommend
+
+    with progress("recommending", total=None) as advance:
+
+        def on_node(node: str) -> None:
+            stderr.print(f"  done: {node}")
+            advance(1)
+
+        return recommend(
+            path,
+            modality=modality,
+            llm=llm,
+            kb=kb,
+            seed=seed,
+            judge_with_llm=not no_judge_llm,
+            on_node=on_node,
+        )
+
+
+def render(rec: Any, console: Console) -> None:
+    """The recommendation, its explanation, the judge's verdict and where to audit it."""
+    from metallmix.tools.meta.search_space import hp_values
+
+    console.print(Panel.fit(rec.summary(), title=f"Recommendation for {rec.dataset}"))
+    table = Table(title="hyperparameters", show_header=False)
+    for key, value in hp_values(rec.hyperparameters).items():
+        if value is not None:
+            table.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
+    if rec.expected_train_seconds is not None:
+        table.add_row("expected training time", f"{rec.expected_train_seconds:.0f} s")
+    console.print(table)
+    console.print(Panel(rec.explanation, title="why"))
+    if rec.judge is not None:
+        verdict = "passed" if rec.judge.passed else "failed"
+        scores = rec.judge.scores
+        graded = (
+            f" (format {scores.format}/5, accuracy {scores.accuracy}/5, "
+            f"completeness {scores.completeness}/5)"
+            if scores is not None
+            else ""
+        )
+        note = "; [yellow]fallback: the LLM's answers were rejected[/yellow]"
+        console.print(
+            f"judge: {verdict}{graded}; attempts: {rec.attempts}" + (note if rec.fallback else "")
+        )
+    if rec.mlflow_run_id:
+        console.print(
+            f"MLflow run [bold]{rec.mlflow_run_id}[/bold] (experiment metallmix-recommendations):"
+            " run `make mlflow-ui` and open http://127.0.0.1:5000"
+        )
+
+
+def recommend_cmd(
+    path: Path = typer.Argument(..., help="Dataset (.npz, folder, .csv manifest) or card JSON."),
+    modality: str | None = typer.Option(None, "--modality", help="Imaging modality override."),
+    llm: str | None = LlmOption,
+    kb: Path | None = KbOption,
+    seed: int = SeedOption,
+    no_judge_llm: bool = typer.Option(
+        False, "--no-judge-llm", help="Judge by code checks only (faster; no LLM scores)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recommend a model and hyperparameters for a dataset, with the reasons."""
+    rec = _run(path, modality, llm, kb, seed, no_judge_llm)
+    emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
+
+
+def demo_cmd(
+    example: str = typer.Option(
+        "isic2018", "--example", help=f"Bundled dataset card: {', '.join(DEMO_CARDS)}."
+    ),
+    llm: str | None = LlmOption,
+    kb: Path | None = KbOption,
+    seed: int = SeedOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Recommend for a public medical dataset described by a card shipped in the package."""
+    card = example_card(example)
+    stderr.print(f"demo: recommending for the bundled card {card.name}")
+    rec = _run(card, None, llm, kb, seed, False)
+    emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("recommend")(recommend_cmd)
+    app.command("demo")(demo_cmd)
