@@ -119,7 +119,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=None,
-        help="pin threads (default: METALLMIX_LLM_THREADS or auto)",
+        help="pin threads (default: auto)",
     )
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
