@@ -133,3 +133,44 @@ def test_real_default_model_chat_json() -> None:
     assert isinstance(answer, Answer)
     assert answer.reason.strip()
     assert llm.last_usage["completion_tokens"] <= 48
+
+
+# --- thread selection -------------------------------------------------------------------------
+
+
+def test_auto_threads_follow_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metallmix.agents import llm as llm_module
+
+    monkeypatch.setattr(llm_module.os, "sched_getaffinity", lambda _pid: {0, 1})
+    for others, expected in ((0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (12.0, 1)):
+        monkeypatch.setattr(llm_module, "_runnable_others", lambda o=others: o)
+        assert llm_module.auto_threads() == expected, others
+    monkeypatch.setattr(llm_module.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setattr(llm_module, "_runnable_others", lambda: 0.0)
+    assert llm_module.auto_threads() == 2  # capped: more threads do not help a 1.5B model
+    assert llm_module.auto_threads(max_threads=8) == 8
+
+
+def test_thread_setting_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metallmix.agents.llm import thread_setting
+
+    monkeypatch.delenv("METALLMIX_LLM_THREADS", raising=False)
+    assert thread_setting() is None
+    monkeypatch.setenv("METALLMIX_LLM_THREADS", "auto")
+    assert thread_setting() is None
+    monkeypatch.setenv("METALLMIX_LLM_THREADS", "3")
+    assert thread_setting() == 3
+    monkeypatch.setenv("METALLMIX_LLM_THREADS", "two")
+    with pytest.raises(MetaLLMiXError, match="METALLMIX_LLM_THREADS='two'"):
+        thread_setting()
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_answer_does_not_depend_on_thread_count() -> None:
+    messages = [{"role": "user", "content": "Name two CNN architectures, comma separated."}]
+    one = load_llm("fast", threads=1)
+    two = load_llm("fast", threads=2)
+    assert one is not two and one.path == two.path
+    assert one.chat(messages, max_tokens=8) == two.chat(messages, max_tokens=8)
+    assert (one.last_usage["threads"], two.last_usage["threads"]) == (1.0, 2.0)
