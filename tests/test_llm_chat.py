@@ -65,7 +65,10 @@ def test_scripted_exceptions_plain_text_and_exhaustion() -> None:
 
 @pytest.fixture(scope="session")
 def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("llm-cache")
+    """One assembled copy of the bundled weights per test session, shared by test modules."""
+    path = tmp_path_factory.getbasetemp() / "llm-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture
