@@ -55,8 +55,10 @@ class MetaToolbox:
         seed: int = 0,
         space: SearchSpace | None = None,
         exclude_datasets: set[str] | None = None,
+        learner_config: MetaLearnerConfig | None = None,
     ) -> None:
         self.kb = kb
+        self.learner_config = learner_config or MetaLearnerConfig(seed=seed)
         self.meta_features = meta_features
         self.seed = seed
         self.space = space or CPU_ZOO_SPACE
@@ -64,9 +66,7 @@ class MetaToolbox:
 
     @cached_property
     def learner(self) -> MetaLearner:
-        return fit_or_load(
-            self.kb, MetaLearnerConfig(seed=self.seed), exclude_datasets=self.exclude
-        )
+        return fit_or_load(self.kb, self.learner_config, exclude_datasets=self.exclude)
 
     @cached_property
     def index(self) -> RetrievalIndex:
@@ -121,6 +121,7 @@ class MetaToolbox:
             space=self.space,
             seed=self.seed,
             exclude_datasets=self.exclude,
+            learner_config=self.learner_config,
         )
         return result.model_dump(mode="json")
 
