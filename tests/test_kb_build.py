@@ -1,0 +1,156 @@
+"""KB build: plan, derived tasks, resumability by trial key, the CLI, and the shipped KB."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_train_trainer import write_npz
+
+from metallmix.cli import main
+from metallmix.errors import ConfigError, DatasetError
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
+from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, Choice, IntRange
+from metallmix.tools.training.build import (
+    BUILD_SPACE,
+    DEFAULT_TASKS,
+    TRIAL_KEY_TAG,
+    TaskCache,
+    TaskSpec,
+    build,
+    default_tasks_for,
+    done_keys,
+    plan,
+    resolve_sources,
+)
+
+TINY = BUILD_SPACE.model_copy(
+    update={
+        "name": "tiny",
+        "models": ["lcnet_050"],
+        "params": {
+            **BUILD_SPACE.params,
+            "epochs": IntRange(low=1, high=1),
+            "image_size": Choice(values=[16]),
+            "batch_size": Choice(values=[32]),
+        },
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_npz(folder, "toy")
+    write_npz(folder, "quad", classes=4, seed=2)
+    return folder
+
+
+def test_default_plan_is_large_diverse_and_inside_the_space() -> None:
+    sources = {t.source for t in DEFAULT_TASKS}
+    assert len(DEFAULT_TASKS) >= 18 and len(sources) == 6
+    assert len({t.name for t in DEFAULT_TASKS}) == len(DEFAULT_TASKS)
+    trials = plan(DEFAULT_TASKS, 16)
+    assert len(trials) >= 300
+    assert len({t.key for t in trials}) == len(trials)
+    assert plan(DEFAULT_TASKS, 16) == trials  # seeded: same plan every time
+    assert [t.key for t in plan(DEFAULT_TASKS, 16, seed=1)] != [t.key for t in trials]
+    # Round-robin over tasks, so a partial build covers every task.
+    assert {t.task.name for t in trials[: len(DEFAULT_TASKS)]} == {t.name for t in DEFAULT_TASKS}
+    for trial in trials:
+        assert CPU_ZOO_SPACE.contains(trial.model, trial.hp), trial
+        if trial.model == "convnext_atto":
+            assert trial.hp.image_size is not None and trial.hp.image_size >= 32
+    with pytest.raises(ConfigError):
+        plan(DEFAULT_TASKS, 0)
+
+
+def test_task_names_and_derived_meta_features(data_dir: Path) -> None:
+    spec = TaskSpec(source="quad", classes=[0, 2], train_limit=20, resolution=8)
+    assert spec.name == "quad/c0+2/n20/r8"
+    cache = TaskCache(resolve_sources([data_dir / "quad.npz"]))
+    ds, mf = cache.task(spec)
+    assert ds.name == spec.name and ds.n_classes == 2
+    assert len(ds.split("train")) == 20 and mf.n_images == 20 and mf.n_classes == 2
+    assert mf.resolution_h == 8 and mf.resolution_w == 8
+    whole, mf_whole = cache.task(TaskSpec(source="quad"))
+    assert whole.name == "quad" and mf_whole.n_images == 64
+    with pytest.raises(DatasetError, match="no such dataset"):
+        resolve_sources([data_dir / "missing.npz"])
+    with pytest.raises(DatasetError, match="needs dataset"):
+        cache.task(TaskSpec(source="other"))
+
+
+def test_build_appends_and_resumes(data_dir: Path, tmp_path: Path) -> None:
+    sources = resolve_sources([data_dir / "toy.npz", data_dir / "quad.npz"])
+    tasks = [
+        TaskSpec(source="toy"),
+        TaskSpec(source="quad", classes=[1, 3], train_limit=24, resolution=12),
+    ]
+    trials = plan(tasks, 2, space=TINY)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    first = list(build(kb, trials[:3], sources, threads=1))
+    assert [e.error for e in first] == [None, None, None]
+    assert len(kb) == 3 and done_keys(kb) == {t.key for t in trials[:3]}
+    # Resuming runs only what is missing.
+    second = list(build(kb, trials, sources, threads=1))
+    assert [e.trial.key for e in second] == [trials[3].key]
+    assert list(build(kb, trials, sources, threads=1)) == []
+    records = kb.records()
+    assert {r.dataset for r in records} == {"toy", "quad/c1+3/n24/r12"}
+    assert {r.dataset_group for r in records} == {"toy", "quad"}
+    for record in records:
+        assert record.source == "own" and record.provenance.mlflow_run_id
+        assert record.provenance.dataset_source_commit == "0123456789abcdef"
+        assert record.provenance.notes[TRIAL_KEY_TAG] in {t.key for t in trials}
+    low = next(r for r in records if r.dataset_group == "quad")
+    assert low.meta_features.resolution_h == 12 and low.meta_features.n_images == 24
+
+
+def test_sharding_splits_the_plan(data_dir: Path, tmp_path: Path) -> None:
+    sources = resolve_sources([data_dir / "toy.npz"])
+    trials = plan([TaskSpec(source="toy")], 2, space=TINY)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    ran = [e.trial.key for e in build(kb, trials, sources, threads=1, shard=(1, 2))]
+    assert ran == [trials[1].key]
+    with pytest.raises(ConfigError, match="shard"):
+        list(build(kb, trials, sources, shard=(2, 2)))
+
+
+def test_default_tasks_for_unknown_datasets(data_dir: Path) -> None:
+    tasks = default_tasks_for(resolve_sources([data_dir / "toy.npz"]))
+    assert [t.name for t in tasks] == ["toy/n1000"]
+
+
+def test_cli_kb_build_json(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb_path = tmp_path / "kb.sqlite"
+    args = ["kb", "build", "--datasets", str(data_dir / "toy.npz"), "--configs-per-task", "1"]
+    args += ["--limit", "1", "--kb", str(kb_path), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ran"] == 1 and result["kb"]["total"] == 1
+    assert result["tasks"] == ["toy/n1000"]
+    assert main([*args[:-1], "--shard", "3"]) == 2
+    assert "--shard" in capsys.readouterr().err
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "metallmix" / "data" / "kb.sqlite"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped KB not built yet")
+def test_shipped_kb_has_the_promised_runs() -> None:
+    kb = SQLiteKnowledgeBase(SHIPPED, read_only=True)
+    records = kb.records(source="own")
+    finished = [r for r in records if r.status in {"ok", "diverged"}]
+    assert len(finished) >= 300
+    assert len({r.dataset for r in finished}) >= 18
+    assert len({r.dataset_group for r in finished}) == 6
+    for record in finished:
+        prov = record.provenance
+        assert prov.mlflow_run_id and prov.code_version
+        assert prov.dataset_source_repo and prov.dataset_source_commit
+        assert record.pretrained is False
+        assert CPU_ZOO_SPACE.contains(record.model, record.hyperparameters)
