@@ -133,9 +133,17 @@ def make_tools(
     seed: int = 0,
     space: SearchSpace | None = None,
     exclude_datasets: set[str] | None = None,
+    learner_config: MetaLearnerConfig | None = None,
 ) -> list[StructuredTool]:
     """predict_accuracy, explain_candidate, find_similar_runs, build_shortlist."""
-    box = MetaToolbox(kb, meta_features, seed=seed, space=space, exclude_datasets=exclude_datasets)
+    box = MetaToolbox(
+        kb,
+        meta_features,
+        seed=seed,
+        space=space,
+        exclude_datasets=exclude_datasets,
+        learner_config=learner_config,
+    )
     return [
         StructuredTool.from_function(
             func=box.predict_accuracy,
