@@ -10,6 +10,7 @@ is what the recommender sees on its second attempt.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from metallmix.agents.evidence import (
@@ -31,7 +32,7 @@ from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.search_space import SPACES, SearchSpace
 
 MIN_EXPLANATION_CHARS = 40
-MAX_TOKENS = 200
+MAX_TOKENS = 120
 
 
 def infer_space(shortlist: Shortlist, name: str | None = None) -> SearchSpace | None:
@@ -125,6 +126,32 @@ def hard_checks(
             states_accuracy,
             f"the explanation does not state the predicted accuracy {pct(cand.predicted_accuracy)}",
         )
+    if cand is not None and shortlist.facts_for(cand.candidate_id):
+        lowered = text.lower()
+        facts = shortlist.facts_for(cand.candidate_id)
+        # Naming the model is not citing why it scores well: a model fact counts through its
+        # effect in points; any other fact through its feature or value.
+        cited_fact = any(
+            _mentions(lowered, f.feature) or _mentions(lowered, f.value)
+            for f in facts
+            if f.feature != "model"
+        ) or any(
+            grounded(n, [f.effect_points]) and abs(f.effect_points) >= 0.1
+            for f in facts
+            for n in written
+        )
+        check(
+            "cites_shap_fact",
+            cited_fact,
+            "the explanation cites none of the candidate's SHAP facts; name at least one "
+            "(e.g. its learning rate or batch size and the points it adds)",
+        )
+    if shortlist.similar_runs:
+        check(
+            "cites_similar_run",
+            bool(rec.cited_runs),
+            "the explanation cites no similar past run; cite one as [run RUN_ID]",
+        )
     valid_ids = {r.run_id for r in shortlist.similar_runs} | (known_run_ids or set())
     unknown = [r for r in citations(text) if r not in valid_ids]
     check(
@@ -133,6 +160,18 @@ def hard_checks(
         f"cited runs that do not exist: {', '.join(unknown)} (cite ids from 'Similar past runs')",
     )
     return checks, failures
+
+
+def _mentions(text: str, term: str) -> bool:
+    """``term`` (a feature like ``batch_size`` or a value like ``adamw``) appears in ``text``;
+    underscores may be written as spaces, ``lr`` as "learning rate"."""
+    term = term.lower().strip()
+    if not term:
+        return False
+    variants = {term, term.replace("_", " ")}
+    if term == "lr":
+        variants |= {"learning rate", "learning-rate"}
+    return any(re.search(rf"(?<![\w]){re.escape(v)}(?![\w])", text) for v in variants)
 
 
 def judge_evidence(rec: Recommendation, shortlist: Shortlist) -> str:

@@ -203,6 +203,21 @@ def test_invented_numbers_fail_and_are_named() -> None:
     assert not checks["states_expected_accuracy"]
 
 
+def test_bare_numbers_without_fact_or_run_fail_completeness() -> None:
+    shortlist = make_shortlist()
+    bare = GOOD.model_copy(
+        update={"explanation": "Predicted accuracy: 84.1%, interval 80.1% to 88.2%."}
+    )
+    checks, _ = hard_checks(_rec(bare, shortlist), shortlist)
+    assert checks["numbers_grounded"] and checks["states_expected_accuracy"]
+    assert not checks["cites_shap_fact"] and not checks["cites_similar_run"]
+    with_effect = bare.model_copy(
+        update={"explanation": bare.explanation + " The model adds +1.9 points."}
+    )
+    checks, _ = hard_checks(_rec(with_effect, shortlist), shortlist)
+    assert checks["cites_shap_fact"]
+
+
 def test_unknown_citation_fails() -> None:
     shortlist = make_shortlist()
     choice = GOOD.model_copy(
