@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -132,6 +132,7 @@ class MetaLearner:
         self.quantile_booster = quantile
         self.cost_booster = cost
         self.info: dict[str, object] = dict(info or {})
+        self._explainer: Any = None
 
     # ---------------------------------------------------------------- fitting
     @classmethod
@@ -219,7 +220,9 @@ class MetaLearner:
         """TreeSHAP values of the accuracy model (rows x encoded columns) and the base value."""
         import shap
 
-        explainer = shap.TreeExplainer(self.accuracy_booster)
+        if self._explainer is None:
+            self._explainer = shap.TreeExplainer(self.accuracy_booster)
+        explainer = self._explainer
         values = np.asarray(explainer.shap_values(self.matrix(frame)), dtype=float)
         base = float(np.ravel(explainer.expected_value)[0])
         return values, base
