@@ -82,7 +82,8 @@ def main() -> None:
         f"{result['flat_top10_ms_single_query']} ms per single query, "
         f"{result['flat_top10_ms_per_query_batched']} ms per query batched; "
         f"IVF1024 nprobe16 build {build_ivf:.1f} s, top-10 "
-        f"{result['ivf_top10_ms_single_query']} ms, recall@10 {recall:.3f} (load average {result['load_average_1min']} on "
+        f"{result['ivf_top10_ms_single_query']} ms, recall@10 {recall:.3f} "
+        f"(load average {result['load_average_1min']} on "
         f"{result['cpu_count']} CPUs)"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
