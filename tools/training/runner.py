@@ -146,6 +146,7 @@ def run_trial(
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
     run_name: str | None = None,
+    mlflow_client: Any | None = None,
 ) -> RunRecord:
     """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
 
@@ -173,7 +174,8 @@ def run_trial(
     code_version = tracking.code_version()
     weights_tag = weights.name if weights is not None else ("timm-default" if pretrained else None)
 
-    mlflow = tracking.client(tracking_uri)
+    # A caller-supplied client (a relay that records calls on a Ray worker) replaces it.
+    mlflow = mlflow_client if mlflow_client is not None else tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(mlflow, experiment)
     run_tags = {
         tracking.KIND_TAG: tracking.TRAINING_KIND,
