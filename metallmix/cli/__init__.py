@@ -23,7 +23,7 @@ app = typer.Typer(
 
 
 # Verb groups, each a module of this package exposing ``register(app)``.
-VERB_MODULES = ("features", "kb", "meta", "train", "recommend", "bench", "llm")
+VERB_MODULES = ("features", "kb", "meta", "train", "recommend", "bench", "compare", "llm")
 
 
 def _register() -> None:

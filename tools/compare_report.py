@@ -1,0 +1,268 @@
+"""The head-to-head report: numbers from the comparison's state, a markdown table, plots.
+
+Kept apart from :mod:`metallmix.tools.compare` so the report can be rebuilt from a state
+file alone (no training, no LLM). "Time to obtain the configuration" is the recommendation's
+wall time for MetaLLMiX, the summed trial time of a search for RS/TPE (its selected
+configuration is trained inside it), and the KB scan for best-default. "Time spent" in the
+plots adds one final training to the methods that do not train during selection.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from metallmix.tools.compare import METHODS, mean_std
+
+WITHIN = 0.01  # "within 1 point" of the best test accuracy (accuracies are fractions)
+LABELS = {
+    "metallmix": "MetaLLMiX (zero-shot)",
+    "random": "RS",
+    "tpe": "TPE",
+    "best-default": "best-default",
+}
+
+
+def _method_row(pieces: dict[str, Any], name: str, method: str, seeds: list[int]) -> dict:
+    runs = [pieces.get(f"{name}/{method}/s{s}") for s in seeds]
+    done = [r for r in runs if r is not None]
+    acc_mean, acc_std = mean_std([r.get("test_accuracy") for r in done])
+    val_mean, _ = mean_std([r.get("val_accuracy") for r in done])
+    train_mean, _ = mean_std([r.get("train_seconds") for r in done])
+    row: dict[str, Any] = {
+        "seeds_done": len(done),
+        "test_accuracy_mean": acc_mean,
+        "test_accuracy_std": acc_std,
+        "val_accuracy_mean": val_mean,
+        "train_seconds_mean": train_mean,
+        "per_seed": done,
+    }
+    if method in ("random", "tpe"):
+        row["config_seconds"], _ = mean_std([r.get("search_seconds") for r in done])
+        row["time_spent"] = row["config_seconds"]
+        row["configs"] = sorted({str(r.get("model")) for r in done})
+    else:
+        key = "recommendation" if method == "metallmix" else "config"
+        config = pieces.get(f"{name}/{method}/{key}") or {}
+        row["config_seconds"] = config.get("seconds")
+        row["model"] = config.get("model")
+        row["hyperparameters"] = config.get("hyperparameters")
+        if method == "metallmix":
+            row["llm"] = config.get("llm")
+            row["fallback"] = config.get("fallback")
+            row["expected_accuracy"] = config.get("expected_accuracy")
+            row["llm_load_seconds"] = config.get("llm_load_seconds")
+        row["time_spent"] = (
+            None
+            if row["config_seconds"] is None or train_mean is None
+            else row["config_seconds"] + train_mean
+        )
+    return row
+
+
+def build_report(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per dataset and overall figures for the datasets in ``names``."""
+    pieces: dict[str, Any] = state["pieces"]
+    settings = state["settings"]
+    seeds = list(settings["seeds"])
+    datasets: dict[str, Any] = {}
+    for name in names:
+        methods = {m: _method_row(pieces, name, m, seeds) for m in METHODS}
+        ref = methods["metallmix"]
+        for row in methods.values():
+            row["config_speedup_vs_metallmix"] = _ratio(
+                row["config_seconds"], ref["config_seconds"]
+            )
+            row["train_ratio_vs_metallmix"] = _ratio(
+                row["train_seconds_mean"], ref["train_seconds_mean"]
+            )
+        scored = {m: r["test_accuracy_mean"] for m, r in methods.items()}
+        valid = {m: v for m, v in scored.items() if v is not None}
+        best = max(valid.values()) if valid else None
+        datasets[name] = {
+            "leak_check": pieces.get(f"{name}/leak-check"),
+            "methods": methods,
+            "best_test_accuracy": best,
+            "best": sorted(m for m, v in valid.items() if v == best),
+            "within_1pt": sorted(
+                m for m, v in valid.items() if best is not None and _near(v, best)
+            ),
+        }
+    overall: dict[str, Any] = {}
+    for method in METHODS:
+        rows = [datasets[n]["methods"][method] for n in names]
+        acc, _ = mean_std([r["test_accuracy_mean"] for r in rows])
+        cfg, _ = mean_std([r["config_seconds"] for r in rows])
+        train, _ = mean_std([r["train_seconds_mean"] for r in rows])
+        overall[method] = {
+            "test_accuracy_mean": acc,
+            "config_seconds_mean": cfg,
+            "train_seconds_mean": train,
+            "best": sum(method in datasets[n]["best"] for n in names),
+            "best_or_within_1pt": sum(method in datasets[n]["within_1pt"] for n in names),
+        }
+    ref = overall["metallmix"]
+    for row in overall.values():
+        row["config_speedup_vs_metallmix"] = _ratio(
+            row["config_seconds_mean"], ref["config_seconds_mean"]
+        )
+        row["train_ratio_vs_metallmix"] = _ratio(
+            row["train_seconds_mean"], ref["train_seconds_mean"]
+        )
+    complete = all(
+        datasets[n]["methods"][m]["seeds_done"] == len(seeds) for n in names for m in METHODS
+    )
+    return {
+        "settings": settings,
+        "datasets": datasets,
+        "overall": overall,
+        "complete": complete,
+        "n_datasets": len(names),
+    }
+
+
+def _near(value: float, best: float) -> bool:
+    return value >= best - WITHIN - 1e-9
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def _pct(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "—"
+    if std is None:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _sec(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _x(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}x"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Per-dataset rows and an overall table (accuracies in %, times in seconds)."""
+    s = report["settings"]
+    lines = [
+        f"Budget {s['budget']} trials per search, seeds {s['seeds']}, epochs ≤ {s['epoch_cap']}, "
+        f"train images ≤ {s['max_train_images'] or 'all'}, val images ≤ "
+        f"{s['max_val_images'] or 'all'}, models {s['models'] or 'CPU zoo'}, image sizes "
+        f"{s['image_sizes'] or 'zoo'}, threads {s['threads'] or 'default'}.",
+        "",
+        "| dataset | method | test acc % (mean ± std) | time to config (s) | final training (s) "
+        "| config time vs MetaLLMiX | training time vs MetaLLMiX | config |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in report["datasets"].items():
+        for method, row in entry["methods"].items():
+            mark = " **best**" if method in entry["best"] else ""
+            if not mark and method in entry["within_1pt"]:
+                mark = " (≤1 pt)"
+            config = row.get("model") or ", ".join(row.get("configs") or []) or "—"
+            lines.append(
+                f"| {name} | {LABELS[method]} | "
+                f"{_pct(row['test_accuracy_mean'], row['test_accuracy_std'])}{mark} | "
+                f"{_sec(row['config_seconds'])} | {_sec(row['train_seconds_mean'])} | "
+                f"{_x(row['config_speedup_vs_metallmix'])} | "
+                f"{_x(row['train_ratio_vs_metallmix'])} | {config} |"
+            )
+    lines += [
+        "",
+        f"Overall ({report['n_datasets']} datasets):",
+        "",
+        "| method | mean test acc % | best | best or within 1 pt | mean time to config (s) "
+        "| mean final training (s) | config time vs MetaLLMiX | training time vs MetaLLMiX |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, row in report["overall"].items():
+        lines.append(
+            f"| {LABELS[method]} | {_pct(row['test_accuracy_mean'])} | {row['best']} | "
+            f"{row['best_or_within_1pt']} | {_sec(row['config_seconds_mean'])} | "
+            f"{_sec(row['train_seconds_mean'])} | {_x(row['config_speedup_vs_metallmix'])} | "
+            f"{_x(row['train_ratio_vs_metallmix'])} |"
+        )
+    leaks = [
+        f"{name}: {e['leak_check']['removed_runs']} of {e['leak_check']['kb_runs']} KB runs "
+        f"removed ({', '.join(e['leak_check']['removed_datasets']) or 'none present'}), "
+        f"{e['leak_check']['kept_runs']} kept, 0 touching {e['leak_check']['hidden_names']}"
+        for name, e in report["datasets"].items()
+        if e.get("leak_check")
+    ]
+    if leaks:
+        lines += ["", "No-leak check (KB used for the recommendation):", ""]
+        lines += [f"- {line}" for line in leaks]
+    if not report.get("complete", True):
+        lines += ["", "**Incomplete**: some pieces have not run yet (resume the command)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """Test accuracy vs time spent, one panel per dataset (log time axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
+    markers = {"metallmix": "*", "random": "o", "tpe": "s", "best-default": "D"}
+    for ax, name in zip(axes[0], names, strict=True):
+        for method, row in report["datasets"][name]["methods"].items():
+            x, y = row.get("time_spent"), row.get("test_accuracy_mean")
+            if x is None or y is None:
+                continue
+            ax.errorbar(
+                [x],
+                [100 * y],
+                yerr=[100 * (row.get("test_accuracy_std") or 0.0)],
+                fmt=markers[method],
+                markersize=12 if method == "metallmix" else 8,
+                capsize=3,
+                label=LABELS[method],
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("time spent to get a trained model (s, log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(report: dict[str, Any], out_dir: Path, name: str) -> dict[str, Path]:
+    """``<name>.md``, ``<name>.json`` and ``<name>.png`` in ``out_dir`` (atomic writes)."""
+    import json
+
+    from metallmix.tools.compare import _atomic_write
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": out_dir / f"{name}.md",
+        "json": out_dir / f"{name}.json",
+        "png": out_dir / f"{name}.png",
+    }
+    _atomic_write(
+        paths["md"],
+        "# Head-to-head: zero-shot recommendation vs RS vs TPE vs best-default\n\n"
+        + markdown_table(report),
+    )
+    _atomic_write(paths["json"], json.dumps(report, indent=2, default=str))
+    tmp = out_dir / f".{name}.tmp.png"
+    plot(report, tmp)
+    os.replace(tmp, paths["png"])
+    return paths
+
+
+__all__ = ["build_report", "markdown_table", "plot", "write_results"]
