@@ -73,6 +73,7 @@ class ExecutionBackend(ABC):
 
     def close(self) -> None:
         """Release workers (a Ray instance this backend started is shut down)."""
+        return None
 
     def describe(self) -> str:
         return self.name
