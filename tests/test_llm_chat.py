@@ -177,3 +177,18 @@ def test_real_answer_does_not_depend_on_thread_count() -> None:
     assert one is not two and one.path == two.path
     assert one.chat(messages, max_tokens=8) == two.chat(messages, max_tokens=8)
     assert (one.last_usage["threads"], two.last_usage["threads"]) == (1.0, 2.0)
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_fast_grammar_sampling_gives_the_stock_answer() -> None:
+    llm = load_llm("fast")
+    raws = []
+    for fast in (True, False):
+        llm.fast_grammar = fast
+        try:
+            llm.chat_json(QUESTION, Answer, max_tokens=40, seed=5)
+            raws.append(llm.last_raw)
+        finally:
+            llm.fast_grammar = True
+    assert raws[0] == raws[1]
