@@ -88,7 +88,7 @@ class TrainConfig(BaseModel):
         values = {k: getattr(hp, k) for k in DEFAULTS if getattr(hp, k) is not None}
         patience = hp.extra.get("early_stopping_patience")
         if patience is not None and "early_stopping_patience" not in settings:
-            settings["early_stopping_patience"] = int(patience)  # type: ignore[arg-type]
+            settings["early_stopping_patience"] = int(patience)
         try:
             return cls(model=model, **{**values, **settings})
         except ValueError as exc:
@@ -207,7 +207,11 @@ def create_model(config: TrainConfig, n_classes: int, channels: int) -> Any:
         raise ConfigError(
             f"unknown timm model {config.model!r}; see `timm.list_models()` for valid names"
         )
-    kwargs = {"num_classes": n_classes, "in_chans": channels, "drop_rate": config.dropout}
+    kwargs: dict[str, Any] = {
+        "num_classes": n_classes,
+        "in_chans": channels,
+        "drop_rate": config.dropout,
+    }
     if config.weights is not None:
         model = timm.create_model(config.model, pretrained=False, **kwargs)
         _load_weights(model, config.weights)
