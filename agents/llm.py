@@ -249,13 +249,21 @@ class LocalLLM:
                     self._n_threads = wanted
             llama_cpp.llama_perf_context_reset(ctx)
             started = time.perf_counter()
-            response: Any = self._llama.create_chat_completion(
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                response_format=response_format,  # type: ignore[arg-type]
-            )
+            try:
+                response: Any = self._llama.create_chat_completion(
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed,
+                    response_format=response_format,  # type: ignore[arg-type]
+                )
+            except ValueError as exc:
+                if "exceed context window" not in str(exc):
+                    raise
+                raise MetaLLMiXError(
+                    f"the prompt does not fit the LLM's context ({exc}): shorten it (fewer "
+                    f"candidates or facts) or load the model with a larger n_ctx than {self.n_ctx}"
+                ) from exc
             seconds = time.perf_counter() - started
             perf = llama_cpp.llama_perf_context(ctx)
         choice = response["choices"][0]

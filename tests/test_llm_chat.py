@@ -192,3 +192,12 @@ def test_real_fast_grammar_sampling_gives_the_stock_answer() -> None:
         finally:
             llm.fast_grammar = True
     assert raws[0] == raws[1]
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_prompt_longer_than_context_is_a_clear_error() -> None:
+    llm = load_llm("fast", n_ctx=128)
+    long = [{"role": "user", "content": "chest x-ray " * 200}]
+    with pytest.raises(MetaLLMiXError, match=r"does not fit the LLM's context.*n_ctx than 128"):
+        llm.chat(long, max_tokens=4)
