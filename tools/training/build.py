@@ -29,6 +29,7 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
 )
 from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.training.backends import ExecutionBackend, Resources
 from metallmix.tools.training.runner import compute_meta_features, run_trial
 
 TRIAL_KEY_TAG = "metallmix.trial_key"
@@ -259,18 +260,39 @@ def build(
     experiment: str = BUILD_EXPERIMENT,
     shard: tuple[int, int] = (0, 1),
     on_trial: Callable[[BuildEvent], None] | None = None,
+    backend: ExecutionBackend | None = None,
+    resources: Resources | None = None,
+    max_retries: int = 2,
 ) -> Iterator[BuildEvent]:
     """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
 
     ``shard=(i, n)`` runs only trials ``i, i+n, ...`` so ``n`` processes can share a build.
     A trial that fails with a user-facing error (model cannot run at a size, ...) is
-    reported and skipped; the build goes on.
+    reported and skipped; the build goes on. ``backend`` (see
+    :mod:`metallmix.tools.training.backends`) runs the trials elsewhere; ``None`` keeps
+    them in this process, one after the other.
     """
     from metallmix.errors import MetaLLMiXError
 
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(f"shard index {index} is not in 0..{count - 1}")
+    if backend is not None:  # trials on a backend (process pool, Ray); the driver writes
+        from metallmix.tools.training.distributed import run_build
+
+        yield from run_build(
+            kb,
+            [t for i, t in enumerate(trials) if i % count == index],
+            sources,
+            backend=backend,
+            threads=threads,
+            max_val_images=max_val_images,
+            experiment=experiment,
+            resources=resources,
+            max_retries=max_retries,
+            on_trial=on_trial,
+        )
+        return
     done = done_keys(kb)
     todo = [t for i, t in enumerate(trials) if i % count == index and t.key not in done]
     cache = TaskCache(sources)
