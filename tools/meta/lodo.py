@@ -224,7 +224,7 @@ def run_lodo(
     fold_info: list[dict[str, object]] = []
     for group, train, test_all in folds(usable):
         train_frame = records_to_frame(train)
-        learners: dict[str, MetaLearner] = {}
+        learners: dict[Objective, MetaLearner] = {}
         for objective in objectives:
             cfg = MetaLearnerConfig(
                 objective=objective,
@@ -237,7 +237,8 @@ def run_lodo(
             t0 = time.perf_counter()
             learners[objective] = MetaLearner.fit(train_frame, cfg)
             fit_seconds[objective] += time.perf_counter() - t0
-            seen = set(learners[objective].info["dataset_groups"])  # type: ignore[arg-type]
+            trained_on = learners[objective].info["dataset_groups"]
+            seen = set(trained_on) if isinstance(trained_on, list) else set()
             if group in seen:
                 raise LeakError(f"held-out group {group!r} reached the {objective} meta-learner")
         default_run = best_default(train)
@@ -283,12 +284,12 @@ def run_lodo(
                     )
                 )
 
-            for objective, learner in learners.items():
+            for name, learner in learners.items():
                 scores = learner.predict(frame).score
                 pick = int(np.argmax(scores))
                 regret, rank = regret_and_rank(true, pick)
                 rho = float(spearmanr(scores, true).statistic) if np.std(scores) > 0 else 0.0
-                add(f"metalearner-{objective}", regret, rank, float(true[pick]), rho)
+                add(f"metalearner-{name}", regret, rank, float(true[pick]), rho)
             add("random", *expected_best_of(true, 1), None)
             add("random-best-of-5", *expected_best_of(true, 5), None)
             add("random-best-of-10", *expected_best_of(true, 10), None)

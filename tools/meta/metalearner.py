@@ -154,8 +154,8 @@ class MetaLearner:
         acc = rows["out_val_accuracy"].to_numpy(dtype=float)
         n_rounds = cfg.n_estimators
 
-        def train(params: dict[str, object], label: np.ndarray, qid: np.ndarray | None = None):  # type: ignore[no-untyped-def]
-            dm = xgb.DMatrix(x, label=label, qid=qid, missing=np.nan)
+        def train(params: dict[str, object], label: np.ndarray) -> xgb.Booster:
+            dm = xgb.DMatrix(x, label=label, missing=np.nan)
             return xgb.train(params, dm, num_boost_round=n_rounds)
 
         accuracy = train(cfg.xgb_params("reg:squarederror"), acc)

@@ -207,7 +207,7 @@ def make_hyperparameters(values: dict[str, Scalar]) -> Hyperparameters:
     core = {k: v for k, v in values.items() if k in HP_CORE}
     extra = {k: v for k, v in values.items() if k not in HP_CORE}
     try:
-        return Hyperparameters(**core, extra=extra)  # type: ignore[arg-type]
+        return Hyperparameters(**core, extra=extra)
     except ValueError as exc:
         raise ConfigError(f"invalid hyperparameters {values}: {exc}") from exc
 
