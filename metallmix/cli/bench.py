@@ -71,7 +71,7 @@ def lodo(
     }
 
     def render(console: Console) -> None:
-        console.print(markdown_table(result))
+        typer.echo(markdown_table(result))  # plain text: rich would re-wrap the table
 
     emit(payload, as_json, render)
 

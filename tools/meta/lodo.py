@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -77,6 +78,8 @@ class LodoResult(BaseModel):
     seconds: float
     fit_seconds: dict[str, float] = Field(default_factory=dict)
     folds: list[dict[str, object]] = Field(default_factory=list)
+    load_average: float | None = Field(default=None, description="1-min load at the end")
+    cpu_count: int | None = None
 
     def summary(self) -> pd.DataFrame:
         """Mean regret, rank and Spearman per method, plus wins against the best baseline."""
@@ -313,6 +316,8 @@ def run_lodo(
         seconds=round(time.perf_counter() - started, 2),
         fit_seconds={k: round(v, 2) for k, v in fit_seconds.items()},
         folds=fold_info,
+        load_average=round(os.getloadavg()[0], 2),
+        cpu_count=os.cpu_count(),
     )
 
 
@@ -320,7 +325,12 @@ def markdown_table(result: LodoResult) -> str:
     summary = result.summary()
     lines = [
         f"LODO on `{result.kb}`: {result.n_runs} runs, {result.n_datasets} datasets, "
-        f"seed {result.seed}, {result.seconds:.0f} s total.",
+        f"seed {result.seed}, {result.seconds:.0f} s wall"
+        + (
+            f" (load average {result.load_average} on {result.cpu_count} CPUs)."
+            if result.load_average is not None
+            else "."
+        ),
         "",
         "| method | mean normalised regret | median regret | mean rank of pick | mean Spearman |",
         "|---|---:|---:|---:|---:|",
@@ -381,8 +391,6 @@ def plot(result: LodoResult, path: Path) -> Path:
 
 def write_results(result: LodoResult, out_dir: Path, name: str) -> dict[str, Path]:
     """``<name>.md``, ``<name>.json`` and ``<name>.png`` in ``out_dir`` (atomic writes)."""
-    import os
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "md": out_dir / f"{name}.md",
