@@ -80,6 +80,10 @@ def compare(
         max_val_images=max_val_images,
         threads=threads,
     )
+    from metallmix.tools.datasets import load_dataset
+
+    for path in data:  # fail on a bad dataset before any progress output
+        load_dataset(path, modality=modality)
     base = name or "compare_" + "+".join(Path(d).stem for d in data)
     state_dir = state or out / f"{base}.state"
     with progress("comparison pieces", total=n_pieces(settings, len(data))) as advance:

@@ -1,0 +1,290 @@
+"""``metallmix bench compare`` end to end on a tiny generated dataset (budget 2, one seed).
+
+Real trainer, real Optuna, real MLflow, real meta-learner; the LLM is scripted in the unit
+tests (it can only fail, so the graph's deterministic fallback picks the top candidate) and
+the real fast model runs in the ``real`` twin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.cli import main
+from metallmix.errors import ConfigError
+from metallmix.tools.compare import (
+    EXPERIMENT,
+    METHODS,
+    CompareSettings,
+    check_no_leak,
+    holdout_kb,
+    run_compare,
+)
+from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
+from metallmix.tools.meta.lodo import LeakError
+from metallmix.tools.meta.synthetic import synthetic_records
+
+SETTINGS = CompareSettings(
+    budget=2,
+    seeds=[0],
+    epoch_cap=1,
+    models=["lcnet_050", "resnet10t"],
+    image_sizes=[28],
+    max_val_images=20,
+    threads=1,
+    n_candidates=3,
+)
+N_TRAININGS = 1 + 1 + 2 + 2  # metallmix, best-default, RS trials, TPE trials
+
+
+def make_npz(path: Path, seed: int = 0) -> Path:
+    """2 classes x 40 training images of 16x16, separable by brightness."""
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat([0, 1], n)
+        base = np.where(labels[:, None, None] == 0, 60, 190)
+        images = np.clip(base + rng.normal(0, 25, (2 * n, 16, 16)), 0, 255).astype(np.uint8)
+        return images, labels.astype(np.int64)
+
+    arrays: dict[str, np.ndarray] = {}
+    for name, n in (("train", 40), ("val", 10), ("test", 10)):
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = split(n)
+    np.savez(path, **arrays)
+    return path
+
+
+def planted(name: str, n: int) -> list[RunRecord]:
+    """Runs of the compared dataset (and a derived task) that must never reach the KB."""
+    base = synthetic_records(1, n, seed=7, space=SETTINGS.space())
+    out = []
+    for i, r in enumerate(base):
+        dataset = name if i % 2 == 0 else f"{name}/n20"
+        out.append(
+            r.model_copy(
+                update={"run_id": f"leak-{i}", "dataset": dataset, "dataset_group": name}
+            )
+        )
+    return out
+
+
+def make_kb(path: Path, dataset: str = "tiny") -> Path:
+    records = synthetic_records(4, 12, seed=0, space=SETTINGS.space()) + planted(dataset, 4)
+    SQLiteKnowledgeBase(path).add(records)
+    return path
+
+
+def bad_llm(n: int = 8) -> ScriptedLLM:
+    """Answers nothing usable: the graph falls back to the top-scored candidate."""
+    return ScriptedLLM(["this is not JSON"] * n)
+
+
+def training_runs() -> list[Any]:
+    from metallmix.tools.training import tracking
+
+    client = tracking.client()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get(tracking.KIND_TAG) == tracking.TRAINING_KIND]
+
+
+def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
+    assert report["complete"] is True
+    entry = report["datasets"][dataset]
+    leak = entry["leak_check"]
+    assert leak["passed"] and leak["violations"] == 0
+    assert leak["removed_runs"] == 4 and leak["kept_runs"] == 48
+    assert sorted(leak["removed_datasets"]) == [dataset, f"{dataset}/n20"]
+    assert set(entry["methods"]) == set(METHODS)
+    for method, row in entry["methods"].items():
+        assert row["seeds_done"] == 1, method
+        assert 0.0 <= row["test_accuracy_mean"] <= 1.0
+        assert row["config_seconds"] is not None and row["config_seconds"] >= 0
+        assert row["train_seconds_mean"] > 0
+        (run,) = row["per_seed"]
+        assert run["hyperparameters"]["epochs"] if "epochs" in run["hyperparameters"] else True
+    assert entry["best"] and set(entry["best"]) <= set(entry["within_1pt"])
+    for method in ("random", "tpe"):
+        (search,) = entry["methods"][method]["per_seed"]
+        assert search["trials_done"] == 2
+        assert search["search_seconds"] > 0
+    for method in ("metallmix", "best-default"):
+        (run,) = entry["methods"][method]["per_seed"]
+        assert run["hyperparameters"]["epochs"] <= 1
+        assert run["model"] in SETTINGS.models  # type: ignore[operator]
+    overall = report["overall"]
+    assert overall["metallmix"]["config_speedup_vs_metallmix"] == pytest.approx(1.0)
+    assert sum(o["best"] for o in overall.values()) >= 1
+
+
+def test_holdout_kb_removes_dataset_and_derived_tasks(tmp_path: Path) -> None:
+    records = synthetic_records(3, 5, seed=1) + planted("tiny", 4)
+    check = holdout_kb(records, {"tiny"}, tmp_path / "kb.sqlite")
+    assert check.removed_runs == 4 and check.kept_runs == 15 and check.passed
+    kept = SQLiteKnowledgeBase(tmp_path / "kb.sqlite", read_only=True)
+    assert not any(r.dataset_group == "tiny" for r in kept.iter_records())
+    # A KB that still holds the dataset fails the check, naming the run.
+    leaky = SQLiteKnowledgeBase(tmp_path / "leaky.sqlite")
+    leaky.add(records)
+    with pytest.raises(LeakError, match="leak-0"):
+        check_no_leak(leaky, {"tiny"})
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="vit_huge"):
+        CompareSettings(models=["vit_huge"]).space()
+    with pytest.raises(ConfigError, match="image"):
+        CompareSettings(image_sizes=[17]).space()
+    space = CompareSettings(epoch_cap=2).space()
+    assert space.params["epochs"].high == 2  # type: ignore[union-attr]
+
+
+def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
+    data = make_npz(tmp_path / "tiny.npz")
+    kb = make_kb(tmp_path / "kb.sqlite")
+    state = tmp_path / "state"
+
+    class Stop(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def stop_after_first_training(key: str, value: dict[str, Any]) -> None:
+        seen.append(key)
+        if key == "tiny/metallmix/s0":
+            raise Stop
+
+    llm = bad_llm()
+    with pytest.raises(Stop):
+        run_compare(
+            [data], SETTINGS, state_dir=state, kb=kb, llm=llm, on_piece=stop_after_first_training
+        )
+    assert len(training_runs()) == 1
+    first = json.loads((state / "state.json").read_text())["pieces"]["tiny/metallmix/s0"]
+    assert llm.calls, "the recommendation used the LLM"
+
+    # Resume: nothing finished is redone; an LLM call now would raise (no responses left).
+    resumed: list[str] = []
+    report = run_compare(
+        [data],
+        SETTINGS,
+        state_dir=state,
+        kb=kb,
+        llm=ScriptedLLM([]),
+        on_piece=lambda k, v: resumed.append(k) if v.get("resumed") else None,
+    )
+    check_report(report)
+    assert "tiny/metallmix/recommendation" in resumed and "tiny/metallmix/s0" in resumed
+    runs = training_runs()
+    assert len(runs) == N_TRAININGS
+    again = report["datasets"]["tiny"]["methods"]["metallmix"]["per_seed"][0]
+    assert again["mlflow_run_id"] == first["mlflow_run_id"]
+
+    # A third run retrains nothing and reports the same numbers.
+    third = run_compare([data], SETTINGS, state_dir=state, kb=kb, llm=ScriptedLLM([]))
+    assert len(training_runs()) == N_TRAININGS
+    assert third["datasets"]["tiny"]["methods"] == report["datasets"]["tiny"]["methods"]
+
+    # Everything nests under one parent run.
+    from metallmix.tools.training import tracking
+
+    client = tracking.client()
+    parent = report["mlflow_parent_run_id"]
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    names = {r.info.run_name for r in children}
+    assert {"tiny:metallmix", "tiny:best-default"} <= names
+    assert sum(n.startswith("search:") for n in names) == 2
+
+    # Other settings on the same state are refused, not silently mixed.
+    other = SETTINGS.model_copy(update={"budget": 3})
+    with pytest.raises(ConfigError, match="other settings"):
+        run_compare([data], other, state_dir=state, kb=kb, llm=ScriptedLLM([]))
+
+
+def _cli(tmp_path: Path, *extra: str) -> list[str]:
+    data = make_npz(tmp_path / "tiny.npz")
+    kb = make_kb(tmp_path / "kb.sqlite")
+    return [
+        "bench",
+        "compare",
+        "--data",
+        str(data),
+        "--budget",
+        "2",
+        "--seeds",
+        "1",
+        "--kb",
+        str(kb),
+        "--epochs-max",
+        "1",
+        "--models",
+        "lcnet_050,resnet10t",
+        "--image-sizes",
+        "28",
+        "--max-val-images",
+        "20",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "results"),
+        "--json",
+        *extra,
+    ]
+
+
+def _check_cli(tmp_path: Path, out: str) -> dict[str, Any]:
+    report = json.loads(out)
+    results = tmp_path / "results"
+    for suffix in ("md", "json", "png"):
+        assert (results / f"compare_tiny.{suffix}").is_file()
+    table = (results / "compare_tiny.md").read_text()
+    assert "| tiny | MetaLLMiX (zero-shot) |" in table and "No-leak check" in table
+    assert "4 of 52 KB runs removed" in table
+    from metallmix.tools.training import tracking
+
+    parent = tracking.client().get_run(report["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert "tiny.metallmix.test_accuracy_mean" in parent.data.metrics
+    return report
+
+
+def test_cli_compare_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import metallmix.agents.llm as llm_module
+
+    monkeypatch.setattr(llm_module, "load_llm", lambda *a, **k: bad_llm())
+    assert main(_cli(tmp_path)) == 0
+    report = _check_cli(tmp_path, capsys.readouterr().out)
+    check_report(report)
+    rec = report["datasets"]["tiny"]["methods"]["metallmix"]
+    assert rec["fallback"] is True  # the scripted LLM never answered usefully
+    assert len(training_runs()) == N_TRAININGS
+
+
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "compare", "--data", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.npz" in err
+
+
+@pytest.mark.real
+def test_cli_compare_real_fast_llm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same command with the real 0.5B model choosing and explaining."""
+    assert main(_cli(tmp_path, "--llm", "fast")) == 0
+    report = _check_cli(tmp_path, capsys.readouterr().out)
+    check_report(report)
+    rec = report["datasets"]["tiny"]["methods"]["metallmix"]
+    assert rec["llm"] == "qwen2.5-coder-0.5b"
+    assert len(training_runs()) == N_TRAININGS
