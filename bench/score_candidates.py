@@ -73,7 +73,7 @@ def main() -> None:
     print(
         f"{args.n} candidates on a {len(frame)}-row KB ({result['features']} features): "
         f"sample {med['sample']:.3f} s, encode {med['encode']:.3f} s, "
-        f"predict {med['predict']:.3f} s (accuracy + band + cost + score), "
+        f"predict {med['predict']:.3f} s (accuracy, 10-90% band, cost), "
         f"SHAP top-5 {med['shap_top5']:.3f} s; "
         f"{result['candidates_per_second_end_to_end']:,} candidates/s end to end "
         f"(fit {fit_s:.1f} s; load average {result['load_average_1min']} "
