@@ -141,9 +141,7 @@ def test_pool_worker_death_is_retried_without_partial_rows(
     # No retries: both trials are reported lost, nothing reaches the KB.
     with LocalBackend(workers=1) as backend:
         lost = list(
-            run_build(
-                kb, trials, sources, backend=backend, max_retries=0, trial_fn=crash_once
-            )
+            run_build(kb, trials, sources, backend=backend, max_retries=0, trial_fn=crash_once)
         )
     assert len(lost) == 2 and all(e.record is None for e in lost)
     assert all("worker lost" in (e.error or "") for e in lost)

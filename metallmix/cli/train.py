@@ -28,6 +28,37 @@ ThreadsOption = typer.Option(None, "--threads", min=1, help="torch threads (defa
 MaxTrainOption = typer.Option(
     None, "--max-train-images", min=2, help="Train on a seeded stratified subsample of N images."
 )
+BackendOption = typer.Option(
+    "local", "--backend", help="Where trials run: local (this machine) or ray (a Ray cluster)."
+)
+AddressOption = typer.Option(
+    None,
+    "--address",
+    help="Ray cluster: auto (started with `ray start --head`) or ray://host:10001; "
+    "default RAY_ADDRESS, else a private Ray instance.",
+)
+WorkersOption = typer.Option(
+    0,
+    "--workers",
+    min=0,
+    help="local: worker processes (0 = in this process); ray: CPUs of a private instance, "
+    "or the most trials in flight on a cluster (0 = as many as fit).",
+)
+GpusOption = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs each Ray task asks for.")
+RetriesOption = typer.Option(
+    2, "--max-retries", min=0, help="Re-runs of a trial whose worker died before it is failed."
+)
+
+
+def _backend(name: str, address: str | None, workers: int) -> Any:
+    """None for the plain in-process path (unchanged behaviour), else an ExecutionBackend."""
+    from metallmix.tools.training.backends import make_backend
+
+    if name == "local" and not workers and not address:
+        return None
+    backend = make_backend(name, address=address, workers=workers or None)
+    stderr.print(f"backend: {backend.describe()}")
+    return backend
 
 
 def _kb(path: Path | None, disabled: bool) -> KnowledgeBase | None:
@@ -163,6 +194,14 @@ def search_command(
     threads: int | None = ThreadsOption,
     kb: Path | None = KbOption,
     no_kb: bool = NoKbOption,
+    backend_name: str = BackendOption,
+    address: str | None = AddressOption,
+    workers: int = WorkersOption,
+    gpus_per_trial: float = GpusOption,
+    max_retries: int = RetriesOption,
+    parallel: int | None = typer.Option(
+        None, "--parallel", min=1, help="Trials asked ahead and run at once (backend only)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Random-search or TPE baseline: an Optuna study, one MLflow run per trial, resumable."""
@@ -173,6 +212,17 @@ def search_command(
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     dataset = load_dataset(data, modality=modality, seed=seed)
+    backend = _backend(backend_name, address, workers)
+    backend_kwargs: dict[str, Any] = {}
+    if backend is not None:
+        from metallmix.tools.training.backends import Resources
+
+        backend_kwargs = {
+            "backend": backend,
+            "parallel": parallel,
+            "max_retries": max_retries,
+            "resources": Resources(num_cpus=float(threads or 1), num_gpus=gpus_per_trial),
+        }
     with progress(f"{sampler} search on {dataset.name}", trials) as advance:
         result = run_search(
             dataset,
@@ -187,7 +237,10 @@ def search_command(
             max_val_images=max_val_images,
             threads=threads,
             on_trial=lambda summary: advance(1),
+            **backend_kwargs,
         )
+    if backend is not None:
+        backend.close()
 
     def render(console: Console) -> None:
         table = Table(title=f"study {result.study_name} ({result.sampler})")
@@ -222,6 +275,11 @@ def build_command(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N trials."),
     max_val_images: int = typer.Option(200, "--max-val-images", min=2),
     kb: Path | None = KbOption,
+    backend_name: str = BackendOption,
+    address: str | None = AddressOption,
+    workers: int = WorkersOption,
+    gpus_per_trial: float = GpusOption,
+    max_retries: int = RetriesOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Build a KB from real runs on the datasets and derived tasks (resumable by trial key)."""
@@ -253,8 +311,20 @@ def build_command(
     )
     counts = {"ok": 0, "diverged": 0, "failed": 0}
     errors: list[str] = []
+    backend = _backend(backend_name, address, workers)
+    backend_kwargs: dict[str, Any] = {}
+    if backend is not None:
+        from metallmix.tools.training.backends import Resources
+
+        backend_kwargs = {
+            "backend": backend,
+            "max_retries": max_retries,
+            "resources": Resources(num_cpus=float(threads), num_gpus=gpus_per_trial),
+        }
     with progress("kb build", len(todo)) as advance:
-        for event in build(store, todo, sources, threads=threads, max_val_images=max_val_images):
+        for event in build(
+            store, todo, sources, threads=threads, max_val_images=max_val_images, **backend_kwargs
+        ):
             if event.record is not None:
                 counts[event.record.status] = counts.get(event.record.status, 0) + 1
                 acc = event.record.outcomes.val_accuracy
@@ -269,6 +339,8 @@ def build_command(
                 errors.append(f"{event.trial.task.name} {event.trial.model}: {event.error}")
                 stderr.print(f"[{event.done}/{event.total}] failed: {errors[-1]}")
             advance(1)
+    if backend is not None:
+        backend.close()
     summary = store.info()
     result = {
         "tasks": [t.name for t in tasks],

@@ -624,15 +624,17 @@ def run_search_distributed(
             dispatcher.submit(trial, job, data)
         if not dispatcher.inflight:
             break
-        trial, outcome, exc, attempts = dispatcher.next()
+        trial, outcome, failure, attempts = dispatcher.next()
         seconds = time.perf_counter() - started.pop(trial.number)
-        if exc is not None and not isinstance(exc, WorkerLostError):
+        if failure is not None and not isinstance(failure, WorkerLostError):
             # A bug, not a trial result: left RUNNING, so a resumed search re-runs it.
-            fatal = fatal or exc
+            fatal = fatal or failure
             continue
-        record = committer.commit(outcome) if exc is None else None
+        record = committer.commit(outcome) if failure is None else None
         if record is None:
-            reason = outcome.error if exc is None else f"worker lost on all {attempts} attempt(s)"
+            reason = (
+                outcome.error if failure is None else f"worker lost on all {attempts} attempt(s)"
+            )
             trial.set_user_attr("error", str(reason)[:1000])
             trial.set_user_attr("seconds", seconds)
             study.tell(trial, state=TrialState.FAIL)

@@ -146,6 +146,10 @@ def run_search(
     tracking_uri: str | None = None,
     on_trial: Callable[[TrialSummary], None] | None = None,
     progress: Callable[[EpochStats], None] | None = None,
+    backend: Any | None = None,
+    parallel: int | None = None,
+    max_retries: int = 2,
+    resources: Any | None = None,
 ) -> SearchResult:
     """Run (or resume) an Optuna study until ``trials`` trials have used up the budget.
 
@@ -154,6 +158,29 @@ def run_search(
     configuration the trainer rejects (e.g. a model that cannot run at that image size) is
     a failed trial that still counts, as it would for any practitioner.
     """
+    if backend is not None:  # an ExecutionBackend: Optuna ask/tell here, trials there
+        from metallmix.tools.training.distributed import run_search_distributed
+
+        return run_search_distributed(
+            dataset,
+            backend=backend,
+            sampler=sampler,
+            trials=trials,
+            seed=seed,
+            space=space,
+            storage=storage,
+            study_name=study_name,
+            kb=kb,
+            experiment=experiment,
+            max_train_images=max_train_images,
+            max_val_images=max_val_images,
+            threads=threads,
+            tracking_uri=tracking_uri,
+            on_trial=on_trial,
+            parallel=parallel,
+            max_retries=max_retries,
+            resources=resources,
+        )
     import optuna
     from optuna.trial import TrialState
 
