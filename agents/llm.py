@@ -195,7 +195,8 @@ class LocalLLM:
                 f"llama.cpp could not load {self.path}: {exc}; "
                 "check the file with `metallmix llm check`"
             ) from exc
-        self._llama.set_cache(LlamaRAMCache(capacity_bytes=PROMPT_CACHE_BYTES))
+        self._prefix = _CanonicalPrefix(self._llama)
+        self._llama.set_cache(_prompt_cache(self._prefix, PROMPT_CACHE_BYTES, LlamaRAMCache))
         self.fast_grammar = True
         _install_fast_grammar(self)
         self.load_seconds = time.perf_counter() - started
@@ -248,6 +249,7 @@ class LocalLLM:
                     llama_cpp.llama_set_n_threads(ctx, wanted, wanted)
                     self._n_threads = wanted
             llama_cpp.llama_perf_context_reset(ctx)
+            self._prefix.begin()
             started = time.perf_counter()
             try:
                 response: Any = self._llama.create_chat_completion(
@@ -282,6 +284,68 @@ class LocalLLM:
             "threads": float(self._n_threads),
         }
         return text, str(choice.get("finish_reason") or "")
+
+
+PREFIX_BLOCK = 64
+
+
+class _CanonicalPrefix:
+    """Evaluate every prompt the same way, whatever the cache holds, so answers are reproducible.
+
+    llama.cpp's numbers depend slightly on how tokens are batched, and greedy decoding turns a
+    tiny logit difference into a different answer: with stock prefix reuse the 1.5B model
+    wrote a different recommendation for the same prompt cold (one 502-token batch) and warm
+    (last token re-evaluated alone). Here a prompt is always evaluated in blocks aligned to
+    absolute positions (``PREFIX_BLOCK`` tokens), its last token alone, and cached KV is
+    reused only up to a block boundary inside the previous prompt (never generated tokens).
+    """
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+        self._stock_eval = llama.eval
+        self._stock_load_state = llama.load_state
+        self.canonical = 0  # KV positions [0, canonical) were evaluated canonically
+        self._prompt_pending = False
+        llama.eval = self.eval
+        llama.load_state = self.load_state
+
+    def begin(self) -> None:
+        """The next eval is a completion's prompt (generation steps follow)."""
+        self._prompt_pending = True
+
+    def eval(self, tokens: Any) -> None:
+        if not self._prompt_pending:
+            self._stock_eval(tokens)
+            return
+        self._prompt_pending = False
+        llama = self._llama
+        n_past = int(llama.n_tokens)
+        start = (min(n_past, self.canonical) // PREFIX_BLOCK) * PREFIX_BLOCK
+        full = [int(t) for t in llama.input_ids[start:n_past]] + [int(t) for t in tokens]
+        llama.n_tokens = start  # stock eval drops the KV cache from n_tokens on
+        last = start + len(full) - 1
+        pos = start
+        while pos < last:
+            stop = min(last, (pos // PREFIX_BLOCK + 1) * PREFIX_BLOCK)
+            self._stock_eval(full[pos - start : stop - start])
+            pos = stop
+        self._stock_eval(full[-1:])
+        self.canonical = last
+
+    def load_state(self, state: Any) -> None:
+        self._stock_load_state(state)
+        self.canonical = int(getattr(state, "metallmix_canonical", 0))
+
+
+def _prompt_cache(prefix: _CanonicalPrefix, capacity: int, base: type) -> Any:
+    """llama.cpp's RAM prompt cache, remembering how much of each saved state is canonical."""
+
+    class PromptCache(base):  # type: ignore[misc, valid-type]
+        def __setitem__(self, key: Any, value: Any) -> None:
+            value.metallmix_canonical = prefix.canonical
+            super().__setitem__(key, value)
+
+    return PromptCache(capacity_bytes=capacity)
 
 
 class _GreedyGrammarSampler:

@@ -103,8 +103,34 @@ def test_real_fast_is_deterministic_and_stays_loaded() -> None:
     assert load_llm("qwen2.5-coder-0.5b") is llm
     assert llm.chat_json(QUESTION, Answer, max_tokens=48, seed=3) == first
     assert llm.last_raw == raw
-    # The repeated prompt is served from llama.cpp's cache instead of being re-evaluated.
-    assert llm.last_usage["prompt_eval_tokens"] < llm.last_usage["prompt_tokens"]
+
+
+def _facts(tag: str) -> list[dict[str, str]]:
+    """A prompt of a few hundred tokens, long enough for several cached prefix blocks."""
+    facts = " ".join(
+        f"Model {name} reached {70 + i}% accuracy on dataset {tag}-{i}."
+        for i, name in enumerate(["resnet18", "efficientnet_b0", "convnext_atto", "vit_tiny"] * 3)
+    )
+    return [
+        {"role": "system", "content": "You summarise experiment logs in one sentence."},
+        {"role": "user", "content": f"Log {tag}: {facts} Which model is best?"},
+    ]
+
+
+@pytest.mark.real
+@pytest.mark.usefixtures("real")
+def test_real_answer_does_not_depend_on_what_the_cache_holds() -> None:
+    from metallmix.agents.llm import LocalLLM
+
+    shared = load_llm("fast")
+    fresh = LocalLLM(shared.path, name=shared.name, sha256=shared.sha256)
+    cold = fresh.chat(_facts("A"), max_tokens=12)
+    assert shared.chat(_facts("A"), max_tokens=12) == cold
+    assert shared.chat(_facts("A"), max_tokens=12) == cold  # prompt served from the cache
+    assert shared.last_usage["prompt_eval_tokens"] < shared.last_usage["prompt_tokens"] / 2
+    shared.chat(_facts("B"), max_tokens=12)
+    assert shared.chat(_facts("A"), max_tokens=12) == cold  # restored from the RAM cache
+    assert shared.last_usage["prompt_eval_tokens"] < shared.last_usage["prompt_tokens"] / 2
 
 
 @pytest.mark.real
