@@ -346,6 +346,12 @@ def markdown_table(result: LodoResult) -> str:
         pd.DataFrame([r.model_dump() for r in result.rows]).groupby("dataset")["n_configs"].max()
     )
     cols = list(summary.index)
+    lines += [
+        "",
+        "Random search best-of-k trains k configurations (the meta-learner picks one); on a "
+        "dataset with k or fewer evaluated configurations it trivially finds the best.",
+        "Regret: (best - picked) / (best - worst) of final validation accuracy; rank 1 = best.",
+    ]
     lines += ["", "Normalised regret per held-out dataset (0 = picked the best config):", ""]
     lines.append("| dataset | configs | " + " | ".join(cols) + " |")
     lines.append("|---|---:|" + "---:|" * len(cols))
