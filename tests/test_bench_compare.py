@@ -67,9 +67,7 @@ def planted(name: str, n: int) -> list[RunRecord]:
     for i, r in enumerate(base):
         dataset = name if i % 2 == 0 else f"{name}/n20"
         out.append(
-            r.model_copy(
-                update={"run_id": f"leak-{i}", "dataset": dataset, "dataset_group": name}
-            )
+            r.model_copy(update={"run_id": f"leak-{i}", "dataset": dataset, "dataset_group": name})
         )
     return out
 
@@ -110,7 +108,8 @@ def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
         assert row["config_seconds"] is not None and row["config_seconds"] >= 0
         assert row["train_seconds_mean"] > 0
         (run,) = row["per_seed"]
-        assert run["hyperparameters"]["epochs"] if "epochs" in run["hyperparameters"] else True
+        epochs = run["hyperparameters"].get("epochs")
+        assert epochs is not None and epochs <= SETTINGS.epoch_cap, method  # same epoch cap
     assert entry["best"] and set(entry["best"]) <= set(entry["within_1pt"])
     for method in ("random", "tpe"):
         (search,) = entry["methods"][method]["per_seed"]

@@ -409,18 +409,23 @@ class _Run:
         shortlist = build_shortlist(
             mf, kb, n=self.settings.n_candidates, space=self.space, seed=seed
         )
+        shortlist_seconds = time.perf_counter() - started
         rec = recommend(None, llm=llm, kb=kb, seed=seed, shortlist=shortlist, name=dataset.name)
         seconds = time.perf_counter() - started
         self.space.check(rec.model, rec.hyperparameters)
         child = self.child(f"{dataset.name}/metallmix", parent, f"{dataset.name}:metallmix")
         self.client.log_metric(child, "config_seconds", seconds)
+        llm_seconds = None
         if rec.mlflow_run_id:
             self.client.set_tag(child, "metallmix.recommendation_run_id", rec.mlflow_run_id)
+            llm_seconds = self.client.get_run(rec.mlflow_run_id).data.metrics.get("llm_seconds")
         return self.done(
             key,
             {
                 "seconds": seconds,
                 "llm_load_seconds": llm_load_seconds,
+                "shortlist_seconds": shortlist_seconds,
+                "llm_seconds": llm_seconds,
                 "model": rec.model,
                 "hyperparameters": rec.hyperparameters.model_dump(mode="json"),
                 "expected_accuracy": rec.expected_accuracy,

@@ -53,6 +53,8 @@ def _method_row(pieces: dict[str, Any], name: str, method: str, seeds: list[int]
             row["fallback"] = config.get("fallback")
             row["expected_accuracy"] = config.get("expected_accuracy")
             row["llm_load_seconds"] = config.get("llm_load_seconds")
+            row["shortlist_seconds"] = config.get("shortlist_seconds")
+            row["llm_seconds"] = config.get("llm_seconds")
         row["time_spent"] = (
             None
             if row["config_seconds"] is None or train_mean is None
