@@ -9,6 +9,7 @@ decides (retry or mark failed), which keeps attempt counting identical everywher
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 from abc import ABC, abstractmethod
@@ -243,12 +244,17 @@ class RayBackend(ExecutionBackend):
         return self._ray.put(value)
 
     def submit(self, fn: Callable[..., Any], *args: Any, resources: Resources) -> Any:
-        remote = self._remotes.get(fn)
+        # Plain functions become remote functions once; other callables (partials, bound
+        # methods) travel as the first argument of a trampoline task.
+        plain = inspect.isfunction(fn)
+        target = fn if plain else _invoke
+        remote = self._remotes.get(target)
         if remote is None:
-            remote = self._remotes[fn] = self._ray.remote(fn)
-        return remote.options(
+            remote = self._remotes[target] = self._ray.remote(target)
+        options = remote.options(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=0
-        ).remote(*args)
+        )
+        return options.remote(*args) if plain else options.remote(fn, *args)
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
         ready, _ = self._ray.wait(list(handles), num_returns=1)
@@ -278,6 +284,10 @@ class RayBackend(ExecutionBackend):
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
         self._owns = False
+
+
+def _invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def make_backend(
