@@ -27,8 +27,15 @@ def main() -> int:
         (package / item.name).symlink_to(item)
     for sub, folder in MAPPING.items():
         (package / sub).symlink_to(ROOT / folder)
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p",
-           "metallmix"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(ROOT / "pyproject.toml"),
+        "-p",
+        "metallmix",
+    ]
     return subprocess.call(cmd, cwd=tree)
 
 
