@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
 
@@ -21,7 +21,11 @@ from metallmix.graphs.resources import get_kb, get_llm, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.tools.kb.store import KnowledgeBase
 
-Node = Callable[[RecommendationState, RunnableConfig], dict[str, Any]]
+
+class Node(Protocol):
+    """A graph node: LangGraph passes the state and the run's config by these names."""
+
+    def __call__(self, state: RecommendationState, config: RunnableConfig) -> dict[str, Any]: ...
 
 
 def timed(name: str) -> Callable[[Node], Node]:
@@ -76,7 +80,7 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
             "nothing to recommend for: give 'data' (a dataset path or dataset card) "
             "or 'meta_features'"
         )
-    from metallmix.tools.metafeatures import compute_meta_features  # type: ignore[attr-defined]
+    from metallmix.tools.metafeatures import compute_meta_features
 
     path = Path(state.data).expanduser()
     if not path.exists():

@@ -16,7 +16,7 @@ from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SPACES, SearchSpace
 
 def get_llm(cfg: Configuration) -> ChatLLM:
     if cfg.llm_instance is not None:
-        return cfg.llm_instance  # type: ignore[no-any-return]
+        return cfg.llm_instance
     from metallmix.agents.llm import load_llm
 
     return load_llm(cfg.llm, seed=cfg.seed)
@@ -24,7 +24,7 @@ def get_llm(cfg: Configuration) -> ChatLLM:
 
 def get_kb(cfg: Configuration) -> KnowledgeBase:
     if cfg.kb_instance is not None:
-        return cfg.kb_instance  # type: ignore[no-any-return]
+        return cfg.kb_instance
     return open_kb(cfg.kb)
 
 

@@ -190,7 +190,7 @@ def _result(final: Any) -> Recommendation:
     run_id = final.get("mlflow_run_id") if isinstance(final, dict) else None
     if run_id and rec.mlflow_run_id != run_id:
         rec = rec.model_copy(update={"mlflow_run_id": run_id})
-    return rec  # type: ignore[no-any-return]
+    return rec
 
 
 def validate(
@@ -211,7 +211,7 @@ def validate(
     from metallmix.tools.training.runner import run_trial
 
     store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
-    dataset = load_dataset(data, modality=modality, seed=seed)
+    dataset = load_dataset(Path(data), modality=modality, seed=seed)
     record = run_trial(
         dataset,
         recommendation.model,
