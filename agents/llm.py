@@ -306,8 +306,9 @@ class _CanonicalPrefix:
         self._stock_load_state = llama.load_state
         self.canonical = 0  # KV positions [0, canonical) were evaluated canonically
         self._prompt_pending = False
-        llama.eval = self.eval
-        llama.load_state = self.load_state
+        # Instance attributes shadow the methods llama-cpp-python calls internally.
+        setattr(llama, "eval", self.eval)  # noqa: B010
+        setattr(llama, "load_state", self.load_state)  # noqa: B010
 
     def begin(self) -> None:
         """The next eval is a completion's prompt (generation steps follow)."""
@@ -340,7 +341,7 @@ class _CanonicalPrefix:
 def _prompt_cache(prefix: _CanonicalPrefix, capacity: int, base: type) -> Any:
     """llama.cpp's RAM prompt cache, remembering how much of each saved state is canonical."""
 
-    class PromptCache(base):  # type: ignore[misc, valid-type]
+    class PromptCache(base):
         def __setitem__(self, key: Any, value: Any) -> None:
             value.metallmix_canonical = prefix.canonical
             super().__setitem__(key, value)
@@ -405,9 +406,7 @@ class _GreedyGrammarSampler:
         everything = self._array(self._buffer, self._n_vocab)
         lib.llama_sampler_apply(self._penalties, ctypes.byref(everything))
         best = int(np.argmax(view["logit"]))
-        self._one[0].id = int(view["id"][best])
-        self._one[0].logit = float(view["logit"][best])
-        self._one[0].p = 0.0
+        self._one[0] = lib.llama_token_data(int(view["id"][best]), float(view["logit"][best]), 0.0)
         single = self._array(self._one, 1)
         lib.llama_sampler_apply(self._grammar, ctypes.byref(single))
         if not np.isfinite(self._one[0].logit):  # not allowed here: constrain everything
@@ -456,7 +455,7 @@ def _install_fast_grammar(llm: LocalLLM) -> None:
             )
         return stock(**kw)
 
-    llama._init_sampler = init_sampler
+    setattr(llama, "_init_sampler", init_sampler)  # noqa: B010
 
 
 def _check_messages(messages: list[dict[str, str]]) -> None:
