@@ -2,7 +2,8 @@
 
 Sizes the recommender's LLM step: how long a shortlist-sized prompt takes to read and a
 Recommendation-sized JSON answer takes to write, cold (first call, nothing cached) and warm
-(same prompt again, served from llama.cpp's prompt cache). Generation is reported twice:
+(same prompt again, served from llama.cpp's prompt cache), and warm again with
+llama-cpp-python's stock grammar sampler instead of ours. Generation is reported twice:
 decode-only tok/s from llama.cpp's own counters, and effective tok/s including the JSON
 grammar's per-token sampling cost, which is what a caller waits for. The 1-minute load
 average is printed because the figures scale with how busy the cores are.
@@ -101,13 +102,16 @@ def bench_model(name: str, threads: int | None, max_tokens: int) -> dict[str, An
     messages = prompt(uuid.uuid4().hex[:8])
     cold = call(llm, messages, max_tokens, grammar=True)
     warm = call(llm, messages, max_tokens, grammar=True)
+    llm.fast_grammar = False  # llama-cpp-python's own sampler chain, for comparison
+    stock = call(llm, messages, max_tokens, grammar=True)
+    llm.fast_grammar = True
     plain = call(llm, prompt(uuid.uuid4().hex[:8]), max_tokens, grammar=False)
     return {
         "model": weights.name,
         "weights_source": weights.source,
         "resolve_s": round(resolve_s, 3),
         "load_s": {"cold": round(cold_load_s, 3), "warm": round(warm_load_s, 6)},
-        "json_call": {"cold": cold, "warm": warm},
+        "json_call": {"cold": cold, "warm": warm, "warm_stock_sampler": stock},
         "plain_call": plain,
     }
 
@@ -153,6 +157,7 @@ def main() -> None:
         for label, c in (
             ("json cold", r["json_call"]["cold"]),
             ("json warm", r["json_call"]["warm"]),
+            ("json stock", r["json_call"]["warm_stock_sampler"]),
             ("plain", r["plain_call"]),
         ):
             print(
