@@ -119,6 +119,7 @@ def chat_llama_cpp(
         model_path=str(weights.path),
         n_ctx=n_ctx,
         n_threads=threads or default_threads(),
+        n_batch=512,  # its default of 8 makes prompt evaluation several times slower
         seed=seed,
         temperature=0.0,
         max_tokens=max_tokens,
