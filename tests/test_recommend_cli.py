@@ -1,0 +1,113 @@
+"""``metallmix recommend`` and ``metallmix demo``: JSON and readable output, one-line errors.
+
+The fake-backed tests replace the model loader with a scripted LLM whose answers are always
+rejected, so the output is the deterministic fallback on a real (synthetic-KB) shortlist;
+the real twin runs ``metallmix demo`` as a subprocess with the 0.5B model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.agents.schemas import JudgeScores, LLMChoice
+from metallmix.cli import main
+
+BAD = LLMChoice(candidate_id="c1", confidence="high", explanation="It reaches 99.9% accuracy.")
+LOW = JudgeScores(format=2, accuracy=1, completeness=1, critique="Invented number.")
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> Path:
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.meta.synthetic import synthetic_records
+
+    path = tmp_path / "kb.sqlite"
+    SQLiteKnowledgeBase(path).add(synthetic_records(4, 20, seed=2))
+    return path
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
+    llm = ScriptedLLM([BAD, LOW, BAD, LOW])
+
+    def fake_load(name: Any = None, **_: Any) -> ScriptedLLM:
+        return llm
+
+    monkeypatch.setattr("metallmix.agents.llm.load_llm", fake_load)
+    return llm
+
+
+def test_recommend_json_is_one_document(
+    kb: Path, scripted: ScriptedLLM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metallmix.cli.recommend import example_card
+
+    code = main(["recommend", str(example_card("chest-xray")), "--kb", str(kb), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    assert doc["fallback"] is True and doc["attempts"] == 2 and doc["candidate_id"] == "c1"
+    assert doc["meta_features"]["n_images"] == 5216 and doc["mlflow_run_id"]
+    assert "done: record" in out.err  # progress goes to stderr
+    assert scripted.remaining == 0
+
+
+def test_demo_renders_explanation_and_where_to_look(
+    kb: Path, scripted: ScriptedLLM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["demo", "--kb", str(kb)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Recommendation for ISIC 2018" in out
+    assert "why" in out and "templated" in out
+    assert "fallback" in out and "make mlflow-ui" in out
+
+
+def test_missing_dataset_exits_2_with_one_line(
+    kb: Path, scripted: ScriptedLLM, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(["recommend", str(tmp_path / "absent.npz"), "--kb", str(kb), "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and "absent.npz" in err[-1]
+
+
+def test_unknown_example_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--example", "nope"]) == 2
+    assert "choose one of isic2018, chest-xray" in capsys.readouterr().err
+
+
+def test_empty_kb_exits_2(
+    scripted: ScriptedLLM, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["demo", "--kb", str(tmp_path / "empty.sqlite")]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_demo_subprocess(kb: Path, tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install metallmix[llm])")
+    user = Path(os.environ.get("METALLMIX_CACHE") or Path.home() / ".metallmix" / "cache")
+    env = {**os.environ, "METALLMIX_LLM": "fast"}
+    if (user / "llm").is_dir():
+        env["METALLMIX_CACHE"] = str(user)
+    result = subprocess.run(
+        [sys.executable, "-m", "metallmix", "demo", "--kb", str(kb), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert doc["llm"] == "qwen2.5-coder-0.5b" and doc["judge"]["passed"]
+    assert doc["dataset"].startswith("ISIC 2018") and doc["mlflow_run_id"]
