@@ -173,6 +173,30 @@ def _write_artifacts(state: RecommendationState, folder: Path) -> None:
         dump(f"{stem}_raw.txt", str(ex.get("raw", "")))
 
 
+def shap_plots(state: RecommendationState, cfg: Configuration, folder: Path) -> list[Path]:
+    """SHAP waterfall of the recommended candidate, from the same (cached) meta-learner that
+    scored the shortlist; nothing when the shortlist came from elsewhere."""
+    rec, shortlist = state.recommendation, state.shortlist
+    if rec is None or shortlist is None or state.meta_features is None:
+        return []
+    from metallmix.graphs.resources import get_kb
+    from metallmix.tools.meta.encoding import candidates_frame
+    from metallmix.tools.meta.explain import plot_waterfall
+    from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
+
+    kb = get_kb(cfg)
+    if not kb.run_ids():
+        return []
+    learner = fit_or_load(kb, MetaLearnerConfig(seed=cfg.seed))
+    if learner.version != shortlist.metalearner_version:
+        return []
+    row = candidates_frame(
+        state.meta_features, [(rec.model, rec.hyperparameters)], pretrained=rec.pretrained
+    )
+    path = folder / "shap" / f"waterfall_{rec.candidate_id}.png"
+    return [plot_waterfall(learner, row, path, title=f"{rec.candidate_id}: {rec.model}")]
+
+
 def log_recommendation(
     state: RecommendationState, cfg: Configuration, *, run_id: str | None = None
 ) -> str:
@@ -197,6 +221,10 @@ def log_recommendation(
             mlflow_client.set_tag(run_id, "metallmix.model", state.recommendation.model)
         with tempfile.TemporaryDirectory(prefix="metallmix-rec-") as tmp:
             _write_artifacts(state, Path(tmp))
+            try:
+                shap_plots(state, cfg, Path(tmp))
+            except Exception as exc:  # a missing picture must not lose the decision's record
+                mlflow_client.set_tag(run_id, "metallmix.shap_plot_error", str(exc)[:500])
             mlflow_client.log_artifacts(run_id, tmp)
     except BaseException:
         if own_run:

@@ -58,6 +58,12 @@ def test_recommend_json_is_one_document(
     assert doc["meta_features"]["n_images"] == 5216 and doc["mlflow_run_id"]
     assert "done: record" in out.err  # progress goes to stderr
     assert scripted.remaining == 0
+    from metallmix import tracking
+
+    client = tracking.client()
+    shap = {a.path for a in client.list_artifacts(doc["mlflow_run_id"], "shap")}
+    assert shap == {"shap/waterfall_c1.png"}
+    assert "metallmix.shap_plot_error" not in client.get_run(doc["mlflow_run_id"]).data.tags
 
 
 def test_demo_renders_explanation_and_where_to_look(
