@@ -268,9 +268,11 @@ class _Run:
         state_dir: Path,
         llm: str | os.PathLike[str] | ChatLLM | None,
         on_piece: PieceFn | None,
+        backend: Any | None = None,
     ) -> None:
         from metallmix.tools.training import tracking
 
+        self.backend = backend  # an ExecutionBackend for search trials; None = in-process
         self.state = state
         self.settings = state.settings
         self.space = state.settings.space()
@@ -492,6 +494,10 @@ class _Run:
             max_train_images=self.settings.max_train_images,
             max_val_images=self.settings.max_val_images,
             threads=self.settings.threads,
+            backend=self.backend,
+            # TPE one trial at a time, so its sequence is the in-process one; random search
+            # does not depend on results and runs as wide as the backend allows.
+            parallel=1 if sampler == "tpe" else None,
         )
         if result.parent_run_id:
             self.client.set_tag(result.parent_run_id, "mlflow.parentRunId", parent)
@@ -576,8 +582,12 @@ def run_compare(
     modality: str | None = None,
     label: str | None = None,
     on_piece: PieceFn | None = None,
+    backend: Any | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the comparison and return the report (see :mod:`.compare_report`).
+
+    ``backend`` (an :class:`~metallmix.tools.training.backends.ExecutionBackend`) runs the
+    RS/TPE search trials, e.g. on Ray; ``None`` runs everything in this process.
 
     ``state_dir`` holds ``state.json``, ``kb.sqlite`` (a snapshot of the KB taken on the
     first run, so a KB that grows meanwhile does not change a resumed comparison) and
@@ -588,7 +598,7 @@ def run_compare(
 
     if not data:
         raise ConfigError("bench compare needs at least one --data dataset")
-    datasets = [load_dataset(d, modality=modality, seed=0) for d in data]
+    datasets = [load_dataset(Path(d), modality=modality, seed=0) for d in data]
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ConfigError(f"two --data datasets share a name ({names}); rename one")
@@ -602,7 +612,7 @@ def run_compare(
         state.data["kb_source"] = str(source)
         state.save()
     records = list(SQLiteKnowledgeBase(snapshot, read_only=True).iter_records())
-    run = _Run(state, state_dir, llm, on_piece)
+    run = _Run(state, state_dir, llm, on_piece, backend=backend)
     parent = run.parent(label or "+".join(names))
     try:
         with tempfile.TemporaryDirectory(prefix="metallmix-compare-") as tmp:
