@@ -24,6 +24,7 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:  # type: 
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_meta_commands(kb_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kb = ["--kb", str(kb_path)]
     fitted = _run(["meta", "fit", *kb, "--json"], capsys)
