@@ -170,3 +170,20 @@ def test_cli_kb_build_on_ray(ray_backend: RayBackend, data_dir: Path, tmp_path: 
     assert code == 0
     assert len(SQLiteKnowledgeBase(kb)) == 1
     assert ray.is_initialized()  # the CLI reused the running instance and left it up
+
+
+def test_bench_compare_runs_its_searches_on_ray(ray_backend: RayBackend, tmp_path: Path) -> None:
+    from test_bench_compare import N_TRAININGS, SETTINGS, bad_llm, check_report, make_kb, make_npz
+    from test_bench_compare import training_runs as compare_runs
+
+    from metallmix.tools.compare import run_compare
+
+    data = make_npz(tmp_path / "tiny.npz")
+    kb = make_kb(tmp_path / "kb.sqlite")
+    report = run_compare(
+        [data], SETTINGS, state_dir=tmp_path / "state", kb=kb, llm=bad_llm(), backend=ray_backend
+    )
+    check_report(report)
+    runs = compare_runs()  # search trials came back through the driver's MLflow relay
+    assert len(runs) == N_TRAININGS
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -59,6 +59,15 @@ def compare(
     state: Path = typer.Option(
         None, "--state", help="State folder for resumption (default: <out>/<name>.state)."
     ),
+    backend_name: str = typer.Option(
+        "local", "--backend", help="Where RS/TPE search trials run: local or ray."
+    ),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster: auto or ray://host:10001 (default: private)."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="local: worker processes; ray: CPUs of a private instance."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Head-to-head on real training; resumable (re-run the same command to continue)."""
@@ -86,6 +95,12 @@ def compare(
         load_dataset(path, modality=modality)
     base = name or "compare_" + "+".join(Path(d).stem for d in data)
     state_dir = state or out / f"{base}.state"
+    backend = None
+    if backend_name != "local" or workers or address:
+        from metallmix.tools.training.backends import make_backend
+
+        backend = make_backend(backend_name, address=address, workers=workers or None)
+        stderr.print(f"search trials on {backend.describe()}")
     with progress("comparison pieces", total=n_pieces(settings, len(data))) as advance:
 
         def on_piece(key: str, value: dict[str, object]) -> None:
@@ -101,7 +116,10 @@ def compare(
             llm=llm,
             modality=modality,
             on_piece=on_piece,
+            backend=backend,
         )
+    if backend is not None:
+        backend.close()
     paths = write_results(report, out, base)
     finish_mlflow(report, paths)
     stderr.print(f"wrote {', '.join(str(p) for p in paths.values())}")
