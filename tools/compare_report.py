@@ -143,11 +143,17 @@ def _pct(mean: float | None, std: float | None = None) -> str:
 
 
 def _sec(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if value >= 0.05 else "<0.1"
 
 
 def _x(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}x"
+    if value is None:
+        return "—"
+    if value >= 10:
+        return f"{value:.0f}x"
+    return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -198,6 +204,23 @@ def markdown_table(report: dict[str, Any]) -> str:
         for name, e in report["datasets"].items()
         if e.get("leak_check")
     ]
+    parts = []
+    for name, entry in report["datasets"].items():
+        row = entry["methods"]["metallmix"]
+        if row.get("config_seconds") is None:
+            continue
+        detail = [f"{_sec(row['config_seconds'])} s in all"]
+        if row.get("shortlist_seconds") is not None:
+            detail.append(f"meta-features + shortlist {_sec(row['shortlist_seconds'])} s")
+        if row.get("llm_seconds") is not None:
+            detail.append(f"LLM {_sec(row['llm_seconds'])} s")
+        fallback = " (templated fallback: the LLM's answers failed the judge)"
+        parts.append(
+            f"- {name}: {row.get('model')}, {', '.join(detail)}, {row.get('llm')}"
+            + (fallback if row.get("fallback") else "")
+        )
+    if parts:
+        lines += ["", "MetaLLMiX recommendation time:", "", *parts]
     if leaks:
         lines += ["", "No-leak check (KB used for the recommendation):", ""]
         lines += [f"- {line}" for line in leaks]
