@@ -13,7 +13,7 @@ On a 2-core machine shared with other work no speed-up is expected; the point is
 Ray's start-up (``ray.init``) and the first trial on each fresh worker (imports) are
 reported apart: a build pays them once, not per trial.
 
-    python bench/backends.py [--trials 8] [--cpus 2]
+    python bench/backends.py [--trials 8] [--cpus 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray instance")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="metallmix-bench-backends-"))
@@ -78,10 +79,10 @@ def main() -> None:
     warm = SQLiteKnowledgeBase(tmp / "warm.sqlite")
     list(build(warm, trials[:1], sources, threads=1, max_val_images=100))
 
-    rows: list[tuple[str, float, float, int]] = []
+    rows: dict[str, list[tuple[float, float, int]]] = {"local": [], "ray-seq": [], "ray": []}
 
-    def measure(label: str, backend: object | None) -> None:
-        kb = SQLiteKnowledgeBase(tmp / f"{label}.sqlite")
+    def measure(label: str, backend: object | None, round_: int) -> None:
+        kb = SQLiteKnowledgeBase(tmp / f"{label}-{round_}.sqlite")
         started = time.perf_counter()
         events = list(
             build(kb, trials, sources, threads=1, max_val_images=100, backend=backend)  # type: ignore[arg-type]
@@ -91,10 +92,9 @@ def main() -> None:
         train = statistics.fmean(
             e.record.outcomes.train_seconds or 0.0 for e in events if e.record is not None
         )
-        rows.append((label, wall, train, failed))
-        print(f"  {label}: {wall:.1f}s", flush=True)
+        rows[label].append((wall, train, failed))
+        print(f"  round {round_} {label}: {wall:.1f}s", flush=True)
 
-    measure("local", None)
     started = time.perf_counter()
     ray_backend = RayBackend(num_cpus=args.cpus)
     init_seconds = time.perf_counter() - started
@@ -104,10 +104,13 @@ def main() -> None:
     warm_ray = SQLiteKnowledgeBase(tmp / "warm-ray.sqlite")
     list(build(warm_ray, trials[: args.cpus], sources, threads=1, backend=ray_backend))
     warmup_seconds = time.perf_counter() - started
-    ray_backend.max_in_flight = 1
-    measure("ray-seq", ray_backend)
-    ray_backend.max_in_flight = None
-    measure("ray", ray_backend)
+    # Rounds interleave the backends, so load from other jobs hits them alike; medians.
+    for round_ in range(args.rounds):
+        measure("local", None, round_)
+        ray_backend.max_in_flight = 1
+        measure("ray-seq", ray_backend, round_)
+        ray_backend.max_in_flight = None
+        measure("ray", ray_backend, round_)
     ray_backend.close()
 
     n = len(trials)
@@ -116,24 +119,27 @@ def main() -> None:
         f"Ray worker warm-up ({args.cpus} trials on fresh workers): {warmup_seconds:.1f}s "
         "(once per worker)"
     )
+    print(f"medians over {args.rounds} interleaved rounds of {n} trials:")
     print(
         f"{'backend':<9} {'wall s':>8} {'trials/min':>11} {'train s/trial':>14} "
         f"{'overhead s/trial':>17} {'failed':>7}"
     )
-    for label, wall, train, failed in rows:
-        overhead = wall / n - train if label != "ray" else float("nan")
+    overheads: dict[str, float] = {}
+    for label, runs in rows.items():
+        wall = statistics.median(r[0] for r in runs)
+        train = statistics.median(r[1] for r in runs)
+        failed = sum(r[2] for r in runs)
+        overheads[label] = statistics.median(r[0] / n - r[1] for r in runs)
+        shown = f"{overheads[label]:.2f}" if label != "ray" else "-"
         print(
-            f"{label:<9} {wall:>8.1f} {n / wall * 60:>11.1f} {train:>14.2f} "
-            f"{overhead:>17.2f} {failed:>7}"
+            f"{label:<9} {wall:>8.1f} {n / wall * 60:>11.1f} {train:>14.2f} {shown:>17} {failed:>7}"
         )
-    local_overhead = rows[0][1] / n - rows[0][2]
-    ray_overhead = rows[1][1] / n - rows[1][2]
     print(
-        f"\nRay overhead per trial over local: {ray_overhead - local_overhead:+.2f}s "
-        "(overhead = wall per trial - training time, measured one trial at a time; "
-        "includes data loading, MLflow logging and the KB write on both sides)"
+        f"\nRay overhead per trial over local: {overheads['ray-seq'] - overheads['local']:+.2f}s "
+        "(overhead = wall per trial - training time, one trial at a time; both sides include "
+        "data loading, MLflow logging and the KB write)"
     )
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"load average after the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
