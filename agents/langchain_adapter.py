@@ -109,7 +109,11 @@ def chat_llama_cpp(
 
     It loads its own llama.cpp copy of the model; prefer :func:`as_langchain` in-process.
     """
-    from langchain_community.chat_models import ChatLlamaCpp
+    import warnings
+
+    with warnings.catch_warnings():  # the sunset is known; this module is the only user
+        warnings.filterwarnings("ignore", "`langchain-community` is being sunset")
+        from langchain_community.chat_models import ChatLlamaCpp
 
     from metallmix.agents.llm import default_threads
     from metallmix.agents.llm_weights import resolve_weights
