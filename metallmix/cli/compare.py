@@ -126,7 +126,7 @@ def compare(
     payload = {**report, "files": {k: str(v) for k, v in paths.items()}}
 
     def render(console: Console) -> None:
-        console.print(markdown_table(report))
+        console.print(markdown_table(report), soft_wrap=True, markup=False, highlight=False)
 
     emit(payload, as_json, render)
 
