@@ -241,7 +241,9 @@ def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]
         return {}
     from metallmix.tracking import log_recommendation
 
-    run_id = log_recommendation(state, cfg, run_id=(config.get("configurable") or {}).get("run_id"))
+    run_id = log_recommendation(
+        state, cfg, run_id=(config.get("configurable") or {}).get("mlflow_run_id")
+    )
     return {
         "mlflow_run_id": run_id,
         "recommendation": state.recommendation.model_copy(update={"mlflow_run_id": run_id}),

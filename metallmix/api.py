@@ -162,7 +162,7 @@ def _tracked(
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=exp_id)
     run_id = tracking.start_run(run_name=inputs.get("dataset_name") or _stem(inputs.get("data")))
-    configurable = {**configurable, "run_id": run_id}
+    configurable = {**configurable, "mlflow_run_id": run_id}
     # Resuming the run makes it "active", which is what links the trace to it; leaving the
     # block marks it FINISHED, or FAILED when the graph raised.
     with mlflow.start_run(run_id=run_id):

@@ -87,6 +87,9 @@ def studio(tmp_path: Path) -> Iterator[str]:
     try:
         _wait_ok(url, proc, tmp_path / "studio.log")
         yield url
+        log.flush()
+        if "Traceback" in (tmp_path / "studio.log").read_text():  # shown when a test fails
+            print((tmp_path / "studio.log").read_text()[-6000:])
     finally:
         proc.terminate()
         try:
@@ -142,7 +145,7 @@ def test_studio_streams_every_node_of_a_real_run(studio: str) -> None:
             elif part.event == "values":
                 final = part.data
             elif part.event == "error":
-                raise AssertionError(f"graph run failed in the server: {part.data}")
+                raise AssertionError(f"graph run failed in the server: {part.data}; see log")
         return nodes, final
 
     nodes, final = asyncio.run(run())
