@@ -146,6 +146,7 @@ def test_settings_are_validated() -> None:
     assert space.params["epochs"].high == 2  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
     data = make_npz(tmp_path / "tiny.npz")
     kb = make_kb(tmp_path / "kb.sqlite")
@@ -258,6 +259,7 @@ def _check_cli(tmp_path: Path, out: str) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.slow
 def test_cli_compare_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -279,6 +281,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_cli_compare_real_fast_llm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The same command with the real 0.5B model choosing and explaining."""
     assert main(_cli(tmp_path, "--llm", "fast")) == 0
