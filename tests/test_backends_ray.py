@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 def ray_backend() -> Iterator[RayBackend]:
     # Test helpers travel by value: Ray workers cannot import modules from tests/.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         backend = RayBackend()  # joins the running instance, leaves it open on close
         assert backend.remote and not backend._owns

@@ -204,7 +204,9 @@ class RayBackend(ExecutionBackend):
         self._remotes: dict[Callable[..., Any], Any] = {}
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
-                "address": address,
+                # "local" starts a private instance even when `ray start` left a cluster
+                # behind, where None would join it and refuse num_cpus.
+                "address": address or "local",
                 "include_dashboard": False,
                 "log_to_driver": False,
                 "configure_logging": False,
