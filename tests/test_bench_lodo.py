@@ -18,6 +18,10 @@ from metallmix.tools.meta.synthetic import synthetic_records
 GROUPS = {"synth00": "origin", "synth01": "origin"}
 
 
+def _reject_nan(name: str) -> float:
+    raise AssertionError(f"--json printed {name}, which is not JSON")
+
+
 def _records():  # type: ignore[no-untyped-def]
     return synthetic_records(4, 12, seed=8, groups=GROUPS)
 
@@ -87,7 +91,7 @@ def test_cli_on_a_sqlite_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ["bench", "lodo", "--kb", str(kb.path), "--out", str(out), "--trees", "20", "--json"]
     )
     assert code == 0
-    payload = json.loads(capsys.readouterr().out)
+    payload = json.loads(capsys.readouterr().out, parse_constant=_reject_nan)
     methods = {row["method"] for row in payload["summary"]}
     assert {"metalearner-raw", "random", "best-default", "nearest-dataset"} <= methods
     assert {p.name for p in out.iterdir()} == {"lodo_own.md", "lodo_own.json", "lodo_own.png"}

@@ -63,6 +63,7 @@ def lodo(
     paths = write_results(result, out, name or _results_name(spec))
     stderr.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     summary = result.summary().reset_index()
+    summary = summary.astype(object).where(summary.notna(), None)  # NaN is not JSON
     payload = {
         "kb": label,
         "seconds": result.seconds,
