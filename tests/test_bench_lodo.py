@@ -93,7 +93,11 @@ def test_cli_on_a_sqlite_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 0
     payload = json.loads(capsys.readouterr().out, parse_constant=_reject_nan)
     methods = {row["method"] for row in payload["summary"]}
-    assert {"metalearner-raw", "random", "best-default", "nearest-dataset"} <= methods
+    assert {"metalearner-raw", "metalearner-raw-top5", "random", "best-default"} <= methods
+    assert "nearest-dataset" in methods
+    rows = {row["method"]: row for row in payload["summary"]}
+    # keeping the best of the top 5 can never be worse than the top 1
+    assert rows["metalearner-raw-top5"]["regret"] <= rows["metalearner-raw"]["regret"]
     assert {p.name for p in out.iterdir()} == {"lodo_own.md", "lodo_own.json", "lodo_own.png"}
     table = (out / "lodo_own.md").read_text()
     assert "| random-best-of-10 |" in table and "synth02" in table
