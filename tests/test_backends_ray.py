@@ -187,3 +187,87 @@ def test_bench_compare_runs_its_searches_on_ray(ray_backend: RayBackend, tmp_pat
     runs = compare_runs()  # search trials came back through the driver's MLflow relay
     assert len(runs) == N_TRAININGS
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on loopback over this test's SQLite store."""
+    import shutil
+    import subprocess
+    import time
+
+    from test_mlflow_ui import free_port, get
+
+    from metallmix import config
+
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if exe is None:
+        pytest.skip("mlflow CLI not on PATH")
+    port = free_port()
+    db = config.tracking_uri()
+    artifacts = Path(db.removeprefix("sqlite:///")).parent / "artifacts"
+    log_path = tmp_path / "mlflow-server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                *(exe, "server", "--backend-store-uri", db),
+                *("--default-artifact-root", str(artifacts), "--host", "127.0.0.1"),
+                *("--port", str(port), "--workers", "1"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
+                try:
+                    if get(f"{url}/health").strip() == b"OK":
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server not up:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def logs_directly(job: TrialJob, data: object) -> TrialOutcome:
+    """execute_trial, checking the worker logged to the server itself (nothing to relay)."""
+    outcome = execute_trial(job, data)  # type: ignore[arg-type]
+    if not job.direct or outcome.calls is not None:
+        raise AssertionError("a worker with an MLflow server must log to it directly")
+    return outcome
+
+
+def test_ray_workers_log_to_an_mlflow_server_themselves(
+    ray_backend: RayBackend, data_dir: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    trials, sources = tiny_plan(data_dir)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    events = list(
+        run_build(
+            kb,
+            trials[:2],
+            sources,
+            backend=ray_backend,
+            tracking_uri=mlflow_server,
+            trial_fn=logs_directly,
+        )
+    )
+    assert [e.error for e in events] == [None, None] and len(kb) == 2
+    client = tracking.client(mlflow_server)
+    for record in kb.iter_records():
+        assert record.provenance.tracking_uri == mlflow_server
+        run = client.get_run(record.provenance.mlflow_run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["metallmix.record_id"] == record.run_id
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
