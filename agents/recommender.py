@@ -143,7 +143,12 @@ def recommend_once(
     except LLMOutputError as exc:
         exchange = Exchange("recommender", attempt, messages, exc.raw, dict(llm.last_usage))
         exchange.error = str(exc)
-        return Draft(None, exchange, f"the answer was not valid JSON for the schema: {exc}")
+        # The critique goes back into the prompt: say what to fix, never echo the bad text.
+        if "cut off" in str(exc):
+            reason = "the answer was too long and was cut off: write 2 to 4 short sentences"
+        else:
+            reason = "the answer was not valid JSON with candidate_id, confidence and explanation"
+        return Draft(None, exchange, reason)
     exchange = Exchange("recommender", attempt, messages, llm.last_raw, dict(llm.last_usage))
     candidate = shortlist.candidate(choice.candidate_id.strip())
     if candidate is None:

@@ -16,6 +16,7 @@ from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.metafeatures import MetaFeatures
 
 Confidence = Literal["low", "medium", "high"]
+MAX_EXPLANATION_CHARS = 600
 
 
 class LLMChoice(BaseModel):
@@ -25,8 +26,11 @@ class LLMChoice(BaseModel):
 
     candidate_id: str = Field(description="id of the chosen shortlisted candidate, e.g. 'c1'")
     confidence: Confidence
+    # maxLength becomes part of the grammar: a small model that starts repeating itself is
+    # made to close the string instead of running into max_tokens.
     explanation: str = Field(
-        description="why this candidate, citing the evidence numbers and runs as [run ID]"
+        max_length=MAX_EXPLANATION_CHARS,
+        description="why this candidate, citing the evidence numbers and runs as [run ID]",
     )
 
 

@@ -301,6 +301,9 @@ def test_malformed_json_and_unknown_candidate_count_as_failed_attempts() -> None
     assert rec.fallback and rec.attempts == 2
     # No judge LLM call for an attempt that produced no recommendation.
     assert [c.schema.__name__ for c in llm.calls if c.schema] == ["LLMChoice", "LLMChoice"]
+    # The retry is told what to fix without echoing the broken answer back.
+    retry = llm.calls[1].messages[1]["content"]
+    assert "not valid JSON" in retry and '{"candidate_id": "c1"' not in retry
 
 
 def test_max_attempts_one_skips_regeneration() -> None:

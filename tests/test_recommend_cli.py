@@ -75,6 +75,7 @@ def test_demo_renders_explanation_and_where_to_look(
     assert "Recommendation for ISIC 2018" in out
     assert "why" in out and "templated" in out
     assert "fallback" in out and "make mlflow-ui" in out
+    assert "[run synthetic:" in out  # the cited run id survives rich markup
 
 
 def test_missing_dataset_exits_2_with_one_line(

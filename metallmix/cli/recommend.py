@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -69,7 +70,9 @@ def render(rec: Any, console: Console) -> None:
     """The recommendation, its explanation, the judge's verdict and where to audit it."""
     from metallmix.tools.meta.search_space import hp_values
 
-    console.print(Panel.fit(rec.summary(), title=f"Recommendation for {rec.dataset}"))
+    console.print(
+        Panel.fit(escape(rec.summary()), title=escape(f"Recommendation for {rec.dataset}"))
+    )
     table = Table(title="hyperparameters", show_header=False)
     for key, value in hp_values(rec.hyperparameters).items():
         if value is not None:
@@ -77,7 +80,7 @@ def render(rec: Any, console: Console) -> None:
     if rec.expected_train_seconds is not None:
         table.add_row("expected training time", f"{rec.expected_train_seconds:.0f} s")
     console.print(table)
-    console.print(Panel(rec.explanation, title="why"))
+    console.print(Panel(escape(rec.explanation), title="why"))  # "[run ID]" is not markup
     if rec.judge is not None:
         verdict = "passed" if rec.judge.passed else "failed"
         scores = rec.judge.scores
