@@ -506,76 +506,34 @@ def run_search_distributed(
     with ``parallel=1`` the sequence of trials is exactly the local search's. A trial whose
     worker died on every attempt is told FAIL with the reason and counts against the budget.
     """
-    import optuna
     from optuna.trial import TrialState
 
     from metallmix.tools.meta.search_space import make_hyperparameters
-    from metallmix.tools.training.search import (
-        _PARENT_ATTR,
-        _counted,
-        _params,
-        _sampler,
-        _summary,
-        default_storage,
-        distributions,
-    )
+    from metallmix.tools.training.search import _counted, _summary, open_study
 
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if parallel is not None and parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel}")
     uri = tracking_uri or config.tracking_uri()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_path = Path(storage) if storage is not None else default_storage()
-    storage_path.parent.mkdir(parents=True, exist_ok=True)
-    name = study_name or f"{dataset.name}-{sampler}-s{seed}"
-    study = optuna.create_study(
-        study_name=name,
-        storage=f"sqlite:///{storage_path.resolve()}",
-        sampler=_sampler(sampler, seed),
-        direction="maximize",
-        load_if_exists=True,
+    opened = open_study(
+        dataset.name,
+        sampler=sampler,
+        seed=seed,
+        space=space,
+        storage=storage,
+        study_name=study_name,
+        client=tracking.client(uri),
+        experiment=experiment,
+        extra_params={"backend": backend.name},
     )
-    existing_sampler = study.user_attrs.get("sampler")
-    if existing_sampler is not None and existing_sampler != sampler:
-        raise ConfigError(
-            f"study {name!r} in {storage_path} was run with sampler {existing_sampler!r}, "
-            f"not {sampler!r}; pick another --study name"
-        )
-    study.set_user_attr("sampler", sampler)
-    study.set_user_attr("space", space.name)
-    dists = distributions(space)
-    resumed = 0
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(stale.number, state=TrialState.FAIL)
-        study.enqueue_trial(dict(stale.params), skip_if_exists=False)
-        resumed += 1
-
-    client = tracking.client(uri)
-    parent = study.user_attrs.get(_PARENT_ATTR)
-    if parent is None:
-        parent = client.create_run(
-            tracking.experiment_id(client, experiment),
-            tags={tracking.KIND_TAG: tracking.SEARCH_KIND, "metallmix.study": name},
-            run_name=f"search:{name}",
-        ).info.run_id
-        client.log_batch(
-            parent,
-            params=_params(
-                {
-                    "dataset": dataset.name,
-                    "sampler": sampler,
-                    "seed": seed,
-                    "space": space.name,
-                    "storage": str(storage_path),
-                    "study": name,
-                    "backend": backend.name,
-                }
-            ),
-        )
-        study.set_user_attr(_PARENT_ATTR, parent)
-    else:
-        client.update_run(parent, status="RUNNING")
+    study, name, storage_path, dists = (
+        opened.study,
+        opened.name,
+        opened.storage_path,
+        opened.distributions,
+    )
+    parent, resumed, client = opened.parent_run_id, opened.resumed, opened.client
 
     resources = resources or Resources(num_cpus=float(threads or 1))
     width = parallel or backend.slots(resources)

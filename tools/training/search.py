@@ -129,6 +129,88 @@ def _summary(trial: Any) -> TrialSummary:
     )
 
 
+@dataclass
+class OpenedStudy:
+    """An Optuna study ready to ask from, with its MLflow parent run (re)opened."""
+
+    study: Any
+    name: str
+    storage_path: Path
+    distributions: dict[str, Any]
+    resumed: int
+    parent_run_id: str
+    client: Any
+
+
+def open_study(
+    dataset_name: str,
+    *,
+    sampler: str,
+    seed: int,
+    space: SearchSpace,
+    storage: Path | None,
+    study_name: str | None,
+    client: Any,
+    experiment: str,
+    extra_params: dict[str, Any] | None = None,
+) -> OpenedStudy:
+    """Create or resume a study; shared by the local and the distributed search.
+
+    Trials left RUNNING by an interrupted search are failed and re-queued with the same
+    parameters, so a resumed search retries what was cut off instead of skipping it.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_path = Path(storage) if storage is not None else default_storage()
+    storage_path.parent.mkdir(parents=True, exist_ok=True)
+    name = study_name or f"{dataset_name}-{sampler}-s{seed}"
+    study = optuna.create_study(
+        study_name=name,
+        storage=f"sqlite:///{storage_path.resolve()}",
+        sampler=_sampler(sampler, seed),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    existing_sampler = study.user_attrs.get("sampler")
+    if existing_sampler is not None and existing_sampler != sampler:
+        raise ConfigError(
+            f"study {name!r} in {storage_path} was run with sampler {existing_sampler!r}, "
+            f"not {sampler!r}; pick another --study name"
+        )
+    study.set_user_attr("sampler", sampler)
+    study.set_user_attr("space", space.name)
+
+    resumed = 0
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)
+        study.enqueue_trial(dict(stale.params), skip_if_exists=False)
+        resumed += 1
+
+    parent = study.user_attrs.get(_PARENT_ATTR)
+    if parent is None:
+        parent = client.create_run(
+            tracking.experiment_id(client, experiment),
+            tags={tracking.KIND_TAG: tracking.SEARCH_KIND, "metallmix.study": name},
+            run_name=f"search:{name}",
+        ).info.run_id
+        values: dict[str, Any] = {
+            "dataset": dataset_name,
+            "sampler": sampler,
+            "seed": seed,
+            "space": space.name,
+            "storage": str(storage_path),
+            "study": name,
+        }
+        values.update(extra_params or {})
+        client.log_batch(parent, params=_params(values))
+        study.set_user_attr(_PARENT_ATTR, parent)
+    else:
+        client.update_run(parent, status="RUNNING")
+    return OpenedStudy(study, name, storage_path, distributions(space), resumed, parent, client)
+
+
 def run_search(
     dataset: Dataset,
     *,
@@ -181,67 +263,29 @@ def run_search(
             max_retries=max_retries,
             resources=resources,
         )
-    import optuna
     from optuna.trial import TrialState
 
     from metallmix.tools.training.runner import run_trial
 
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_path = Path(storage) if storage is not None else default_storage()
-    storage_path.parent.mkdir(parents=True, exist_ok=True)
-    storage_url = f"sqlite:///{storage_path.resolve()}"
-    name = study_name or f"{dataset.name}-{sampler}-s{seed}"
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage_url,
-        sampler=_sampler(sampler, seed),
-        direction="maximize",
-        load_if_exists=True,
+    opened = open_study(
+        dataset.name,
+        sampler=sampler,
+        seed=seed,
+        space=space,
+        storage=storage,
+        study_name=study_name,
+        client=tracking.client(tracking_uri),
+        experiment=experiment,
     )
-    existing_sampler = study.user_attrs.get("sampler")
-    if existing_sampler is not None and existing_sampler != sampler:
-        raise ConfigError(
-            f"study {name!r} in {storage_path} was run with sampler {existing_sampler!r}, "
-            f"not {sampler!r}; pick another --study name"
-        )
-    study.set_user_attr("sampler", sampler)
-    study.set_user_attr("space", space.name)
-    dists = distributions(space)
-
-    resumed = 0
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(stale.number, state=TrialState.FAIL)
-        study.enqueue_trial(dict(stale.params), skip_if_exists=False)
-        resumed += 1
-
-    client = tracking.client(tracking_uri)
-    exp_id = tracking.experiment_id(client, experiment)
-    parent = study.user_attrs.get(_PARENT_ATTR)
-    if parent is None:
-        parent_run = client.create_run(
-            exp_id,
-            tags={tracking.KIND_TAG: tracking.SEARCH_KIND, "metallmix.study": name},
-            run_name=f"search:{name}",
-        )
-        parent = parent_run.info.run_id
-        client.log_batch(
-            parent,
-            params=_params(
-                {
-                    "dataset": dataset.name,
-                    "sampler": sampler,
-                    "seed": seed,
-                    "space": space.name,
-                    "storage": str(storage_path),
-                    "study": name,
-                }
-            ),
-        )
-        study.set_user_attr(_PARENT_ATTR, parent)
-    else:
-        client.update_run(parent, status="RUNNING")
+    study, name, storage_path, dists = (
+        opened.study,
+        opened.name,
+        opened.storage_path,
+        opened.distributions,
+    )
+    parent, resumed, client = opened.parent_run_id, opened.resumed, opened.client
 
     while sum(_counted(t) for t in study.get_trials(deepcopy=False)) < trials:
         trial = study.ask(dists)
