@@ -509,7 +509,13 @@ def run_search_distributed(
     from optuna.trial import TrialState
 
     from metallmix.tools.meta.search_space import make_hyperparameters
-    from metallmix.tools.training.search import _counted, _summary, open_study
+    from metallmix.tools.training.search import (
+        _counted,
+        _summary,
+        open_study,
+        search_result,
+        tell_record,
+    )
 
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
@@ -527,13 +533,8 @@ def run_search_distributed(
         experiment=experiment,
         extra_params={"backend": backend.name},
     )
-    study, name, storage_path, dists = (
-        opened.study,
-        opened.name,
-        opened.storage_path,
-        opened.distributions,
-    )
-    parent, resumed, client = opened.parent_run_id, opened.resumed, opened.client
+    study, name, dists = opened.study, opened.name, opened.distributions
+    parent, client = opened.parent_run_id, opened.client
 
     resources = resources or Resources(num_cpus=float(threads or 1))
     width = parallel or backend.slots(resources)
@@ -597,36 +598,14 @@ def run_search_distributed(
             trial.set_user_attr("seconds", seconds)
             study.tell(trial, state=TrialState.FAIL)
         else:
-            trial.set_user_attr("mlflow_run_id", record.provenance.mlflow_run_id)
-            trial.set_user_attr("record_id", record.run_id)
-            trial.set_user_attr("status", record.status)
-            trial.set_user_attr("seconds", seconds)
-            study.tell(trial, record.outcomes.val_accuracy or 0.0)
+            tell_record(study, trial, record, seconds)
         _notify(on_trial, study, trial.number, _summary)
     if fatal is not None:
         client.set_terminated(parent, status="FAILED")
         raise fatal
     client.set_terminated(parent, status="FINISHED")
 
-    all_trials = study.get_trials(deepcopy=False)
-    completed = [t for t in all_trials if t.state == TrialState.COMPLETE]
-    best = max(completed, key=lambda t: t.value or 0.0) if completed else None
-    best_params = dict(best.params) if best is not None else {}
-    best_model = best_params.pop("model", None)
-    return SearchResult(
-        study_name=name,
-        storage=str(storage_path),
-        sampler=sampler,
-        trials_target=trials,
-        trials_done=sum(_counted(t) for t in all_trials),
-        resumed=resumed,
-        best_value=best.value if best is not None else None,
-        best_model=best_model,
-        best_params=best_params,
-        best_run_id=best.user_attrs.get("mlflow_run_id") if best is not None else None,
-        parent_run_id=parent,
-        trials=[_summary(t) for t in all_trials],
-    )
+    return search_result(opened, sampler=sampler, trials=trials)
 
 
 def _notify(

@@ -211,6 +211,40 @@ def open_study(
     return OpenedStudy(study, name, storage_path, distributions(space), resumed, parent, client)
 
 
+def tell_record(study: Any, trial: Any, record: RunRecord, seconds: float) -> None:
+    """Report a finished run to Optuna, keeping the links back to MLflow and the KB."""
+    trial.set_user_attr("mlflow_run_id", record.provenance.mlflow_run_id)
+    trial.set_user_attr("record_id", record.run_id)
+    trial.set_user_attr("status", record.status)
+    trial.set_user_attr("seconds", seconds)
+    study.tell(trial, record.outcomes.val_accuracy or 0.0)
+
+
+def search_result(opened: OpenedStudy, *, sampler: str, trials: int) -> SearchResult:
+    """Summarise a study (local or distributed) once its budget is used."""
+    from optuna.trial import TrialState
+
+    all_trials = opened.study.get_trials(deepcopy=False)
+    completed = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    best = max(completed, key=lambda t: t.value or 0.0) if completed else None
+    best_params = dict(best.params) if best is not None else {}
+    best_model = best_params.pop("model", None)
+    return SearchResult(
+        study_name=opened.name,
+        storage=str(opened.storage_path),
+        sampler=sampler,
+        trials_target=trials,
+        trials_done=sum(_counted(t) for t in all_trials),
+        resumed=opened.resumed,
+        best_value=best.value if best is not None else None,
+        best_model=best_model,
+        best_params=best_params,
+        best_run_id=best.user_attrs.get("mlflow_run_id") if best is not None else None,
+        parent_run_id=opened.parent_run_id,
+        trials=[_summary(t) for t in all_trials],
+    )
+
+
 def run_search(
     dataset: Dataset,
     *,
@@ -279,13 +313,8 @@ def run_search(
         client=tracking.client(tracking_uri),
         experiment=experiment,
     )
-    study, name, storage_path, dists = (
-        opened.study,
-        opened.name,
-        opened.storage_path,
-        opened.distributions,
-    )
-    parent, resumed, client = opened.parent_run_id, opened.resumed, opened.client
+    study, name, dists = opened.study, opened.name, opened.distributions
+    parent, client = opened.parent_run_id, opened.client
 
     while sum(_counted(t) for t in study.get_trials(deepcopy=False)) < trials:
         trial = study.ask(dists)
@@ -315,34 +344,12 @@ def run_search(
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, state=TrialState.FAIL)
         else:
-            trial.set_user_attr("mlflow_run_id", record.provenance.mlflow_run_id)
-            trial.set_user_attr("record_id", record.run_id)
-            trial.set_user_attr("status", record.status)
-            trial.set_user_attr("seconds", time.perf_counter() - started)
-            study.tell(trial, record.outcomes.val_accuracy or 0.0)
+            tell_record(study, trial, record, time.perf_counter() - started)
         if on_trial is not None:
             on_trial(_summary(study.get_trials(deepcopy=False)[trial.number]))
     client.set_terminated(parent, status="FINISHED")
 
-    all_trials = study.get_trials(deepcopy=False)
-    completed = [t for t in all_trials if t.state == TrialState.COMPLETE]
-    best = max(completed, key=lambda t: t.value or 0.0) if completed else None
-    best_params = dict(best.params) if best is not None else {}
-    best_model = best_params.pop("model", None)
-    return SearchResult(
-        study_name=name,
-        storage=str(storage_path),
-        sampler=sampler,
-        trials_target=trials,
-        trials_done=sum(_counted(t) for t in all_trials),
-        resumed=resumed,
-        best_value=best.value if best is not None else None,
-        best_model=best_model,
-        best_params=best_params,
-        best_run_id=best.user_attrs.get("mlflow_run_id") if best is not None else None,
-        parent_run_id=parent,
-        trials=[_summary(t) for t in all_trials],
-    )
+    return search_result(opened, sampler=sampler, trials=trials)
 
 
 def _params(values: dict[str, Any]) -> list[Any]:
