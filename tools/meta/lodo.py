@@ -373,8 +373,9 @@ def markdown_table(result: LodoResult) -> str:
     lines.append("| dataset | configs | " + " | ".join(cols) + " |")
     lines.append("|---|---:|" + "---:|" * len(cols))
     for dataset, row in per.iterrows():
+        name = str(dataset)  # dataset names index both frames
         cells = " | ".join(f"{row[c]:.3f}" for c in cols)
-        lines.append(f"| {dataset} | {int(n_cfg[dataset])} | {cells} |")
+        lines.append(f"| {name} | {int(n_cfg[name])} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
