@@ -2,7 +2,10 @@
 
 Each verb group lives in its own module and registers itself on :data:`app`. ``main``
 turns user errors (:class:`~metallmix.errors.MetaLLMiXError`) into a one-line reason and
-a non-zero exit instead of a traceback.
+a non-zero exit instead of a traceback, and usage errors (unknown option or command,
+missing argument, a value of the wrong type) into click's usage message and exit 2.
+typer >= 0.29 bundles its own copy of click (``typer._click``) whose exceptions are not
+``click.ClickException``, so both families are caught (typer is pinned in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -40,13 +43,56 @@ def _register() -> None:
         module.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("metallmix")
+        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+            found = "unknown (not installed)"
+        typer.echo(f"metallmix {found}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the MetaLLMiX version and exit.",
+    ),
+) -> None:
+    """Zero-shot model and hyperparameter recommender for image classification."""
+
+
 _register()
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """ClickException of the standalone click and of typer's bundled copy, if present."""
+    found: list[type[Exception]] = []
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click installed
+        pass
+    try:
+        from typer._click.exceptions import ClickException as BundledClickException
+
+        found.append(BundledClickException)
+    except ImportError:  # pragma: no cover - older typer that uses click itself
+        pass
+    return tuple(found)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="metallmix", standalone_mode=False)
     except MetaLLMiXError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -56,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:  # click usage errors: usage line, hint, "Error: ..."; exit 2
+        if isinstance(exc, _click_exceptions()):
+            exc.show()  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 1))
         raise
     return 0
 
