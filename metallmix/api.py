@@ -83,6 +83,10 @@ def recommend(
     max_attempts: int = 2,
     track: bool = True,
     on_node: Callable[[str], None] | None = None,
+    verify: int | None = None,
+    budget_minutes: float | None = None,
+    backend: Any | None = None,
+    verify_options: dict[str, Any] | None = None,
 ) -> Recommendation:
     """Recommend a model and hyperparameters for ``data``.
 
@@ -92,8 +96,39 @@ def recommend(
     store (default: ``METALLMIX_KB`` or the layered default). ``track`` logs the decision to
     MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result. ``on_node`` is called with
     each graph node's name as it finishes (progress display).
+
+    ``verify=K`` then trains the top-K shortlisted configurations with successive halving
+    within ``budget_minutes`` on ``backend`` (``"local"``, ``"ray"`` or an execution
+    backend) and returns a :class:`~metallmix.verify.VerifiedRecommendation`; re-running
+    the same call resumes it. ``verify_options`` go to
+    :func:`metallmix.verify.recommend_verified` (``max_train_images``, ``threads``, ...).
     """
     from metallmix.tools.metafeatures import MetaFeatures
+
+    if verify is not None:
+        from metallmix.verify import recommend_verified
+
+        if data is None or isinstance(data, MetaFeatures):
+            raise ConfigError("verify needs a dataset path to train on, not only meta-features")
+        return recommend_verified(
+            data,
+            k=verify,
+            budget_minutes=budget_minutes,
+            modality=modality,
+            llm=llm,
+            kb=kb,
+            seed=seed,
+            shortlist=shortlist,
+            name=name,
+            space=space,
+            n_candidates=n_candidates,
+            judge_with_llm=judge_with_llm,
+            max_attempts=max_attempts,
+            track=track,
+            on_node=on_node,
+            backend=backend,
+            **(verify_options or {}),
+        )
 
     if max_attempts < 1:
         raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")

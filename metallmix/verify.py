@@ -1,0 +1,208 @@
+"""Zero-shot now, verified with a small budget: ``recommend(..., verify=K)``.
+
+The zero-shot answer comes first (shortlist, LLM, judge, in seconds to minutes); then the
+top-K shortlisted configurations, the zero-shot pick always among them, are trained with
+successive halving (:mod:`metallmix.tools.training.verify`) within the budget. The result
+is the zero-shot :class:`~metallmix.agents.schemas.Recommendation` plus a ``verification``
+naming the verified winner, how the zero-shot pick fared and the time spent. Every run is
+an MLflow run nested (through the verification's run) under the recommendation's run and
+joins the KB.
+
+Re-running the same call continues: the Optuna study (named from the dataset, K, the seed
+and the settings) stores the zero-shot recommendation and the plan, so a resumed call
+neither asks the LLM again nor retrains a finished run; it only runs what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ConfigDict
+
+from metallmix.agents.schemas import Recommendation
+from metallmix.errors import ConfigError
+from metallmix.tools.training.verify import RunResult, VerifyResult
+
+if TYPE_CHECKING:
+    from metallmix.agents.llm import ChatLLM
+    from metallmix.tools.kb.store import KnowledgeBase
+    from metallmix.tools.meta.contracts import Shortlist
+
+__all__ = ["VerifiedRecommendation", "recommend_verified"]
+
+
+class VerifiedRecommendation(Recommendation):
+    """The zero-shot recommendation (inherited fields) and what training its shortlist found.
+
+    ``model``/``hyperparameters`` stay the zero-shot pick's; the verified winner is
+    ``verification.winner`` (also :attr:`verified_model` / :attr:`verified_hyperparameters`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    verification: VerifyResult
+
+    @property
+    def verified_model(self) -> str | None:
+        winner = self.verification.winner
+        return winner.model if winner is not None else None
+
+    @property
+    def verified_hyperparameters(self) -> dict[str, Any] | None:
+        winner = self.verification.winner
+        return dict(winner.hyperparameters) if winner is not None else None
+
+    def summary(self) -> str:
+        return f"zero-shot: {super().summary()}\nverified: {self.verification.summary()}"
+
+
+def _spec(value: Any) -> str:
+    if value is None or isinstance(value, str | os.PathLike):
+        return str(value)
+    return type(value).__name__
+
+
+def recommend_verified(
+    data: str | os.PathLike[str],
+    *,
+    k: int,
+    budget_minutes: float | None = None,
+    modality: str | None = None,
+    llm: str | os.PathLike[str] | ChatLLM | None = None,
+    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    seed: int = 0,
+    shortlist: Shortlist | None = None,
+    name: str | None = None,
+    space: str | None = None,
+    n_candidates: int = 5,
+    judge_with_llm: bool = True,
+    max_attempts: int = 2,
+    track: bool = True,
+    on_node: Callable[[str], None] | None = None,
+    backend: Any | None = None,
+    study: str | None = None,
+    storage: Path | None = None,
+    max_train_images: int | None = None,
+    max_val_images: int | None = 200,
+    threads: int | None = None,
+    first_rung_epochs: int | None = None,
+    on_run: Callable[[str, int, RunResult], None] | None = None,
+) -> VerifiedRecommendation:
+    """:func:`metallmix.recommend`, then successive halving over its top-``k`` candidates.
+
+    ``budget_minutes`` bounds the summed training time (earlier invocations of the same
+    study included); ``backend`` is ``"local"``, ``"ray"`` or an ExecutionBackend.
+    """
+    from metallmix.api import recommend
+    from metallmix.graphs.configuration import Configuration
+    from metallmix.graphs.resources import space_for
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.kb.store import KnowledgeBase, open_kb
+    from metallmix.tools.meta.shortlist import build_shortlist
+    from metallmix.tools.metafeatures import compute_meta_features
+    from metallmix.tools.training.backends import ExecutionBackend, make_backend
+    from metallmix.tools.training.verify import default_study_name, load_plan, run_verify
+
+    if k < 1:
+        raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
+    path = Path(data).expanduser()
+    dataset = load_dataset(path, modality=modality, seed=seed)
+    store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
+    settings = {
+        "data": str(path.resolve()),
+        "kb": _spec(kb if not isinstance(kb, KnowledgeBase) else store.location),
+        "llm": _spec(llm),
+        "space": space,
+        "max_train_images": max_train_images,
+        "max_val_images": max_val_images,
+        "first_rung_epochs": first_rung_epochs,
+    }
+    study_name = study or default_study_name(dataset.name, k, seed, fingerprint=settings)
+    plan = load_plan(storage, study_name)
+    if plan is not None and "recommendation" in plan:
+        rec = Recommendation.model_validate(plan["recommendation"])
+        candidates = []  # the stored plan's candidates are used
+    else:
+        if shortlist is None:
+            cfg = Configuration(space=space, kb_instance=store, seed=seed)
+            mf = compute_meta_features(path, modality=modality)
+            shortlist = build_shortlist(
+                mf, store, n=max(n_candidates, k), space=space_for(cfg, store), seed=seed
+            )
+        rec = recommend(
+            str(path),
+            modality=modality,
+            llm=llm,
+            kb=store,
+            seed=seed,
+            shortlist=shortlist,
+            name=name or dataset.name,
+            space=space,
+            n_candidates=max(n_candidates, k),
+            judge_with_llm=judge_with_llm,
+            max_attempts=max_attempts,
+            track=track,
+            on_node=on_node,
+        )
+        candidates = list(shortlist.candidates)
+    owned = backend is None or isinstance(backend, str)
+    engine: ExecutionBackend = (
+        make_backend(backend or "local") if owned else backend  # type: ignore[assignment]
+    )
+    try:
+        result = run_verify(
+            dataset,
+            candidates,
+            zero_shot_id=rec.candidate_id,
+            k=k,
+            seed=seed,
+            budget_seconds=budget_minutes * 60 if budget_minutes is not None else None,
+            first_rung_epochs=first_rung_epochs,
+            kb_records=list(store.iter_records()),
+            storage=storage,
+            study_name=study_name,
+            kb=store,
+            parent_run_id=rec.mlflow_run_id,
+            max_train_images=max_train_images,
+            max_val_images=max_val_images,
+            threads=threads,
+            backend=engine,
+            extra_plan={"recommendation": rec.model_dump(mode="json"), "settings": settings},
+            on_run=on_run,
+        )
+    finally:
+        if owned:
+            engine.close()
+    if rec.mlflow_run_id:
+        _log_on_recommendation(rec.mlflow_run_id, result)
+    return VerifiedRecommendation(**rec.model_dump(), verification=result)
+
+
+def _log_on_recommendation(run_id: str, result: VerifyResult) -> None:
+    """The verdict on the recommendation's own run, so one run shows both answers."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    from metallmix import tracking
+
+    now = int(time.time() * 1000)
+    values = {
+        "verified_value": result.winner_value,
+        "verified_zero_shot_value": result.zero_shot_value,
+        "verify_seconds": result.seconds_spent,
+        "verified_winner_is_zero_shot": float(result.winner_is_zero_shot),
+    }
+    tags = {"metallmix.verify_run_id": result.mlflow_run_id or ""}
+    if result.winner_id:
+        tags["metallmix.verified_winner"] = result.winner_id
+    tracking.client().log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if v is not None],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )

@@ -1,0 +1,925 @@
+"""Verify a shortlist: train its top-K configurations with successive halving, keep the best.
+
+Leave-one-dataset-out shows the meta-learner's *shortlist* is far more reliable than its
+single pick (training its top 5 and keeping the best lands at normalised regret ~0.02), so
+a user who grants a small budget should get that, not a search from scratch.
+
+The algorithm is synchronous successive halving (Jamieson & Talwalkar, 2016) with two
+rungs: every candidate is trained for a short first rung of ``r0`` epochs, then the better
+half (``max(1, n // eta)``, Optuna's promotion rule) is trained for its full epochs. It runs
+on the machinery ``metallmix search`` uses: one Optuna study in the same SQLite storage
+(:func:`~metallmix.tools.training.search.open_study`; the candidates are *enqueued* with
+``enqueue_trial``), the same trainer, the same execution backends
+(:mod:`~metallmix.tools.training.distributed`: only the driver writes MLflow and the KB)
+and per-epoch validation balanced accuracy reported to Optuna (``trial.report``).
+
+Why not Optuna's ``SuccessiveHalvingPruner`` as the scheduler: it decides each trial's
+promotion when *that* trial reaches a rung, against the trials that reached it before. Run
+one after another, the first candidate is therefore always promoted and later ones only
+compete with their predecessors, so "the better half continues" would not hold
+(``tests/test_verify.py`` shows it on Optuna itself). Here every candidate finishes a rung
+before anyone is promoted.
+
+Each rung is a complete, recorded training run whose hyperparameters say what it trained
+(``epochs = r0`` for the first rung), so every run the loop appends to the KB is true as
+recorded. The price: a promoted candidate trains its full schedule from scratch, repeating
+``r0`` epochs (the trainer has no checkpoint to resume from).
+
+Every run is one Optuna trial (user attributes ``candidate_id`` and ``rung``). A killed
+run is left RUNNING; the next invocation fails it and re-queues the same configuration
+(``open_study``), so it is retried, and finished runs are never retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from metallmix import config
+from metallmix.errors import ConfigError
+from metallmix.tools.datasets import Dataset
+from metallmix.tools.kb.records import RunRecord, Scalar
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.contracts import Candidate
+from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, hp_values
+from metallmix.tools.training import tracking
+
+VERIFY_KIND = "verify"
+VERIFY_EXPERIMENT = "metallmix-recommendations"  # beside the recommendation it nests under
+PLAN_ATTR = "verify_plan"
+ETA = 2
+DEFAULT_FIRST_RUNG = 1
+# A first rung is "predictive" when, within a dataset, runs ranked by their validation
+# accuracy at that epoch rank about as they do at the end (mean Spearman over datasets).
+MIN_RUNG_SPEARMAN = 0.7
+MIN_CURVES_PER_DATASET = 4
+
+
+# ----------------------------------------------------------------------------- the rung
+
+
+class RungChoice(BaseModel):
+    """The first rung's epochs and where that number came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(ge=1)
+    source: str = Field(description="'kb-learning-curves', 'default' or 'given'")
+    spearman: float | None = Field(default=None, description="mean within-dataset Spearman")
+    datasets: int = Field(default=0, description="KB datasets whose curves were used")
+    reason: str = ""
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    rho = float(spearmanr(a, b).statistic)
+    return rho if rho == rho else None  # NaN when a side is constant
+
+
+def _curve(record: RunRecord) -> list[float]:
+    balanced = getattr(record.outcomes, "balanced_learning_curve", None)
+    return list(balanced) if balanced else list(record.outcomes.learning_curve)
+
+
+def first_rung(records: Sequence[RunRecord], full_epochs: int, *, eta: int = ETA) -> RungChoice:
+    """The shortest first rung whose ranking the KB's learning curves say is trustworthy.
+
+    For each epoch ``e`` below ``full_epochs / eta`` (a first rung must save time), the
+    Spearman correlation between validation accuracy at epoch ``e`` and the run's final
+    (best) validation accuracy is computed within each KB dataset with enough complete
+    curves, and averaged. The smallest ``e`` reaching :data:`MIN_RUNG_SPEARMAN` wins; with
+    no usable curves the first rung is :data:`DEFAULT_FIRST_RUNG` epoch.
+    """
+    cap = max(1, full_epochs // eta)
+    by_dataset: dict[str, list[list[float]]] = {}
+    for record in records:
+        curve = _curve(record)
+        if record.status != "ok" or len(curve) < 2:
+            continue
+        by_dataset.setdefault(record.dataset, []).append(curve)
+    best_mean: tuple[int, float, int] | None = None
+    for epoch in range(1, cap + 1):
+        rhos = []
+        for curves in by_dataset.values():
+            usable = [c for c in curves if len(c) > epoch]
+            if len(usable) < MIN_CURVES_PER_DATASET:
+                continue
+            rho = _spearman([c[epoch - 1] for c in usable], [max(c) for c in usable])
+            if rho is not None:
+                rhos.append(rho)
+        if not rhos:
+            continue
+        mean = statistics.fmean(rhos)
+        if best_mean is None or mean > best_mean[1]:
+            best_mean = (epoch, mean, len(rhos))
+        if mean >= MIN_RUNG_SPEARMAN:
+            return RungChoice(
+                epochs=epoch,
+                source="kb-learning-curves",
+                spearman=round(mean, 4),
+                datasets=len(rhos),
+                reason=(
+                    f"in {len(rhos)} KB datasets, validation accuracy after {epoch} epoch(s) "
+                    f"ranks runs like the final one (mean Spearman {mean:.2f} >= "
+                    f"{MIN_RUNG_SPEARMAN})"
+                ),
+            )
+    if best_mean is not None:
+        epoch, mean, n = best_mean
+        return RungChoice(
+            epochs=epoch,
+            source="kb-learning-curves",
+            spearman=round(mean, 4),
+            datasets=n,
+            reason=(
+                f"no epoch <= {cap} reaches Spearman {MIN_RUNG_SPEARMAN} in the KB's curves; "
+                f"epoch {epoch} ranks best (mean Spearman {mean:.2f} over {n} datasets)"
+            ),
+        )
+    return RungChoice(
+        epochs=min(DEFAULT_FIRST_RUNG, cap),
+        source="default",
+        reason="the KB has no learning curves to choose from; first rung = 1 epoch",
+    )
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class RunResult(BaseModel):
+    """One rung of one candidate: a recorded training run (or why there is none)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rung: int
+    epochs: int
+    trial: int | None = None
+    state: str = Field(description="done, failed or skipped-budget")
+    value: float | None = Field(default=None, description="validation balanced accuracy")
+    metric: str = "balanced_accuracy"
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    test_balanced_accuracy: float | None = None
+    seconds: float | None = Field(default=None, description="wall time of the run")
+    train_seconds: float | None = None
+    mlflow_run_id: str | None = None
+    record_id: str | None = None
+    error: str | None = None
+
+
+class CandidateResult(BaseModel):
+    """A shortlisted candidate's path through the rungs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate_id: str
+    model: str
+    hyperparameters: dict[str, Scalar]
+    full_epochs: int
+    predicted_accuracy: float | None = None
+    zero_shot: bool = False
+    status: str = Field(description="winner, finalist, pruned, failed or skipped-budget")
+    runs: list[RunResult] = Field(default_factory=list)
+
+    @property
+    def final(self) -> RunResult | None:
+        """The run at the candidate's full epochs, when it has one."""
+        return next(
+            (r for r in self.runs if r.epochs == self.full_epochs and r.state == "done"), None
+        )
+
+    @property
+    def best_known(self) -> RunResult | None:
+        """The run at the most epochs that finished."""
+        done = [r for r in self.runs if r.state == "done"]
+        return max(done, key=lambda r: r.epochs) if done else None
+
+
+class VerifyResult(BaseModel):
+    """What a verification found, what it cost and where everything is recorded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study_name: str
+    storage: str
+    dataset: str
+    first_rung: RungChoice
+    eta: int
+    candidates: list[CandidateResult]
+    winner_id: str | None
+    zero_shot_id: str
+    winner_is_zero_shot: bool
+    winner_value: float | None = None
+    zero_shot_value: float | None = Field(
+        default=None, description="the zero-shot pick's value at the most epochs it trained"
+    )
+    zero_shot_epochs: int | None = None
+    metric: str = "balanced_accuracy"
+    budget_seconds: float | None = None
+    seconds_spent: float = Field(description="summed wall time of every run of the study")
+    wall_seconds: float = Field(description="this invocation's wall time")
+    stopped_by_budget: bool = False
+    complete: bool = Field(description="every planned run finished, failed or was pruned")
+    runs_this_time: int = 0
+    runs_resumed: int = Field(default=0, description="finished runs found from earlier")
+    retried: int = Field(default=0, description="killed runs re-queued on start-up")
+    mlflow_run_id: str | None = None
+    parent_run_id: str | None = None
+
+    def candidate(self, candidate_id: str) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.candidate_id == candidate_id), None)
+
+    @property
+    def winner(self) -> CandidateResult | None:
+        return self.candidate(self.winner_id) if self.winner_id else None
+
+    def summary(self) -> str:
+        """Two sentences: the verified winner against the zero-shot pick, and the cost."""
+        spent = f"{self.seconds_spent:.0f} s of training"
+        budget = f" (budget {self.budget_seconds:.0f} s)" if self.budget_seconds else ""
+        winner = self.winner
+        if winner is None:
+            return f"no candidate finished a run; {spent}{budget}"
+        best = winner.final or winner.best_known
+        assert best is not None
+        label = _metric_label(self.metric)
+        head = (
+            f"verified winner {winner.candidate_id} {winner.model}: val {label} "
+            f"{_pct(best.value)} after {best.epochs} epoch(s)"
+        )
+        if self.winner_is_zero_shot:
+            cmp = "; it is the zero-shot pick"
+        else:
+            zs = self.candidate(self.zero_shot_id)
+            status = zs.status if zs is not None else "not verified"
+            cmp = (
+                f"; zero-shot pick {self.zero_shot_id} ({zs.model if zs else '?'}): "
+                f"{_pct(self.zero_shot_value)} after {self.zero_shot_epochs or 0} epoch(s), "
+                f"{status}"
+            )
+        stop = " - stopped by the budget" if self.stopped_by_budget else ""
+        return f"{head}{cmp}. {spent}{budget}{stop}."
+
+
+def _metric_label(metric: str) -> str:
+    return "balanced accuracy" if metric == "balanced_accuracy" else "accuracy"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def default_study_name(
+    dataset_name: str, k: int, seed: int, *, fingerprint: dict[str, Any] | None = None
+) -> str:
+    """``verify-<dataset>-k<K>-s<seed>-<digest of what else identifies the command>``."""
+    digest = hashlib.sha256(
+        json.dumps(fingerprint or {}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:8]
+    return f"verify-{dataset_name}-k{k}-s{seed}-{digest}"
+
+
+def default_storage() -> Path:
+    from metallmix.tools.training.search import default_storage as search_storage
+
+    return search_storage()
+
+
+def load_plan(storage: Path | None, study_name: str) -> dict[str, Any] | None:
+    """The plan stored by an earlier invocation of ``study_name``, if any (no study made)."""
+    import optuna
+
+    path = Path(storage) if storage is not None else default_storage()
+    if not path.is_file():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{path.resolve()}"
+    try:
+        study = optuna.load_study(study_name=study_name, storage=url)
+    except KeyError:
+        return None
+    plan = study.user_attrs.get(PLAN_ATTR)
+    return dict(plan) if isinstance(plan, dict) else None
+
+
+def select(candidates: Sequence[Candidate], k: int, zero_shot_id: str) -> list[Candidate]:
+    """The zero-shot pick first, then the best-scored others, ``k`` in all, no duplicates."""
+    if k < 1:
+        raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
+    by_id = {c.candidate_id: c for c in candidates}
+    if zero_shot_id not in by_id:
+        raise ConfigError(
+            f"the zero-shot pick {zero_shot_id!r} is not in the shortlist "
+            f"({', '.join(by_id) or 'empty'})"
+        )
+    ordered = [
+        by_id[zero_shot_id],
+        *sorted((c for c in candidates if c.candidate_id != zero_shot_id), key=lambda c: -c.score),
+    ]
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for cand in ordered:
+        key = json.dumps([cand.model, hp_values(cand.hyperparameters)], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(cand)
+    return out[:k]
+
+
+def _full_epochs(candidate: Candidate) -> int:
+    from metallmix.tools.training.trainer import DEFAULTS
+
+    return int(candidate.hyperparameters.epochs or DEFAULTS["epochs"])
+
+
+def _params(candidate: Candidate, epochs: int) -> dict[str, Scalar]:
+    values = hp_values(candidate.hyperparameters)
+    values["epochs"] = epochs
+    return {"model": candidate.model, **{k: v for k, v in values.items() if v is not None}}
+
+
+def _plan_distributions(chosen: Sequence[Candidate], r0: int, space: SearchSpace) -> dict[str, Any]:
+    """One distribution per parameter covering every planned run (Optuna wants one kind,
+    and for categoricals the same choices, per name across a study): the space's, widened
+    to the planned values it lacks; a categorical of the planned values for names it lacks.
+    """
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    from metallmix.tools.training.search import distributions
+
+    values: dict[str, list[Any]] = {}
+    for cand in chosen:
+        for epochs in (min(r0, _full_epochs(cand)), _full_epochs(cand)):
+            for name, value in _params(cand, epochs).items():
+                if value not in values.setdefault(name, []):
+                    values[name].append(value)
+    base = distributions(space)
+    out: dict[str, Any] = {}
+    for name, planned in values.items():
+        dist = base.get(name)
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in planned)
+        if isinstance(dist, FloatDistribution) and numeric:
+            low, high = min(dist.low, *planned), max(dist.high, *planned)
+            out[name] = FloatDistribution(low, high, log=dist.log and low > 0)
+        elif isinstance(dist, IntDistribution) and all(isinstance(v, int) for v in planned):
+            out[name] = IntDistribution(min(dist.low, *planned), max(dist.high, *planned))
+        elif isinstance(dist, CategoricalDistribution):
+            extra = [v for v in planned if v not in dist.choices]
+            out[name] = CategoricalDistribution([*dist.choices, *extra])
+        else:
+            out[name] = CategoricalDistribution(planned)
+    return out
+
+
+def _key(params: dict[str, Any]) -> str:
+    """A comparable form of a parameter mapping (numbers as rounded floats)."""
+    norm = {
+        k: round(float(v), 10) if isinstance(v, int | float) and not isinstance(v, bool) else v
+        for k, v in params.items()
+    }
+    return json.dumps(norm, sort_keys=True, default=str)
+
+
+def _value(record: RunRecord) -> tuple[float, str]:
+    """Validation balanced accuracy when the trainer reports it, else validation accuracy."""
+    balanced = getattr(record.outcomes, "val_balanced_accuracy", None)
+    if balanced is not None:
+        return float(balanced), "balanced_accuracy"
+    return float(record.outcomes.val_accuracy or 0.0), "accuracy"
+
+
+# ----------------------------------------------------------------------------- running
+
+OnRun = Callable[[str, int, RunResult], None]
+
+
+class _Ledger:
+    """The study's runs by (candidate, rung), rebuilt from Optuna on every start."""
+
+    def __init__(self, study: Any) -> None:
+        from optuna.trial import TrialState
+
+        self.done: dict[tuple[str, int], RunResult] = {}
+        for trial in study.get_trials(deepcopy=False):
+            cid, rung = trial.user_attrs.get("candidate_id"), trial.user_attrs.get("rung")
+            if cid is None or rung is None:
+                continue
+            key = (str(cid), int(rung))
+            if trial.state == TrialState.COMPLETE:
+                self.done[key] = _run_from_trial(trial, "done")
+            elif trial.state == TrialState.FAIL and "error" in trial.user_attrs:
+                self.done[key] = _run_from_trial(trial, "failed")
+
+    def seconds(self) -> float:
+        return sum(r.seconds or 0.0 for r in self.done.values())
+
+
+def _run_from_trial(trial: Any, state: str) -> RunResult:
+    attrs = trial.user_attrs
+    return RunResult(
+        rung=int(attrs["rung"]),
+        epochs=int(trial.params.get("epochs", attrs.get("epochs", 0))),
+        trial=trial.number,
+        state=state,
+        value=trial.value if state == "done" else None,
+        metric=str(attrs.get("metric", "balanced_accuracy")),
+        val_accuracy=attrs.get("val_accuracy"),
+        test_accuracy=attrs.get("test_accuracy"),
+        test_balanced_accuracy=attrs.get("test_balanced_accuracy"),
+        seconds=attrs.get("seconds"),
+        train_seconds=attrs.get("train_seconds"),
+        mlflow_run_id=attrs.get("mlflow_run_id"),
+        record_id=attrs.get("record_id"),
+        error=attrs.get("error"),
+    )
+
+
+class _Estimator:
+    """Predicts a run's wall time from the runs measured so far (else the shortlist's)."""
+
+    def __init__(self, plan: list[Candidate], ledger: _Ledger) -> None:
+        self.plan = {c.candidate_id: c for c in plan}
+        self.ledger = ledger
+
+    def __call__(self, cid: str, epochs: int) -> float:
+        own = [r for (c, _), r in self.ledger.done.items() if c == cid and r.state == "done"]
+        measured = [r for r in self.ledger.done.values() if r.state == "done" and r.seconds]
+        overhead = (
+            statistics.median(max(0.0, (r.seconds or 0) - (r.train_seconds or 0)) for r in measured)
+            if measured
+            else 0.0
+        )
+        if own and own[0].train_seconds is not None:
+            per_epoch = own[0].train_seconds / max(1, own[0].epochs)
+            return per_epoch * epochs + overhead
+        cand = self.plan[cid]
+        if cand.predicted_seconds is None:
+            return overhead
+        predicted = cand.predicted_seconds * epochs / _full_epochs(cand)
+        ratios = []
+        for (c, _), r in self.ledger.done.items():
+            other = self.plan.get(c)
+            if other is None or other.predicted_seconds in (None, 0) or r.train_seconds is None:
+                continue
+            assert other.predicted_seconds is not None
+            ratios.append(
+                r.train_seconds / (other.predicted_seconds * r.epochs / _full_epochs(other))
+            )
+        scale = statistics.median(ratios) if ratios else 1.0
+        return predicted * scale + overhead
+
+
+def run_verify(
+    dataset: Dataset,
+    candidates: Sequence[Candidate],
+    *,
+    zero_shot_id: str,
+    k: int = 5,
+    seed: int = 0,
+    budget_seconds: float | None = None,
+    first_rung_epochs: int | None = None,
+    kb_records: Sequence[RunRecord] | None = None,
+    eta: int = ETA,
+    space: SearchSpace = CPU_ZOO_SPACE,
+    storage: Path | None = None,
+    study_name: str | None = None,
+    kb: KnowledgeBase | None = None,
+    experiment: str = VERIFY_EXPERIMENT,
+    parent_run_id: str | None = None,
+    max_train_images: int | None = None,
+    max_val_images: int | None = None,
+    threads: int | None = None,
+    tracking_uri: str | None = None,
+    backend: Any | None = None,
+    resources: Any | None = None,
+    max_retries: int = 2,
+    extra_plan: dict[str, Any] | None = None,
+    on_run: OnRun | None = None,
+    trial_fn: Any | None = None,
+) -> VerifyResult:
+    """Successive halving over the top-``k`` candidates (the zero-shot pick always among them).
+
+    Resumable: the plan (candidates, rungs) is stored in the study on the first call and a
+    later call with the same ``study_name`` uses the stored plan, whatever ``candidates``
+    it is given, skipping every run already finished. ``budget_seconds`` bounds the summed
+    wall time of the study's runs (earlier invocations included): a run is started only
+    when its estimated time still fits, so the budget stops the loop between runs, never
+    inside one. ``kb_records`` give the learning curves the first rung is chosen from
+    (ignored when ``first_rung_epochs`` is given). ``trial_fn`` replaces the worker
+    function (tests).
+    """
+    from metallmix.tools.training.backends import LocalBackend, Resources, WorkerLostError
+    from metallmix.tools.training.distributed import (
+        TrialJob,
+        _Committer,
+        _Dispatcher,
+        execute_trial,
+        is_server,
+        materialize,
+    )
+    from metallmix.tools.training.search import open_study
+
+    if eta < 2:
+        raise ConfigError(f"eta (the halving factor) must be at least 2, got {eta}")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise ConfigError(f"--budget-minutes must be positive, got {budget_seconds / 60:g}")
+    wall_start = time.perf_counter()
+    uri = tracking_uri or config.tracking_uri()
+    client = tracking.client(uri)
+    name = study_name or default_study_name(dataset.name, k, seed)
+    opened = open_study(
+        dataset.name,
+        sampler="random",
+        seed=seed,
+        space=space,
+        storage=storage,
+        study_name=name,
+        client=client,
+        experiment=experiment,
+        extra_params={"k": k, "eta": eta, "method": "successive-halving"},
+    )
+    study, verify_run = opened.study, opened.parent_run_id
+
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if plan is None:
+        chosen = select(candidates, k, zero_shot_id)
+        max_full = max(_full_epochs(c) for c in chosen)
+        if first_rung_epochs is not None:
+            if first_rung_epochs < 1:
+                raise ConfigError(f"the first rung needs at least 1 epoch, got {first_rung_epochs}")
+            rung = RungChoice(epochs=first_rung_epochs, source="given", reason="given")
+        else:
+            rung = first_rung(kb_records or [], max_full, eta=eta)
+        plan = {
+            "candidates": [c.model_dump(mode="json") for c in chosen],
+            "zero_shot_id": zero_shot_id,
+            "first_rung": rung.model_dump(mode="json"),
+            "eta": eta,
+            "k": k,
+            "seed": seed,
+            "dataset": dataset.name,
+            **(extra_plan or {}),
+        }
+        study.set_user_attr(PLAN_ATTR, plan)
+        tags = {tracking.KIND_TAG: VERIFY_KIND, "metallmix.study": name}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        for key, value in tags.items():
+            client.set_tag(verify_run, key, value)
+        client.log_param(verify_run, "first_rung_epochs", rung.epochs)
+        client.log_param(verify_run, "first_rung_source", rung.source)
+        client.log_param(verify_run, "candidates", ",".join(c.candidate_id for c in chosen))
+        client.log_param(verify_run, "zero_shot_id", zero_shot_id)
+    chosen = [Candidate.model_validate(c) for c in plan["candidates"]]
+    rung = RungChoice.model_validate(plan["first_rung"])
+    eta = int(plan["eta"])
+    zero_shot_id = str(plan["zero_shot_id"])
+    r0 = rung.epochs
+    by_id = {c.candidate_id: c for c in chosen}
+    dists = _plan_distributions(chosen, r0, space)
+
+    # Killed runs were re-queued by open_study as WAITING trials: claim each for its run.
+    from optuna.trial import TrialState
+
+    waiting: dict[tuple[str, int], Any] = {}
+    table = {
+        _key(_params(c, e)): (c.candidate_id, rg)
+        for c in chosen
+        for rg, e in ((0, min(r0, _full_epochs(c))), (1, _full_epochs(c)))
+    }
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        fixed = dict(frozen.system_attrs.get("fixed_params", {}))
+        match = table.get(_key(fixed))
+        if match is None or match in waiting:
+            trial = study.ask()  # pops the oldest waiting trial, which is this one
+            trial.set_user_attr("note", "not a run of this verification plan")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        trial = study.ask({n: dists[n] for n in fixed if n in dists})
+        trial.set_user_attr("candidate_id", match[0])
+        trial.set_user_attr("rung", match[1])
+        waiting[match] = trial
+
+    ledger = _Ledger(study)
+    resumed_runs = len(ledger.done)
+    estimate = _Estimator(chosen, ledger)
+    backend = backend or LocalBackend(0)
+    resources = resources or Resources(num_cpus=float(threads or 1))
+    committer = _Committer(kb, uri)
+    direct = is_server(uri) or not backend.remote
+    dispatcher = _Dispatcher(backend, trial_fn or execute_trial, resources, max_retries)
+    width = backend.slots(resources)
+    data = backend.put((materialize(dataset) if backend.remote else dataset, None))
+    skipped: dict[tuple[str, int], RunResult] = {}
+    runs_now = 0
+    stopped = False
+    fatal: BaseException | None = None
+
+    def run_rung(jobs: list[tuple[str, int, int]]) -> None:
+        """Run ``(candidate, rung, epochs)`` jobs not yet done, as wide as the backend allows."""
+        nonlocal runs_now, stopped, fatal
+        todo = [j for j in jobs if (j[0], j[1]) not in ledger.done]
+        started: dict[int, tuple[float, float, str, int, int]] = {}
+        while todo or dispatcher.inflight:
+            while todo and fatal is None and len(dispatcher.inflight) < width:
+                cid, rg, epochs = todo.pop(0)
+                cost = estimate(cid, epochs)
+                pending = sum(s[1] for s in started.values())
+                if (
+                    budget_seconds is not None
+                    and ledger.seconds() + pending + cost > budget_seconds
+                ):
+                    stopped = True
+                    skipped[(cid, rg)] = RunResult(
+                        rung=rg,
+                        epochs=epochs,
+                        state="skipped-budget",
+                        error=(
+                            f"estimated {cost:.0f} s would exceed the budget "
+                            f"({ledger.seconds() + pending:.0f} of {budget_seconds:.0f} s used)"
+                        ),
+                    )
+                    continue
+                params = _params(by_id[cid], epochs)
+                trial = waiting.pop((cid, rg), None)
+                if trial is None:
+                    study.enqueue_trial(
+                        params, user_attrs={"candidate_id": cid, "rung": rg}, skip_if_exists=False
+                    )
+                    trial = study.ask({n: dists[n] for n in params})
+                hp = by_id[cid].hyperparameters.model_copy(update={"epochs": epochs})
+                job = TrialJob(
+                    key=f"{name}#{trial.number}",
+                    model=by_id[cid].model,
+                    hp=hp,
+                    seed=seed,
+                    experiment=experiment,
+                    tracking_uri=uri,
+                    direct=direct,
+                    threads=threads,
+                    max_train_images=max_train_images,
+                    max_val_images=max_val_images,
+                    parent_run_id=verify_run,
+                    tags={
+                        "metallmix.study": name,
+                        "metallmix.trial": str(trial.number),
+                        "metallmix.candidate": cid,
+                        "metallmix.rung": str(rg),
+                    },
+                )
+                started[trial.number] = (time.perf_counter(), cost, cid, rg, epochs)
+                dispatcher.submit(trial, job, data)
+            if not dispatcher.inflight:
+                break
+            trial, outcome, failure, attempts = dispatcher.next()
+            t0, _, cid, rg, epochs = started.pop(trial.number)
+            seconds = time.perf_counter() - t0
+            if failure is not None and not isinstance(failure, WorkerLostError):
+                fatal = fatal or failure  # a bug: left RUNNING, retried on the next start
+                continue
+            record = committer.commit(outcome) if failure is None else None
+            trial.set_user_attr("seconds", seconds)
+            trial.set_user_attr("epochs", epochs)
+            if record is None:
+                reason = (
+                    outcome.error
+                    if failure is None
+                    else f"worker lost on all {attempts} attempt(s)"
+                )
+                trial.set_user_attr("error", str(reason)[:1000])
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                value, metric = _value(record)
+                out = record.outcomes
+                for key, attr in (
+                    ("mlflow_run_id", record.provenance.mlflow_run_id),
+                    ("record_id", record.run_id),
+                    ("status", record.status),
+                    ("metric", metric),
+                    ("val_accuracy", out.val_accuracy),
+                    ("test_accuracy", out.test_accuracy),
+                    ("test_balanced_accuracy", out.balanced_accuracy),
+                    ("train_seconds", out.train_seconds),
+                ):
+                    trial.set_user_attr(key, attr)
+                curve = _curve(record)
+                for step, point in enumerate(curve, start=1):
+                    trial.report(float(point), step)
+                study.tell(trial, value)
+            frozen = study.get_trials(deepcopy=False)[trial.number]
+            result = _run_from_trial(frozen, "done" if record is not None else "failed")
+            ledger.done[(cid, rg)] = result
+            runs_now += 1
+            if on_run is not None:
+                on_run(cid, rg, result)
+
+    # Rung 0: every candidate, r0 epochs (its full epochs when those are fewer).
+    rung0 = [(c.candidate_id, 0, min(r0, _full_epochs(c))) for c in chosen]
+    run_rung(rung0)
+    scored = [
+        (ledger.done[(cid, 0)].value or 0.0, -i, cid)
+        for i, (cid, _, _) in enumerate(rung0)
+        if (cid, 0) in ledger.done and ledger.done[(cid, 0)].state == "done"
+    ]
+    n_promote = max(1, len(chosen) // eta)
+    promoted = [cid for _, _, cid in sorted(scored, reverse=True)[:n_promote]]
+    if fatal is None:
+        rung1 = [
+            (cid, 1, _full_epochs(by_id[cid])) for cid in promoted if _full_epochs(by_id[cid]) > r0
+        ]
+        run_rung(rung1)
+    for trial in waiting.values():  # re-queued runs no longer needed (budget, promotion)
+        trial.set_user_attr("note", "re-queued run not needed")
+        study.tell(trial, state=TrialState.FAIL)
+    if fatal is not None:
+        client.set_terminated(verify_run, status="FAILED")
+        raise fatal
+
+    result = _result(
+        name=name,
+        storage=opened.storage_path,
+        dataset=dataset.name,
+        rung=rung,
+        eta=eta,
+        chosen=chosen,
+        zero_shot_id=zero_shot_id,
+        r0=r0,
+        ledger=ledger,
+        skipped=skipped,
+        promoted=promoted,
+        budget_seconds=budget_seconds,
+        stopped=stopped,
+        wall=time.perf_counter() - wall_start,
+        runs_now=runs_now,
+        resumed_runs=resumed_runs,
+        retried=opened.resumed,
+        verify_run=verify_run,
+        parent_run_id=parent_run_id,
+    )
+    _log_summary(client, verify_run, result)
+    client.set_terminated(verify_run, status="FINISHED")
+    return result
+
+
+def _result(
+    *,
+    name: str,
+    storage: Path,
+    dataset: str,
+    rung: RungChoice,
+    eta: int,
+    chosen: list[Candidate],
+    zero_shot_id: str,
+    r0: int,
+    ledger: _Ledger,
+    skipped: dict[tuple[str, int], RunResult],
+    promoted: list[str],
+    budget_seconds: float | None,
+    stopped: bool,
+    wall: float,
+    runs_now: int,
+    resumed_runs: int,
+    retried: int,
+    verify_run: str,
+    parent_run_id: str | None,
+) -> VerifyResult:
+    results: list[CandidateResult] = []
+    for cand in chosen:
+        cid = cand.candidate_id
+        runs = [
+            ledger.done.get((cid, rg)) or skipped[(cid, rg)]
+            for rg in (0, 1)
+            if (cid, rg) in ledger.done or (cid, rg) in skipped
+        ]
+        results.append(
+            CandidateResult(
+                candidate_id=cid,
+                model=cand.model,
+                hyperparameters=hp_values(cand.hyperparameters),
+                full_epochs=_full_epochs(cand),
+                predicted_accuracy=cand.predicted_accuracy,
+                zero_shot=cid == zero_shot_id,
+                status="",
+                runs=sorted(runs, key=lambda r: r.rung),
+            )
+        )
+    finals = [(c.final.value or 0.0, -i, c) for i, c in enumerate(results) if c.final is not None]
+    if finals:
+        winner: CandidateResult | None = max(finals, key=lambda t: (t[0], t[1]))[2]
+    else:  # no full run finished (budget): the best first-rung result, flagged by its epochs
+        partial = [
+            ((c.best_known.value or 0.0) if c.best_known else -1.0, -i, c)
+            for i, c in enumerate(results)
+            if c.best_known is not None
+        ]
+        winner = max(partial, key=lambda t: (t[0], t[1]))[2] if partial else None
+    for c in results:
+        states = {r.state for r in c.runs}
+        if winner is not None and c.candidate_id == winner.candidate_id:
+            c.status = "winner"
+        elif c.final is not None and c.candidate_id in promoted:
+            c.status = "finalist"
+        elif "failed" in states:
+            c.status = "failed"
+        elif "skipped-budget" in states:
+            c.status = "skipped-budget"
+        elif c.final is not None:  # trained fully at the first rung, not among the best half
+            c.status = "pruned"
+        else:
+            c.status = "pruned" if c.runs else "skipped-budget"
+    zs = next(c for c in results if c.candidate_id == zero_shot_id)
+    zs_best = zs.final or zs.best_known
+    win_best = (winner.final or winner.best_known) if winner is not None else None
+    metrics = {r.metric for c in results for r in c.runs if r.state == "done"}
+    complete = (
+        not skipped
+        and all(c.status != "skipped-budget" for c in results)
+        and all(
+            (cid, 1) in ledger.done
+            for cid in promoted
+            if _full_epochs(next(x for x in chosen if x.candidate_id == cid)) > r0
+        )
+    )
+    return VerifyResult(
+        study_name=name,
+        storage=str(storage),
+        dataset=dataset,
+        first_rung=rung,
+        eta=eta,
+        candidates=results,
+        winner_id=winner.candidate_id if winner is not None else None,
+        zero_shot_id=zero_shot_id,
+        winner_is_zero_shot=winner is not None and winner.candidate_id == zero_shot_id,
+        winner_value=win_best.value if win_best is not None else None,
+        zero_shot_value=zs_best.value if zs_best is not None else None,
+        zero_shot_epochs=zs_best.epochs if zs_best is not None else None,
+        metric="accuracy" if metrics == {"accuracy"} else "balanced_accuracy",
+        budget_seconds=budget_seconds,
+        seconds_spent=ledger.seconds(),
+        wall_seconds=wall,
+        stopped_by_budget=stopped,
+        complete=complete,
+        runs_this_time=runs_now,
+        runs_resumed=resumed_runs,
+        retried=retried,
+        mlflow_run_id=verify_run,
+        parent_run_id=parent_run_id,
+    )
+
+
+def _log_summary(client: Any, run_id: str, result: VerifyResult) -> None:
+    """The verdict on the verification's MLflow run: metrics plus ``verify.json``."""
+    import tempfile
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = {
+        "seconds_spent": result.seconds_spent,
+        "wall_seconds": result.wall_seconds,
+        "winner_value": result.winner_value,
+        "zero_shot_value": result.zero_shot_value,
+        "winner_is_zero_shot": float(result.winner_is_zero_shot),
+        "stopped_by_budget": float(result.stopped_by_budget),
+        "runs": float(sum(len(c.runs) for c in result.candidates)),
+    }
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if v is not None],
+    )
+    if result.winner_id:
+        client.set_tag(run_id, "metallmix.winner", result.winner_id)
+    with tempfile.TemporaryDirectory(prefix="metallmix-verify-") as tmp:
+        path = Path(tmp) / "verify.json"
+        path.write_text(result.model_dump_json(indent=2))
+        client.log_artifact(run_id, str(path))
+
+
+__all__ = [
+    "CandidateResult",
+    "RunResult",
+    "RungChoice",
+    "VerifyResult",
+    "default_study_name",
+    "first_rung",
+    "load_plan",
+    "run_verify",
+    "select",
+]
