@@ -99,6 +99,10 @@ def render(rec: Any, console: Console) -> None:
             f"MLflow run [bold]{rec.mlflow_run_id}[/bold] (experiment metallmix-recommendations):"
             " run `make mlflow-ui` and open http://127.0.0.1:5000"
         )
+    if getattr(rec, "verification", None) is not None:
+        from metallmix.cli.verify import render_verification
+
+        render_verification(rec.verification, console)
 
 
 def recommend_cmd(
@@ -110,9 +114,52 @@ def recommend_cmd(
     no_judge_llm: bool = typer.Option(
         False, "--no-judge-llm", help="Judge by code checks only (faster; no LLM scores)."
     ),
+    verify: int | None = typer.Option(
+        None,
+        "--verify",
+        min=1,
+        help="Then train the top K shortlisted configurations with successive halving "
+        "and keep the best (resumable: re-run the same command to continue).",
+    ),
+    budget_minutes: float | None = typer.Option(
+        None, "--budget-minutes", help="--verify: training-time budget in minutes."
+    ),
+    backend: str = typer.Option("local", "--backend", help="--verify: where runs train."),
+    address: str | None = typer.Option(None, "--address", help="--verify: Ray cluster."),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="--verify: local processes / CPUs of a private Ray."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="--verify: torch threads per run."
+    ),
+    max_train_images: int | None = typer.Option(
+        None, "--max-train-images", min=10, help="--verify: seeded training subsample."
+    ),
+    study: str | None = typer.Option(None, "--study", help="--verify: Optuna study name."),
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend a model and hyperparameters for a dataset, with the reasons."""
+    if verify is not None:
+        from metallmix.cli.verify import run_verified
+
+        rec = run_verified(
+            path,
+            modality=modality,
+            llm=llm,
+            kb=kb,
+            seed=seed,
+            no_judge_llm=no_judge_llm,
+            k=verify,
+            budget_minutes=budget_minutes,
+            backend=backend,
+            address=address,
+            workers=workers,
+            threads=threads,
+            max_train_images=max_train_images,
+            study=study,
+        )
+        emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
+        return
     rec = _run(path, modality, llm, kb, seed, no_judge_llm)
     emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
 
