@@ -268,7 +268,7 @@ def _record(dataset: str, curve: list[float]) -> RunRecord:
 def test_first_rung_comes_from_the_kbs_learning_curves() -> None:
     # Epoch 1 ranks runs in reverse of the final ranking; epoch 2 ranks them like it.
     records = [
-        _record(ds, [0.9 - 0.1 * i, 0.5 + 0.1 * i, 0.6 + 0.1 * i, 0.6 + 0.1 * i])
+        _record(ds, [0.3 - 0.05 * i, 0.5 + 0.1 * i, 0.6 + 0.1 * i, 0.6 + 0.1 * i])
         for ds in ("a", "b")
         for i in range(5)
     ]
@@ -277,7 +277,7 @@ def test_first_rung_comes_from_the_kbs_learning_curves() -> None:
     assert choice.spearman == pytest.approx(1.0) and choice.datasets == 2
     # When epoch 1 already ranks like the end, the first rung is 1 epoch.
     early = [
-        _record(ds, [0.5 + 0.1 * i, 0.6 + 0.1 * i, 0.7 + 0.1 * i]) for ds in "ab" for i in range(5)
+        _record(ds, [0.3 + 0.1 * i, 0.4 + 0.1 * i, 0.5 + 0.1 * i]) for ds in "ab" for i in range(5)
     ]
     assert first_rung(early, 4).epochs == 1
     assert first_rung([], 4).source == "default" and first_rung([], 4).epochs == 1
