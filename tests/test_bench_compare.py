@@ -40,7 +40,9 @@ SETTINGS = CompareSettings(
     threads=1,
     n_candidates=3,
 )
-N_TRAININGS = 1 + 1 + 2 + 2  # metallmix, best-default, RS trials, TPE trials
+# metallmix, best-default, RS trials, TPE trials, and verify: the 3 shortlisted candidates
+# at 1 epoch (with a 1-epoch cap the first rung is already every candidate's full run)
+N_TRAININGS = 1 + 1 + 2 + 2 + 3
 
 
 def make_npz(path: Path, seed: int = 0) -> Path:
@@ -115,6 +117,12 @@ def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
         (search,) = entry["methods"][method]["per_seed"]
         assert search["trials_done"] == 2
         assert search["search_seconds"] > 0
+    (verified,) = entry["methods"]["metallmix+verify"]["per_seed"]
+    assert verified["runs"] == 3 and verified["first_rung_epochs"] == 1
+    assert verified["config_seconds"] >= verified["verify_seconds"] > 0
+    assert verified["model"] in SETTINGS.models  # type: ignore[operator]
+    vs = entry["verify_vs_rs"]
+    assert vs["balanced_at_least_rs"] in (True, False) and vs["rs_at_k_seconds"] is None  # RS@2
     for method in ("metallmix", "best-default"):
         (run,) = entry["methods"][method]["per_seed"]
         assert run["hyperparameters"]["epochs"] <= 1
@@ -203,7 +211,7 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
     )
     names = {r.info.run_name for r in children}
-    assert {"tiny:metallmix", "tiny:best-default"} <= names
+    assert {"tiny:metallmix", "tiny:best-default", "tiny:metallmix+verify"} <= names
     assert sum(n.startswith("search:") for n in names) == 2
 
     # Other settings on the same state are refused, not silently mixed.
@@ -236,6 +244,8 @@ def _cli(tmp_path: Path, *extra: str) -> list[str]:
         "20",
         "--threads",
         "1",
+        "--verify",
+        "3",
         "--out",
         str(tmp_path / "results"),
         "--json",
@@ -256,6 +266,8 @@ def _check_cli(tmp_path: Path, out: str) -> dict[str, Any]:
     parent = tracking.client().get_run(report["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert "tiny.metallmix.test_accuracy_mean" in parent.data.metrics
+    assert "tiny.metallmix-verify.test_accuracy_mean" in parent.data.metrics
+    assert "| tiny | MetaLLMiX+verify@3 |" in table
     return report
 
 
@@ -290,3 +302,32 @@ def test_cli_compare_real_fast_llm(tmp_path: Path, capsys: pytest.CaptureFixture
     rec = report["datasets"]["tiny"]["methods"]["metallmix"]
     assert rec["llm"] == "qwen2.5-coder-0.5b"
     assert len(training_runs()) == N_TRAININGS
+
+
+def test_state_from_before_verify_resumes(tmp_path: Path) -> None:
+    """A state written before the verify setting existed resumes with its default (5)."""
+    from metallmix.tools.compare import CompareState
+
+    old = SETTINGS.model_dump(mode="json")
+    old.pop("verify")
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"settings": old, "datasets": [], "runs": {}, "pieces": {}}))
+    state = CompareState(path, SETTINGS, ["tiny"])
+    assert state.data["settings"]["verify"] == 5
+    with pytest.raises(ConfigError, match="other settings"):
+        CompareState(path, SETTINGS.model_copy(update={"verify": 3}), ["tiny"])
+
+
+def test_verify_against_random_search_uses_the_first_k_trials() -> None:
+    from metallmix.tools.compare_report import _verify_vs_rs
+
+    trials = [{"seconds": 10.0 * (i + 1)} for i in range(10)]  # 10, 20, ... 100 s
+    methods = {
+        "random": {"per_seed": [{"trials": trials}], "test_balanced_accuracy_mean": 0.70},
+        "metallmix+verify": {"config_seconds": 140.0, "test_balanced_accuracy_mean": 0.72},
+    }
+    vs = _verify_vs_rs(methods, 5)
+    assert vs["rs_at_k_seconds"] == 150.0  # 10 + 20 + 30 + 40 + 50
+    assert vs["balanced_at_least_rs"] is True and vs["time_at_most_rs_at_k"] is True
+    methods["metallmix+verify"]["config_seconds"] = 151.0
+    assert _verify_vs_rs(methods, 5)["time_at_most_rs_at_k"] is False

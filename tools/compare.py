@@ -9,7 +9,13 @@ the same data caps and the same seeds, and is scored on the same test split:
 - ``random`` / ``tpe``: an Optuna study of ``budget`` trials per seed, the trial with the
   best validation accuracy selected, its test accuracy reported;
 - ``best-default``: the KB configuration with the best mean normalised score (the LODO
-  baseline), trained once per seed.
+  baseline), trained once per seed;
+- ``metallmix+verify``: the same recommendation's shortlist, its top ``verify`` candidates
+  trained with successive halving (:mod:`metallmix.tools.training.verify`) per seed, the
+  winner's test accuracy reported. Its time to a configuration is the meta-features +
+  shortlist time plus the summed training time of every verification run; the LLM's time
+  is not added because with ``verify`` = the shortlist's size the LLM's pick cannot change
+  which configurations are trained (it is reported beside it).
 
 A comparison is a list of pieces (one recommendation, one training, one search...). Each
 finished piece is written to a JSON state file at once (temp file + ``os.replace``) and the
@@ -50,7 +56,7 @@ if TYPE_CHECKING:
     from metallmix.tools.datasets import Dataset
 
 EXPERIMENT = "metallmix-compare"
-METHODS = ("metallmix", "random", "tpe", "best-default")
+METHODS = ("metallmix", "random", "tpe", "best-default", "metallmix+verify")
 COMPARE_KIND = "compare"
 STATE_VERSION = 1
 
@@ -71,6 +77,7 @@ class CompareSettings(BaseModel):
     max_val_images: int | None = Field(default=200, ge=10)
     threads: int | None = Field(default=None, ge=1)
     n_candidates: int = Field(default=5, ge=1)
+    verify: int = Field(default=5, ge=1, description="candidates MetaLLMiX+verify trains")
 
     def space(self) -> SearchSpace:
         """The CPU zoo narrowed by the caps: the one space every method draws from."""
@@ -224,7 +231,12 @@ class CompareState:
                 raise ConfigError(
                     f"comparison state {path} is not valid JSON ({exc}); delete it to start over"
                 ) from exc
-            if data.get("settings") != fingerprint:
+            stored = data.get("settings") or {}
+            added = {k: v for k, v in fingerprint.items() if k not in stored}
+            defaults = CompareSettings().model_dump(mode="json")
+            if stored and all(defaults.get(k) == v for k, v in added.items()):
+                data["settings"] = stored = {**stored, **added}  # a state from before a field
+            if stored != fingerprint:
                 raise ConfigError(
                     f"comparison state {path} was written with other settings "
                     f"({data.get('settings')}); re-run with those, pick another --name, or "
@@ -378,6 +390,7 @@ class _Run:
             "status": record.status,
             "val_accuracy": out.val_accuracy,
             "test_accuracy": out.test_accuracy,
+            "test_balanced_accuracy": _test_balanced(out),
             "train_seconds": out.train_seconds,
             "epochs_run": out.epochs_run,
             "mlflow_run_id": record.provenance.mlflow_run_id,
@@ -436,6 +449,7 @@ class _Run:
                 "llm": rec.llm,
                 "recommendation_run_id": rec.mlflow_run_id,
                 "kb_runs": len(kb),
+                "candidates": [c.model_dump(mode="json") for c in shortlist.candidates],
             },
         )
 
@@ -508,6 +522,9 @@ class _Run:
             best = {
                 "val_accuracy": result.best_value,
                 "test_accuracy": metrics.get("test_accuracy"),
+                "test_balanced_accuracy": metrics.get(
+                    "test_balanced_accuracy", metrics.get("balanced_accuracy")
+                ),
                 "train_seconds": metrics.get("train_seconds"),
                 "mlflow_run_id": result.best_run_id,
             }
@@ -524,8 +541,14 @@ class _Run:
                 "search_run_id": result.parent_run_id,
                 "val_accuracy": best.get("val_accuracy"),
                 "test_accuracy": best.get("test_accuracy"),
+                "test_balanced_accuracy": best.get("test_balanced_accuracy"),
                 "train_seconds": best.get("train_seconds"),
                 "mlflow_run_id": best.get("mlflow_run_id"),
+                "trials": [
+                    {"number": t.number, "state": t.state, "value": t.value, "seconds": t.seconds}
+                    for t in result.trials
+                    if t.state == "COMPLETE" or (t.state == "FAIL" and t.error)
+                ],
             },
         )
 
@@ -550,6 +573,93 @@ class _Run:
             ),
         )
 
+    def verified(
+        self, dataset: Dataset, rec: dict[str, Any], kb_path: Path, seed: int, parent: str
+    ) -> dict[str, Any]:
+        """The shortlist's top candidates by successive halving; the winner's test scores."""
+        from metallmix.tools.meta.contracts import Candidate
+        from metallmix.tools.training.verify import run_verify
+
+        key = f"{dataset.name}/metallmix+verify/s{seed}"
+        found = self.cached(key)
+        if found is not None:
+            return found
+        kb = SQLiteKnowledgeBase(kb_path, read_only=True)
+        check_no_leak(kb, hidden_names(dataset))
+        raw = rec.get("candidates")
+        if raw is None:  # a state from before candidates were stored: same shortlist again
+            raw = [c.model_dump(mode="json") for c in self._shortlist(dataset, kb)]
+        candidates = [Candidate.model_validate(c) for c in raw]
+        child = self.child(
+            f"{dataset.name}/metallmix+verify", parent, f"{dataset.name}:metallmix+verify"
+        )
+        result = run_verify(
+            dataset,
+            candidates,
+            zero_shot_id=str(rec["candidate_id"]),
+            k=self.settings.verify,
+            seed=seed,
+            kb_records=list(kb.iter_records()),
+            space=self.space,
+            storage=self.state_dir / "optuna.sqlite",
+            study_name=f"{dataset.name}-verify-s{seed}",
+            kb=None,
+            experiment=EXPERIMENT,
+            parent_run_id=child,
+            max_train_images=self.settings.max_train_images,
+            max_val_images=self.settings.max_val_images,
+            threads=self.settings.threads,
+            backend=self.backend,
+        )
+        winner = result.winner
+        final = (winner.final or winner.best_known) if winner is not None else None
+        shortlist_seconds = rec.get("shortlist_seconds") or 0.0
+        return self.done(
+            key,
+            {
+                "seed": seed,
+                "verify_seconds": result.seconds_spent,
+                "config_seconds": shortlist_seconds + result.seconds_spent,
+                "config_seconds_with_llm": (rec.get("seconds") or 0.0) + result.seconds_spent,
+                "model": winner.model if winner is not None else None,
+                "hyperparameters": dict(winner.hyperparameters) if winner is not None else {},
+                "candidate_id": result.winner_id,
+                "winner_is_zero_shot": result.winner_is_zero_shot,
+                "first_rung_epochs": result.first_rung.epochs,
+                "first_rung_source": result.first_rung.source,
+                "runs": sum(len(c.runs) for c in result.candidates),
+                "metric": result.metric,
+                "val_value": final.value if final is not None else None,
+                "val_accuracy": final.val_accuracy if final is not None else None,
+                "test_accuracy": final.test_accuracy if final is not None else None,
+                "test_balanced_accuracy": (
+                    final.test_balanced_accuracy if final is not None else None
+                ),
+                "train_seconds": final.train_seconds if final is not None else None,
+                "mlflow_run_id": final.mlflow_run_id if final is not None else None,
+                "study": result.study_name,
+                "verify_run_id": result.mlflow_run_id,
+            },
+        )
+
+    def _shortlist(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[Any]:
+        from metallmix.tools.meta.shortlist import build_shortlist
+        from metallmix.tools.metafeatures import compute_meta_features
+
+        seed = self.settings.seeds[0]
+        mf = compute_meta_features(_train_view(dataset, self.settings.max_train_images, seed))
+        shortlist = build_shortlist(
+            mf, kb, n=self.settings.n_candidates, space=self.space, seed=seed
+        )
+        return list(shortlist.candidates)
+
+
+def _test_balanced(outcomes: Any) -> float | None:
+    """Test balanced accuracy (issue 12 names it ``test_balanced_accuracy``; before, the
+    ``balanced_accuracy`` outcome was the test split's)."""
+    value = getattr(outcomes, "test_balanced_accuracy", None)
+    return value if value is not None else outcomes.balanced_accuracy
+
 
 def _train_view(dataset: Dataset, max_train_images: int | None, seed: int) -> Dataset:
     """The training set a run with ``seed`` actually sees (what the recommender describes)."""
@@ -560,7 +670,8 @@ def _train_view(dataset: Dataset, max_train_images: int | None, seed: int) -> Da
 
 def n_pieces(settings: CompareSettings, n_datasets: int) -> int:
     """Pieces a full comparison has (for progress bars)."""
-    per_dataset = 1 + 1 + len(settings.seeds) * 4 + 1  # leak check, rec, default, trainings
+    # leak check, rec, default; per seed: 2 trainings, 2 searches, 1 verification
+    per_dataset = 1 + 1 + len(settings.seeds) * 5 + 1
     return n_datasets * per_dataset
 
 
@@ -644,6 +755,8 @@ def _compare_one(
     for sampler in ("random", "tpe"):
         for seed in run.settings.seeds:
             run.search(dataset, sampler, seed, parent)
+    for seed in run.settings.seeds:
+        run.verified(dataset, rec, kb_path, seed, parent)
 
 
 def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
@@ -661,17 +774,24 @@ def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
             for field in ("test_accuracy_mean", "config_seconds", "train_seconds_mean"):
                 value = row.get(field)
                 if value is not None:
-                    metrics.append(Metric(f"{name}.{method}.{field}", float(value), now, 0))
+                    key = f"{name}.{_metric_name(method)}.{field}"
+                    metrics.append(Metric(key, float(value), now, 0))
     for method, row in report["overall"].items():
         for field in ("test_accuracy_mean", "best_or_within_1pt"):
             value = row.get(field)
             if value is not None:
-                metrics.append(Metric(f"overall.{method}.{field}", float(value), now, 0))
+                key = f"overall.{_metric_name(method)}.{field}"
+                metrics.append(Metric(key, float(value), now, 0))
     for i in range(0, len(metrics), 500):
         client.log_batch(parent, metrics=metrics[i : i + 500])
     for path in files.values():
         client.log_artifact(parent, str(path))
     client.set_terminated(parent, status="FINISHED")
+
+
+def _metric_name(method: str) -> str:
+    """MLflow metric names allow no '+': ``metallmix+verify`` -> ``metallmix-verify``."""
+    return method.replace("+", "-")
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

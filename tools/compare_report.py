@@ -21,19 +21,28 @@ LABELS = {
     "random": "RS",
     "tpe": "TPE",
     "best-default": "best-default",
+    "metallmix+verify": "MetaLLMiX+verify@{k}",
 }
+
+
+def label(method: str, settings: dict[str, Any] | None = None) -> str:
+    """The method's name in tables and plots (``MetaLLMiX+verify@5`` names its K)."""
+    return LABELS[method].format(k=(settings or {}).get("verify", 5))
 
 
 def _method_row(pieces: dict[str, Any], name: str, method: str, seeds: list[int]) -> dict:
     runs = [pieces.get(f"{name}/{method}/s{s}") for s in seeds]
     done = [r for r in runs if r is not None]
     acc_mean, acc_std = mean_std([r.get("test_accuracy") for r in done])
+    bal_mean, bal_std = mean_std([r.get("test_balanced_accuracy") for r in done])
     val_mean, _ = mean_std([r.get("val_accuracy") for r in done])
     train_mean, _ = mean_std([r.get("train_seconds") for r in done])
     row: dict[str, Any] = {
         "seeds_done": len(done),
         "test_accuracy_mean": acc_mean,
         "test_accuracy_std": acc_std,
+        "test_balanced_accuracy_mean": bal_mean,
+        "test_balanced_accuracy_std": bal_std,
         "val_accuracy_mean": val_mean,
         "train_seconds_mean": train_mean,
         "per_seed": done,
@@ -42,6 +51,16 @@ def _method_row(pieces: dict[str, Any], name: str, method: str, seeds: list[int]
         row["config_seconds"], _ = mean_std([r.get("search_seconds") for r in done])
         row["time_spent"] = row["config_seconds"]
         row["configs"] = sorted({str(r.get("model")) for r in done})
+    elif method == "metallmix+verify":
+        # The winner is trained inside the verification, as RS/TPE train theirs.
+        row["config_seconds"], _ = mean_std([r.get("config_seconds") for r in done])
+        row["config_seconds_with_llm"], _ = mean_std(
+            [r.get("config_seconds_with_llm") for r in done]
+        )
+        row["verify_seconds"], _ = mean_std([r.get("verify_seconds") for r in done])
+        row["time_spent"] = row["config_seconds"]
+        row["configs"] = sorted({str(r.get("model")) for r in done})
+        row["winner_is_zero_shot"] = sum(bool(r.get("winner_is_zero_shot")) for r in done)
     else:
         key = "recommendation" if method == "metallmix" else "config"
         config = pieces.get(f"{name}/{method}/{key}") or {}
@@ -91,6 +110,7 @@ def build_report(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
                 m for m, v in valid.items() if best is not None and _near(v, best)
             ),
         }
+        datasets[name]["verify_vs_rs"] = _verify_vs_rs(methods, int(settings.get("verify", 5)))
     overall: dict[str, Any] = {}
     for method in METHODS:
         rows = [datasets[n]["methods"][method] for n in names]
@@ -124,6 +144,31 @@ def build_report(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
     }
 
 
+def _verify_vs_rs(methods: dict[str, Any], k: int) -> dict[str, Any]:
+    """MetaLLMiX+verify@K against random search: test balanced accuracy against RS at the
+    full budget, time against RS after K trials (the first K trials of the same study are
+    exactly a K-trial random search with that seed)."""
+    ver, rs = methods["metallmix+verify"], methods["random"]
+    rs_k_times = [
+        sum(t.get("seconds") or 0.0 for t in run["trials"][:k])
+        for run in rs["per_seed"]
+        if len(run.get("trials") or []) >= k
+    ]
+    rs_k_seconds, _ = mean_std(rs_k_times)
+    bal_v, bal_rs = ver.get("test_balanced_accuracy_mean"), rs.get("test_balanced_accuracy_mean")
+    return {
+        "k": k,
+        "rs_at_k_seconds": rs_k_seconds,
+        "verify_seconds": ver.get("config_seconds"),
+        "balanced_at_least_rs": None if bal_v is None or bal_rs is None else bal_v >= bal_rs,
+        "time_at_most_rs_at_k": (
+            None
+            if rs_k_seconds is None or ver.get("config_seconds") is None
+            else ver["config_seconds"] <= rs_k_seconds
+        ),
+    }
+
+
 def _near(value: float, best: float) -> bool:
     return value >= best - WITHIN - 1e-9
 
@@ -148,6 +193,10 @@ def _sec(value: float | None) -> str:
     return f"{value:.1f}" if value >= 0.05 else "<0.1"
 
 
+def _yes(value: bool | None) -> str:
+    return "—" if value is None else ("yes" if value else "no")
+
+
 def _x(value: float | None) -> str:
     if value is None:
         return "—"
@@ -165,9 +214,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{s['max_val_images'] or 'all'}, models {s['models'] or 'CPU zoo'}, image sizes "
         f"{s['image_sizes'] or 'zoo'}, threads {s['threads'] or 'default'}.",
         "",
-        "| dataset | method | test acc % (mean ± std) | time to config (s) | final training (s) "
-        "| config time vs MetaLLMiX | training time vs MetaLLMiX | config |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| dataset | method | test acc % (mean ± std) | test balanced acc % | time to config (s) "
+        "| final training (s) | config time vs MetaLLMiX | training time vs MetaLLMiX | config |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, entry in report["datasets"].items():
         for method, row in entry["methods"].items():
@@ -176,8 +225,9 @@ def markdown_table(report: dict[str, Any]) -> str:
                 mark = " (≤1 pt)"
             config = row.get("model") or ", ".join(row.get("configs") or []) or "—"
             lines.append(
-                f"| {name} | {LABELS[method]} | "
+                f"| {name} | {label(method, s)} | "
                 f"{_pct(row['test_accuracy_mean'], row['test_accuracy_std'])}{mark} | "
+                f"{_pct(row.get('test_balanced_accuracy_mean'))} | "
                 f"{_sec(row['config_seconds'])} | {_sec(row['train_seconds_mean'])} | "
                 f"{_x(row['config_speedup_vs_metallmix'])} | "
                 f"{_x(row['train_ratio_vs_metallmix'])} | {config} |"
@@ -192,7 +242,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     for method, row in report["overall"].items():
         lines.append(
-            f"| {LABELS[method]} | {_pct(row['test_accuracy_mean'])} | {row['best']} | "
+            f"| {label(method, s)} | {_pct(row['test_accuracy_mean'])} | {row['best']} | "
             f"{row['best_or_within_1pt']} | {_sec(row['config_seconds_mean'])} | "
             f"{_sec(row['train_seconds_mean'])} | {_x(row['config_speedup_vs_metallmix'])} | "
             f"{_x(row['train_ratio_vs_metallmix'])} |"
@@ -224,6 +274,18 @@ def markdown_table(report: dict[str, Any]) -> str:
     if leaks:
         lines += ["", "No-leak check (KB used for the recommendation):", ""]
         lines += [f"- {line}" for line in leaks]
+    vs = [(n, e.get("verify_vs_rs") or {}) for n, e in report["datasets"].items()]
+    if vs:
+        k = s.get("verify", 5)
+        lines += ["", f"MetaLLMiX+verify@{k} against random search:", ""]
+        for name, v in vs:
+            rs_k = v.get("rs_at_k_seconds")
+            lines.append(
+                f"- {name}: test balanced accuracy ≥ RS@{s['budget']}: "
+                f"{_yes(v.get('balanced_at_least_rs'))}; time {_sec(v.get('verify_seconds'))} s "
+                f"≤ RS@{k} ({_sec(rs_k)} s, its first {k} trials): "
+                f"{_yes(v.get('time_at_most_rs_at_k'))}"
+            )
     if not report.get("complete", True):
         lines += ["", "**Incomplete**: some pieces have not run yet (resume the command)."]
     return "\n".join(lines) + "\n"
@@ -239,7 +301,13 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
     names = list(report["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
-    markers = {"metallmix": "*", "random": "o", "tpe": "s", "best-default": "D"}
+    markers = {
+        "metallmix": "*",
+        "random": "o",
+        "tpe": "s",
+        "best-default": "D",
+        "metallmix+verify": "P",
+    }
     for ax, name in zip(axes[0], names, strict=True):
         for method, row in report["datasets"][name]["methods"].items():
             x, y = row.get("time_spent"), row.get("test_accuracy_mean")
@@ -252,7 +320,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
                 fmt=markers[method],
                 markersize=12 if method == "metallmix" else 8,
                 capsize=3,
-                label=LABELS[method],
+                label=label(method, report.get("settings")),
             )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -283,7 +351,7 @@ def write_results(report: dict[str, Any], out_dir: Path, name: str) -> dict[str,
     }
     _atomic_write(
         paths["md"],
-        "# Head-to-head: zero-shot recommendation vs RS vs TPE vs best-default\n\n"
+        "# Head-to-head: zero-shot recommendation vs RS vs TPE vs best-default vs verify\n\n"
         + markdown_table(report),
     )
     _atomic_write(paths["json"], json.dumps(report, indent=2, default=str))

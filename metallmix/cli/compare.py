@@ -1,4 +1,4 @@
-"""``metallmix bench compare``: zero-shot recommendation vs RS vs TPE vs best-default.
+"""``metallmix bench compare``: zero-shot, RS, TPE, best-default and MetaLLMiX+verify@K.
 
 Attaches to :data:`metallmix.cli.bench.bench_app`; the work is in
 :mod:`metallmix.tools.compare`, the report in :mod:`metallmix.tools.compare_report`.
@@ -51,6 +51,9 @@ def compare(
     ),
     max_val_images: int = typer.Option(200, "--max-val-images", min=10),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads per run."),
+    verify: int = typer.Option(
+        5, "--verify", min=1, help="Candidates MetaLLMiX+verify trains (successive halving)."
+    ),
     modality: str = typer.Option(None, "--modality"),
     out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for md/json/png."),
     name: str = typer.Option(
@@ -88,6 +91,7 @@ def compare(
         max_train_images=max_train_images,
         max_val_images=max_val_images,
         threads=threads,
+        verify=verify,
     )
     from metallmix.tools.datasets import load_dataset
 
