@@ -25,7 +25,7 @@ def get_llm(cfg: Configuration) -> ChatLLM:
 def get_kb(cfg: Configuration) -> KnowledgeBase:
     if cfg.kb_instance is not None:
         return cfg.kb_instance
-    return open_kb(cfg.kb)
+    return open_kb(cfg.kb, read_only=True)
 
 
 def space_for(cfg: Configuration, kb: KnowledgeBase) -> SearchSpace:

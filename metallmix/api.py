@@ -64,7 +64,7 @@ def _configurable(
     if isinstance(kb, KnowledgeBase):
         out["kb_instance"] = kb
     else:
-        out["kb_instance"] = open_kb(kb)
+        out["kb_instance"] = open_kb(kb, read_only=True)
     return out
 
 

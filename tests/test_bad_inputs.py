@@ -9,6 +9,8 @@ written is byte-identical afterwards (file hashes and folder listings before and
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +101,263 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     result = run_cli(["--version"], capsys)
     assert result.code == 0
     assert result.out.strip() == f"metallmix {version('metallmix')}"
+
+
+# --- 2. knowledge base: bad values, foreign / read-only / locked files ---------------------
+
+
+def _kb_with(path: Path, *run_ids: str) -> Path:
+    from test_kb_tabular import make_record
+
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    SQLiteKnowledgeBase(path).add([make_record(r) for r in run_ids])
+    return path
+
+
+def _csv_with(path: Path, **cells: str) -> Path:
+    """A one-row CSV in the export's layout, with some cells replaced by raw text."""
+    import csv
+
+    from test_kb_tabular import make_record
+
+    from metallmix.tools.kb.tabular import export_records
+
+    export_records([make_record("csv:probe")], path)
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, row = rows[0], rows[1]
+    for name, text in cells.items():
+        row[header.index(name)] = text
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, row])
+    return path
+
+
+BAD_CELLS = {
+    "inf resolution": ({"mf_resolution_h": "inf"}, ("mf_resolution_h", "not a finite number")),
+    "NaN in curve": (
+        {"out_learning_curve": "[0.5, 7.0, NaN]"},
+        ("out_learning_curve", "epoch 2"),
+    ),
+    "inf seconds": ({"out_train_seconds": "inf"}, ("out_train_seconds", "not a finite number")),
+    "NaN accuracy": ({"out_val_accuracy": "nan"}, ("out_val_accuracy", "NaN (missing?)")),
+    "accuracy 85": ({"out_val_accuracy": "85"}, ("out_val_accuracy", "write 0.85")),
+    "huge image_size": ({"hp_image_size": "100000"}, ("hp_image_size", "4096")),
+}
+
+
+@pytest.mark.parametrize("cells, needles", BAD_CELLS.values(), ids=list(BAD_CELLS))
+def test_import_of_a_bad_value_is_refused_and_kb_untouched(
+    cells: dict[str, str],
+    needles: tuple[str, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    kb = _kb_with(tmp_path / "kb" / "kb.sqlite", "keep:1")
+    csv_file = _csv_with(tmp_path / "runs.csv", **cells)
+    before = snapshot([kb.parent])
+    result = run_cli(["kb", "import-csv", str(csv_file), "--kb", str(kb)], capsys)
+    assert_clean_error(result, None, *needles)
+    assert snapshot([kb.parent]) == before
+
+
+def test_a_poisoned_row_is_skipped_reported_and_removable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row written before the validators existed (inf stored as null) no longer breaks the
+    KB: reads skip and report it, and `kb remove` deletes it."""
+    import json
+    import sqlite3
+
+    kb = _kb_with(tmp_path / "kb" / "kb.sqlite", "good:1", "bad:1")
+    with sqlite3.connect(kb) as conn:
+        conn.execute(
+            "UPDATE runs SET record = json_set(record, '$.meta_features.resolution_h', NULL) "
+            "WHERE run_id = 'bad:1'"
+        )
+    conn.close()
+    out_file = tmp_path / "export" / "out.csv"
+    before = snapshot([kb.parent])
+    info = run_cli(["kb", "info", "--kb", str(kb), "--json"], capsys)
+    assert info.code == 0, info.err
+    doc = json.loads(info.out)
+    assert doc["total"] == 1 and "resolution_h" in doc["unreadable"]["bad:1"]
+    assert "kb remove bad:1" in caplog.text
+    exported = run_cli(["kb", "export", str(out_file), "--kb", str(kb)], capsys)
+    assert exported.code == 0, exported.err
+    assert out_file.read_text().count("good:1") == 1 and "bad:1" not in out_file.read_text()
+    assert snapshot([kb.parent]) == before  # reading wrote nothing
+    removed = run_cli(["kb", "remove", "bad:1", "--kb", str(kb), "--json"], capsys)
+    assert removed.code == 0 and json.loads(removed.out)["removed"] == 1
+    missing = run_cli(["kb", "remove", "nope:1", "--kb", str(kb)], capsys)
+    assert_clean_error(missing, None, "no run nope:1")
+
+
+def _foreign_db(path: Path) -> Path:
+    """An SQLite file of another application in rollback mode (like a fresh mlflow.db)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT)")
+        conn.execute("INSERT INTO experiments VALUES (0, 'Default')")
+    conn.close()
+    return path
+
+
+def _shipped_copy(path: Path) -> Path:
+    from metallmix import config
+
+    path.write_bytes(config.bundled_kb_path().read_bytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [["kb", "info"], ["kb", "export", "{tmp}/out.csv"], ["kb", "import-csv", "{tmp}/runs.csv"]],
+    ids=["info", "export", "import-csv"],
+)
+def test_foreign_sqlite_file_is_refused_before_any_pragma(
+    verb: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mlruns"
+    folder.mkdir()
+    db = _foreign_db(folder / "mlflow.db")
+    _csv_with(tmp_path / "runs.csv")
+    before = snapshot([folder])
+    argv = [a.format(tmp=tmp_path) for a in verb] + ["--kb", str(db)]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, "another application", "mlflow.db")
+    assert snapshot([folder]) == before  # header (journal mode) and listing unchanged
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["kb", "info"],
+        ["kb", "export", "{tmp}/out.parquet"],
+        ["meta", "similar", "--like", "breastmnist"],
+    ],
+    ids=["info", "export", "meta similar"],
+)
+def test_read_only_commands_leave_the_shipped_kb_byte_identical(
+    verb: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    kb = _shipped_copy(folder / "kb.sqlite")
+    before = snapshot([folder])
+    argv = [*(a.format(tmp=tmp_path) for a in verb), "--kb", str(kb)]
+    result = run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    assert snapshot([folder]) == before
+
+
+def test_read_only_command_on_wal_kb_leaves_no_wal_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "kb"
+    kb = _kb_with(folder / "kb.sqlite", "a:1")  # written by a writer: WAL mode
+    assert kb.read_bytes()[18] == 2
+    before = snapshot([folder])
+    for argv in (["kb", "info"], ["meta", "similar"]):
+        result = run_cli([*argv, "--kb", str(kb)], capsys)
+        assert snapshot([folder]) == before, (argv, result.err)
+
+
+@pytest.mark.parametrize("verb", [["kb", "info"], ["kb", "export", "{tmp}/out.csv"]])
+@pytest.mark.parametrize("what", ["mistyped", "zero-byte"])
+def test_read_only_commands_never_create_a_kb(
+    verb: list[str], what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "nested" / "kb.sqlite" if what == "mistyped" else tmp_path / "kb.sqlite"
+    if what == "zero-byte":
+        target.touch()
+    before = snapshot([tmp_path])
+    argv = [a.format(tmp=tmp_path) for a in verb] + ["--kb", str(target)]
+    result = run_cli(argv, capsys)
+    needle = "does not exist" if what == "mistyped" else "empty file"
+    assert_clean_error(result, None, needle, str(target))
+    assert snapshot([tmp_path]) == before
+
+
+def test_locked_kb_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from metallmix.tools.kb import store
+
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.5, raising=False)
+    kb = _kb_with(tmp_path / "kb.sqlite", "a:1")
+    csv_file = _csv_with(tmp_path / "runs.csv")
+    holder = sqlite3.connect(kb, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+        result = run_cli(["kb", "import-csv", str(csv_file), "--kb", str(kb)], capsys)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_clean_error(result, None, "is locked by another process", str(kb))
+
+
+# Read-only files: root ignores permission bits, so as root the files are made immutable
+# (chattr +i, which binds root too); elsewhere the write bits are removed.
+
+
+@contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    import os
+    import shutil
+    import subprocess
+
+    as_root = os.geteuid() == 0
+    if as_root and shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a file read-only")
+    done: list[Path] = []
+    try:
+        for path in paths:
+            if as_root:
+                proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+                if proc.returncode != 0:
+                    pytest.skip(f"chattr +i not permitted here: {proc.stderr.decode().strip()}")
+            else:
+                path.chmod(0o555 if path.is_dir() else 0o444)
+            done.append(path)
+        yield
+    finally:
+        for path in reversed(done):
+            if as_root:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.mark.parametrize("journal", ["wal", "rollback"])
+@pytest.mark.parametrize("where", ["read-only file", "read-only folder"])
+def test_read_only_kb_serves_read_commands_and_refuses_writes(
+    journal: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import sqlite3
+
+    folder = tmp_path / "kb"
+    kb = _kb_with(folder / "kb.sqlite", "a:1", "a:2")
+    if journal == "rollback":
+        with sqlite3.connect(kb) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")
+        conn.close()
+    assert kb.read_bytes()[18] == (2 if journal == "wal" else 1)
+    csv_file = _csv_with(tmp_path / "runs.csv")
+    before = snapshot([folder])
+    locked = (kb,) if where == "read-only file" else (kb, folder)
+    with read_only(*locked):
+        info = run_cli(["kb", "info", "--kb", str(kb), "--json"], capsys)
+        exported = run_cli(["kb", "export", str(tmp_path / "o.csv"), "--kb", str(kb)], capsys)
+        written = run_cli(["kb", "import-csv", str(csv_file), "--kb", str(kb)], capsys)
+        after = snapshot([folder])
+    assert info.code == 0 and json.loads(info.out)["total"] == 2, info.err
+    assert exported.code == 0, exported.err
+    assert_clean_error(written, None, "read-only", str(kb))
+    assert after == before

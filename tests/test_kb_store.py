@@ -165,8 +165,14 @@ def test_schema_checks(tmp_path: Path) -> None:
     with sqlite3.connect(stale) as conn:
         conn.execute("UPDATE runs SET record = json_set(record, '$.bogus', 1)")
     conn.close()
-    with pytest.raises(KnowledgeBaseError, match=r"s:00000 .* does not match the current schema"):
-        list(SQLiteKnowledgeBase(stale).iter_records())
+    # A row that no longer validates is skipped and reported, not fatal to the whole KB.
+    SQLiteKnowledgeBase(stale).add(records("t", 1))
+    kb = SQLiteKnowledgeBase(stale)
+    assert [r.run_id for r in kb.iter_records()] == ["t:00000"]
+    assert "bogus" in kb.unreadable_records()["s:00000"]
+    assert kb.info().unreadable == kb.unreadable_records()
+    assert kb.remove(["s:00000"]) == 1 and kb.run_ids() == {"t:00000"}
+    assert kb.unreadable_records() == {}
 
 
 # --- several processes ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from metallmix.tools.datasets import Dataset
@@ -55,6 +55,15 @@ class MetaFeatures(BaseModel):
     )
     pixel_mean: float | None = Field(default=None, description="mean intensity in [0, 1]")
     pixel_std: float | None = Field(default=None, description="intensity std in [0, 1]")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite(cls, value: object) -> object:
+        """inf/NaN would be stored as JSON null and make the record unreadable later."""
+        if isinstance(value, float) and not np.isfinite(value):
+            what = "NaN (missing?)" if np.isnan(value) else str(value)
+            raise ValueError(f"is {what}, not a finite number")
+        return value
 
     @property
     def resolution(self) -> float:

@@ -22,12 +22,18 @@ KbOption = typer.Option(
 @kb_app.command("info")
 def info(kb: Path | None = KbOption, as_json: bool = JsonOption) -> None:
     """Counts of runs per source and dataset."""
-    store = open_kb(kb)
+    store = open_kb(kb, read_only=True)
     summary = store.info()
 
     def render(console: Console) -> None:
         console.print(f"[bold]Knowledge base[/bold] {summary.location}")
         console.print(f"total runs: {summary.total}  (schema v{summary.schema_version})")
+        if summary.unreadable:
+            console.print(
+                f"[yellow]{len(summary.unreadable)} unreadable record(s) skipped[/yellow] "
+                f"(remove with `metallmix kb remove ID`): "
+                + ", ".join(f"{k} ({v})" for k, v in list(summary.unreadable.items())[:10])
+            )
         for title, counts in (
             ("source", summary.by_source),
             ("status", summary.by_status),
@@ -138,13 +144,35 @@ def export_cmd(
     from metallmix.tools.kb.tabular import check_format, export_records
 
     check_format(file)
-    store = open_kb(kb)
+    store = open_kb(kb, read_only=True)
     records = store.records(source=source, dataset=dataset)
     with progress(f"exporting to {file.name}", len(records)) as advance:
         count = export_records(records, file)
         advance(count)
     summary = {"file": str(file), "rows": count, "kb": store.location}
     emit(summary, as_json, lambda console: console.print(f"exported {count} runs to {file}"))
+
+
+@kb_app.command("remove")
+def remove_cmd(
+    run_ids: list[str] = typer.Argument(..., help="Run id(s) to delete, as `kb info` lists them."),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete runs by id in one transaction (e.g. a record that no longer validates)."""
+    from metallmix.errors import KnowledgeBaseError
+
+    store = open_kb(kb, read_only=True)  # a mistyped --kb must not create a file
+    present = store.run_ids()
+    missing = [r for r in run_ids if r not in present]
+    if missing:
+        raise KnowledgeBaseError(
+            f"no run {', '.join(missing[:5])} in {store.location}; nothing was removed "
+            "(see `metallmix kb export` for the ids)"
+        )
+    removed = open_kb(kb).remove(run_ids)
+    summary = {"removed": removed, "run_ids": run_ids, "kb": store.location}
+    emit(summary, as_json, lambda c: c.print(f"removed {removed} run(s) from {store.location}"))
 
 
 @kb_app.command("import-mlflow")

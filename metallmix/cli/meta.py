@@ -113,7 +113,7 @@ def fit(
 
     if objective is not None and objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
-    store = open_kb(kb)
+    store = open_kb(kb, read_only=True)
     cfg = MetaLearnerConfig(seed=seed, **({"objective": objective} if objective else {}))
     started = time.perf_counter()
     with stderr.status("fitting the meta-learner"):
@@ -149,7 +149,7 @@ def predict(
     from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
     from metallmix.tools.meta.search_space import make_hyperparameters
 
-    store = open_kb(kb)
+    store = open_kb(kb, read_only=True)
     mf, excluded = _meta_features(store, features, like)
     hyper = make_hyperparameters(_parse_hp(hp))
     learner = fit_or_load(store, MetaLearnerConfig(seed=seed), exclude_datasets=excluded)
@@ -192,7 +192,7 @@ def similar(
     """The most similar KB datasets and their best runs (FAISS over meta-features)."""
     from metallmix.tools.meta.retrieval import RetrievalIndex, load_or_build
 
-    store = open_kb(kb)
+    store = open_kb(kb, read_only=True)
     mf, excluded = _meta_features(store, features, like)
     records = list(store.iter_records())
     if excluded:
@@ -241,7 +241,7 @@ def shortlist(
     from metallmix.tools.meta.search_space import get_space
     from metallmix.tools.meta.shortlist import build_shortlist
 
-    store = open_kb(kb)
+    store = open_kb(kb, read_only=True)
     mf, excluded = _meta_features(store, features, like)
     chosen = get_space(space_name)
     with stderr.status("scoring candidates"):

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ValidationError
 
 from metallmix.errors import ImportFormatError, KnowledgeBaseError
-from metallmix.tools.kb.records import Hyperparameters, RunRecord, Scalar
+from metallmix.tools.kb.records import Hyperparameters, RunRecord, Scalar, redact_uri
 from metallmix.tools.kb.tabular import field_kind
 from metallmix.tools.metafeatures import MetaFeatures
 
@@ -223,7 +223,7 @@ def _from_artifact(
             f"MLflow run {run_id}: cannot read artifact {RECORD_ARTIFACT}: {exc}"
         ) from exc
     provenance = record.provenance.model_copy(
-        update={"mlflow_run_id": run_id, "tracking_uri": tracking_uri}
+        update={"mlflow_run_id": run_id, "tracking_uri": redact_uri(tracking_uri)}
     )
     update: dict[str, Any] = {"provenance": provenance}
     if foreign:

@@ -3,12 +3,18 @@
 Every source (our own runs, Quick-Tune, MLflow history, CSV) is converted to
 :class:`RunRecord` so that the meta-learner and retrieval see one shape. Accuracies are
 fractions in [0, 1] whatever the source reported; provenance says where each row came from.
+
+Validators reject what JSON cannot store: a non-finite number (``inf``, ``NaN``) would be
+written as ``null`` and make the record unreadable later, so it is refused at the door with
+a message that says so. Tracking URIs lose any credentials before they are stored.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,6 +25,43 @@ KB_SCHEMA_VERSION = 1
 Source = Literal["own", "quicktune", "mlflow", "csv"]
 Status = Literal["ok", "failed", "diverged"]
 Scalar = float | int | str | bool | None
+
+MAX_IMAGE_SIZE = 4096  # training input side, pixels: larger exhausts memory before any epoch
+ACCURACY_FIELDS = ("val_accuracy", "test_accuracy", "macro_f1", "balanced_accuracy")
+
+
+def check_finite(value: Any) -> Any:
+    """Refuse ``inf``/``NaN`` (JSON would store null): say what it is and what to do."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            raise ValueError("is NaN (missing?); leave the value empty when it is unknown")
+        raise ValueError(f"is {value}, not a finite number")
+    return value
+
+
+def check_fraction(value: Any) -> Any:
+    """A finite fraction in [0, 1]; 85 gets the hint that percentages must be fractions."""
+    check_finite(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 1 < value <= 100:
+        raise ValueError(
+            f"{value:g} is above 1: accuracies are fractions in [0, 1] "
+            f"(if it is a percentage, write {value / 100:g})"
+        )
+    return value
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """The URI without ``user:password@`` (tokens must not be copied into KB records)."""
+    if not uri or "@" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class Hyperparameters(BaseModel):
@@ -37,7 +80,7 @@ class Hyperparameters(BaseModel):
     epochs: int | None = Field(default=None, ge=1)
     scheduler: str | None = None
     augmentation: str | None = None
-    image_size: int | None = Field(default=None, ge=1)
+    image_size: int | None = Field(default=None, ge=1, le=MAX_IMAGE_SIZE)
     label_smoothing: float | None = Field(default=None, ge=0, le=1)
     dropout: float | None = Field(default=None, ge=0, le=1)
     extra: dict[str, Scalar] = Field(default_factory=dict)
@@ -55,6 +98,14 @@ class Hyperparameters(BaseModel):
         "label_smoothing",
         "dropout",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for item in value.values():
+                check_finite(item)
+        return check_finite(value)
 
     def flat(self) -> dict[str, Scalar]:
         """Core and extra merged into one flat mapping (extra keys prefixed ``x_``)."""
@@ -79,6 +130,29 @@ class Outcomes(BaseModel):
         default_factory=list, description="validation accuracy per epoch, fractions"
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return check_finite(value)
+
+    @field_validator(*ACCURACY_FIELDS, mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        return check_fraction(value)
+
+    @field_validator("learning_curve", mode="before")
+    @classmethod
+    def _curve(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            for epoch, item in enumerate(value, 1):
+                try:
+                    check_fraction(item)
+                except ValueError as exc:
+                    raise ValueError(f"epoch {epoch} {exc}") from None
+                if isinstance(item, int | float) and not 0 <= item <= 1:
+                    raise ValueError(f"epoch {epoch} is {item}, outside [0, 1]")
+        return value
+
 
 class Provenance(BaseModel):
     """Where a record came from, precisely enough to find the original again."""
@@ -94,6 +168,11 @@ class Provenance(BaseModel):
     dataset_source_commit: str | None = None
     code_version: str | None = None
     notes: dict[str, Scalar] = Field(default_factory=dict)
+
+    @field_validator("tracking_uri", mode="after")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        return redact_uri(value)
 
 
 class RunRecord(BaseModel):

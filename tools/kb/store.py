@@ -4,17 +4,27 @@ The default backend is an embedded SQLite file. Every ``add`` is one transaction
 import killed half-way leaves the store exactly as before; inserts are idempotent on
 ``run_id`` so re-running an import never duplicates. WAL mode and a busy timeout let
 several processes append to the same file.
+
+Only writing commands may create or alter a file: read-only commands (``kb info``,
+``kb export``, ``meta``, ``recommend``) open it with ``mode=ro`` and never switch its
+journal mode, and every file is checked to be a MetaLLMiX KB (SQLite magic, ``meta`` and
+``runs`` tables) *before* any PRAGMA, so pointing ``--kb`` at another application's
+database (MLflow's ``mlflow.db``) leaves it byte-identical. SQLite errors (locked,
+read-only, unreadable) become :class:`KnowledgeBaseError` naming the file and the fix, and
+a stored row that no longer validates is skipped and reported rather than failing the KB.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -23,6 +33,11 @@ from pydantic import ValidationError
 
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.records import KB_SCHEMA_VERSION, RunRecord
+
+log = logging.getLogger(__name__)
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_S = 30.0  # how long a command waits for another writer before giving up
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,7 @@ class KBInfo:
     location: str
     content_hash: str
     layers: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -56,6 +72,7 @@ class KBInfo:
             "location": self.location,
             "content_hash": self.content_hash,
             "layers": self.layers,
+            "unreadable": self.unreadable,
         }
 
 
@@ -78,6 +95,14 @@ class KnowledgeBase(ABC):
     @abstractmethod
     def location(self) -> str:
         """Human-readable location for messages and MLflow params."""
+
+    def remove(self, run_ids: Iterable[str]) -> int:
+        """Delete records by run id in one transaction; returns how many were deleted."""
+        raise KnowledgeBaseError(f"knowledge base {self.location} cannot remove records")
+
+    def unreadable_records(self) -> dict[str, str]:
+        """Rows skipped by the last reads because they no longer validate: run_id -> reason."""
+        return {}
 
     def records(
         self,
@@ -128,6 +153,7 @@ class KnowledgeBase(ABC):
             location=self.location,
             content_hash=digest.hexdigest()[:16],
             layers=self.layers(),
+            unreadable=self.unreadable_records(),
         )
 
     def layers(self) -> list[str]:
@@ -155,13 +181,39 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path).expanduser()
         self.read_only = read_only
-        if read_only and not self.path.is_file():
+        self.unreadable: dict[str, str] = {}
+        if self.path.is_dir():
             raise KnowledgeBaseError(
-                f"knowledge base {self.path} does not exist; build one with "
-                "`metallmix kb import-quicktune` or `metallmix kb build`, or point "
-                "METALLMIX_KB at an existing store"
+                f"--kb/METALLMIX_KB points at the folder {self.path}; give a .sqlite file path"
             )
-        if not read_only:
+        exists = self.path.is_file()
+        if read_only and not exists:
+            raise KnowledgeBaseError(
+                f"knowledge base {self.path} does not exist (read-only commands never create "
+                "one); check the path, or build one with `metallmix kb import-quicktune` or "
+                "`metallmix kb build`"
+            )
+        if exists and (read_only or self.path.stat().st_size > 0):
+            # Before any PRAGMA: a foreign or damaged file must stay byte-identical.
+            self._check_magic()
+            conn = self._connect_reader()
+            try:
+                with self._sqlite_errors("read"):
+                    self._refuse_foreign(conn, allow_empty=not read_only)
+                    if read_only:
+                        self._check_schema(conn)
+            finally:
+                self._close_reader(conn)
+        if read_only:
+            return
+        if exists and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            what = "file" if not os.access(self.path, os.W_OK) else "folder"
+            raise KnowledgeBaseError(
+                f"knowledge base {self.path} is read-only (its {what} is not writable); "
+                "writing needs write access to the file and its folder (chmod u+w), or "
+                "choose another file with --kb"
+            )
+        if not exists:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -170,14 +222,12 @@ class SQLiteKnowledgeBase(KnowledgeBase):
                 ) from exc
         conn = self._connect()
         try:  # closed explicitly: an unclosed connection leaves the -wal file behind
-            with conn:
-                if not read_only:
-                    self._refuse_foreign(conn)
-                    conn.executescript(_SCHEMA)
-                    conn.execute(
-                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                        (str(KB_SCHEMA_VERSION),),
-                    )
+            with self._sqlite_errors("write"), conn:
+                conn.executescript(_SCHEMA)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(KB_SCHEMA_VERSION),),
+                )
                 self._check_schema(conn)
         finally:
             conn.close()
@@ -186,25 +236,135 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     def location(self) -> str:
         return str(self.path)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _check_magic(self) -> None:
         try:
-            if self.read_only:
-                # SQLite needs to write a WAL index even to read a WAL-mode file; in a
-                # read-only folder (an installed package) it cannot, and the shipped KB never
-                # changes, so it is opened immutable there.
-                flags = "mode=ro" if os.access(self.path.parent, os.W_OK) else "mode=ro&immutable=1"
-                uri = f"file:{quote(str(self.path))}?{flags}"
-                conn = sqlite3.connect(uri, uri=True, timeout=30.0)
-            else:
-                conn = sqlite3.connect(self.path, timeout=30.0)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
+            with self.path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise KnowledgeBaseError(f"cannot read knowledge base {self.path}: {exc}") from exc
+        if not head:
+            raise KnowledgeBaseError(
+                f"knowledge base {self.path} is an empty file, not a MetaLLMiX knowledge base; "
+                "check the path, or delete it and import runs into it with `metallmix kb import`"
+            )
+        if head != SQLITE_MAGIC:
+            raise KnowledgeBaseError(
+                f"{self.path} is not a MetaLLMiX knowledge base (not an SQLite file); "
+                "choose another file with METALLMIX_KB or --kb"
+            )
+
+    def _wal_mode(self) -> bool:
+        """Header bytes 18-19 are 2 for a WAL-mode file (1 for rollback journal)."""
+        try:
+            with self.path.open("rb") as fh:
+                header = fh.read(20)
+        except OSError:
+            return False
+        return len(header) == 20 and header[18] == 2
+
+    @contextmanager
+    def _sqlite_errors(self, action: str) -> Iterator[None]:
+        """SQLite errors as a KnowledgeBaseError that names the file and the fix."""
+        try:
+            yield
         except sqlite3.Error as exc:
-            raise KnowledgeBaseError(f"cannot open knowledge base {self.path}: {exc}") from exc
+            raise self._explain(exc, action) from exc
+
+    def _explain(self, exc: sqlite3.Error, action: str) -> KnowledgeBaseError:
+        text = str(exc)
+        lowered = text.lower()
+        if "locked" in lowered or "busy" in lowered:
+            return KnowledgeBaseError(
+                f"knowledge base {self.path} is locked by another process (waited "
+                f"{BUSY_TIMEOUT_S:g} s); wait for the other import or training run to finish "
+                "and retry"
+            )
+        if "readonly" in lowered or "read-only" in lowered:
+            return KnowledgeBaseError(
+                f"knowledge base {self.path} is read-only ({text}); writing needs write access "
+                "to the file and its folder (chmod u+w), or choose another file with --kb"
+            )
+        if "not a database" in lowered or "malformed" in lowered:
+            return KnowledgeBaseError(
+                f"{self.path} is not a MetaLLMiX knowledge base or is damaged ({text}); "
+                "choose another file with METALLMIX_KB or --kb"
+            )
+        return KnowledgeBaseError(
+            f"cannot {action} knowledge base {self.path}: {text}; check that the file and its "
+            "folder are readable (and writable for imports)"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection for this store: read-only stores never get a writable one."""
+        if self.read_only:
+            return self._connect_reader()
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise self._explain(exc, "open") from exc
         return conn
 
-    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
-        """Never add KB tables to another application's SQLite file (e.g. mlflow.db)."""
+    def _connect_reader(self) -> sqlite3.Connection:
+        """``mode=ro``: no statement can write, the journal mode is never switched.
+
+        A WAL-mode file needs a shared-memory index even to be read: where this process
+        cannot write (an installed package, a read-only file) and no ``-wal`` holds
+        uncheckpointed changes, the file is opened ``immutable``, so nothing is created.
+        """
+        writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        wal = Path(f"{self.path}-wal")
+        flags = "mode=ro"
+        if self._wal_mode() and not writable:
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise KnowledgeBaseError(
+                    f"knowledge base {self.path} is read-only here and has uncheckpointed "
+                    f"changes in {wal.name}; ask its owner to run `sqlite3 {self.path} "
+                    "'PRAGMA wal_checkpoint(TRUNCATE)'`, or copy the file somewhere writable"
+                )
+            flags = "mode=ro&immutable=1"
+        self._reader_created_wal = not wal.exists()
+        uri = f"file:{quote(str(self.path))}?{flags}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise self._explain(exc, "open") from exc
+        return conn
+
+    def _close_reader(self, conn: sqlite3.Connection) -> None:
+        """Close; if this read left ``-wal``/``-shm`` files that were not there, let SQLite
+        remove them (a read-write connection that is the last one deletes them on close
+        without changing a byte of the database)."""
+        conn.close()
+        wal = Path(f"{self.path}-wal")
+        if not (getattr(self, "_reader_created_wal", False) and wal.exists()):
+            return
+        if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            return
+        try:
+            cleaner = sqlite3.connect(self.path, timeout=1.0)
+            try:
+                cleaner.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                cleaner.close()
+        except sqlite3.Error:  # another process holds it: the files are theirs now
+            pass
+
+    @contextmanager
+    def _session(self, action: str = "read") -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            with self._sqlite_errors(action):
+                yield conn
+        finally:
+            if self.read_only:
+                self._close_reader(conn)
+            else:
+                conn.close()
+
+    def _refuse_foreign(self, conn: sqlite3.Connection, *, allow_empty: bool) -> None:
+        """Never read or add KB tables to another application's SQLite file (mlflow.db)."""
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
@@ -212,7 +372,14 @@ class SQLiteKnowledgeBase(KnowledgeBase):
                 f"{self.path} is not a MetaLLMiX knowledge base ({exc}); "
                 "choose another file with METALLMIX_KB or --kb"
             ) from exc
-        if tables and "meta" not in tables:
+        if not tables and allow_empty:
+            return
+        if not tables:
+            raise KnowledgeBaseError(
+                f"{self.path} is an empty SQLite file, not a MetaLLMiX knowledge base; "
+                "import runs into it first (`metallmix kb import-quicktune ... --kb FILE`)"
+            )
+        if not {"meta", "runs"} <= tables:
             raise KnowledgeBaseError(
                 f"{self.path} is an SQLite file of another application (tables: "
                 f"{', '.join(sorted(tables)[:5])}); choose another file with METALLMIX_KB or --kb"
@@ -249,54 +416,87 @@ class SQLiteKnowledgeBase(KnowledgeBase):
         ]
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            inserted = conn.total_changes - before
-            conn.execute("COMMIT")
+            with self._sqlite_errors("write to"):
+                conn.execute("BEGIN IMMEDIATE")
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                inserted = conn.total_changes - before
+                conn.execute("COMMIT")
         except BaseException:
-            conn.rollback()
+            with self._sqlite_errors("write to"):
+                conn.rollback()
             raise
         finally:
             conn.close()
         return AddResult(inserted=inserted, skipped=len(rows) - inserted)
 
-    def iter_records(self) -> Iterator[RunRecord]:
+    def remove(self, run_ids: Iterable[str]) -> int:
+        if self.read_only:
+            raise KnowledgeBaseError(f"knowledge base {self.path} is read-only")
+        ids = [(run_id,) for run_id in dict.fromkeys(run_ids)]
         conn = self._connect()
         try:
-            rows = conn.execute("SELECT run_id, record FROM runs ORDER BY run_id").fetchall()
+            with self._sqlite_errors("write to"):
+                conn.execute("BEGIN IMMEDIATE")
+                before = conn.total_changes
+                conn.executemany("DELETE FROM runs WHERE run_id = ?", ids)
+                removed = conn.total_changes - before
+                conn.execute("COMMIT")
+        except BaseException:
+            with self._sqlite_errors("write to"):
+                conn.rollback()
+            raise
         finally:
             conn.close()
+        for (run_id,) in ids:
+            self.unreadable.pop(run_id, None)
+        return removed
+
+    def unreadable_records(self) -> dict[str, str]:
+        return dict(self.unreadable)
+
+    def _parse(self, run_id: str, payload: str) -> RunRecord | None:
+        """The record, or None (reported once, kept in ``unreadable``) for a bad row."""
+        try:
+            record = RunRecord.model_validate_json(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "record"
+            reason = f"{where}: {first['msg']}"
+            if run_id not in self.unreadable:
+                log.warning(
+                    "skipped record %s in %s: does not match the current schema (%s); "
+                    "remove it with `metallmix kb remove %s --kb %s`",
+                    run_id,
+                    self.path,
+                    reason,
+                    run_id,
+                    self.path,
+                )
+            self.unreadable[run_id] = reason
+            return None
+        self.unreadable.pop(run_id, None)
+        return record
+
+    def iter_records(self) -> Iterator[RunRecord]:
+        with self._session() as conn:
+            rows = conn.execute("SELECT run_id, record FROM runs ORDER BY run_id").fetchall()
         for run_id, payload in rows:
-            try:
-                yield RunRecord.model_validate_json(payload)
-            except ValidationError as exc:
-                raise KnowledgeBaseError(
-                    f"record {run_id} in {self.path} does not match the current schema: {exc}"
-                ) from exc
+            record = self._parse(run_id, payload)
+            if record is not None:
+                yield record
 
     def run_ids(self) -> set[str]:
-        conn = self._connect()
-        try:
+        with self._session() as conn:
             return {row[0] for row in conn.execute("SELECT run_id FROM runs")}
-        finally:
-            conn.close()
 
     def get(self, run_id: str) -> RunRecord | None:
         """One record by primary key, without parsing the whole store."""
-        conn = self._connect()
-        try:
+        with self._session() as conn:
             row = conn.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        finally:
-            conn.close()
         if row is None:
             return None
-        try:
-            return RunRecord.model_validate_json(row[0])
-        except ValidationError as exc:
-            raise KnowledgeBaseError(
-                f"record {run_id} in {self.path} does not match the current schema: {exc}"
-            ) from exc
+        return self._parse(run_id, row[0])
 
 
 class LayeredKnowledgeBase(KnowledgeBase):
@@ -342,12 +542,34 @@ class LayeredKnowledgeBase(KnowledgeBase):
             ids |= base.run_ids()
         return ids
 
+    def remove(self, run_ids: Iterable[str]) -> int:
+        wanted = list(dict.fromkeys(run_ids))
+        mine = self.top.run_ids()
+        shipped = [r for r in wanted if r not in mine and any(r in b.run_ids() for b in self.bases)]
+        if shipped:
+            raise KnowledgeBaseError(
+                f"run(s) {', '.join(shipped[:5])} are in the read-only layer(s) "
+                f"{', '.join(b.location for b in self.bases)}, not in {self.top.location}; "
+                "they cannot be removed there (use --kb FILE with a copy you own)"
+            )
+        return self.top.remove(wanted)
 
-def open_kb(spec: str | os.PathLike[str] | None = None) -> KnowledgeBase:
+    def unreadable_records(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for layer in [*reversed(self.bases), self.top]:
+            out.update(layer.unreadable_records())
+        return out
+
+
+def open_kb(
+    spec: str | os.PathLike[str] | None = None, *, read_only: bool = False
+) -> KnowledgeBase:
     """Open the KB named by ``spec``, else ``METALLMIX_KB``, else the layered default.
 
     ``spec`` is a path to a ``.sqlite`` file (``sqlite:///`` prefix accepted). The
     default is the user's workspace store layered over the KB shipped in the package.
+    ``read_only`` (every command that only reads) never creates a file or folder and never
+    writes to an existing one: a mistyped path is an error, not a new empty KB.
     """
     from metallmix import config
 
@@ -360,12 +582,20 @@ def open_kb(spec: str | os.PathLike[str] | None = None) -> KnowledgeBase:
             raise KnowledgeBaseError(
                 f"METALLMIX_KB/--kb points at the folder {path}; give a .sqlite file path"
             )
-        return SQLiteKnowledgeBase(path)
-    workspace = SQLiteKnowledgeBase(config.workspace_kb_path())
+        return SQLiteKnowledgeBase(path, read_only=read_only)
     bundled = config.bundled_kb_path()
     bases: list[KnowledgeBase] = []
     if bundled.is_file():
         bases.append(SQLiteKnowledgeBase(bundled, read_only=True))
+    workspace_path = config.workspace_kb_path()
+    if read_only and not workspace_path.is_file():
+        if not bases:
+            raise KnowledgeBaseError(
+                f"no knowledge base: neither {workspace_path} nor the shipped {bundled} exists; "
+                "build one with `metallmix kb import-quicktune` or `metallmix kb build`"
+            )
+        return LayeredKnowledgeBase(bases[0], bases[1:])
+    workspace = SQLiteKnowledgeBase(workspace_path, read_only=read_only)
     return LayeredKnowledgeBase(workspace, bases)
 
 
