@@ -10,6 +10,7 @@ unknown stays ``None`` (NaN for the meta-learner) rather than an invented value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,6 +83,7 @@ class MetaFeatures(BaseModel):
 
 # --- computation -------------------------------------------------------------------------
 
+TINY_SIDE = 8  # images below this many pixels on a side are warned about (1x1 trains silently)
 PIXEL_SAMPLE = 256  # images decoded for pixel statistics; enough for 3 decimals, cheap on disk
 
 
@@ -171,6 +173,20 @@ def _from_dataset(
         advance(1)
     if not heights:
         raise _dataset_error(f"{dataset.name}: no readable training image")
+    tiny = sum(1 for h, w in zip(heights, widths, strict=True) if min(h, w) < TINY_SIDE)
+    if tiny:
+        smallest = min(zip(heights, widths, strict=True), key=lambda hw: hw[0] * hw[1])
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d training images are smaller than %d px on a side (smallest %dx%d); "
+            "training upsamples them to the model input and learns little from them: "
+            "check the data",
+            dataset.name,
+            tiny,
+            len(heights),
+            TINY_SIDE,
+            smallest[0],
+            smallest[1],
+        )
     channels = 3 if channel_votes[3] >= channel_votes[1] else 1
 
     total = 0.0

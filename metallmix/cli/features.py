@@ -96,6 +96,14 @@ def features(
         if "splits" in result:
             sizes = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
             console.print(f"splits: {sizes}; classes: {', '.join(result['class_names'])}")
+        outside = (result.get("source_info") or {}).get("outside_manifest_folder")
+        if outside:
+            console.print(
+                f"[yellow]{outside['count']} image path(s) outside the manifest's folder:[/] "
+                + ", ".join(outside["rows"])
+            )
+        for note in (result.get("source_info") or {}).get("notes", []):
+            console.print(f"[yellow]note:[/] {note}")
         if result.get("skipped_images"):
             console.print(f"[yellow]{result['skipped_images']} unreadable images skipped[/]")
 

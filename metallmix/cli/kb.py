@@ -217,7 +217,12 @@ def download_quicktune_cmd(
         help="Archive location: https://, file:// or a local path (default: the public "
         "Quick-Tune archive, qt_metadataset.zip, linked from the Quick-Tune README).",
     ),
-    sha256: str | None = typer.Option(None, "--sha256", help="Expected sha256 of the archive."),
+    sha256: str | None = typer.Option(
+        None,
+        "--sha256",
+        help="Expected sha256 of the archive. Upstream publishes none and none is pinned, so "
+        "without it the download is unverified; its hash is printed so that you can pin it.",
+    ),
     force: bool = typer.Option(False, "--force", help="Download even if already present."),
     import_too: bool = typer.Option(
         False, "--import", help="Import the runs into the knowledge base afterwards."
@@ -226,7 +231,7 @@ def download_quicktune_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Download and unpack the public Quick-Tune meta-dataset (needs the network)."""
-    from metallmix.tools.kb.download import download_quicktune
+    from metallmix.tools.kb.download import QUICKTUNE_ARCHIVE_SHA256, download_quicktune
     from metallmix.tools.kb.quicktune import read_quicktune
 
     with progress(f"downloading Quick-Tune {version}", None) as advance:
@@ -237,6 +242,7 @@ def download_quicktune_cmd(
         "sha256": result.sha256,
         "bytes": result.bytes,
         "reused": result.reused,
+        "verified": bool(sha256) or (url is None and QUICKTUNE_ARCHIVE_SHA256 is not None),
     }
     if import_too:
         records = read_quicktune(result.path).records()
@@ -247,7 +253,8 @@ def download_quicktune_cmd(
         state = "already present" if result.reused else f"downloaded ({result.bytes} bytes)"
         console.print(f"Quick-Tune {result.version} {state}: {result.path}")
         if result.sha256:
-            console.print(f"sha256: {result.sha256}")
+            checked = "verified" if summary["verified"] else "not verified: pass --sha256 HASH"
+            console.print(f"sha256: {result.sha256} ({checked})")
         if import_too:
             console.print(f"imported: {summary['inserted']} inserted, {summary['skipped']} skipped")
         else:

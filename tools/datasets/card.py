@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from metallmix.tools.metafeatures import MetaFeatures
 
 CARD_VERSION = 1
+# The largest JPEG side; bigger images (whole slides) are tiled before classification, and a
+# card claiming 10^9 px would only mislead the meta-learner.
+MAX_IMAGE_SIDE = 65_535
 
 
 class DatasetCard(BaseModel):
@@ -38,8 +41,12 @@ class DatasetCard(BaseModel):
     train_counts: dict[str, int] = Field(
         description="training images per class name; keys are exactly the class names"
     )
-    image_height: int = Field(gt=0, description="typical (median) image height, pixels")
-    image_width: int = Field(gt=0, description="typical (median) image width, pixels")
+    image_height: int = Field(
+        gt=0, le=MAX_IMAGE_SIDE, description="typical (median) image height, pixels"
+    )
+    image_width: int = Field(
+        gt=0, le=MAX_IMAGE_SIDE, description="typical (median) image width, pixels"
+    )
     channels: Literal[1, 3] = Field(description="1 for greyscale, 3 for colour")
     pixel_mean: float | None = Field(default=None, ge=0, le=1)
     pixel_std: float | None = Field(default=None, ge=0, le=1)

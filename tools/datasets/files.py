@@ -103,6 +103,14 @@ class FileImages(ImageSource):
     def _read(self, index: int, what: str) -> ImageHeader | np.ndarray | ImageReadError:
         path = self.paths[index]
         dicom = is_dicom(path)
+        if dicom and not has_dicom_preamble(path):
+            return ImageReadError(
+                f"{self.describe(index)}: not a DICOM file (no 'DICM' marker at byte 128)"
+            )
+        if not dicom and path.suffix == "":
+            return ImageReadError(
+                f"{self.describe(index)}: no image suffix and no DICOM marker; not an image"
+            )
         try:
             with warnings.catch_warnings():
                 # pydicom warns on every oddity of a damaged file; the skip report says enough
@@ -152,9 +160,10 @@ def has_dicom_preamble(path: Path) -> bool:
 
 
 def is_dicom(path: Path) -> bool:
-    """Whether ``path`` is decoded with pydicom: a DICOM suffix, or no suffix at all."""
+    """Whether ``path`` is decoded with pydicom: a DICOM suffix, or no suffix and the DICOM
+    preamble (a suffix-less file of any other kind, ``/etc/passwd``, never reaches pydicom)."""
     suffix = path.suffix.lower()
-    return suffix in DICOM_SUFFIXES or suffix == ""
+    return suffix in DICOM_SUFFIXES or (suffix == "" and has_dicom_preamble(path))
 
 
 def is_image_file(path: Path) -> bool:

@@ -8,6 +8,7 @@ rather than surfacing as a failure halfway through training.
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from metallmix.tools.datasets.files import FileImages, class_sort_key
 from metallmix.tools.datasets.sidecar import provenance, read_sidecar, resolve_modality
 
 REQUIRED_COLUMNS = ("path", "label")
+MAX_LISTED = 20  # rows with paths outside the manifest folder named in the summary
+log = logging.getLogger(__name__)
 OPTIONAL_COLUMNS = ("split",)
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -81,6 +84,8 @@ def load_manifest(
     if not rows:
         raise DatasetError(f"{path}: the manifest lists no images; add rows path,label[,split]")
     base = path.parent
+    resolved_base = base.resolve()
+    outside: list[str] = []
     paths: list[Path] = []
     origins: list[str] = []
     raw_labels: list[str] = []
@@ -105,6 +110,8 @@ def load_manifest(
                     f"{where}: split {row['split']!r} is not one of train, val, test"
                 )
             split_of.append(SPLIT_VALUES[value])
+        if not image.resolve().is_relative_to(resolved_base):
+            outside.append(f"line {line}: {row['path']}")
         paths.append(image)
         origins.append(where)
         raw_labels.append(row["label"])
@@ -144,5 +151,19 @@ def load_manifest(
         path=path,
         format="csv",
     )
+    if outside:
+        # Allowed (shared image stores are common) but listed, so a manifest from someone
+        # else cannot quietly read files from anywhere on this machine.
+        dataset.source_info["outside_manifest_folder"] = {
+            "count": len(outside),
+            "rows": outside[:MAX_LISTED],
+        }
+        log.warning(
+            "%s: %d image path(s) lie outside the manifest's folder %s (first: %s)",
+            path,
+            len(outside),
+            resolved_base,
+            outside[0],
+        )
     check_usable(dataset)
     return dataset

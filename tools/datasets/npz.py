@@ -7,6 +7,7 @@ meta-feature pass holds one chunk at a time. Labels are small and read whole.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from metallmix.tools.datasets.base import (
     stratified_partition,
 )
 from metallmix.tools.datasets.sidecar import provenance, read_sidecar, resolve_modality
+
+log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 1 << 20  # zip reads hold ~4x this; 1 MiB is as fast as larger chunks
 
@@ -183,6 +186,7 @@ def load_npz(
             sources[name] = NpzImages(path, img_key)
             labels[name] = _load_labels(path, data, lab_key, len(sources[name]))
 
+    notes: list[str] = []
     class_names = sidecar.get("class_names")
     max_label = max((int(v.max()) for v in labels.values() if len(v)), default=-1)
     if isinstance(class_names, list) and class_names:
@@ -196,7 +200,23 @@ def load_npz(
                     "sidecar's class_names"
                 )
     else:
-        class_names = [str(i) for i in range(max_label + 1)]
+        present = np.unique(np.concatenate([v for v in labels.values() if len(v)]))
+        if len(present) and len(present) < max_label + 1:
+            # Labels with gaps (e.g. 0, 1, 1000000): 0..k-1 in their order, the original
+            # values kept as class names, instead of max+1 mostly empty classes.
+            labels = {
+                name: np.searchsorted(present, values).astype(np.int64)
+                for name, values in labels.items()
+            }
+            class_names = [str(int(v)) for v in present]
+            note = (
+                f"labels are not 0..k-1 ({len(present)} distinct values up to {max_label}); "
+                f"mapped to 0..{len(present) - 1}, class names keep the original values"
+            )
+            notes.append(note)
+            log.warning("%s: %s", path, note)
+        else:
+            class_names = [str(i) for i in range(max_label + 1)]
 
     splits: dict[str, Split] = {}
     train_source = sources["train"]
@@ -232,5 +252,7 @@ def load_npz(
         path=path,
         format="npz",
     )
+    if notes:
+        dataset.source_info["notes"] = notes
     check_usable(dataset)
     return dataset

@@ -5,8 +5,11 @@ version (``micro``, ``mini``, ``extended``) in the layout :mod:`.quicktune` read
 download streams to a temp file while hashing; the archive is unpacked into a temp folder
 beside the destination and the version folder is moved into place with one rename, so an
 interrupted download or extraction never leaves a half-written dataset behind. Upstream
-publishes no checksum, so the hash is verified when the caller knows it (``sha256``) and
-always reported so that it can be pinned.
+publishes no checksum and none could be verified for this release, so the hash is an
+explicit parameter (``--sha256``): verified when the caller gives it, always reported so
+that it can be pinned, and the result says whether it was checked. Before anything is
+unpacked the archive's entries are counted and their total size and expansion ratio capped,
+so a small zip bomb cannot fill the disk before the layout check.
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ from metallmix.tools.kb.quicktune import QUICKTUNE_VERSIONS, TABLE, read_quicktu
 QUICKTUNE_ARCHIVE_URL = (
     "https://rewind.tf.uni-freiburg.de/index.php/s/oMxC5sfrkA53ESo/download/qt_metadataset.zip"
 )
-# Upstream publishes no checksum; pin one here once a download has been verified.
+# Upstream publishes no checksum and we have not verified one, so none is pinned (never a
+# guessed value): pass ``--sha256`` to check a download; pin here once one is verified.
 QUICKTUNE_ARCHIVE_SHA256: str | None = None
+# Unpacking limits: the real archive holds a few hundred CSV/JSON files of a few MB each.
+MAX_ENTRIES = 20_000
+MAX_TOTAL_BYTES = 4 << 30  # 4 GiB unpacked
+MAX_RATIO = 200  # unpacked / archive size; text compresses ~10x, a zip bomb ~1000x
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
 
@@ -116,22 +124,44 @@ def _safe_member(name: str, archive: Path) -> None:
         raise ImportFormatError(f"{archive}: member {name!r} would unpack outside the folder")
 
 
+def _check_sizes(archive: Path, sizes: list[int]) -> None:
+    """Refuse archives whose entries are too many or expand too far, before unpacking."""
+    if len(sizes) > MAX_ENTRIES:
+        raise ImportFormatError(
+            f"{archive}: {len(sizes)} entries, more than the {MAX_ENTRIES} a Quick-Tune "
+            "archive can hold; refusing to unpack it"
+        )
+    total = sum(sizes)
+    packed = max(archive.stat().st_size, 1)
+    if total > MAX_TOTAL_BYTES or total > MAX_RATIO * packed:
+        raise ImportFormatError(
+            f"{archive}: expands to {total} bytes ({total / packed:.0f}x its {packed} bytes); "
+            f"limits are {MAX_TOTAL_BYTES} bytes and {MAX_RATIO}x, so it is not a Quick-Tune "
+            "archive (a zip bomb?); refusing to unpack it"
+        )
+
+
 def extract(archive: Path, into: Path) -> None:
-    """Unpack a .zip or tar archive, refusing members that escape ``into``."""
+    """Unpack a .zip or tar archive, refusing members that escape ``into`` and archives
+    that are too large unpacked (zipfile never yields more than an entry's declared size)."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            for info in infos:
                 _safe_member(info.filename, archive)
+            _check_sizes(archive, [info.file_size for info in infos])
             zf.extractall(into)
         return
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
+            members = tf.getmembers()
+            for member in members:
                 _safe_member(member.name, archive)
                 if not (member.isfile() or member.isdir()):
                     raise ImportFormatError(
                         f"{archive}: member {member.name!r} is a link or device; refusing it"
                     )
+            _check_sizes(archive, [member.size for member in members])
             tf.extractall(into, filter="data")
         return
     raise ImportFormatError(f"{archive} is neither a zip nor a tar archive")

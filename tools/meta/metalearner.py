@@ -148,7 +148,8 @@ class MetaLearner:
             raise KnowledgeBaseError(
                 f"the knowledge base has {len(rows)} usable runs (status ok with a validation "
                 f"accuracy); the meta-learner needs at least {MIN_TRAINING_ROWS}. Import runs "
-                "with `metallmix kb import-quicktune` or train some with `metallmix train`"
+                "with `metallmix kb import-quicktune`, or train some with `metallmix validate` "
+                "or `metallmix kb build`"
             )
         encoder = FeatureEncoder.fit(rows)
         x = encoder.transform(rows)

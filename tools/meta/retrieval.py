@@ -13,6 +13,7 @@ a writable SQLite KB (``<kb>.sqlite.retrieval/``) and in the cache otherwise.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from metallmix.tools.meta.metalearner import kb_content_hash
 from metallmix.tools.metafeatures import MetaFeatures
 
 RETRIEVAL_VERSION = 1
+INDEX_FILES = ("datasets.faiss", "runs.faiss")  # each checked against the sidecar sha256
 _LOG_FEATURES = {
     "n_images",
     "n_classes",
@@ -282,6 +284,10 @@ class RetrievalIndex:
                 "format": "metallmix-retrieval",
                 "version": RETRIEVAL_VERSION,
                 "kb_hash": self.kb_hash,
+                "sha256": {
+                    name: hashlib.sha256((tmp / name).read_bytes()).hexdigest()
+                    for name in INDEX_FILES
+                },
                 "scaler": self.scaler.model_dump(),
                 "datasets": self.datasets,
                 "run_ids": self.run_ids,
@@ -297,17 +303,32 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, directory: Path) -> RetrievalIndex:
+        """Load a saved index; each ``.faiss`` file is read once, its bytes checked against
+        the sidecar's sha256, and only then handed to FAISS (whose reader trusts its input)."""
         directory = Path(directory)
         try:
             sidecar = json.loads((directory / "retrieval.json").read_text())
-            dindex = faiss.read_index(str(directory / "datasets.faiss"))
-            rindex = faiss.read_index(str(directory / "runs.faiss"))
-        except (OSError, ValueError, RuntimeError) as exc:
+            if sidecar.get("version") != RETRIEVAL_VERSION:
+                raise KnowledgeBaseError(f"retrieval index {directory} has another version")
+            expected = sidecar.get("sha256")
+            if not isinstance(expected, dict):
+                raise KnowledgeBaseError(
+                    f"retrieval index {directory} has no file hashes; delete it to rebuild"
+                )
+            loaded = []
+            for name in INDEX_FILES:
+                blob = (directory / name).read_bytes()
+                if hashlib.sha256(blob).hexdigest() != expected.get(name):
+                    raise KnowledgeBaseError(
+                        f"retrieval index file {directory / name} does not match the sha256 in "
+                        "its sidecar (changed or damaged); delete the folder to rebuild"
+                    )
+                loaded.append(faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8)))
+            dindex, rindex = loaded
+        except (OSError, ValueError, RuntimeError, AttributeError) as exc:
             raise KnowledgeBaseError(
                 f"cannot read the retrieval index in {directory}: {exc}; delete it to rebuild"
             ) from exc
-        if sidecar.get("version") != RETRIEVAL_VERSION:
-            raise KnowledgeBaseError(f"retrieval index {directory} has another version")
         return cls(
             DatasetScaler.model_validate(sidecar["scaler"]),
             list(sidecar["datasets"]),
