@@ -30,3 +30,7 @@ class ModelUnavailableError(MetaLLMiXError):
 
 class ConfigError(MetaLLMiXError):
     """A configuration (hyperparameters, search space, settings) is invalid."""
+
+
+class TrackingError(MetaLLMiXError):
+    """The MLflow tracking store (database or artifact folder) cannot be used."""

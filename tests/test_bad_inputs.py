@@ -138,7 +138,7 @@ BAD_CELLS = {
     "inf resolution": ({"mf_resolution_h": "inf"}, ("mf_resolution_h", "not a finite number")),
     "NaN in curve": (
         {"out_learning_curve": "[0.5, 7.0, NaN]"},
-        ("out_learning_curve", "epoch 2"),
+        ("out_learning_curve", "epoch 2:"),
     ),
     "inf seconds": ({"out_train_seconds": "inf"}, ("out_train_seconds", "not a finite number")),
     "NaN accuracy": ({"out_val_accuracy": "nan"}, ("out_val_accuracy", "NaN (missing?)")),
@@ -361,3 +361,314 @@ def test_read_only_kb_serves_read_commands_and_refuses_writes(
     assert exported.code == 0, exported.err
     assert_clean_error(written, None, "read-only", str(kb))
     assert after == before
+
+
+# --- 3. datasets, cards and hyperparameters ----------------------------------------------
+
+
+def _npz(path: Path, labels: list[int], side: int = 8) -> Path:
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 255, (len(labels), side, side), np.uint8)
+    np.savez(path, train_images=images, train_labels=np.asarray(labels))
+    return path
+
+
+def test_npz_labels_with_gaps_are_mapped_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    path = _npz(tmp_path / "gaps.npz", [0, 1, 1_000_000] * 10)
+    result = run_cli(["features", str(path), "--json"], capsys)
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert doc["class_names"] == ["0", "1", "1000000"]
+    assert doc["meta_features"]["n_classes"] == 3
+    assert "mapped to 0..2" in doc["source_info"]["notes"][0]
+
+
+def test_tiny_images_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _npz(tmp_path / "dots.npz", [0, 1] * 10, side=1)
+    result = run_cli(["features", str(path), "--json"], capsys)
+    assert result.code == 0, result.err
+    assert "training images are smaller than 8 px" in caplog.text
+    assert "smallest 1x1" in caplog.text
+
+
+def _png(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(path)
+    return path
+
+
+def test_manifest_paths_outside_its_folder_are_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    outside = _png(tmp_path / "elsewhere" / "x.png")
+    rows = ["path,label"]
+    for i in range(12):
+        _png(tmp_path / "data" / f"img{i}.png")
+        rows.append(f"img{i}.png,{i % 2}")
+    rows.append(f"../elsewhere/{outside.name},1")
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    result = run_cli(["features", str(manifest), "--json"], capsys)
+    assert result.code == 0, result.err
+    listed = json.loads(result.out)["source_info"]["outside_manifest_folder"]
+    assert listed == {"count": 1, "rows": ["line 14: ../elsewhere/x.png"]}
+
+
+@pytest.mark.parametrize("name", ["passwd", "scan.dcm"])
+def test_only_files_with_the_dicom_preamble_reach_pydicom(name: str, tmp_path: Path) -> None:
+    from metallmix.tools.datasets import files
+    from metallmix.tools.datasets.base import ImageReadError
+
+    path = tmp_path / name
+    path.write_text("root:x:0:0:root:/root:/bin/bash\n" * 10)
+    calls: list[str] = []
+
+    def parse(where: Path) -> object:
+        calls.append(str(where))
+        raise AssertionError("parsed as DICOM")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "_dicom_header", parse)
+        patch.setattr(files, "_dicom_pixels", parse)
+        patch.setattr(files, "_pydicom", lambda: None)  # pydicom itself is optional
+        result = files.FileImages([path])._read(0, "header")
+    assert isinstance(result, ImageReadError)
+    assert "DICM" in str(result) or "DICOM marker" in str(result)
+    assert calls == []
+
+
+def test_card_with_absurd_image_size_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    card = tmp_path / "huge.card.json"
+    card.write_text(
+        json.dumps(
+            {
+                "name": "huge",
+                "class_names": ["a", "b"],
+                "train_counts": {"a": 10, "b": 10},
+                "image_height": 10**9,
+                "image_width": 10**9,
+                "channels": 1,
+            }
+        )
+    )
+    result = run_cli(["features", str(card)], capsys)
+    assert_clean_error(result, None, "image_height")
+
+
+def test_huge_image_size_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import time
+
+    data = _npz(tmp_path / "toy.npz", [0, 1] * 10)
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps({"model": "lcnet_050", "image_size": 100000, "epochs": 1}))
+    started = time.monotonic()
+    argv = ["validate", "--data", str(data), "--config", str(config_file), "--no-kb"]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, "image_size")
+    assert time.monotonic() - started < 60
+
+
+# --- 4. downloads, retrieval index, messages, credentials ----------------------------------
+
+
+def test_zip_bomb_is_refused_before_unpacking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zipfile
+
+    bomb = tmp_path / "qt_metadataset.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("extended/table.csv", b"\0" * (64 << 20))  # 64 MiB of zeros, ~64 KiB packed
+    dest = tmp_path / "dest"
+    argv = ["kb", "download-quicktune", "--url", str(bomb), "--dest", str(dest)]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, "expands to", "refusing")
+    assert sorted(p.name for p in dest.rglob("*")) == []
+
+
+def test_archive_with_too_many_entries_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    from metallmix.tools.kb import download
+
+    monkeypatch.setattr(download, "MAX_ENTRIES", 10, raising=False)
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(11):
+            zf.writestr(f"extended/f{i}.txt", b"x")
+    dest = tmp_path / "dest"
+    argv = ["kb", "download-quicktune", "--url", str(archive), "--dest", str(dest)]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, "11 entries")
+    assert sorted(p.name for p in dest.rglob("*")) == []
+
+
+def test_tampered_faiss_file_is_never_read_by_faiss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+    from test_kb_tabular import make_record
+
+    from metallmix.errors import KnowledgeBaseError
+    from metallmix.tools.meta.retrieval import RetrievalIndex
+
+    records = [make_record(f"r:{i}", dataset=f"d{i % 3}") for i in range(6)]
+    folder = RetrievalIndex.build(records).save(tmp_path / "index")
+    runs = folder / "runs.faiss"
+    blob = bytearray(runs.read_bytes())
+    blob[-1] ^= 0xFF
+    runs.write_bytes(bytes(blob))
+    read: list[str] = []
+    monkeypatch.setattr(faiss, "read_index", lambda *a, **k: read.append("read_index"))
+    monkeypatch.setattr(faiss, "deserialize_index", lambda *a, **k: read.append("deserialize"))
+    with pytest.raises(KnowledgeBaseError, match="sha256"):
+        RetrievalIndex.load(folder)
+    assert read.count("read_index") + read.count("deserialize") <= 1  # datasets.faiss only
+    assert "runs.faiss" not in " ".join(read)
+
+
+def test_empty_kb_error_names_real_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    kb = tmp_path / "empty.sqlite"
+    SQLiteKnowledgeBase(kb)
+    result = run_cli(["meta", "fit", "--kb", str(kb)], capsys)
+    assert_clean_error(result, None, "metallmix kb import-quicktune", "metallmix validate")
+    assert "`metallmix train`" not in result.last_line
+
+
+def test_credentials_are_stripped_from_stored_tracking_uris(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb = tmp_path / "kb.sqlite"
+    csv_file = _csv_with(
+        tmp_path / "runs.csv", prov_tracking_uri="https://alice:s3cret@mlflow.example.org/"
+    )
+    assert run_cli(["kb", "import-csv", str(csv_file), "--kb", str(kb)], capsys).code == 0
+    out_file = tmp_path / "out.csv"
+    assert run_cli(["kb", "export", str(out_file), "--kb", str(kb)], capsys).code == 0
+    text = out_file.read_text()
+    assert "https://mlflow.example.org/" in text and "s3cret" not in text and "alice" not in text
+
+
+# --- 5. MLflow: an unusable store fails before training; a late failure keeps the result ---
+
+
+def _train_config(tmp_path: Path) -> Path:
+    import json
+
+    path = tmp_path / "cfg.json"
+    path.write_text(
+        json.dumps(
+            {"model": "lcnet_050", "lr": 3e-3, "epochs": 1, "image_size": 16, "batch_size": 32}
+        )
+    )
+    return path
+
+
+def test_unusable_tracking_store_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_train_trainer import write_npz
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/nope.db")
+    data = write_npz(tmp_path)
+    argv = ["validate", "--data", str(data), "--config", str(_train_config(tmp_path)), "--no-kb"]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, "tracking store", "not usable", "MLFLOW_TRACKING_URI")
+
+
+def test_unwritable_artifact_folder_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_train_trainer import write_npz
+
+    from metallmix.tools.training import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.experiment_id(tracking.client(uri), "metallmix-validation")
+    artifacts = tmp_path / "mlruns" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    data = write_npz(tmp_path)
+    argv = ["validate", "--data", str(data), "--config", str(_train_config(tmp_path))]
+    with read_only(artifacts):
+        result = run_cli([*argv, "--no-kb"], capsys)
+    assert_clean_error(result, None, "artifact folder", "not writable")
+    assert "epoch" not in result.err.lower()  # no training happened
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("with_kb", [True, False], ids=["kb", "no-kb"])
+def test_logging_failure_after_training_keeps_the_result(
+    with_kb: bool,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    isolated_workspace: Path,
+) -> None:
+    """Real training; the artifact folder turns read-only during it, so MLflow's artifact
+    upload fails after training: the record is kept (KB or JSON) and the run FINISHED."""
+    from contextlib import ExitStack
+
+    from mlflow import MlflowClient
+    from test_train_trainer import write_npz
+
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.kb.records import Hyperparameters, RunRecord
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.training.runner import run_trial
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    artifacts = tmp_path / "mlruns" / "artifacts"
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite") if with_kb else None
+    hp = Hyperparameters(lr=3e-3, epochs=1, image_size=16, batch_size=32)
+    with ExitStack() as stack:
+
+        def lock_artifacts(stats: object) -> None:
+            artifacts.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(read_only(artifacts))
+
+        record = run_trial(
+            load_dataset(write_npz(tmp_path)),
+            "lcnet_050",
+            hp,
+            seed=0,
+            kb=kb,
+            threads=1,
+            tracking_uri=uri,
+            progress=lock_artifacts,
+        )
+    assert record.outcomes.val_accuracy is not None
+    assert "mlflow_logging_error" in record.provenance.notes
+    run = MlflowClient(tracking_uri=uri).get_run(str(record.provenance.mlflow_run_id))
+    assert run.info.status == "FINISHED" and "metallmix.logging_error" in run.data.tags
+    if kb is not None:
+        assert kb.run_ids() == {record.run_id}
+        assert f"kept in the knowledge base {kb.location}" in caplog.text
+    else:
+        saved = isolated_workspace / "unlogged-runs" / f"{record.run_id}.json"
+        assert RunRecord.model_validate_json(saved.read_text()) == record
+        assert str(saved) in caplog.text

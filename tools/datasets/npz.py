@@ -200,7 +200,8 @@ def load_npz(
                     "sidecar's class_names"
                 )
     else:
-        present = np.unique(np.concatenate([v for v in labels.values() if len(v)]))
+        nonempty = [v for v in labels.values() if len(v)]
+        present = np.unique(np.concatenate(nonempty)) if nonempty else np.zeros(0, np.int64)
         if len(present) and len(present) < max_label + 1:
             # Labels with gaps (e.g. 0, 1, 1000000): 0..k-1 in their order, the original
             # values kept as class names, instead of max+1 mostly empty classes.

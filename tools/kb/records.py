@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from metallmix.tools.metafeatures import MetaFeatures
 
@@ -28,6 +28,7 @@ Scalar = float | int | str | bool | None
 
 MAX_IMAGE_SIZE = 4096  # training input side, pixels: larger exhausts memory before any epoch
 ACCURACY_FIELDS = ("val_accuracy", "test_accuracy", "macro_f1", "balanced_accuracy")
+SCORE_MARKERS = ("accuracy", "f1", "auc", "learning_curve")  # Outcomes fields in [0, 1]
 
 
 def check_finite(value: Any) -> Any:
@@ -132,26 +133,20 @@ class Outcomes(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _finite(cls, value: Any) -> Any:
-        return check_finite(value)
-
-    @field_validator(*ACCURACY_FIELDS, mode="before")
-    @classmethod
-    def _fraction(cls, value: Any) -> Any:
-        return check_fraction(value)
-
-    @field_validator("learning_curve", mode="before")
-    @classmethod
-    def _curve(cls, value: Any) -> Any:
+    def _finite(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every number finite; scores (accuracy, F1, AUC, curves) fractions in [0, 1]."""
+        name = info.field_name or ""
+        score = name in ACCURACY_FIELDS or any(k in name for k in SCORE_MARKERS)
         if isinstance(value, list | tuple):
             for epoch, item in enumerate(value, 1):
                 try:
-                    check_fraction(item)
+                    check_fraction(item) if score else check_finite(item)
                 except ValueError as exc:
-                    raise ValueError(f"epoch {epoch} {exc}") from None
-                if isinstance(item, int | float) and not 0 <= item <= 1:
-                    raise ValueError(f"epoch {epoch} is {item}, outside [0, 1]")
-        return value
+                    raise ValueError(f"epoch {epoch}: {exc}") from None
+                if score and isinstance(item, int | float) and not 0 <= item <= 1:
+                    raise ValueError(f"epoch {epoch}: {item} is outside [0, 1]")
+            return value
+        return check_fraction(value) if score else check_finite(value)
 
 
 class Provenance(BaseModel):

@@ -208,8 +208,14 @@ def make_hyperparameters(values: dict[str, Scalar]) -> Hyperparameters:
     extra = {k: v for k, v in values.items() if k not in HP_CORE}
     try:
         return Hyperparameters(**core, extra=extra)
-    except ValueError as exc:
-        raise ConfigError(f"invalid hyperparameters {values}: {exc}") from exc
+    except ValueError as exc:  # pydantic's ValidationError: one line per problem, joined
+        errors = getattr(exc, "errors", None)
+        reason = (
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
+            if callable(errors)
+            else str(exc)
+        )
+        raise ConfigError(f"invalid hyperparameters {values}: {reason}") from exc
 
 
 CPU_ZOO_MODELS = [

@@ -153,7 +153,8 @@ def run_trial(
     ``max_train_images`` turns the dataset into a seeded stratified subsample first, and the
     record then describes that subsample (its meta-features, name ``<name>-n<N>s<seed>``),
     because that is what was trained on. A non-finite loss is recorded as ``diverged``;
-    any other failure marks the MLflow run FAILED and is re-raised, nothing reaches the KB.
+    any other failure marks the MLflow run FAILED and is re-raised, nothing reaches the KB,
+    except a failure to log a *finished* training, whose result is kept (KB or JSON file).
     """
     config = TrainConfig.from_hyperparameters(
         model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
@@ -177,6 +178,8 @@ def run_trial(
     # A caller-supplied client (a relay that records calls on a Ray worker) replaces it.
     mlflow = mlflow_client if mlflow_client is not None else tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(mlflow, experiment)
+    if mlflow_client is None:
+        tracking.check_artifact_store(mlflow, exp_id)  # before training, not after
     run_tags = {
         tracking.KIND_TAG: tracking.TRAINING_KIND,
         "metallmix.dataset_group": group,
@@ -189,6 +192,7 @@ def run_trial(
         exp_id, tags=run_tags, run_name=run_name or f"{dataset.name}:{model}:s{seed}"
     )
     run_id = run.info.run_id
+    record: RunRecord | None = None  # set once training has finished
     try:
         from mlflow.entities import Metric, Param
 
@@ -320,17 +324,63 @@ def run_trial(
             _plot_confusion(result, dataset.class_names, folder / "confusion_matrix.png")
             mlflow.log_artifacts(run_id, str(folder))
     except BaseException as exc:
+        # Training finished and only logging it failed: keep the result (see _keep_unlogged).
+        kept = record is not None and isinstance(exc, Exception)
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        message = f"{type(exc).__name__}: {exc}"[:5000]
         try:
-            message = f"{type(exc).__name__}: {exc}"[:5000]
-            mlflow.set_tag(run_id, "metallmix.error", message)
-            mlflow.set_terminated(run_id, status=status)
+            mlflow.set_tag(
+                run_id, "metallmix.logging_error" if kept else "metallmix.error", message
+            )
+            mlflow.set_terminated(run_id, status="FINISHED" if kept else status)
         except Exception:  # pragma: no cover - never hide the original error
             pass
-        raise
+        if record is None or not kept:
+            raise
+        return _keep_unlogged(record, kb, message)
     mlflow.set_terminated(run_id, status="FINISHED")
     if kb is not None:
         kb.add([record])
+    return record
+
+
+def _keep_unlogged(record: RunRecord, kb: KnowledgeBase | None, message: str) -> RunRecord:
+    """The trained result when MLflow logging failed afterwards: into the KB, else a JSON file
+    in ``$METALLMIX_HOME/unlogged-runs/``; a warning says where, the record notes the error."""
+    import logging
+
+    from metallmix import config
+
+    log = logging.getLogger(__name__)
+    notes = {**record.provenance.notes, "mlflow_logging_error": message[:500]}
+    record = record.model_copy(
+        update={"provenance": record.provenance.model_copy(update={"notes": notes})}
+    )
+    if kb is not None:
+        try:
+            kb.add([record])
+            log.warning(
+                "training finished but logging it to MLflow failed (%s); the result is kept "
+                "in the knowledge base %s as %s",
+                message,
+                kb.location,
+                record.run_id,
+            )
+            return record
+        except Exception as exc:  # fall through to the JSON file
+            message = f"{message}; the KB also failed: {exc}"
+    folder = config.home_dir() / "unlogged-runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{record.run_id}.json"
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(record.model_dump_json(indent=2), encoding="utf-8")
+    tmp.replace(target)
+    log.warning(
+        "training finished but logging it to MLflow failed (%s); the result is kept in %s "
+        "(the run's KB record as JSON)",
+        message,
+        target,
+    )
     return record
 
 

@@ -9,11 +9,13 @@ other's "active run". Experiments get their artifact root beside the tracking da
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from metallmix import __version__, config
+from metallmix.errors import TrackingError
 
 KIND_TAG = "metallmix.kind"
 TRAINING_KIND = "training-run"
@@ -31,25 +33,62 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def _unusable(uri: str, exc: BaseException | str) -> TrackingError:
+    from metallmix.tools.kb.records import redact_uri
+
+    return TrackingError(
+        f"MLflow tracking store {redact_uri(uri)} is not usable ({exc}); set "
+        "MLFLOW_TRACKING_URI to a writable store, e.g. sqlite:///mlruns/mlflow.db"
+    )
+
+
 def client(tracking_uri: str | None = None) -> Any:
-    """An ``MlflowClient`` for ``tracking_uri`` (default: :func:`metallmix.config.tracking_uri`)."""
+    """An ``MlflowClient`` for ``tracking_uri`` (default: :func:`metallmix.config.tracking_uri`).
+
+    A local store that cannot be created or opened is a :class:`TrackingError` here, before
+    any training starts, rather than a traceback from inside MLflow.
+    """
     from mlflow import MlflowClient
 
     uri = tracking_uri or config.tracking_uri()
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
     db = Path(uri[len("sqlite:///") :])
-    db.parent.mkdir(parents=True, exist_ok=True)
     # MLflow creates and migrates a new SQLite store on first use; two processes doing that
     # at once (parallel build shards) collide, so the first use is serialised by a file lock.
     import fcntl
 
-    with open(db.parent / f".{db.name}.init-lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        mlflow_client = MlflowClient(tracking_uri=uri)
-        mlflow_client.search_experiments(max_results=1)  # forces store creation now
-        fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.parent / f".{db.name}.init-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            mlflow_client = MlflowClient(tracking_uri=uri)
+            mlflow_client.search_experiments(max_results=1)  # forces store creation now
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except Exception as exc:  # OSError, SQLAlchemy and MLflow errors alike
+        raise _unusable(uri, exc) from exc
     return mlflow_client
+
+
+def check_artifact_store(mlflow_client: Any, exp_id: str) -> None:
+    """Fail before training when the experiment's local artifact folder is not writable
+    (afterwards the run's plots and record would be lost with the run marked FAILED)."""
+    from urllib.parse import unquote, urlsplit
+
+    location = str(mlflow_client.get_experiment(exp_id).artifact_location or "")
+    parts = urlsplit(location)
+    if parts.scheme not in ("", "file"):
+        return  # remote artifact stores are checked by MLflow itself
+    folder = Path(unquote(parts.path) if parts.scheme else location)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        raise TrackingError(
+            f"MLflow artifact folder {folder} of experiment {exp_id} is not writable "
+            f"({probe} is not a writable folder); fix its permissions or use another "
+            "MLFLOW_TRACKING_URI (new experiments put artifacts beside the database)"
+        )
 
 
 def experiment_id(mlflow_client: Any, name: str) -> str:
