@@ -268,12 +268,28 @@ def build_command(
         ..., "--datasets", help="Source datasets (repeat, or a shell glob after one flag)."
     ),
     extra: list[Path] = typer.Argument(None, help="More dataset files (from a shell glob)."),
-    configs_per_task: int = typer.Option(16, "--configs-per-task", min=1),
+    configs_per_task: int = typer.Option(
+        4, "--configs-per-task", min=0, help="From-scratch configurations per task."
+    ),
+    probes_per_task: int = typer.Option(
+        9, "--probes-per-task", min=0, help="Pretrained EfficientNet-Lite linear probes per task."
+    ),
+    last_stages_per_task: int = typer.Option(
+        1, "--last-stages-per-task", min=0, help="Last-stages fine-tunes per small task."
+    ),
+    kind: str = typer.Option(
+        "all", "--kind", help="Run only 'pretrained' or 'scratch' trials (two processes)."
+    ),
+    feature_cache: Path | None = typer.Option(
+        None, "--feature-cache", help="Folder keeping frozen-backbone features across runs."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the sampled configurations."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per run."),
     shard: str = typer.Option("0/1", "--shard", help="i/n: run every n-th trial from i."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N trials."),
-    max_val_images: int = typer.Option(200, "--max-val-images", min=2),
+    max_val_images: int | None = typer.Option(
+        None, "--max-val-images", min=2, help="Cap on validation images (default: all)."
+    ),
     kb: Path | None = KbOption,
     backend_name: str = BackendOption,
     address: str | None = AddressOption,
@@ -287,26 +303,38 @@ def build_command(
         build,
         default_tasks_for,
         done_keys,
-        plan,
+        learning_plan,
         resolve_sources,
     )
+    from metallmix.tools.training.trainer import FeatureCache
 
     try:
         index, count = (int(p) for p in shard.split("/"))
     except ValueError:
         raise ConfigError(f"--shard must look like i/n (e.g. 0/2), got {shard!r}") from None
     sources = resolve_sources([*datasets, *(extra or [])])
+    if kind not in ("all", "pretrained", "scratch"):
+        raise ConfigError(f"--kind must be all, pretrained or scratch, got {kind!r}")
     tasks = default_tasks_for(sources)
-    trials = plan(tasks, configs_per_task, seed=seed)
+    trials = learning_plan(
+        tasks,
+        scratch_per_task=configs_per_task,
+        probes_per_task=probes_per_task,
+        last_stages_per_task=last_stages_per_task,
+        seed=seed,
+    )
+    if kind != "all":
+        trials = [t for t in trials if t.pretrained == (kind == "pretrained")]
     store = open_kb(kb)
     already = done_keys(store)
     mine = [t for i, t in enumerate(trials) if i % count == index]
     todo = [t for t in mine if t.key not in already]
+    n_done = len(mine) - len(todo)
     if limit is not None:
         todo = todo[:limit]
     stderr.print(
-        f"{len(tasks)} tasks x {configs_per_task} configs = {len(trials)} trials; "
-        f"shard {index}/{count}: {len(mine) - len(todo)} done, {len(todo)} to run -> "
+        f"{len(tasks)} tasks, {len(trials)} {'' if kind == 'all' else kind + ' '}trials; "
+        f"shard {index}/{count}: {n_done} done, {len(todo)} to run -> "
         f"{store.location}"
     )
     counts = {"ok": 0, "diverged": 0, "failed": 0}
@@ -323,16 +351,29 @@ def build_command(
         }
     with progress("kb build", len(todo)) as advance:
         for event in build(
-            store, todo, sources, threads=threads, max_val_images=max_val_images, **backend_kwargs
+            store,
+            todo,
+            sources,
+            threads=threads,
+            max_val_images=max_val_images,
+            feature_cache=FeatureCache(feature_cache),
+            **backend_kwargs,
         ):
             if event.record is not None:
                 counts[event.record.status] = counts.get(event.record.status, 0) + 1
-                acc = event.record.outcomes.val_accuracy
-                shown = "-" if acc is None else f"{acc:.3f}"
+                out = event.record.outcomes
+                shown = " ".join(
+                    f"{name}={'-' if v is None else f'{v:.3f}'}"
+                    for name, v in (
+                        ("val_bal", out.val_balanced_accuracy),
+                        ("test_bal", out.test_balanced_accuracy),
+                    )
+                )
+                finetune = event.record.hyperparameters.extra.get("finetune")
                 stderr.print(
                     f"[{event.done}/{event.total}] {event.trial.task.name} "
-                    f"{event.trial.model} {event.record.status} val={shown} "
-                    f"{event.record.outcomes.train_seconds or 0:.1f}s"
+                    f"{event.trial.model}{'/' + str(finetune) if finetune else ''} "
+                    f"{event.record.status} {shown} {out.train_seconds or 0:.1f}s"
                 )
             else:
                 counts["failed"] += 1

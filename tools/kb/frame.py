@@ -30,7 +30,7 @@ def record_to_row(record: RunRecord) -> dict[str, Any]:
     }
     row.update({f"mf_{k}": v for k, v in record.meta_features.numeric().items()})
     row.update({f"hp_{k}": v for k, v in record.hyperparameters.flat().items()})
-    outcomes = record.outcomes.model_dump(exclude={"learning_curve"})
+    outcomes = record.outcomes.model_dump(exclude={"learning_curve", "balanced_learning_curve"})
     row.update({f"out_{k}": v for k, v in outcomes.items()})
     return row
 

@@ -34,6 +34,11 @@ OUTCOME_METRICS = (
     "test_accuracy",
     "macro_f1",
     "balanced_accuracy",
+    "val_balanced_accuracy",
+    "test_balanced_accuracy",
+    "val_macro_f1",
+    "macro_auc",
+    "val_macro_auc",
     "train_seconds",
     "seconds_per_epoch",
     "epochs_run",
@@ -165,6 +170,10 @@ def _reconstruct(run: Any, client: Any, tracking_uri: str) -> RunRecord | str:
     if len(history) > 1:
         ordered = sorted(history, key=lambda m: (m.step, m.timestamp))
         outcomes["learning_curve"] = [m.value for m in ordered]
+    balanced = client.get_metric_history(run_id, "val_balanced_accuracy")
+    if len(balanced) > 1:
+        ordered = sorted(balanced, key=lambda m: (m.step, m.timestamp))
+        outcomes["balanced_learning_curve"] = [m.value for m in ordered]
     if "epochs_run" in outcomes:
         outcomes["epochs_run"] = int(outcomes["epochs_run"])
     data: dict[str, Any] = {

@@ -130,6 +130,18 @@ class Outcomes(BaseModel):
     learning_curve: list[float] = Field(
         default_factory=list, description="validation accuracy per epoch, fractions"
     )
+    # Class-balanced metrics (issue 12). ``balanced_accuracy`` above is the test-split value
+    # (kept for records written before these fields); own runs fill both.
+    val_balanced_accuracy: float | None = Field(default=None, ge=0, le=1)
+    test_balanced_accuracy: float | None = Field(default=None, ge=0, le=1)
+    val_macro_f1: float | None = Field(default=None, ge=0, le=1)
+    macro_auc: float | None = Field(
+        default=None, ge=0, le=1, description="test macro one-vs-rest ROC AUC"
+    )
+    val_macro_auc: float | None = Field(default=None, ge=0, le=1)
+    balanced_learning_curve: list[float] = Field(
+        default_factory=list, description="validation balanced accuracy per epoch, fractions"
+    )
 
     @field_validator("*", mode="before")
     @classmethod

@@ -138,6 +138,22 @@ class SearchSpace(BaseModel):
     fixed: dict[str, Scalar] = Field(
         default_factory=dict, description="values set on every sampled config, not checked"
     )
+    pretrained_models: list[str] = Field(
+        default_factory=list,
+        description="models that start from pretrained weights even in a from-scratch space",
+    )
+    model_params: dict[str, dict[str, Param]] = Field(
+        default_factory=dict,
+        description="per-model ranges replacing or adding to ``params`` for that model",
+    )
+
+    def is_pretrained(self, model: str) -> bool:
+        """Whether ``model`` starts from pretrained weights in this space."""
+        return self.pretrained or model in self.pretrained_models
+
+    def params_for(self, model: str) -> dict[str, Param]:
+        """The ranges that apply to ``model``: the shared ones, overridden per model."""
+        return {**self.params, **self.model_params.get(model, {})}
 
     def sample(self, n: int, seed: int = 0) -> list[tuple[str, Hyperparameters]]:
         """``n`` random (model, hyperparameters) pairs; the same seed gives the same list."""
@@ -148,7 +164,7 @@ class SearchSpace(BaseModel):
         for _ in range(n):
             model = self.models[int(rng.integers(len(self.models)))]
             values: dict[str, Scalar] = dict(self.fixed)
-            for name, param in self.params.items():
+            for name, param in self.params_for(model).items():
                 values[name] = param.sample(rng)
             out.append((model, make_hyperparameters(values)))
         return out
@@ -161,7 +177,7 @@ class SearchSpace(BaseModel):
                 f"model {model!r} is not in the {self.name} space ({', '.join(self.models)})"
             )
         flat = hp_values(hp)
-        for name, param in self.params.items():
+        for name, param in self.params_for(model).items():
             value = flat.get(name)
             if value is None:
                 continue
@@ -191,6 +207,11 @@ class SearchSpace(BaseModel):
         """Readable ranges, for prompts and CLI output."""
         out = {"models": ", ".join(self.models), "pretrained": str(self.pretrained)}
         out.update({name: param.describe() for name, param in self.params.items()})
+        if self.pretrained_models:
+            out["pretrained models"] = ", ".join(self.pretrained_models)
+        for model, params in self.model_params.items():
+            for name, param in params.items():
+                out[f"{name} ({model})"] = param.describe()
         return out
 
 
@@ -218,6 +239,10 @@ def make_hyperparameters(values: dict[str, Scalar]) -> Hyperparameters:
         raise ConfigError(f"invalid hyperparameters {values}: {reason}") from exc
 
 
+# EfficientNet-Lite0/1/2 start from ImageNet weights installed offline (the
+# ``pretrained-weights`` extra, see tools/training/pretrained.py); the rest train from scratch.
+PRETRAINED_LITE_MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
 CPU_ZOO_MODELS = [
     "resnet10t",
     "resnet18",
@@ -226,7 +251,16 @@ CPU_ZOO_MODELS = [
     "convnext_atto",
     "regnetx_002",
     "lcnet_050",
+    *PRETRAINED_LITE_MODELS,
 ]
+
+# Pretrained models run at 64-128 px (ImageNet features need some resolution) and choose how
+# much of the network trains; a linear probe trains for more (cheap) epochs.
+_LITE_PARAMS: dict[str, Param] = {
+    "image_size": Choice(values=[64, 96, 128]),
+    "finetune": Choice(values=["linear_probe", "last_stages", "full"]),
+    "epochs": IntRange(low=3, high=40),
+}
 
 CPU_ZOO_SPACE = SearchSpace(
     name="cpu-zoo",
@@ -243,7 +277,10 @@ CPU_ZOO_SPACE = SearchSpace(
         "image_size": Choice(values=[28, 32, 48, 64]),
         "label_smoothing": FloatRange(low=0.0, high=0.2),
         "dropout": FloatRange(low=0.0, high=0.3),
+        "class_weighting": Choice(values=["none", "balanced"]),
     },
+    pretrained_models=PRETRAINED_LITE_MODELS,
+    model_params={m: dict(_LITE_PARAMS) for m in PRETRAINED_LITE_MODELS},
 )
 
 QUICKTUNE_MODELS = [

@@ -1,5 +1,11 @@
 """Build a knowledge base from real training runs on real datasets and derived tasks.
 
+The plan (:func:`learning_plan`) is made for a regime that learns on 2 CPU cores: whole
+training splits, all validation images, early stopping on validation balanced accuracy,
+small from-scratch CNNs at 28-32 px, and the pretrained EfficientNet-Lite family at
+64-128 px, mostly as linear probes on frozen features that are computed once per image and
+shared by every probe (:class:`~metallmix.tools.training.trainer.FeatureCache`).
+
 Derived tasks follow ZAP (Ozturk et al., 2022): class subsets, training-set subsamples and
 lower resolutions of each source dataset, so a handful of datasets yields many meta-training
 points with different meta-features. Each (task, model, hyperparameters, seed) trial has a
@@ -25,12 +31,14 @@ from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.search_space import (
     CPU_ZOO_SPACE,
     Choice,
+    FloatRange,
     IntRange,
     SearchSpace,
 )
 from metallmix.tools.metafeatures import MetaFeatures
 from metallmix.tools.training.backends import ExecutionBackend, Resources
 from metallmix.tools.training.runner import compute_meta_features, run_trial
+from metallmix.tools.training.trainer import FeatureCache
 
 TRIAL_KEY_TAG = "metallmix.trial_key"
 BUILD_EXPERIMENT = "metallmix-kb-build"
@@ -42,7 +50,13 @@ SLOW_MODELS = ("efficientnet_b0", "resnet18")
 BUILD_SPACE: SearchSpace = CPU_ZOO_SPACE.model_copy(
     update={
         "name": "cpu-zoo-build",
-        "models": [m for m in CPU_ZOO_SPACE.models if m not in SLOW_MODELS],
+        "models": [
+            m
+            for m in CPU_ZOO_SPACE.models
+            if m not in SLOW_MODELS and m not in CPU_ZOO_SPACE.pretrained_models
+        ],
+        "pretrained_models": [],
+        "model_params": {},
         "params": {
             **CPU_ZOO_SPACE.params,
             "epochs": IntRange(low=3, high=5),
@@ -53,6 +67,67 @@ BUILD_SPACE: SearchSpace = CPU_ZOO_SPACE.model_copy(
 
 # Smallest image size each model can run at (feature maps must not vanish).
 MIN_SIZE = {"convnext_atto": 32}
+
+# From-scratch runs of the learning plan: whole splits at 28-32 px, enough epochs for early
+# stopping (patience 3) to end them, learning rates that train these nets, both losses.
+SCRATCH_SPACE: SearchSpace = BUILD_SPACE.model_copy(
+    update={
+        "name": "cpu-zoo-build-scratch",
+        "models": [
+            m
+            for m in BUILD_SPACE.models
+            if m not in CPU_ZOO_SPACE.pretrained_models and m != "resnet10t"
+        ],
+        "pretrained_models": [],
+        "model_params": {},
+        "params": {
+            **BUILD_SPACE.params,
+            "lr": FloatRange(low=3e-4, high=1e-2, log=True),
+            "epochs": IntRange(low=8, high=15),
+            "image_size": Choice(values=[28, 32]),
+        },
+    }
+)
+
+# Linear probes of the pretrained EfficientNet-Lite models (no augmentation: the features
+# are computed once per image). Lite1/2 only at 64/96 px to bound feature extraction.
+_PROBE_COMMON = {
+    **CPU_ZOO_SPACE.params,
+    "finetune": Choice(values=["linear_probe"]),
+    "augmentation": Choice(values=["none"]),
+    "epochs": IntRange(low=10, high=40),
+    "dropout": FloatRange(low=0.0, high=0.5),
+}
+PROBE_SPACE: SearchSpace = CPU_ZOO_SPACE.model_copy(
+    update={
+        "name": "cpu-zoo-build-probe",
+        "models": list(CPU_ZOO_SPACE.pretrained_models),
+        "params": _PROBE_COMMON,
+        "model_params": {
+            "efficientnet_lite0": {"image_size": Choice(values=[64, 96, 128])},
+            "efficientnet_lite1": {"image_size": Choice(values=[64, 96])},
+            "efficientnet_lite2": {"image_size": Choice(values=[64, 96])},
+        },
+    }
+)
+
+# Fine-tuning the last stages costs a forward pass of the whole net per image and epoch:
+# only on small tasks, at 64 px, for a few epochs.
+LAST_STAGES_SPACE: SearchSpace = PROBE_SPACE.model_copy(
+    update={
+        "name": "cpu-zoo-build-last-stages",
+        "models": ["efficientnet_lite0"],
+        "params": {
+            **_PROBE_COMMON,
+            "finetune": Choice(values=["last_stages"]),
+            "augmentation": Choice(values=["none", "light"]),
+            "epochs": IntRange(low=3, high=6),
+            "lr": FloatRange(low=1e-4, high=3e-3, log=True),
+        },
+        "model_params": {"efficientnet_lite0": {"image_size": Choice(values=[64])}},
+    }
+)
+LAST_STAGES_MAX_TRAIN = 600
 
 
 class TaskSpec(BaseModel):
@@ -109,6 +184,45 @@ DEFAULT_TASKS: tuple[TaskSpec, ...] = (
 )
 
 
+# The learning plan's tasks: every dataset whole, ZAP-style subsamples, class subsets and
+# lower resolutions (33 tasks). Validation and test splits are always kept whole.
+LEARNING_TASKS: tuple[TaskSpec, ...] = (
+    _t("breastmnist"),
+    _t("breastmnist", n=200),
+    _t("pneumoniamnist_mod"),
+    _t("pneumoniamnist_mod", n=500),
+    _t("pneumoniamnist_mod", n=200),
+    _t("pneumoniamnist_mod", n=1000, r=14),
+    _t("brain_tumor_mri"),
+    _t("brain_tumor_mri", n=500),
+    _t("brain_tumor_mri", n=200),
+    _t("brain_tumor_mri", classes=[0, 1]),
+    _t("brain_tumor_mri", classes=[1, 2], n=300),
+    _t("brain_tumor_mri", n=1000, r=28),
+    _t("covid_ct"),
+    _t("covid_ct", n=500),
+    _t("covid_ct", n=200),
+    _t("covid_ct", n=1000, r=28),
+    _t("knee_oa_kl"),
+    _t("knee_oa_kl", n=1000),
+    _t("knee_oa_kl", n=500),
+    _t("knee_oa_kl", n=200),
+    _t("knee_oa_kl", classes=[0, 2, 4]),
+    _t("knee_oa_kl", classes=[0, 4]),
+    _t("knee_oa_kl", classes=[0, 4], n=300),
+    _t("knee_oa_kl", classes=[0, 1]),
+    _t("knee_oa_kl", n=1000, r=28),
+    _t("lc25000_lung"),
+    _t("lc25000_lung", n=500),
+    _t("lc25000_lung", n=200),
+    _t("lc25000_lung", classes=[1, 2]),
+    _t("lc25000_lung", classes=[0, 1], n=300),
+    _t("lc25000_lung", n=1000, r=28),
+    _t("breastmnist", r=14),
+    _t("covid_ct", classes=[0, 1], n=300, r=32),
+)
+
+
 @dataclass(frozen=True)
 class Trial:
     """One planned run of the build."""
@@ -117,13 +231,15 @@ class Trial:
     model: str
     hp: Hyperparameters
     seed: int
+    pretrained: bool = False
 
     @property
     def key(self) -> str:
-        payload = json.dumps(
-            [self.task.name, self.model, self.hp.model_dump(mode="json"), self.seed],
-            sort_keys=True,
-        )
+        parts: list[object] = [self.task.name, self.model, self.hp.model_dump(mode="json")]
+        parts.append(self.seed)
+        if self.pretrained:  # from-scratch keys stay those of earlier builds
+            parts.append("pretrained")
+        payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -164,6 +280,65 @@ def plan(
     return out
 
 
+def learning_plan(
+    tasks: Iterable[TaskSpec],
+    *,
+    scratch_per_task: int = 4,
+    probes_per_task: int = 9,
+    last_stages_per_task: int = 1,
+    seed: int = 0,
+    small_tasks: set[str] | None = None,
+) -> list[Trial]:
+    """The learning regime's trials: probes, from-scratch runs and (small tasks) last stages.
+
+    Seeded like :func:`plan` and interleaved task by task, pretrained probes first in each
+    round (they are cheapest), so a partial build covers every task with both kinds.
+    ``small_tasks`` names the tasks cheap enough for last-stages fine-tuning (default: those
+    with a ``train_limit`` of at most :data:`LAST_STAGES_MAX_TRAIN`, and breastmnist).
+    """
+    tasks = list(tasks)
+    if small_tasks is None:
+        small_tasks = {
+            t.name
+            for t in tasks
+            if (t.train_limit is not None and t.train_limit <= LAST_STAGES_MAX_TRAIN)
+            or (t.source == "breastmnist" and t.resolution is None)
+        }
+    rounds: list[list[Trial]] = []
+    for task in tasks:
+        base = zlib.crc32(f"{task.name}:{seed}".encode())
+        probes = [
+            Trial(task, m, _fit_size(m, hp), seed + 100 + i, pretrained=True)
+            for i, (m, hp) in enumerate(PROBE_SPACE.sample(probes_per_task, seed=base + 1))
+        ]
+        scratch = [
+            Trial(task, m, _fit_size(m, hp), seed + i)
+            for i, (m, hp) in enumerate(SCRATCH_SPACE.sample(scratch_per_task, seed=base + 2))
+        ]
+        last = []
+        if task.name in small_tasks:
+            last = [
+                Trial(task, m, hp, seed + 200 + i, pretrained=True)
+                for i, (m, hp) in enumerate(
+                    LAST_STAGES_SPACE.sample(last_stages_per_task, seed=base + 3)
+                )
+            ]
+        # one task's trials in the order: probe, scratch, probe, probe, scratch, ...
+        mixed: list[Trial] = []
+        queues = [probes, scratch, last]
+        weights = [len(q) for q in queues]
+        while any(queues):
+            for q, w in zip(queues, weights, strict=True):
+                take = max(1, round(w / max(1, min(x for x in weights if x)))) if q else 0
+                mixed.extend(q[:take])
+                del q[:take]
+        rounds.append(mixed)
+    out: list[Trial] = []
+    for i in range(max((len(r) for r in rounds), default=0)):
+        out.extend(r[i] for r in rounds if i < len(r))
+    return out
+
+
 def resolve_sources(paths: Iterable[str | Path]) -> dict[str, Path]:
     """Dataset stem -> file, refusing duplicates and missing files with the path named."""
     out: dict[str, Path] = {}
@@ -179,9 +354,9 @@ def resolve_sources(paths: Iterable[str | Path]) -> dict[str, Path]:
 
 
 def default_tasks_for(sources: dict[str, Path]) -> list[TaskSpec]:
-    """The default tasks whose source is present, plus a plain task for any other dataset."""
-    tasks = [t for t in DEFAULT_TASKS if t.source in sources]
-    known = {t.source for t in DEFAULT_TASKS}
+    """The learning tasks whose source is present, plus a plain task for any other dataset."""
+    tasks = [t for t in LEARNING_TASKS if t.source in sources]
+    known = {t.source for t in LEARNING_TASKS}
     tasks.extend(_t(stem, n=1000) for stem in sources if stem not in known)
     return tasks
 
@@ -263,6 +438,7 @@ def build(
     backend: ExecutionBackend | None = None,
     resources: Resources | None = None,
     max_retries: int = 2,
+    feature_cache: FeatureCache | None = None,
 ) -> Iterator[BuildEvent]:
     """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
 
@@ -296,6 +472,7 @@ def build(
     done = done_keys(kb)
     todo = [t for i, t in enumerate(trials) if i % count == index and t.key not in done]
     cache = TaskCache(sources)
+    features = feature_cache or FeatureCache()
     for n, trial in enumerate(todo, start=1):
         ds, mf = cache.task(trial.task)
         record: RunRecord | None = None
@@ -314,6 +491,8 @@ def build(
                 max_val_images=max_val_images,
                 meta_features=mf,
                 tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": trial.task.name},
+                pretrained=trial.pretrained,
+                feature_cache=features,
             )
         except MetaLLMiXError as exc:
             error = str(exc)

@@ -254,6 +254,7 @@ class TrialJob:
     dataset_group: str | None = None
     parent_run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    pretrained: bool = False
 
 
 @dataclass
@@ -300,6 +301,7 @@ def execute_trial(job: TrialJob, data: tuple[Dataset, MetaFeatures | None]) -> T
             tracking_uri=job.tracking_uri,
             tags=job.tags,
             mlflow_client=recorder,
+            pretrained=job.pretrained,
         )
     except MetaLLMiXError as exc:
         error = str(exc)
@@ -451,6 +453,7 @@ def run_build(
                 source_resolution=trial.task.resolution,
                 dataset_group=trial.task.source,
                 tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": name},
+                pretrained=trial.pretrained,
             )
             dispatcher.submit(trial, job, shipped[name])
         if not dispatcher.inflight:

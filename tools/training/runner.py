@@ -20,10 +20,12 @@ from metallmix.tools.datasets.base import Dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
+from metallmix.tools.training import pretrained as pretrained_weights
 from metallmix.tools.training import tracking
 from metallmix.tools.training.trainer import (
     ArraySplits,
     EpochStats,
+    FeatureCache,
     TrainConfig,
     TrainResult,
     train,
@@ -87,9 +89,16 @@ def _plot_curve(result: TrainResult, path: Path) -> None:
     ax.set_ylabel("train loss")
     ax2 = ax.twinx()
     ax2.plot(epochs, [h.val_accuracy for h in result.history], "s-", color="C1", label="val acc")
+    ax2.plot(
+        epochs,
+        [h.val_balanced_accuracy for h in result.history],
+        "^-",
+        color="C2",
+        label="val balanced acc",
+    )
     ax2.set_ylabel("validation accuracy")
     ax2.set_ylim(0, 1)
-    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.legend(loc="lower center", ncol=3, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -147,6 +156,7 @@ def run_trial(
     tags: dict[str, str] | None = None,
     run_name: str | None = None,
     mlflow_client: Any | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> RunRecord:
     """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
 
@@ -155,6 +165,7 @@ def run_trial(
     because that is what was trained on. A non-finite loss is recorded as ``diverged``;
     any other failure marks the MLflow run FAILED and is re-raised, nothing reaches the KB,
     except a failure to log a *finished* training, whose result is kept (KB or JSON file).
+    ``feature_cache`` shares frozen-backbone features between linear-probe runs.
     """
     config = TrainConfig.from_hyperparameters(
         model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
@@ -173,7 +184,13 @@ def run_trial(
     hp_used = config.hyperparameters()
     info = dataset.source_info
     code_version = tracking.code_version()
-    weights_tag = weights.name if weights is not None else ("timm-default" if pretrained else None)
+    weights_tag = weights.name if weights is not None else None
+    if weights is None and pretrained:
+        weights_tag = (
+            pretrained_weights.weights_tag(model)
+            if pretrained_weights.has_local_weights(model)
+            else "timm-default"
+        )
 
     # A caller-supplied client (a relay that records calls on a Ray worker) replaces it.
     mlflow = mlflow_client if mlflow_client is not None else tracking.client(tracking_uri)
@@ -227,6 +244,8 @@ def run_trial(
                 "train_accuracy": stats.train_accuracy,
                 "val_loss": stats.val_loss,
                 "val_accuracy": stats.val_accuracy,
+                "val_balanced_accuracy": stats.val_balanced_accuracy,
+                "val_macro_f1": stats.val_macro_f1,
                 "lr": stats.lr,
                 "epoch_seconds": stats.seconds,
             }
@@ -237,7 +256,7 @@ def run_trial(
             if progress is not None:
                 progress(stats)
 
-        result = train(config, data, progress=on_epoch)
+        result = train(config, data, progress=on_epoch, feature_cache=feature_cache)
         outcomes = Outcomes(
             val_accuracy=_finite(result.val_accuracy),
             test_accuracy=_finite(result.test_accuracy),
@@ -247,6 +266,12 @@ def run_trial(
             seconds_per_epoch=_finite(result.seconds_per_epoch),
             epochs_run=result.epochs_run,
             learning_curve=result.learning_curve,
+            val_balanced_accuracy=_finite(result.val_balanced_accuracy),
+            test_balanced_accuracy=_finite(result.balanced_accuracy),
+            val_macro_f1=_finite(result.val_macro_f1),
+            macro_auc=_finite(result.macro_auc),
+            val_macro_auc=_finite(result.val_macro_auc),
+            balanced_learning_curve=result.balanced_learning_curve,
         )
         record = RunRecord(
             run_id=f"own-{run_id}",
@@ -266,6 +291,11 @@ def run_trial(
                         "best_epoch": result.best_epoch,
                         "n_train": result.n_train,
                         "n_parameters": result.n_parameters,
+                        "n_trainable": result.n_trainable,
+                        "feature_seconds": result.feature_seconds,
+                        "features_cached": result.features_cached
+                        if result.feature_seconds is not None
+                        else None,
                         "threads": threads,
                         "message": result.message or None,
                         **{k: v for k, v in (tags or {}).items() if k.startswith("metallmix.")},
@@ -291,6 +321,11 @@ def run_trial(
             "test_accuracy": outcomes.test_accuracy,
             "macro_f1": outcomes.macro_f1,
             "balanced_accuracy": outcomes.balanced_accuracy,
+            "val_balanced_accuracy": outcomes.val_balanced_accuracy,
+            "test_balanced_accuracy": outcomes.test_balanced_accuracy,
+            "val_macro_f1": outcomes.val_macro_f1,
+            "macro_auc": outcomes.macro_auc,
+            "val_macro_auc": outcomes.val_macro_auc,
             "train_seconds": outcomes.train_seconds,
             "seconds_per_epoch": outcomes.seconds_per_epoch,
             "epochs_run": float(result.epochs_run),

@@ -22,10 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix.errors import ConfigError, DatasetError, ModelUnavailableError
 from metallmix.tools.kb.records import Hyperparameters
+from metallmix.tools.training import pretrained as pretrained_weights
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
 AUGMENTATIONS = ("none", "light", "medium")
+CLASS_WEIGHTINGS = ("none", "balanced")
+# How much of a pretrained network trains: only a linear head on frozen features, the last
+# stages and the head, or everything. From-scratch models always train fully.
+FINETUNES = ("full", "last_stages", "linear_probe")
 
 # Training images used to re-estimate batch-norm statistics before each evaluation.
 BN_CALIBRATION_IMAGES = 256
@@ -63,8 +68,14 @@ class TrainConfig(BaseModel):
     image_size: int = Field(default=DEFAULTS["image_size"], ge=8)
     label_smoothing: float = Field(default=DEFAULTS["label_smoothing"], ge=0, le=1)
     dropout: float = Field(default=DEFAULTS["dropout"], ge=0, le=1)
+    class_weighting: str = Field(
+        default="none", description="'balanced': cross-entropy weighted by 1 / class frequency"
+    )
+    finetune: str = Field(default="full", description="full, last_stages or linear_probe")
     early_stopping_patience: int | None = Field(
-        default=3, ge=1, description="stop after this many epochs without a better val accuracy"
+        default=3,
+        ge=1,
+        description="stop after this many epochs without a better val balanced accuracy",
     )
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
@@ -74,6 +85,8 @@ class TrainConfig(BaseModel):
             ("optimizer", OPTIMIZERS),
             ("scheduler", SCHEDULERS),
             ("augmentation", AUGMENTATIONS),
+            ("class_weighting", CLASS_WEIGHTINGS),
+            ("finetune", FINETUNES),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -89,6 +102,10 @@ class TrainConfig(BaseModel):
         patience = hp.extra.get("early_stopping_patience")
         if patience is not None and "early_stopping_patience" not in settings:
             settings["early_stopping_patience"] = int(patience)
+        for name in ("class_weighting", "finetune"):
+            value = hp.extra.get(name)
+            if value is not None and name not in settings:
+                settings[name] = str(value)
         try:
             return cls(model=model, **{**values, **settings})
         except ValueError as exc:
@@ -99,6 +116,9 @@ class TrainConfig(BaseModel):
         extra: dict[str, Any] = {}
         if self.early_stopping_patience is not None:
             extra["early_stopping_patience"] = self.early_stopping_patience
+        extra["class_weighting"] = self.class_weighting
+        if self.pretrained or self.weights is not None:
+            extra["finetune"] = self.finetune
         return Hyperparameters(**{k: getattr(self, k) for k in DEFAULTS}, extra=extra)
 
 
@@ -155,11 +175,18 @@ class EpochStats:
     val_accuracy: float
     lr: float
     seconds: float
+    val_balanced_accuracy: float = 0.0
+    val_macro_f1: float = 0.0
 
 
 @dataclass
 class TrainResult:
-    """What a run achieved. Accuracies are fractions; the reported model is the best epoch."""
+    """What a run achieved. Accuracies are fractions; the reported model is the best epoch.
+
+    The best epoch is the one with the highest validation balanced accuracy; ``macro_f1``,
+    ``balanced_accuracy`` and ``macro_auc`` are test-split values (``None`` without a test
+    split), the ``val_*`` ones are those of the best epoch on the validation split.
+    """
 
     status: Literal["ok", "diverged"]
     val_accuracy: float | None
@@ -175,10 +202,25 @@ class TrainResult:
     n_parameters: int = 0
     n_train: int = 0
     message: str = ""
+    val_balanced_accuracy: float | None = None
+    val_macro_f1: float | None = None
+    val_macro_auc: float | None = None
+    macro_auc: float | None = None
+    n_trainable: int = 0
+    feature_seconds: float | None = None
+    features_cached: bool = False
 
     @property
     def learning_curve(self) -> list[float]:
         return [h.val_accuracy for h in self.history]
+
+    @property
+    def balanced_learning_curve(self) -> list[float]:
+        return [h.val_balanced_accuracy for h in self.history]
+
+    @property
+    def test_balanced_accuracy(self) -> float | None:
+        return self.balanced_accuracy
 
 
 ProgressFn = Callable[[EpochStats], None]
@@ -218,6 +260,10 @@ def create_model(config: TrainConfig, n_classes: int, channels: int) -> Any:
         return model
     if not config.pretrained:
         return timm.create_model(config.model, pretrained=False, **kwargs)
+    if pretrained_weights.has_local_weights(config.model):  # offline, checked mapping
+        model = timm.create_model(config.model, pretrained=False, **kwargs)
+        pretrained_weights.load_imagenet(model, config.model, channels)
+        return model
     try:
         return timm.create_model(config.model, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError, torch.serialization.pickle.UnpicklingError) as exc:
@@ -337,7 +383,12 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
     """
     import torch
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and any(p.requires_grad for p in m.parameters())  # frozen layers keep their stats
+    ]
     if not norms:
         return
     saved = [m.momentum for m in norms]
@@ -345,6 +396,7 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    _freeze_modes(model)
     with torch.no_grad():
         for i in range(0, len(x), batch):
             chunk = x[i : i + batch]
@@ -384,19 +436,278 @@ def classification_metrics(
     return accuracy, float(f1[present].mean()), float(recall[present].mean()), confusion
 
 
+def macro_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC AUC over the classes present (rank formula, ties averaged).
+
+    ``None`` when fewer than two classes are present (AUC is undefined).
+    """
+    from scipy.stats import rankdata
+
+    aucs: list[float] = []
+    for k in np.unique(y_true):
+        positive = y_true == k
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(scores[:, int(k)])
+        aucs.append(float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)))
+    return float(np.mean(aucs)) if aucs else None
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one set of logits against labels."""
+
+    loss: float
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    auc: float | None
+    confusion: np.ndarray
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss)
+
+
+def evaluate(logits: Any, labels: np.ndarray, n_classes: int) -> Evaluation:
+    """Loss, accuracy, balanced accuracy, macro-F1 and macro AUC of ``logits``."""
+    import torch
+    import torch.nn.functional as F
+
+    loss = float(F.cross_entropy(logits, torch.from_numpy(labels)))
+    if not math.isfinite(float(logits.sum())):
+        loss = math.nan
+    probs = torch.softmax(logits, 1).numpy()
+    acc, f1, bal, confusion = classification_metrics(labels, probs.argmax(1), n_classes)
+    auc = macro_auc(labels, probs) if math.isfinite(loss) else None
+    return Evaluation(loss, acc, bal, f1, auc, confusion)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``n / (k * count_c)`` for each class present in ``labels`` (1 for absent classes)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def _trainable_prefixes(model: Any, finetune: str) -> list[str] | None:
+    """Parameter-name prefixes that train under ``finetune``; ``None`` means everything."""
+    if finetune == "full":
+        return None
+    head = [n for n, _ in model.named_parameters() if n.startswith(_classifier_name(model))]
+    if finetune == "linear_probe":
+        return head
+    if hasattr(model, "blocks") and hasattr(model, "conv_head"):  # EfficientNet family
+        last = len(model.blocks)
+        return [f"blocks.{last - 2}.", f"blocks.{last - 1}.", "conv_head.", "bn2.", *head]
+    if hasattr(model, "stages"):
+        return [f"stages.{len(model.stages) - 1}.", "head", "norm", *head]
+    names = [n for n, _ in model.named_parameters()]
+    return names[-max(1, len(names) // 4) :] + head
+
+
+def _classifier_name(model: Any) -> str:
+    classifier = model.get_classifier()
+    for name, module in model.named_modules():
+        if module is classifier:
+            return name
+    return "classifier"
+
+
+def _freeze(model: Any, finetune: str) -> int:
+    """Freeze what ``finetune`` does not train; the number of trainable parameters."""
+    prefixes = _trainable_prefixes(model, finetune)
+    trainable = 0
+    for name, param in model.named_parameters():
+        train = prefixes is None or any(name.startswith(p) for p in prefixes)
+        param.requires_grad_(train)
+        trainable += param.numel() if train else 0
+    return trainable
+
+
+def _freeze_modes(model: Any) -> None:
+    """Batch-norm layers whose parameters are all frozen stay in eval mode while training."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def _normaliser(config: TrainConfig, model: Any, train_x: Any) -> tuple[Any, Any]:
+    """Input mean/std: the pretrained weights' own, else the training split's per channel."""
+    import torch
+
+    channels = train_x.shape[1]
+    if config.pretrained and config.weights is None:
+        if pretrained_weights.has_local_weights(config.model):
+            m, s = pretrained_weights.normalisation(config.model)
+            mean_v, std_v = [m] * channels, [s] * channels
+        else:
+            cfg = getattr(model, "pretrained_cfg", {}) or {}
+            mean_v = list(cfg.get("mean", (0.5,) * 3))
+            std_v = list(cfg.get("std", (0.5,) * 3))
+            if channels != len(mean_v):
+                mean_v = [float(np.mean(mean_v))] * channels
+                std_v = [float(np.mean(std_v))] * channels
+        mean = torch.tensor(mean_v, dtype=torch.float32).view(1, channels, 1, 1)
+        std = torch.tensor(std_v, dtype=torch.float32).view(1, channels, 1, 1)
+        return mean, std
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+    return mean, std
+
+
+class FeatureCache:
+    """Frozen-backbone features per image, so many linear-probe configurations are cheap.
+
+    Keyed by (model, weights, image size, channels) and, within that, by a digest of each
+    raw image, so derived tasks (class subsets, subsamples) reuse their source's features.
+    Features only depend on the image because pretrained inputs use the weights' fixed
+    normalisation. ``directory`` also keeps them on disk across processes (a resumed build).
+    Extraction cost per image is remembered so a cached run can report what it would cost.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self._store: dict[str, dict[bytes, np.ndarray]] = {}
+        self._seconds_per_image: dict[str, float] = {}
+
+    @staticmethod
+    def digests(images: np.ndarray) -> list[bytes]:
+        import hashlib
+
+        return [hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in images]
+
+    def _file(self, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        import hashlib
+
+        return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
+
+    def _table(self, key: str) -> dict[bytes, np.ndarray]:
+        if key not in self._store:
+            table: dict[bytes, np.ndarray] = {}
+            path = self._file(key)
+            if path is not None and path.is_file():
+                with np.load(path) as data:
+                    for digest, row in zip(data["digests"], data["features"], strict=True):
+                        table[bytes(digest)] = row
+                    self._seconds_per_image[key] = float(data["seconds_per_image"])
+            self._store[key] = table
+        return self._store[key]
+
+    def features(
+        self, key: str, images: np.ndarray, extract: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, float, bool]:
+        """Features of ``images`` (N x D), the extraction seconds they cost, whether all hit.
+
+        Missing rows are extracted in one call; the seconds of cached rows are estimated at
+        the measured per-image rate.
+        """
+        table = self._table(key)
+        digests = self.digests(images)
+        missing = list(dict.fromkeys(d for d in digests if d not in table))
+        spent = 0.0
+        if missing:
+            index = {d: i for i, d in reversed(list(enumerate(digests)))}
+            rows = [index[d] for d in missing]
+            start = time.perf_counter()
+            feats = extract(images[rows])
+            spent = time.perf_counter() - start
+            self._seconds_per_image[key] = spent / len(rows)
+            for d, row in zip(missing, feats, strict=True):
+                table[d] = row
+            self._save(key)
+        rate = self._seconds_per_image.get(key, 0.0)
+        seconds = spent + rate * (len(images) - len(missing))
+        return np.stack([table[d] for d in digests]), seconds, not missing
+
+    def _save(self, key: str) -> None:
+        path = self._file(key)
+        if path is None:
+            return
+        import os
+        import tempfile
+
+        table = self._store[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(
+            tmp,
+            digests=np.array([np.frombuffer(d, dtype=np.uint8) for d in table]),
+            features=np.stack(list(table.values())),
+            seconds_per_image=np.array(self._seconds_per_image.get(key, 0.0)),
+        )
+        os.replace(tmp, path)
+
+
+# The process-wide cache used when :func:`train` is not given one.
+FEATURE_CACHE = FeatureCache()
+
+
+def _extractor(model: Any, size: int, mean: Any, std: Any, batch: int) -> Any:
+    """uint8 images -> pooled pre-logit features of the frozen ``model`` (numpy, float32)."""
+    import torch
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        model.eval()
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                x = (_to_tensor(images[i : i + batch], size) - mean) / std
+                feats = model.forward_head(model.forward_features(x), pre_logits=True)
+                outs.append(feats.float().numpy())
+        return np.concatenate(outs).astype(np.float32)
+
+    return extract
+
+
+class _BestEpoch:
+    """Tracks the best epoch by validation balanced accuracy and decides early stopping."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.score = -1.0
+        self.epoch: int | None = None
+        self.state: Any = None
+        self.val: Evaluation | None = None
+
+    def update(self, epoch: int, val: Evaluation, state: Callable[[], Any]) -> bool:
+        """Record ``epoch``; True when training should stop."""
+        if val.balanced_accuracy > self.score:
+            self.score, self.epoch, self.val = val.balanced_accuracy, epoch, val
+            self.state = copy.deepcopy(state())
+            return False
+        return (
+            self.patience is not None
+            and self.epoch is not None
+            and epoch - self.epoch >= self.patience
+        )
+
+
 def train(
     config: TrainConfig,
     data: ArraySplits,
     *,
     progress: ProgressFn | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``data``; the reported metrics are those of the best epoch.
 
-    The validation split picks the best epoch and drives early stopping; the test split is
-    evaluated once, with the best weights. A non-finite loss ends the run as ``diverged``.
+    The validation split's balanced accuracy picks the best epoch and drives early stopping;
+    the test split is evaluated once, with the best weights. A non-finite loss ends the run
+    as ``diverged``. ``finetune='linear_probe'`` (pretrained models) trains a linear head on
+    frozen features, taken from ``feature_cache`` when already computed.
     """
     import torch
-    import torch.nn.functional as F
 
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -405,112 +716,291 @@ def train(
         _set_seed(config.seed)
         n_classes = int(data.n_classes or 0)
         model = create_model(config, n_classes, data.channels)
-        size = config.image_size
-        train_x = _to_tensor(data.train_x, size)
-        val_x = _to_tensor(data.val_x, size)
-        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-        train_y = torch.from_numpy(np.asarray(data.train_y, dtype=np.int64))
-        val_y = np.asarray(data.val_y, dtype=np.int64)
-        optimizer = _optimizer(config, model)
-        scheduler = _scheduler(config, optimizer)
-        generator = torch.Generator().manual_seed(config.seed)
-        batch = min(config.batch_size, len(train_x))
-        history: list[EpochStats] = []
-        best_acc, best_epoch, best_state = -1.0, None, None
-        status: Literal["ok", "diverged"] = "ok"
-        message = ""
-        started = time.perf_counter()
-        try:  # fail fast (before any training) when the image size is too small
-            _predict(model, (train_x[:2] - mean) / std, 2)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"{config.model} cannot run at image_size={size} "
-                f"({str(exc).splitlines()[0][:120]}); choose a larger image_size"
-            ) from exc
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(train_x), generator=generator)
-            total_loss, correct, seen = 0.0, 0, 0
-            lr = float(optimizer.param_groups[0]["lr"])
-            for i in range(0, len(order), batch):
-                idx = order[i : i + batch]
-                if len(idx) < 2 and seen > 0:  # batch-norm cannot train on one image
-                    continue
-                xb = (_augment(train_x[idx], config.augmentation, generator) - mean) / std
-                yb = train_y[idx]
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
-                if not torch.isfinite(loss):
-                    status, message = "diverged", f"non-finite loss in epoch {epoch}"
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach()) * len(idx)
-                correct += int((logits.detach().argmax(1) == yb).sum())
-                seen += len(idx)
-            if status == "diverged":
-                break
-            if scheduler is not None:
-                scheduler.step()
-            calib = order[:BN_CALIBRATION_IMAGES]
-            _recalibrate_batchnorm(model, (train_x[calib] - mean) / std, max(batch, 64))
-            logits = _predict(model, (val_x - mean) / std, max(batch, 128))
-            val_loss = float(F.cross_entropy(logits, torch.from_numpy(val_y)))
-            val_acc = float((logits.argmax(1).numpy() == val_y).mean())
-            if not math.isfinite(val_loss) or not math.isfinite(float(logits.sum())):
-                status, message = "diverged", f"non-finite validation output in epoch {epoch}"
-                break
-            stats = EpochStats(
-                epoch=epoch,
-                train_loss=total_loss / max(1, seen),
-                train_accuracy=correct / max(1, seen),
-                val_loss=val_loss,
-                val_accuracy=val_acc,
-                lr=lr,
-                seconds=time.perf_counter() - epoch_start,
-            )
-            history.append(stats)
-            if progress is not None:
-                progress(stats)
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            elif (
-                config.early_stopping_patience is not None
-                and best_epoch is not None
-                and epoch - best_epoch >= config.early_stopping_patience
-            ):
-                message = f"early stop after epoch {epoch} (best {best_epoch})"
-                break
-        train_seconds = time.perf_counter() - started
-        result = TrainResult(
-            status=status,
-            val_accuracy=best_acc if best_epoch is not None else None,
-            test_accuracy=None,
-            macro_f1=None,
-            balanced_accuracy=None,
-            train_seconds=train_seconds,
-            seconds_per_epoch=(sum(h.seconds for h in history) / len(history)) if history else None,
-            epochs_run=len(history),
-            best_epoch=best_epoch,
-            history=history,
-            n_parameters=sum(p.numel() for p in model.parameters()),
-            n_train=len(train_x),
-            message=message,
-        )
-        if best_state is not None and data.test_x is not None and data.test_y is not None:
-            model.load_state_dict(best_state)
-            test_x = (_to_tensor(data.test_x, size) - mean) / std
-            logits = _predict(model, test_x, max(batch, 128))
-            pred = logits.argmax(1).numpy()
-            acc, f1, bal, confusion = classification_metrics(
-                np.asarray(data.test_y, dtype=np.int64), pred, n_classes
-            )
-            result.test_accuracy, result.macro_f1, result.balanced_accuracy = acc, f1, bal
-            result.confusion = confusion
-        return result
+        pretrained = config.pretrained or config.weights is not None
+        finetune = config.finetune if pretrained else "full"
+        if finetune == "linear_probe":
+            return _train_probe(config, data, model, progress, feature_cache or FEATURE_CACHE)
+        n_trainable = _freeze(model, finetune)
+        return _train_network(config, data, model, progress, n_trainable)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _loss_fn(config: TrainConfig, labels: np.ndarray, n_classes: int) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    weight = None
+    if config.class_weighting == "balanced":
+        weight = torch.tensor(class_weights(labels, n_classes), dtype=torch.float32)
+
+    def loss(logits: Any, target: Any) -> Any:
+        return F.cross_entropy(
+            logits, target, weight=weight, label_smoothing=config.label_smoothing
+        )
+
+    return loss
+
+
+def _stats(
+    epoch: int, loss: float, correct: int, seen: int, val: Evaluation, lr: float, start: float
+) -> EpochStats:
+    return EpochStats(
+        epoch=epoch,
+        train_loss=loss / max(1, seen),
+        train_accuracy=correct / max(1, seen),
+        val_loss=val.loss,
+        val_accuracy=val.accuracy,
+        lr=lr,
+        seconds=time.perf_counter() - start,
+        val_balanced_accuracy=val.balanced_accuracy,
+        val_macro_f1=val.macro_f1,
+    )
+
+
+def _result(
+    status: Literal["ok", "diverged"],
+    message: str,
+    best: _BestEpoch,
+    history: list[EpochStats],
+    started: float,
+    n_parameters: int,
+    n_trainable: int,
+    n_train: int,
+) -> TrainResult:
+    val = best.val
+    return TrainResult(
+        status=status,
+        val_accuracy=val.accuracy if val is not None else None,
+        test_accuracy=None,
+        macro_f1=None,
+        balanced_accuracy=None,
+        train_seconds=time.perf_counter() - started,
+        seconds_per_epoch=(sum(h.seconds for h in history) / len(history)) if history else None,
+        epochs_run=len(history),
+        best_epoch=best.epoch,
+        history=history,
+        n_parameters=n_parameters,
+        n_trainable=n_trainable,
+        n_train=n_train,
+        message=message,
+        val_balanced_accuracy=val.balanced_accuracy if val is not None else None,
+        val_macro_f1=val.macro_f1 if val is not None else None,
+        val_macro_auc=val.auc if val is not None else None,
+    )
+
+
+def _set_test(result: TrainResult, test: Evaluation) -> None:
+    result.test_accuracy = test.accuracy
+    result.macro_f1 = test.macro_f1
+    result.balanced_accuracy = test.balanced_accuracy
+    result.macro_auc = test.auc
+    result.confusion = test.confusion
+
+
+def _train_network(
+    config: TrainConfig,
+    data: ArraySplits,
+    model: Any,
+    progress: ProgressFn | None,
+    n_trainable: int,
+) -> TrainResult:
+    """Gradient training of the (partly frozen) network on augmented batches."""
+    import torch
+
+    n_classes = int(data.n_classes or 0)
+    size = config.image_size
+    train_x = _to_tensor(data.train_x, size)
+    val_x = _to_tensor(data.val_x, size)
+    mean, std = _normaliser(config, model, train_x)
+    train_y_np = np.asarray(data.train_y, dtype=np.int64)
+    train_y = torch.from_numpy(train_y_np)
+    val_y = np.asarray(data.val_y, dtype=np.int64)
+    loss_fn = _loss_fn(config, train_y_np, n_classes)
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = min(config.batch_size, len(train_x))
+    history: list[EpochStats] = []
+    best = _BestEpoch(config.early_stopping_patience)
+    status: Literal["ok", "diverged"] = "ok"
+    message = ""
+    started = time.perf_counter()
+    try:  # fail fast (before any training) when the image size is too small
+        _predict(model, (train_x[:2] - mean) / std, 2)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{config.model} cannot run at image_size={size} "
+            f"({str(exc).splitlines()[0][:120]}); choose a larger image_size"
+        ) from exc
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        _freeze_modes(model)
+        order = torch.randperm(len(train_x), generator=generator)
+        total_loss, correct, seen = 0.0, 0, 0
+        lr = float(optimizer.param_groups[0]["lr"])
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            if len(idx) < 2 and seen > 0:  # batch-norm cannot train on one image
+                continue
+            xb = (_augment(train_x[idx], config.augmentation, generator) - mean) / std
+            yb = train_y[idx]
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            if not torch.isfinite(loss):
+                status, message = "diverged", f"non-finite loss in epoch {epoch}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == yb).sum())
+            seen += len(idx)
+        if status == "diverged":
+            break
+        if scheduler is not None:
+            scheduler.step()
+        calib = order[:BN_CALIBRATION_IMAGES]
+        _recalibrate_batchnorm(model, (train_x[calib] - mean) / std, max(batch, 64))
+        val = evaluate(_predict(model, (val_x - mean) / std, max(batch, 128)), val_y, n_classes)
+        if not val.finite:
+            status, message = "diverged", f"non-finite validation output in epoch {epoch}"
+            break
+        stats = _stats(epoch, total_loss, correct, seen, val, lr, epoch_start)
+        history.append(stats)
+        if progress is not None:
+            progress(stats)
+        if best.update(epoch, val, model.state_dict):
+            message = f"early stop after epoch {epoch} (best {best.epoch})"
+            break
+    result = _result(
+        status,
+        message,
+        best,
+        history,
+        started,
+        sum(p.numel() for p in model.parameters()),
+        n_trainable,
+        len(train_x),
+    )
+    if best.state is not None and data.test_x is not None and data.test_y is not None:
+        model.load_state_dict(best.state)
+        test_x = (_to_tensor(data.test_x, size) - mean) / std
+        test_y = np.asarray(data.test_y, dtype=np.int64)
+        _set_test(result, evaluate(_predict(model, test_x, max(batch, 128)), test_y, n_classes))
+    return result
+
+
+def _train_probe(
+    config: TrainConfig,
+    data: ArraySplits,
+    model: Any,
+    progress: ProgressFn | None,
+    cache: FeatureCache,
+) -> TrainResult:
+    """A linear head (with dropout) on frozen, cached backbone features.
+
+    Augmentation does not apply (features are computed once per image); the head is
+    trained with the configured optimiser, schedule, loss and early stopping.
+    """
+    import torch
+
+    n_classes = int(data.n_classes or 0)
+    size = config.image_size
+    mean, std = _normaliser(config, model, _to_tensor(data.train_x[:2], size))
+    try:
+        _predict(model, (_to_tensor(data.train_x[:2], size) - mean) / std, 2)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{config.model} cannot run at image_size={size} "
+            f"({str(exc).splitlines()[0][:120]}); choose a larger image_size"
+        ) from exc
+    weights = str(config.weights) if config.weights is not None else "imagenet"
+    key = f"{config.model}|{weights}|{size}|{data.channels}"
+    extract = _extractor(model, size, mean, std, 128)
+    feature_seconds = 0.0
+    cached = True
+    splits: dict[str, Any] = {}
+    for name in ("train", "val", "test"):
+        images = getattr(data, f"{name}_x")
+        if images is None:
+            continue
+        feats, seconds, hit = cache.features(key, images, extract)
+        feature_seconds += seconds
+        cached = cached and hit
+        splits[name] = torch.from_numpy(feats)
+    head_start = time.perf_counter()
+    train_f, val_f = splits["train"], splits["val"]
+    f_mean = train_f.mean(0, keepdim=True)
+    f_std = train_f.std(0, keepdim=True).clamp_min(1e-4)
+    head = torch.nn.Sequential(
+        torch.nn.Dropout(config.dropout), torch.nn.Linear(train_f.shape[1], n_classes)
+    )
+    train_y_np = np.asarray(data.train_y, dtype=np.int64)
+    train_y = torch.from_numpy(train_y_np)
+    val_y = np.asarray(data.val_y, dtype=np.int64)
+    loss_fn = _loss_fn(config, train_y_np, n_classes)
+    optimizer = _optimizer(config, head)
+    scheduler = _scheduler(config, optimizer)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = min(config.batch_size, len(train_f))
+    history: list[EpochStats] = []
+    best = _BestEpoch(config.early_stopping_patience)
+    status: Literal["ok", "diverged"] = "ok"
+    message = ""
+    x_train = (train_f - f_mean) / f_std
+    x_val = (val_f - f_mean) / f_std
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        head.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        total_loss, correct, seen = 0.0, 0, 0
+        lr = float(optimizer.param_groups[0]["lr"])
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            logits = head(x_train[idx])
+            loss = loss_fn(logits, train_y[idx])
+            if not torch.isfinite(loss):
+                status, message = "diverged", f"non-finite loss in epoch {epoch}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == train_y[idx]).sum())
+            seen += len(idx)
+        if status == "diverged":
+            break
+        if scheduler is not None:
+            scheduler.step()
+        head.eval()
+        with torch.inference_mode():
+            val = evaluate(head(x_val).float(), val_y, n_classes)
+        if not val.finite:
+            status, message = "diverged", f"non-finite validation output in epoch {epoch}"
+            break
+        stats = _stats(epoch, total_loss, correct, seen, val, lr, epoch_start)
+        history.append(stats)
+        if progress is not None:
+            progress(stats)
+        if best.update(epoch, val, head.state_dict):
+            message = f"early stop after epoch {epoch} (best {best.epoch})"
+            break
+    backbone = sum(p.numel() for p in model.parameters())
+    head_params = sum(p.numel() for p in head.parameters())
+    result = _result(
+        status, message, best, history, head_start, backbone, head_params, len(train_f)
+    )
+    # Cost as a user would pay it: extraction (measured, or estimated at the measured rate
+    # when the features were cached) plus the head's training.
+    result.train_seconds = feature_seconds + (time.perf_counter() - head_start)
+    result.feature_seconds = feature_seconds
+    result.features_cached = cached
+    if best.state is not None and "test" in splits and data.test_y is not None:
+        head.load_state_dict(best.state)
+        head.eval()
+        with torch.inference_mode():
+            logits = head((splits["test"] - f_mean) / f_std).float()
+        _set_test(result, evaluate(logits, np.asarray(data.test_y, dtype=np.int64), n_classes))
+    return result
