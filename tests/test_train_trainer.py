@@ -209,3 +209,94 @@ def test_classification_metrics() -> None:
     f1_1 = 2 * (2 / 3) * 1 / (5 / 3)
     assert f1 == pytest.approx((f1_0 + f1_1 + 0) / 3)
     assert cm.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_macro_auc_rank_formula() -> None:
+    from metallmix.tools.training.trainer import macro_auc
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    perfect = np.eye(3)[y] + 0.01
+    assert macro_auc(y, perfect) == pytest.approx(1.0)
+    assert macro_auc(y, -perfect) == pytest.approx(0.0)
+    ties = np.ones((6, 3))
+    assert macro_auc(y, ties) == pytest.approx(0.5)
+    assert macro_auc(np.zeros(4, dtype=int), np.ones((4, 2))) is None
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = rng.random((6, 3))
+    scores /= scores.sum(1, keepdims=True)
+    expected = sklearn.roc_auc_score(y, scores, multi_class="ovr", average="macro")
+    assert macro_auc(y, scores) == pytest.approx(expected)
+
+
+def test_best_epoch_and_early_stop_follow_balanced_accuracy() -> None:
+    """An epoch with higher accuracy but lower balanced accuracy is neither best nor progress."""
+    from metallmix.tools.training.trainer import _BestEpoch, evaluate
+
+    torch = pytest.importorskip("torch")
+    labels = np.array([0] * 9 + [1])
+    majority = torch.tensor([[1.0, 0.0]] * 10)  # accuracy 0.9, balanced 0.5
+    balanced = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 3 + [[0.0, 1.0]])  # 0.7 / 0.83
+    e_bal, e_maj = evaluate(balanced, labels, 2), evaluate(majority, labels, 2)
+    assert e_maj.accuracy > e_bal.accuracy and e_maj.balanced_accuracy < e_bal.balanced_accuracy
+    best = _BestEpoch(patience=2)
+    assert not best.update(1, e_bal, lambda: {"epoch": 1})
+    assert not best.update(2, e_maj, lambda: {"epoch": 2})
+    assert best.update(3, e_maj, lambda: {"epoch": 3})  # 2 epochs without a better balanced acc
+    assert best.epoch == 1 and best.state == {"epoch": 1}
+
+
+def test_reported_epoch_is_the_best_balanced_one() -> None:
+    result = train(tiny(epochs=4, early_stopping_patience=None, lr=1e-2), splits(seed=2))
+    curve = result.balanced_learning_curve
+    assert len(curve) == 4 and result.best_epoch == int(np.argmax(curve)) + 1
+    assert result.val_balanced_accuracy == pytest.approx(max(curve))
+    assert result.val_accuracy == pytest.approx(result.learning_curve[result.best_epoch - 1])
+    assert result.macro_auc is not None and 0.0 <= result.macro_auc <= 1.0
+    assert result.test_balanced_accuracy == result.balanced_accuracy
+
+
+def test_class_weighting_changes_the_loss() -> None:
+    from metallmix.tools.training.trainer import _loss_fn, class_weights
+
+    torch = pytest.importorskip("torch")
+    labels = np.array([0] * 6 + [1] * 2)
+    assert class_weights(labels, 3).tolist() == pytest.approx([8 / 12, 8 / 4, 1.0])
+    logits = torch.tensor([[2.0, 0.0, 0.0]] * 8)
+    target = torch.from_numpy(labels)
+    plain = float(_loss_fn(tiny(), labels, 3)(logits, target))
+    weighted = float(_loss_fn(tiny(class_weighting="balanced"), labels, 3)(logits, target))
+    assert weighted > plain  # the misclassified minority class counts more
+    data = splits(n_train=64, seed=4)
+    keep = np.r_[np.flatnonzero(data.train_y == 0), np.flatnonzero(data.train_y == 1)[:6]]
+    data.train_x, data.train_y = data.train_x[keep], data.train_y[keep]
+    a = train(tiny(epochs=1), data)
+    b = train(tiny(epochs=1, class_weighting="balanced"), data)
+    assert a.history[0].train_loss != b.history[0].train_loss
+    hp = tiny(class_weighting="balanced").hyperparameters()
+    assert hp.extra["class_weighting"] == "balanced" and "finetune" not in hp.extra
+    again = TrainConfig.from_hyperparameters("lcnet_050", hp)
+    assert again.class_weighting == "balanced"
+    with pytest.raises(ConfigError, match="class_weighting"):
+        tiny(class_weighting="focal")
+
+
+def test_feature_cache_reuses_rows_and_persists(tmp_path: Path) -> None:
+    from metallmix.tools.training.trainer import FeatureCache
+
+    calls: list[int] = []
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :3].astype(np.float32)
+
+    images = np.random.default_rng(0).integers(0, 255, size=(6, 4, 4, 1), dtype=np.uint8)
+    cache = FeatureCache(tmp_path)
+    feats, _, hit = cache.features("k", images, extract)
+    assert calls == [6] and not hit and feats.shape == (6, 3)
+    sub, _, hit = cache.features("k", images[[4, 1]], extract)  # a derived task's subset
+    assert calls == [6] and hit and np.array_equal(sub, feats[[4, 1]])
+    again, _, hit = FeatureCache(tmp_path).features("k", images, extract)  # another process
+    assert calls == [6] and hit and np.array_equal(again, feats)
+    cache.features("other-size", images[:2], extract)
+    assert calls == [6, 2]

@@ -157,6 +157,7 @@ def run_trial(
     run_name: str | None = None,
     mlflow_client: Any | None = None,
     feature_cache: FeatureCache | None = None,
+    live_metrics: bool = True,
 ) -> RunRecord:
     """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
 
@@ -166,6 +167,8 @@ def run_trial(
     any other failure marks the MLflow run FAILED and is re-raised, nothing reaches the KB,
     except a failure to log a *finished* training, whose result is kept (KB or JSON file).
     ``feature_cache`` shares frozen-backbone features between linear-probe runs.
+    ``live_metrics=False`` logs the per-epoch metrics in one batch at the end (same history,
+    far fewer tracking-store writes: what a many-run build wants).
     """
     config = TrainConfig.from_hyperparameters(
         model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
@@ -249,14 +252,18 @@ def run_trial(
                 "lr": stats.lr,
                 "epoch_seconds": stats.seconds,
             }
-            mlflow.log_batch(
-                run_id,
-                metrics=[Metric(k, float(v), now, stats.epoch) for k, v in values.items()],
-            )
+            metrics = [Metric(k, float(v), now, stats.epoch) for k, v in values.items()]
+            if live_metrics:
+                mlflow.log_batch(run_id, metrics=metrics)
+            else:
+                pending.extend(metrics)
             if progress is not None:
                 progress(stats)
 
+        pending: list[Any] = []
         result = train(config, data, progress=on_epoch, feature_cache=feature_cache)
+        for i in range(0, len(pending), 900):  # MLflow takes at most 1000 metrics per batch
+            mlflow.log_batch(run_id, metrics=pending[i : i + 900])
         outcomes = Outcomes(
             val_accuracy=_finite(result.val_accuracy),
             test_accuracy=_finite(result.test_accuracy),
