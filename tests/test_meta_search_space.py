@@ -71,3 +71,36 @@ def test_cpu_zoo_models_exist_in_timm() -> None:
     timm = pytest.importorskip("timm")
     available = set(timm.list_models())
     assert set(CPU_ZOO_SPACE.models) <= available
+
+
+def test_cpu_zoo_has_pretrained_lite_models_with_their_own_ranges() -> None:
+    from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, PRETRAINED_LITE_MODELS
+
+    space = CPU_ZOO_SPACE
+    assert not space.pretrained
+    assert all(space.is_pretrained(m) for m in PRETRAINED_LITE_MODELS)
+    assert not space.is_pretrained("resnet10t")
+    sampled = space.sample(200, seed=1)
+    lite = [(m, hp) for m, hp in sampled if m in PRETRAINED_LITE_MODELS]
+    scratch = [(m, hp) for m, hp in sampled if m not in PRETRAINED_LITE_MODELS]
+    assert lite and scratch
+    assert {hp.image_size for _, hp in lite} <= {64, 96, 128}
+    assert {hp.extra["finetune"] for _, hp in lite} == {"linear_probe", "last_stages", "full"}
+    assert all("finetune" not in hp.extra for _, hp in scratch)
+    assert {hp.extra["class_weighting"] for _, hp in sampled} == {"none", "balanced"}
+    assert all(space.contains(m, hp) for m, hp in sampled)
+    bad = lite[0][1].model_copy(update={"image_size": 28})
+    assert any("image_size" in v for v in space.violations(lite[0][0], bad))
+    assert space.contains("lcnet_050", bad.model_copy(update={"extra": {}}))
+
+
+def test_union_and_projection_for_fixed_distribution_samplers() -> None:
+    from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
+
+    union = CPU_ZOO_SPACE.union_params()
+    assert set(union["image_size"].values) == {28, 32, 48, 64, 96, 128}  # type: ignore[union-attr]
+    drawn = {"image_size": 28, "finetune": "full", "epochs": 40, "lr": 0.01}
+    lite = CPU_ZOO_SPACE.project("efficientnet_lite0", drawn)
+    assert lite == {"image_size": 64, "finetune": "full", "epochs": 40, "lr": 0.01}
+    scratch = CPU_ZOO_SPACE.project("lcnet_050", drawn)
+    assert scratch == {"image_size": 28, "epochs": 10, "lr": 0.01}

@@ -48,7 +48,8 @@ def test_distributions_cover_the_space() -> None:
     )
 
     dists = distributions(CPU_ZOO_SPACE)
-    assert set(dists) == {"model", *CPU_ZOO_SPACE.params}
+    assert set(dists) == {"model", *CPU_ZOO_SPACE.union_params()}
+    assert "finetune" in dists and 128 in dists["image_size"].choices
     assert list(dists["model"].choices) == CPU_ZOO_SPACE.models
     assert isinstance(dists["lr"], FloatDistribution) and dists["lr"].log
     assert isinstance(dists["epochs"], IntDistribution)

@@ -375,7 +375,7 @@ class _Run:
             kb=None,
             experiment=EXPERIMENT,
             parent_run_id=parent,
-            pretrained=self.space.pretrained,
+            pretrained=self.space.is_pretrained(model),
             max_train_images=self.settings.max_train_images,
             max_val_images=self.settings.max_val_images,
             threads=self.settings.threads,

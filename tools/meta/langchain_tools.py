@@ -82,7 +82,7 @@ class MetaToolbox:
     def predict_accuracy(self, model: str, hyperparameters: dict[str, Scalar]) -> dict[str, Any]:
         hp = make_hyperparameters(hyperparameters)
         frame = candidates_frame(
-            self.meta_features, [(model, hp)], pretrained=self.space.pretrained
+            self.meta_features, [(model, hp)], pretrained=self.space.is_pretrained(model)
         )
         pred = self.learner.predict(frame)
         seconds = float(pred.seconds[0])
@@ -102,7 +102,7 @@ class MetaToolbox:
     ) -> list[dict[str, Any]]:
         hp = make_hyperparameters(hyperparameters)
         frame = candidates_frame(
-            self.meta_features, [(model, hp)], pretrained=self.space.pretrained
+            self.meta_features, [(model, hp)], pretrained=self.space.is_pretrained(model)
         )
         facts = facts_for_rows(self.learner, frame, ["query"], top_k=top_k)
         return [f.model_dump(mode="json") for f in facts]

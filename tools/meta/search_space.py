@@ -155,6 +155,32 @@ class SearchSpace(BaseModel):
         """The ranges that apply to ``model``: the shared ones, overridden per model."""
         return {**self.params, **self.model_params.get(model, {})}
 
+    def union_params(self) -> dict[str, Param]:
+        """One range per name covering every model's (for samplers with fixed distributions).
+
+        A value drawn from it may lie outside one model's range: :meth:`project` it.
+        """
+        out: dict[str, Param] = dict(self.params)
+        for params in self.model_params.values():
+            for name, param in params.items():
+                out[name] = _widen(out.get(name), param)
+        return out
+
+    def project(self, model: str, values: dict[str, Scalar]) -> dict[str, Scalar]:
+        """``values`` made valid for ``model``: out-of-range values moved to the nearest
+        allowed one, names the model does not use dropped (others pass through)."""
+        params = self.params_for(model)
+        union = self.union_params()
+        out: dict[str, Scalar] = {}
+        for name, value in values.items():
+            if name not in params:
+                if name not in union:
+                    out[name] = value
+                continue
+            param = params[name]
+            out[name] = value if param.violation(value) is None else _nearest(param, value)
+        return out
+
     def sample(self, n: int, seed: int = 0) -> list[tuple[str, Hyperparameters]]:
         """``n`` random (model, hyperparameters) pairs; the same seed gives the same list."""
         if n < 0:
@@ -213,6 +239,34 @@ class SearchSpace(BaseModel):
             for name, param in params.items():
                 out[f"{name} ({model})"] = param.describe()
         return out
+
+
+def _widen(a: Param | None, b: Param) -> Param:
+    """The smallest range of ``b``'s kind covering ``a`` and ``b``."""
+    if a is None:
+        return b
+    if isinstance(a, Choice) and isinstance(b, Choice):
+        return Choice(values=list(dict.fromkeys([*a.values, *b.values])))
+    if isinstance(a, IntRange) and isinstance(b, IntRange):
+        return IntRange(low=min(a.low, b.low), high=max(a.high, b.high))
+    if isinstance(a, FloatRange) and isinstance(b, FloatRange):
+        return FloatRange(low=min(a.low, b.low), high=max(a.high, b.high), log=a.log and b.log)
+    raise ConfigError(f"cannot merge a {a.kind} range with a {b.kind} range")
+
+
+def _nearest(param: Param, value: Scalar) -> Scalar:
+    """The allowed value of ``param`` closest to ``value`` (the first choice if not numeric)."""
+    if isinstance(param, Choice):
+        numeric = [
+            v for v in param.values if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if numeric and isinstance(value, int | float) and not isinstance(value, bool):
+            return min(numeric, key=lambda v: abs(float(v) - float(value)))
+        return param.values[0]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return param.low
+    clipped = min(max(float(value), param.low), param.high)
+    return round(clipped) if isinstance(param, IntRange) else clipped
 
 
 def hp_values(hp: Hyperparameters) -> dict[str, Scalar]:

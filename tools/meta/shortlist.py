@@ -129,7 +129,9 @@ def build_shortlist(
         meta_features, index, space, seed=seed, n_samples=n_samples, exclude=excluded_names
     )
     configs = [(m, hp) for m, hp, _ in pool]
-    frame = candidates_frame(meta_features, configs, pretrained=space.pretrained)
+    frame = candidates_frame(
+        meta_features, configs, pretrained=[space.is_pretrained(m) for m, _ in configs]
+    )
     pred = learner.predict(frame)
     picked = diverse_top([m for m, _ in configs], pred.score, n)
     candidates: list[Candidate] = []
@@ -140,7 +142,7 @@ def build_shortlist(
             Candidate(
                 candidate_id=f"c{rank}",
                 model=model,
-                pretrained=space.pretrained,
+                pretrained=space.is_pretrained(model),
                 hyperparameters=hp,
                 predicted_accuracy=round(float(pred.accuracy[i]), 4),
                 accuracy_low=round(float(pred.low[i]), 4),

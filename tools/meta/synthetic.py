@@ -15,6 +15,18 @@ from metallmix.tools.kb.records import Outcomes, Provenance, RunRecord
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace
 from metallmix.tools.metafeatures import MetaFeatures
 
+# The from-scratch part of the CPU zoo as it was when the planted effects were calibrated:
+# later additions to the zoo (pretrained models, class weighting) must not move the draws.
+SYNTHETIC_SPACE = CPU_ZOO_SPACE.model_copy(
+    update={
+        "name": "cpu-zoo-synthetic",
+        "models": [m for m in CPU_ZOO_SPACE.models if m not in CPU_ZOO_SPACE.pretrained_models],
+        "pretrained_models": [],
+        "model_params": {},
+        "params": {k: v for k, v in CPU_ZOO_SPACE.params.items() if k != "class_weighting"},
+    }
+)
+
 LR_OPTIMUM = 1e-3
 MODEL_BONUS = {"resnet18": 0.05, "lcnet_050": -0.05}
 
@@ -54,7 +66,7 @@ def synthetic_records(
     runs_per_dataset: int = 30,
     *,
     seed: int = 0,
-    space: SearchSpace = CPU_ZOO_SPACE,
+    space: SearchSpace = SYNTHETIC_SPACE,
     noise: float = 0.01,
     groups: dict[str, str] | None = None,
 ) -> list[RunRecord]:
@@ -80,7 +92,7 @@ def synthetic_records(
                     dataset_group=(groups or {}).get(name, name),
                     meta_features=mf,
                     model=model,
-                    pretrained=space.pretrained,
+                    pretrained=space.is_pretrained(model),
                     hyperparameters=hp,
                     outcomes=Outcomes(
                         val_accuracy=float(np.clip(acc, 0.0, 1.0)),

@@ -562,7 +562,7 @@ def run_search_distributed(
             model = str(params.pop("model"))
             started[trial.number] = time.perf_counter()
             try:
-                hp = make_hyperparameters(params)
+                hp = make_hyperparameters(space.project(model, params))
             except MetaLLMiXError as exc:
                 trial.set_user_attr("error", str(exc)[:1000])
                 trial.set_user_attr("seconds", 0.0)
@@ -582,6 +582,7 @@ def run_search_distributed(
                 max_val_images=max_val_images,
                 parent_run_id=parent,
                 tags={"metallmix.study": name, "metallmix.trial": str(trial.number)},
+                pretrained=space.is_pretrained(model),
             )
             dispatcher.submit(trial, job, data)
         if not dispatcher.inflight:

@@ -47,7 +47,7 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
     )
 
     out: dict[str, Any] = {"model": CategoricalDistribution(list(space.models))}
-    for name, param in space.params.items():
+    for name, param in space.union_params().items():
         if isinstance(param, FloatRange):
             out[name] = FloatDistribution(param.low, param.high, log=param.log)
         elif isinstance(param, IntRange):
@@ -323,11 +323,12 @@ def run_search(
         started = time.perf_counter()
         record: RunRecord | None = None
         try:
-            hp = make_hyperparameters(params)
+            hp = make_hyperparameters(space.project(model, params))
             record = run_trial(
                 dataset,
                 model,
                 hp,
+                pretrained=space.is_pretrained(model),
                 seed=seed + trial.number,
                 kb=kb,
                 experiment=experiment,
