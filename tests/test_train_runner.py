@@ -76,8 +76,21 @@ def test_run_is_logged_and_appended(toy: Path, tracking_uri: str, tmp_path: Path
     assert params["hp.lr"] == "0.003" and params["hp.image_size"] == "16"
     assert params["mf.n_images"] == "64" and params["mf.modality"] == "synthetic X-ray"
     metrics = run.data.metrics
-    for key in ("val_accuracy", "test_accuracy", "macro_f1", "balanced_accuracy"):
+    for key in (
+        "val_accuracy",
+        "test_accuracy",
+        "macro_f1",
+        "balanced_accuracy",
+        "val_balanced_accuracy",
+        "test_balanced_accuracy",
+        "val_macro_f1",
+        "macro_auc",
+    ):
         assert metrics[key] == pytest.approx(getattr(out, key))
+    assert out.test_balanced_accuracy == out.balanced_accuracy
+    assert out.val_balanced_accuracy is not None and out.macro_auc is not None
+    assert out.balanced_learning_curve == [out.val_balanced_accuracy]  # 1 epoch: the best
+    assert record.hyperparameters.extra["class_weighting"] == "none"
     assert metrics["train_seconds"] == pytest.approx(out.train_seconds)
     assert "seconds_per_epoch" in metrics and "train_loss" in metrics
     history = client.get_metric_history(prov.mlflow_run_id, "train_loss")

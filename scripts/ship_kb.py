@@ -1,0 +1,61 @@
+"""Replace the own runs of the shipped KB with those of a build KB (issue 12).
+
+Runs of other sources (Quick-Tune, ...) in the shipped file are kept. The new file is
+written beside the target and moved over it in one step, in rollback-journal mode (a
+package file must not need a WAL index to be read).
+
+    python scripts/ship_kb.py --build /work/kbbuild/own.sqlite --to metallmix/data/kb.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+
+def ship(build: Path, target: Path) -> tuple[int, int, int]:
+    """(own runs removed, own runs added, other runs kept)."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".sqlite")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(target, tmp)
+        kb = SQLiteKnowledgeBase(tmp)
+        old = [r.run_id for r in kb.iter_records() if r.source == "own"]
+        kb.remove(old)
+        new = [r for r in SQLiteKnowledgeBase(build, read_only=True).iter_records()]
+        new = [r for r in new if r.source == "own"]
+        kb.add(new)
+        kept = sum(1 for r in kb.iter_records() if r.source != "own")
+        del kb
+        conn = sqlite3.connect(tmp)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("VACUUM")
+        conn.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(tmp) + suffix).unlink(missing_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(old), len(new), kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, required=True, help="KB written by `kb build`")
+    parser.add_argument("--to", type=Path, default=Path("metallmix/data/kb.sqlite"))
+    args = parser.parse_args()
+    removed, added, kept = ship(args.build, args.to)
+    print(f"{args.to}: removed {removed} own runs, added {added}, kept {kept} of other sources")
+
+
+if __name__ == "__main__":
+    main()
