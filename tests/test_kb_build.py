@@ -118,6 +118,49 @@ def test_sharding_splits_the_plan(data_dir: Path, tmp_path: Path) -> None:
         list(build(kb, trials, sources, shard=(2, 2)))
 
 
+def test_learning_plan_mixes_probes_scratch_and_last_stages_inside_the_space() -> None:
+    from metallmix.tools.training.build import LEARNING_TASKS, learning_plan
+
+    assert len(LEARNING_TASKS) >= 30
+    assert len({t.name for t in LEARNING_TASKS}) == len(LEARNING_TASKS)
+    trials = learning_plan(LEARNING_TASKS)
+    assert learning_plan(LEARNING_TASKS) == trials
+    assert len(trials) >= 400 and len({t.key for t in trials}) == len(trials)
+    pretrained = [t for t in trials if t.pretrained]
+    assert 0.2 <= len(pretrained) / len(trials) <= 0.8
+    finetunes = {t.hp.extra.get("finetune") for t in pretrained}
+    assert finetunes == {"linear_probe", "last_stages"}
+    assert all(CPU_ZOO_SPACE.is_pretrained(t.model) == t.pretrained for t in trials)
+    for trial in trials:
+        assert CPU_ZOO_SPACE.contains(trial.model, trial.hp), trial
+    # the first round covers every task, pretrained first
+    first = trials[: len(LEARNING_TASKS)]
+    assert {t.task.name for t in first} == {t.name for t in LEARNING_TASKS}
+    # asking for more probes keeps the first ones (a larger plan resumes a smaller one)
+    more = learning_plan(LEARNING_TASKS, probes_per_task=12)
+    assert {t.key for t in trials} < {t.key for t in more}
+
+
+def test_a_trial_recorded_meanwhile_by_another_process_is_skipped(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    sources = resolve_sources([data_dir / "toy.npz"])
+    trials = plan([TaskSpec(source="toy")], 3, space=TINY)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    other = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+
+    def copy_as_last_trial(event: object) -> None:  # "another process" records trial 3
+        if len(kb) == 1:
+            record = kb.records()[0]
+            notes = {**record.provenance.notes, TRIAL_KEY_TAG: trials[2].key}
+            prov = record.provenance.model_copy(update={"notes": notes})
+            other.add([record.model_copy(update={"run_id": "other-1", "provenance": prov})])
+
+    ran = [e.trial.key for e in build(kb, trials, sources, threads=1, on_trial=copy_as_last_trial)]
+    assert ran == [trials[0].key, trials[1].key]
+    assert done_keys(kb) == {t.key for t in trials}
+
+
 def test_default_tasks_for_unknown_datasets(data_dir: Path) -> None:
     tasks = default_tasks_for(resolve_sources([data_dir / "toy.npz"]))
     assert [t.name for t in tasks] == ["toy/n1000"]

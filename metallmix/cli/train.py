@@ -286,6 +286,9 @@ def build_command(
     seed: int = typer.Option(0, "--seed", help="Seeds the sampled configurations."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per run."),
     shard: str = typer.Option("0/1", "--shard", help="i/n: run every n-th trial from i."),
+    reverse: bool = typer.Option(
+        False, "--reverse", help="Run the plan from its end (a 2nd process on the same KB)."
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N trials."),
     max_val_images: int | None = typer.Option(
         None, "--max-val-images", min=2, help="Cap on validation images (default: all)."
@@ -330,6 +333,8 @@ def build_command(
     mine = [t for i, t in enumerate(trials) if i % count == index]
     todo = [t for t in mine if t.key not in already]
     n_done = len(mine) - len(todo)
+    if reverse:
+        todo.reverse()
     if limit is not None:
         todo = todo[:limit]
     stderr.print(

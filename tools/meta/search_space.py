@@ -314,6 +314,7 @@ _LITE_PARAMS: dict[str, Param] = {
     "image_size": Choice(values=[64, 96, 128]),
     "finetune": Choice(values=["linear_probe", "last_stages", "full"]),
     "epochs": IntRange(low=3, high=40),
+    "dropout": FloatRange(low=0.0, high=0.5),
 }
 
 CPU_ZOO_SPACE = SearchSpace(
@@ -325,7 +326,7 @@ CPU_ZOO_SPACE = SearchSpace(
         "batch_size": Choice(values=[32, 64, 128]),
         "optimizer": Choice(values=["adamw", "sgd"]),
         "weight_decay": FloatRange(low=1e-6, high=1e-2, log=True),
-        "epochs": IntRange(low=3, high=10),
+        "epochs": IntRange(low=3, high=15),
         "scheduler": Choice(values=["cosine", "step", "none"]),
         "augmentation": Choice(values=["none", "light", "medium"]),
         "image_size": Choice(values=[28, 32, 48, 64]),

@@ -442,7 +442,9 @@ def build(
 ) -> Iterator[BuildEvent]:
     """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
 
-    ``shard=(i, n)`` runs only trials ``i, i+n, ...`` so ``n`` processes can share a build.
+    ``shard=(i, n)`` runs only trials ``i, i+n, ...`` so ``n`` processes can share a build;
+    a trial another process has recorded meanwhile is skipped, so two processes may also walk
+    the same plan from both ends.
     A trial that fails with a user-facing error (model cannot run at a size, ...) is
     reported and skipped; the build goes on. ``backend`` (see
     :mod:`metallmix.tools.training.backends`) runs the trials elsewhere; ``None`` keeps
@@ -473,7 +475,13 @@ def build(
     todo = [t for i, t in enumerate(trials) if i % count == index and t.key not in done]
     cache = TaskCache(sources)
     features = feature_cache or FeatureCache()
+    seen = len(kb)
     for n, trial in enumerate(todo, start=1):
+        if len(kb) != seen:  # another process on the same KB (e.g. --reverse) did some
+            seen = len(kb)
+            done = done_keys(kb)
+        if trial.key in done:
+            continue
         ds, mf = cache.task(trial.task)
         record: RunRecord | None = None
         error: str | None = None
