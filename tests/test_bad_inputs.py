@@ -292,14 +292,18 @@ def test_locked_kb_is_a_clear_error(
     monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.5, raising=False)
     kb = _kb_with(tmp_path / "kb.sqlite", "a:1")
     csv_file = _csv_with(tmp_path / "runs.csv")
+    before = snapshot([kb])
     holder = sqlite3.connect(kb, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
         result = run_cli(["kb", "import-csv", str(csv_file), "--kb", str(kb)], capsys)
+        removed = run_cli(["kb", "remove", "a:1", "--kb", str(kb)], capsys)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert_clean_error(result, None, "is locked by another process", str(kb))
+    assert_clean_error(removed, None, "is locked by another process", str(kb))
+    assert snapshot([kb]) == before
 
 
 # Read-only files: root ignores permission bits, so as root the files are made immutable
