@@ -1,20 +1,39 @@
-"""The evidence both LLM nodes see, rendered once, and the numbers it contains.
+"""The evidence the LLM nodes see, with short ids, and the numbers it contains.
 
-The recommender's prompt and the judge's number check are built from the same text: a
-number in an explanation is grounded exactly when it appears in (or converts from) a number
-the LLM was shown. Percentages are rendered with one decimal, hyperparameters with ``:g``.
+The recommender is shown the shortlist with request-local ids: candidates ``c1..``, SHAP
+facts ``f1..`` (listed under the candidate they belong to) and similar past runs ``r1..``.
+Its answer names ids only (the grammar built from :func:`answer_schema` allows exactly this
+request's ids), and code renders every number of what it cites (:func:`render_explanation`):
+a small model picks and connects, it never copies a number. Short ids also keep the prompt
+and the generated JSON short: a KB run id is ~20 tokens, ``r1`` is one.
+
+Percentages are rendered with one decimal, hyperparameters with ``:g``; :func:`numbers_in`
+and :func:`grounded` read numbers back with the precision they were written with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from metallmix.tools.meta.contracts import Candidate, Shortlist, SimilarRun
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+
+from metallmix.agents.schemas import Confidence, LLMChoice
+from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 from metallmix.tools.meta.search_space import hp_values
 
-MAX_SIMILAR = 5  # similar runs shown to the LLM
+MAX_SIMILAR = 4  # similar runs shown to the LLM
+FACTS_PER_CANDIDATE = 2
+MAX_RATIONALE_CHARS = 280
+MIN_RATIONALE_CHARS = 20
+# Interval width (accuracy points) at or under which an interval is "narrow"; above
+# WIDE_POINTS confidence is "low". A past run "agrees" within AGREE_POINTS of the prediction.
+NARROW_POINTS = 10.0
+WIDE_POINTS = 20.0
+AGREE_POINTS = 10.0
 
 
 def pct(value: float | None) -> str:
@@ -38,6 +57,35 @@ def hp_text(values: dict[str, object], keys: tuple[str, ...] | None = KEY_HPS) -
             continue
         parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
     return ", ".join(parts)
+
+
+def interval_width(c: Candidate) -> float:
+    """Width of the 10-90% interval in accuracy points."""
+    return (c.accuracy_high - c.accuracy_low) * 100.0
+
+
+def is_narrow(c: Candidate) -> bool:
+    return interval_width(c) <= NARROW_POINTS + 1e-9
+
+
+def runs_agree(c: Candidate, runs: list[SimilarRun]) -> bool:
+    """At least one past run reached an accuracy within AGREE_POINTS of the prediction."""
+    return any(
+        r.val_accuracy is not None
+        and abs(r.val_accuracy - c.predicted_accuracy) * 100 <= AGREE_POINTS
+        for r in runs
+    )
+
+
+def confidence_for(c: Candidate, runs: list[SimilarRun]) -> Confidence:
+    """The one rule for confidence, used by the recommender, the fallback and the judge:
+    high = narrow interval and a past run that agrees; low = wide interval or no past run."""
+    width = interval_width(c)
+    if not runs or width > WIDE_POINTS:
+        return "low"
+    if width <= NARROW_POINTS and runs_agree(c, runs):
+        return "high"
+    return "medium"
 
 
 def candidate_line(c: Candidate, keys: tuple[str, ...] | None = KEY_HPS) -> str:
@@ -67,6 +115,10 @@ def best_candidate(shortlist: Shortlist) -> Candidate:
     return max(shortlist.candidates, key=lambda c: c.score)
 
 
+def ranked_candidates(shortlist: Shortlist) -> list[Candidate]:
+    return sorted(shortlist.candidates, key=lambda c: -c.score)
+
+
 def dataset_line(name: str, shortlist: Shortlist) -> str:
     mf = shortlist.meta_features
     parts = [
@@ -82,63 +134,182 @@ def dataset_line(name: str, shortlist: Shortlist) -> str:
     return ", ".join(parts)
 
 
+def top_facts(shortlist: Shortlist, candidate_id: str, n: int) -> list[ShapFact]:
+    ranked = sorted(shortlist.facts_for(candidate_id), key=lambda f: -abs(f.effect_points))
+    return ranked[:n]
+
+
+def fact_lines(shortlist: Shortlist, candidate_id: str, n: int) -> list[str]:
+    return [f"- [{candidate_id}] {f.sentence}" for f in top_facts(shortlist, candidate_id, n)]
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """The rendered evidence sections of one shortlist."""
+    """One request's evidence: what the LLM may choose and cite, under short ids."""
 
-    dataset: str
-    candidates: str
-    facts: str
-    similar: str
-    best_candidate: str
-    best_run: str
+    name: str
+    shortlist: Shortlist
+    candidates: list[Candidate]
+    facts: dict[str, ShapFact] = field(default_factory=dict)  # "f1" -> fact
+    runs: dict[str, SimilarRun] = field(default_factory=dict)  # "r1" -> run
+
+    def facts_of(self, candidate_id: str) -> list[str]:
+        return [fid for fid, f in self.facts.items() if f.candidate_id == candidate_id]
+
+    def candidate_block(self, c: Candidate) -> str:
+        start = "pretrained" if c.pretrained else "from scratch"
+        hps = hp_text(dict(hp_values(c.hyperparameters)))
+        conf = confidence_for(c, list(self.runs.values()))
+        lines = [
+            f"{c.candidate_id}: {c.model} ({start}), {hps}. Predicted accuracy "
+            f"{pct(c.predicted_accuracy)} (interval {pct(c.accuracy_low)} to "
+            f"{pct(c.accuracy_high)}, {conf} confidence), training {seconds(c.predicted_seconds)}."
+        ]
+        lines += [f"  {fid}: {self.facts[fid].sentence}" for fid in self.facts_of(c.candidate_id)]
+        return "\n".join(lines)
+
+    @property
+    def dataset(self) -> str:
+        return dataset_line(self.name, self.shortlist)
 
     @property
     def text(self) -> str:
+        """The prompt's evidence block (its token count is logged with each call)."""
+        runs = [
+            f"{rid}: {r.model} on {r.dataset}, validation accuracy {pct(r.val_accuracy)}, "
+            f"similarity {r.similarity:.2f}"
+            for rid, r in self.runs.items()
+        ]
         return "\n".join(
             [
-                self.dataset,
-                self.candidates,
-                self.facts,
-                self.similar,
-                self.best_candidate,
-                self.best_run,
+                f"Dataset: {self.dataset}",
+                "",
+                "Candidates (best meta-learner score first) and their SHAP facts:",
+                *[self.candidate_block(c) for c in self.candidates],
+                "",
+                "Past runs on similar datasets:",
+                *(runs or ["none in the knowledge base"]),
             ]
         )
 
 
-def fact_lines(shortlist: Shortlist, candidate_id: str, n: int) -> list[str]:
-    ranked = sorted(shortlist.facts_for(candidate_id), key=lambda f: -abs(f.effect_points))
-    return [f"- [{candidate_id}] {f.sentence}" for f in ranked[:n]]
+def render_evidence(
+    name: str,
+    shortlist: Shortlist,
+    *,
+    candidates: list[Candidate] | None = None,
+    n_facts: int = FACTS_PER_CANDIDATE,
+    n_runs: int = MAX_SIMILAR,
+) -> Evidence:
+    """Evidence over ``candidates`` (default: the whole shortlist, best score first), each
+    with its ``n_facts`` largest SHAP facts, and the ``n_runs`` most similar past runs."""
+    chosen = candidates if candidates is not None else ranked_candidates(shortlist)
+    facts: dict[str, ShapFact] = {}
+    for c in chosen:
+        for f in top_facts(shortlist, c.candidate_id, n_facts):
+            facts[f"f{len(facts) + 1}"] = f
+    runs = {f"r{i + 1}": r for i, r in enumerate(shortlist.similar_runs[:n_runs])}
+    return Evidence(name, shortlist, list(chosen), facts, runs)
 
 
-def render_evidence(name: str, shortlist: Shortlist) -> Evidence:
-    """Evidence for the prompt (~700 tokens): the shortlist with its key hyperparameters, the
-    top two candidates' largest SHAP facts, the most similar past runs."""
-    ranked = sorted(shortlist.candidates, key=lambda c: -c.score)
-    facts: list[str] = []
-    for c, n in zip(ranked[:2], (3, 2), strict=False):
-        facts += fact_lines(shortlist, c.candidate_id, n)
-    best = best_candidate(shortlist)
-    run = best_run(shortlist)
-    return Evidence(
-        dataset=dataset_line(name, shortlist),
-        candidates="\n".join(candidate_line(c) for c in ranked),
-        facts="\n".join(facts) or "- none available",
-        similar="\n".join(run_line(r) for r in shortlist.similar_runs[:MAX_SIMILAR])
-        or "- none in the KB",
-        best_candidate=(
-            f"{best.candidate_id} ({best.model}, predicted {pct(best.predicted_accuracy)})"
-        ),
-        best_run=(
-            f"{run.run_id} ({run.model} on {run.dataset}, {pct(run.val_accuracy)})"
-            if run
-            else "none"
-        ),
+# ----------------------------------------------------------------- the answer's grammar
+def answer_schema(ev: Evidence) -> type[BaseModel]:
+    """The JSON schema the grammar enforces: one branch per candidate, each allowing only
+    that candidate's fact ids and this request's run ids, then a short rationale.
+
+    ``candidate_id`` comes first so the branch (and with it the allowed fact ids) is fixed
+    before anything is cited; the rationale comes last, after the choice is made.
+    """
+    run_ids = tuple(ev.runs)
+    branches: list[type[BaseModel]] = []
+    for c in ev.candidates:
+        fact_ids = tuple(ev.facts_of(c.candidate_id))
+        fields: dict[str, Any] = {
+            "candidate_id": (Literal[(c.candidate_id,)], ...),
+            "facts": _ids_field(fact_ids),
+            "runs": _ids_field(run_ids),
+            "rationale": (
+                str,
+                Field(min_length=MIN_RATIONALE_CHARS, max_length=MAX_RATIONALE_CHARS),
+            ),
+        }
+        branches.append(
+            create_model(
+                f"Answer_{_safe(c.candidate_id)}",
+                __config__=ConfigDict(extra="forbid"),
+                **fields,
+            )
+        )
+    if len(branches) == 1:
+        return branches[0]
+    union: Any = branches[0]
+    for branch in branches[1:]:
+        union = union | branch
+    return RootModel[union]
+
+
+def _ids_field(ids: tuple[str, ...]) -> tuple[Any, Any]:
+    if not ids:
+        return (list[str], Field(default_factory=list, max_length=0))
+    return (list[Literal[ids]], Field(min_length=1, max_length=2))  # type: ignore[valid-type]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def to_choice(answer: BaseModel) -> LLMChoice:
+    """The validated answer (any branch) as the plain :class:`LLMChoice`."""
+    inner = answer.root if isinstance(answer, RootModel) else answer
+    data = inner.model_dump()
+    return LLMChoice(
+        candidate_id=str(data["candidate_id"]),
+        facts=list(dict.fromkeys(data.get("facts") or [])),
+        runs=list(dict.fromkeys(data.get("runs") or [])),
+        rationale=str(data.get("rationale", "")).strip(),
     )
 
 
-_NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?([eE][-+]?\d+)?")
+# ----------------------------------------------------------------- rendering by code
+def fact_clause(f: ShapFact) -> str:
+    return f.sentence
+
+
+def run_sentence(r: SimilarRun) -> str:
+    return (
+        f"Past run [run {r.run_id}]: {r.model} on {r.dataset} reached {pct(r.val_accuracy)} "
+        f"validation accuracy (dataset similarity {r.similarity:.2f})."
+    )
+
+
+def render_explanation(
+    c: Candidate,
+    facts: list[ShapFact],
+    runs: list[SimilarRun],
+    rationale: str,
+    confidence: Confidence,
+) -> str:
+    """The explanation: the LLM's connecting words, then every number, written by code."""
+    start = "pretrained" if c.pretrained else "from scratch"
+    band = "narrow" if is_narrow(c) else "wide"
+    parts = []
+    words = rationale.strip()
+    if words:
+        parts.append(words if words[-1] in ".!?" else words + ".")
+    parts.append(
+        f"{c.model} ({start}) has a predicted validation accuracy of "
+        f"{pct(c.predicted_accuracy)}, interval {pct(c.accuracy_low)} to "
+        f"{pct(c.accuracy_high)} ({band}; {confidence} confidence), and an expected training "
+        f"time of {seconds(c.predicted_seconds)}."
+    )
+    if facts:
+        parts.append("SHAP: " + "; ".join(fact_clause(f) for f in facts) + ".")
+    parts += [run_sentence(r) for r in runs]
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------- reading numbers back
+_NUMBER = re.compile(r"(?<![\w.])([-+]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?([eE][-+]?\d+)?")
 _CITATION = re.compile(r"\[\s*run[\s:#]*([^\]\s,;]+)\s*\]", re.IGNORECASE)
 
 
@@ -147,30 +318,33 @@ def scrub(text: str, identifiers: list[str]) -> str:
     as numbers, and glue ``word-12`` into one token for the same reason."""
     for ident in sorted(set(identifiers), key=len, reverse=True):
         if ident:
-            text = text.replace(ident, " ")
+            text = re.sub(rf"(?<![\w-]){re.escape(ident)}(?![\w])", " ", text)
     return re.sub(r"(?<![0-9][eE])(?<=[A-Za-z_])-(?=\d)", "_", text)
 
 
 @dataclass(frozen=True)
 class Number:
-    """A number as written: its value and the rounding step its precision implies."""
+    """A number as written: its value (unsigned), the rounding step its precision implies
+    and the sign written before it ('+', '-' or '')."""
 
     text: str
     value: float
     step: float
+    sign: str = ""
 
 
 def numbers_in(text: str) -> list[Number]:
     out = []
     for match in _NUMBER.finditer(text):
-        integer, frac, exp = match.group(1), match.group(2) or "", match.group(3) or ""
+        sign = match.group(1) or ""
+        integer, frac, exp = match.group(2), match.group(3) or "", match.group(4) or ""
         raw = integer.replace(",", "") + frac + exp
         value = float(raw)
         decimals = len(frac) - 1 if frac else 0
         step = 10.0 ** (-decimals)
         if exp:
             step *= 10.0 ** int(exp[1:])
-        out.append(Number(match.group(0), value, step))
+        out.append(Number(match.group(0).lstrip("+-"), value, step, sign))
     return out
 
 
@@ -179,12 +353,13 @@ def citations(text: str) -> list[str]:
     return _CITATION.findall(text)
 
 
-def grounded(number: Number, evidence: list[float]) -> bool:
-    """True when ``number`` equals an evidence value (or its %/fraction/minutes form) up to
-    the rounding its written precision allows."""
+def grounded(number: Number, evidence: list[float], *, transform: bool = True) -> bool:
+    """True when ``number`` equals an evidence value (or, with ``transform``, its
+    %/fraction/minutes form) up to the rounding its written precision allows."""
     tol = number.step / 2 + 1e-9
     for v in evidence:
-        for form in (v, v * 100, v / 100, v / 60, v * 60):
+        forms = (v, v * 100, v / 100, v / 60, v * 60) if transform else (v,)
+        for form in forms:
             if abs(number.value - abs(form)) <= tol or math.isclose(
                 number.value, abs(form), rel_tol=1e-6
             ):
@@ -192,17 +367,21 @@ def grounded(number: Number, evidence: list[float]) -> bool:
     return False
 
 
-def evidence_values(evidence: Evidence, shortlist: Shortlist) -> list[float]:
+def evidence_values(ev: Evidence, shortlist: Shortlist) -> list[float]:
     """Every number the LLM saw, plus the raw values behind the rendered ones."""
-    values = [n.value for n in numbers_in(scrub(evidence.text, identifiers(shortlist)))]
+    values = [n.value for n in numbers_in(scrub(ev.text, identifiers(shortlist)))]
     for c in shortlist.candidates:
         values += [c.predicted_accuracy, c.accuracy_low, c.accuracy_high, c.score]
         if c.predicted_seconds is not None:
             values.append(c.predicted_seconds)
     for f in shortlist.facts:
         values.append(f.effect_points)
+        for text in (f.value, f.reference or ""):
+            with contextlib.suppress(ValueError):
+                values.append(float(text.replace(",", "")))
     for r in shortlist.similar_runs:
         values += [v for v in (r.val_accuracy, r.test_accuracy, r.train_seconds) if v is not None]
+        values.append(r.similarity)
     # counts a sentence may use ("the top 3 candidates", "2 similar runs")
     values += list(range(len(shortlist.candidates) + len(shortlist.similar_runs) + 1))
     return values
@@ -212,4 +391,7 @@ def identifiers(shortlist: Shortlist) -> list[str]:
     ids = [c.candidate_id for c in shortlist.candidates] + [c.model for c in shortlist.candidates]
     ids += [r.run_id for r in shortlist.similar_runs] + [r.model for r in shortlist.similar_runs]
     ids += [r.dataset for r in shortlist.similar_runs]
+    ids += [f.value for f in shortlist.facts if f.feature == "model"]
+    n = len(shortlist.facts) + len(shortlist.similar_runs) + len(shortlist.candidates) + 1
+    ids += [f"f{i}" for i in range(1, n)] + [f"r{i}" for i in range(1, n)]
     return ids

@@ -2,18 +2,25 @@
 
 A small model cannot be trusted to catch a wrong number, so pass/fail is decided by code:
 schema, search space, the candidate really being shortlisted, every number in the
-explanation being one of the evidence numbers (within the rounding it was written with),
-cited runs existing and no field missing. The LLM then scores format, accuracy and
-completeness (the paper's three criteria) and its critique, joined with the failed checks,
-is what the recommender sees on its second attempt.
+explanation being an evidence number (within the rounding it was written with) *and
+belonging to what it is written next to* (:mod:`metallmix.agents.attribution`), certainty
+words agreeing with the confidence and the interval, cited facts being the candidate's own
+and cited runs existing. With the per-request grammar and code-rendered numbers the
+structural checks pass by construction; what is left to check is the LLM's words.
+
+The LLM then scores format, accuracy and completeness (the paper's three criteria). Its
+grading is itself a check: an answer that fails the code checks is not graded (its critique
+is already known), a grading that fails to parse is retried once and then fails the verdict,
+and a score of 1 on any criterion rejects the answer. A missing grade is never a pass.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from metallmix.agents.attribution import confidence_problems, misattributions
 from metallmix.agents.evidence import (
+    MAX_SIMILAR,
     citations,
     dataset_line,
     evidence_values,
@@ -26,13 +33,17 @@ from metallmix.agents.evidence import (
 )
 from metallmix.agents.llm import ChatLLM, LLMOutputError
 from metallmix.agents.recommender import Exchange
-from metallmix.agents.schemas import JudgeScores, JudgeVerdict, Recommendation
+from metallmix.agents.schemas import MAX_CRITIQUE_CHARS, JudgeScores, JudgeVerdict, Recommendation
 from metallmix.prompts import load_prompt, render_prompt
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.search_space import SPACES, SearchSpace
 
 MIN_EXPLANATION_CHARS = 40
-MAX_TOKENS = 120
+# ~30 tokens of JSON around the critique, which the grammar bounds to MAX_CRITIQUE_CHARS
+# characters (at worst one token each): a grading can never be cut off.
+MAX_TOKENS = 48 + MAX_CRITIQUE_CHARS
+MIN_SCORE = 2  # a 1 ("bad") on any criterion rejects the answer
+GRADING_TRIES = 2
 
 
 def infer_space(shortlist: Shortlist, name: str | None = None) -> SearchSpace | None:
@@ -107,15 +118,21 @@ def hard_checks(
 
     ev = render_evidence(rec.dataset, shortlist)
     allowed = evidence_values(ev, shortlist)
-    scrubbed = scrub(text, [*identifiers(shortlist), *(known_run_ids or ())])
-    written = numbers_in(scrubbed)
+    ids = [*identifiers(shortlist), *(known_run_ids or ())]
+    written = numbers_in(scrub(text, ids))
     ungrounded = [n.text for n in written if not grounded(n, allowed)]
     check(
         "numbers_grounded",
         not ungrounded,
         "these numbers in the explanation are not in the evidence: "
         + ", ".join(ungrounded[:6])
-        + " (use only the numbers given, e.g. the predicted accuracy and interval)",
+        + " (write no numbers: code adds the evidence's numbers)",
+    )
+    wrong = misattributions(text, shortlist, list(known_run_ids or ()))
+    check(
+        "numbers_attributed",
+        not wrong,
+        "numbers credited to the wrong thing: " + "; ".join(wrong[:4]),
     )
     if cand is not None:
         states_accuracy = any(
@@ -126,52 +143,37 @@ def hard_checks(
             states_accuracy,
             f"the explanation does not state the predicted accuracy {pct(cand.predicted_accuracy)}",
         )
-    if cand is not None and shortlist.facts_for(cand.candidate_id):
-        lowered = text.lower()
-        facts = shortlist.facts_for(cand.candidate_id)
-        # Naming the model is not citing why it scores well: a model fact counts through its
-        # effect in points; any other fact through its feature or value.
-        cited_fact = any(
-            _mentions(lowered, f.feature) or _mentions(lowered, f.value)
-            for f in facts
-            if f.feature != "model"
-        ) or any(
-            grounded(n, [f.effect_points]) and abs(f.effect_points) >= 0.1
-            for f in facts
-            for n in written
+        shown = shortlist.similar_runs[:MAX_SIMILAR]
+        cited = [r for r in shortlist.similar_runs if r.run_id in rec.cited_runs]
+        words = confidence_problems(text, cand, rec.confidence, shown, cited)
+        check(
+            "confidence_consistent",
+            not words,
+            "certainty words contradict the evidence: " + "; ".join(words[:4]),
         )
+    if cand is not None and shortlist.facts_for(cand.candidate_id):
+        own = {f.sentence for f in shortlist.facts_for(cand.candidate_id)}
+        foreign = [f for f in rec.cited_facts if f not in own]
         check(
             "cites_shap_fact",
-            cited_fact,
-            "the explanation cites none of the candidate's SHAP facts; name at least one "
-            "(e.g. its learning rate or batch size and the points it adds)",
+            bool(rec.cited_facts) and not foreign,
+            "cite 1 or 2 of the chosen candidate's own SHAP facts by id"
+            + (f" (not another candidate's: {foreign[0]!r})" if foreign else ""),
         )
     if shortlist.similar_runs:
         check(
             "cites_similar_run",
             bool(rec.cited_runs),
-            "the explanation cites no similar past run; cite one as [run RUN_ID]",
+            "the explanation cites no similar past run; cite one by its id (r1, r2, ...)",
         )
     valid_ids = {r.run_id for r in shortlist.similar_runs} | (known_run_ids or set())
-    unknown = [r for r in citations(text) if r not in valid_ids]
+    unknown = [r for r in [*citations(text), *rec.cited_runs] if r not in valid_ids]
     check(
         "citations_exist",
         not unknown,
-        f"cited runs that do not exist: {', '.join(unknown)} (cite ids from 'Similar past runs')",
+        f"cited runs that do not exist: {', '.join(dict.fromkeys(unknown))}",
     )
     return checks, failures
-
-
-def _mentions(text: str, term: str) -> bool:
-    """``term`` (a feature like ``batch_size`` or a value like ``adamw``) appears in ``text``;
-    underscores may be written as spaces, ``lr`` as "learning rate"."""
-    term = term.lower().strip()
-    if not term:
-        return False
-    variants = {term, term.replace("_", " ")}
-    if term == "lr":
-        variants |= {"learning rate", "learning-rate"}
-    return any(re.search(rf"(?<![\w]){re.escape(v)}(?![\w])", text) for v in variants)
 
 
 def judge_evidence(rec: Recommendation, shortlist: Shortlist) -> str:
@@ -182,8 +184,8 @@ def judge_evidence(rec: Recommendation, shortlist: Shortlist) -> str:
     lines = [dataset_line(rec.dataset, shortlist)]
     cand = shortlist.candidate(rec.candidate_id)
     if cand is not None:
-        lines.append(candidate_line(cand, keys=None))
-        lines += fact_lines(shortlist, cand.candidate_id, 4)
+        lines.append(candidate_line(cand))
+        lines += fact_lines(shortlist, cand.candidate_id, 3)
     cited = [r for r in shortlist.similar_runs if r.run_id in rec.cited_runs]
     lines += [run_line(r) for r in cited or shortlist.similar_runs[:2]]
     return "\n".join(lines)
@@ -208,7 +210,12 @@ def judge_messages(rec: Recommendation, shortlist: Shortlist, checks: str) -> li
 @dataclass
 class Judgement:
     verdict: JudgeVerdict
-    exchange: Exchange | None
+    exchanges: list[Exchange]
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """The last LLM call of this judgement (None when the LLM was not asked)."""
+        return self.exchanges[-1] if self.exchanges else None
 
 
 def judge(
@@ -223,7 +230,8 @@ def judge(
     seed: int = 0,
     max_tokens: int = MAX_TOKENS,
 ) -> Judgement:
-    """Judge one attempt. Without a recommendation (unusable LLM answer) it fails at once."""
+    """Judge one attempt. Without a recommendation (unusable LLM answer) it fails at once;
+    an answer failing the code checks is not sent to the LLM (the failures are the critique)."""
     if rec is None:
         reason = draft_error or "the recommender produced no recommendation"
         verdict = JudgeVerdict(
@@ -233,27 +241,46 @@ def judge(
             checks={"schema": False},
             critique=reason,
         )
-        return Judgement(verdict, None)
+        return Judgement(verdict, [])
     checks, failures = hard_checks(rec, shortlist, known_run_ids=known_run_ids, space=space)
     checks = {"schema": True, **checks}
     scores: JudgeScores | None = None
     llm_error: str | None = None
-    exchange: Exchange | None = None
-    if llm is not None:
-        summary = "all passed" if not failures else "; ".join(failures)
-        messages = judge_messages(rec, shortlist, summary)
-        try:
-            scores = llm.chat_json(
-                messages, JudgeScores, max_tokens=max_tokens, temperature=0.0, seed=seed
-            )
-            exchange = Exchange("judge", attempt, messages, llm.last_raw, dict(llm.last_usage))
-        except LLMOutputError as exc:
-            llm_error = str(exc)
-            exchange = Exchange("judge", attempt, messages, exc.raw, dict(llm.last_usage))
-            exchange.error = llm_error
+    graded: bool | None = None
+    exchanges: list[Exchange] = []
+    if llm is not None and not failures:
+        messages = judge_messages(rec, shortlist, "all passed")
+        for _ in range(GRADING_TRIES):
+            try:
+                scores = llm.chat_json(
+                    messages, JudgeScores, max_tokens=max_tokens, temperature=0.0, seed=seed
+                )
+                exchanges.append(
+                    Exchange("judge", attempt, messages, llm.last_raw, dict(llm.last_usage))
+                )
+                llm_error = None
+                break
+            except LLMOutputError as exc:
+                llm_error = str(exc)
+                exchange = Exchange("judge", attempt, messages, exc.raw, dict(llm.last_usage))
+                exchange.error = llm_error
+                exchanges.append(exchange)
+        graded = scores is not None
+        checks["llm_graded"] = graded
+        if scores is None:
+            failures.append(f"the LLM judge's grading failed twice: {llm_error}")
+        else:
+            low = [
+                name
+                for name in ("format", "accuracy", "completeness")
+                if getattr(scores, name) < MIN_SCORE
+            ]
+            checks["llm_scores"] = not low
+            if low:
+                failures.append(
+                    f"the LLM judge scored {', '.join(low)} 1/5: {scores.critique.strip()}"
+                )
     critique_parts = list(failures)
-    if failures and scores is not None and scores.critique.strip():
-        critique_parts.append(scores.critique.strip())
     verdict = JudgeVerdict(
         attempt=attempt,
         passed=not failures,
@@ -261,6 +288,8 @@ def judge(
         checks=checks,
         scores=scores,
         llm_error=llm_error,
+        llm_graded=graded,
+        llm_attempts=len(exchanges),
         critique=" ".join(f"({i + 1}) {p}" for i, p in enumerate(critique_parts)),
     )
-    return Judgement(verdict, exchange)
+    return Judgement(verdict, exchanges)

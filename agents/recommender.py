@@ -1,31 +1,42 @@
-"""The recommender agent: the LLM picks a shortlisted candidate and explains it.
+"""The recommender agent: the LLM picks a shortlisted candidate, cites, and connects.
 
-The meta-learner decides what is plausible; the LLM only chooses among its scored shortlist
-(by ``candidate_id``) and writes confidence and explanation. Everything numeric in the
-resulting :class:`Recommendation` is copied from the chosen candidate by code. When the LLM
-fails twice, :func:`fallback_recommendation` gives the top candidate with a templated,
-fully grounded explanation instead of nothing.
+The meta-learner decides what is plausible; the LLM chooses among its scored shortlist by
+``candidate_id``, names the SHAP facts and past runs that support the choice by their short
+ids (a grammar built per request allows only this request's ids, so a citation cannot be
+invented or attached to the wrong candidate) and writes a short rationale in words. Code
+renders every number and the confidence. With ``choose="top1"`` the LLM is offered only the
+meta-learner's top candidate and explains it. When the LLM fails twice,
+:func:`fallback_recommendation` gives the top candidate with a templated explanation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from metallmix.agents.evidence import (
+    MAX_RATIONALE_CHARS,
     Evidence,
+    answer_schema,
     best_candidate,
-    best_run,
     citations,
-    pct,
+    confidence_for,
+    ranked_candidates,
     render_evidence,
-    seconds,
+    render_explanation,
+    to_choice,
+    top_facts,
 )
 from metallmix.agents.llm import ChatLLM, LLMOutputError
-from metallmix.agents.schemas import Confidence, LLMChoice, Recommendation
+from metallmix.agents.schemas import LLMChoice, Recommendation
 from metallmix.prompts import load_prompt, render_prompt
-from metallmix.tools.meta.contracts import Candidate, Shortlist
+from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 
-MAX_TOKENS = 320
+Choose = Literal["llm", "top1"]
+# JSON scaffolding of the answer (~40 tokens) plus the rationale at worst one token a
+# character: the grammar closes the string at MAX_RATIONALE_CHARS, so the answer can never be
+# cut off at max_tokens.
+MAX_TOKENS = 64 + MAX_RATIONALE_CHARS
 
 
 @dataclass
@@ -50,27 +61,29 @@ class Exchange:
         }
 
 
-def recommender_messages(
-    dataset: str, shortlist: Shortlist, critique: str | None = None
-) -> list[dict[str, str]]:
-    """System rules + the evidence; on a retry, the judge's critique is appended."""
-    ev: Evidence = render_evidence(dataset, shortlist)
+def evidence_for(dataset: str, shortlist: Shortlist, choose: Choose = "llm") -> Evidence:
+    """What the recommender sees: the whole shortlist, or only its top candidate."""
+    candidates = ranked_candidates(shortlist)
+    return render_evidence(
+        dataset, shortlist, candidates=candidates[:1] if choose == "top1" else None
+    )
+
+
+def recommender_messages(ev: Evidence, critique: str | None = None) -> list[dict[str, str]]:
+    """The fixed system prompt (its llama.cpp state is cached on disk) + this request's
+    evidence; on a retry, the judge's critique is appended."""
     retry = ""
     if critique:
         retry = (
             "\nYour previous answer was rejected by the reviewer: "
             f"{critique}\nAnswer again, fixing exactly these problems."
         )
-    user = render_prompt(
-        "recommender_user",
-        dataset=ev.dataset,
-        candidates=ev.candidates,
-        facts=ev.facts,
-        similar=ev.similar,
-        best_candidate=ev.best_candidate,
-        best_run=ev.best_run,
-        critique=retry,
+    task = (
+        "Explain why the candidate suits this dataset."
+        if len(ev.candidates) == 1
+        else "Choose one candidate and explain why it suits this dataset."
     )
+    user = render_prompt("recommender_user", evidence=ev.text, task=task, critique=retry)
     return [
         {"role": "system", "content": load_prompt("recommender").strip()},
         {"role": "user", "content": user.strip()},
@@ -82,17 +95,19 @@ def from_candidate(
     *,
     dataset: str,
     shortlist: Shortlist,
-    confidence: Confidence,
-    explanation: str,
+    facts: list[ShapFact],
+    runs: list[SimilarRun],
+    rationale: str,
     attempts: int,
     llm: str,
     seed: int,
     fallback: bool = False,
+    shown_runs: list[SimilarRun] | None = None,
 ) -> Recommendation:
-    """A recommendation whose hard fields are the candidate's, never the LLM's."""
-    known = {r.run_id for r in shortlist.similar_runs}
-    cited = [r for r in dict.fromkeys(citations(explanation)) if r in known]
-    cited += [r for r in known if r in explanation and r not in cited]
+    """A recommendation whose numbers and confidence are the candidate's and the evidence's,
+    rendered by code; only ``rationale`` is the LLM's."""
+    confidence = confidence_for(candidate, shown_runs if shown_runs is not None else runs)
+    explanation = render_explanation(candidate, facts, runs, rationale, confidence)
     return Recommendation(
         dataset=dataset,
         candidate_id=candidate.candidate_id,
@@ -104,13 +119,46 @@ def from_candidate(
         accuracy_high=candidate.accuracy_high,
         expected_train_seconds=candidate.predicted_seconds,
         confidence=confidence,
-        explanation=explanation.strip(),
-        cited_runs=cited,
+        explanation=explanation,
+        rationale=rationale.strip(),
+        cited_runs=[r.run_id for r in runs] or list(dict.fromkeys(citations(explanation))),
+        cited_facts=[f.sentence for f in facts],
         fallback=fallback,
         attempts=attempts,
         meta_features=shortlist.meta_features,
         llm=llm,
         seed=seed,
+    )
+
+
+def from_choice(
+    ev: Evidence, choice: LLMChoice, *, attempts: int, llm: str, seed: int
+) -> Recommendation | str:
+    """The recommendation for a validated answer, or why the answer cannot be used (only
+    reachable without the grammar, e.g. a scripted answer: ids outside this request)."""
+    candidate = next((c for c in ev.candidates if c.candidate_id == choice.candidate_id), None)
+    if candidate is None:
+        ids = ", ".join(c.candidate_id for c in ev.candidates)
+        return f"candidate_id {choice.candidate_id!r} is not in the shortlist ({ids})"
+    own = set(ev.facts_of(candidate.candidate_id))
+    wrong = [f for f in choice.facts if f not in own]
+    unknown_runs = [r for r in choice.runs if r not in ev.runs]
+    if wrong or unknown_runs:
+        return (
+            f"cited ids that are not {candidate.candidate_id}'s facts or listed runs: "
+            + ", ".join(wrong + unknown_runs)
+        )
+    return from_candidate(
+        candidate,
+        dataset=ev.name,
+        shortlist=ev.shortlist,
+        facts=[ev.facts[f] for f in dict.fromkeys(choice.facts)],
+        runs=[ev.runs[r] for r in dict.fromkeys(choice.runs)],
+        rationale=choice.rationale,
+        attempts=attempts,
+        llm=llm,
+        seed=seed,
+        shown_runs=list(ev.runs.values()),
     )
 
 
@@ -132,78 +180,60 @@ def recommend_once(
     critique: str | None = None,
     seed: int = 0,
     max_tokens: int = MAX_TOKENS,
+    choose: Choose = "llm",
 ) -> Draft:
     """One recommender attempt. An unusable answer is returned as ``error``, not raised:
     the judge turns it into a critique and the graph decides whether to retry."""
-    messages = recommender_messages(dataset, shortlist, critique)
+    ev = evidence_for(dataset, shortlist, choose)
+    messages = recommender_messages(ev, critique)
     try:
-        choice = llm.chat_json(
-            messages, LLMChoice, max_tokens=max_tokens, temperature=0.0, seed=seed + attempt - 1
+        answer = llm.chat_json(
+            messages,
+            answer_schema(ev),
+            max_tokens=max_tokens,
+            temperature=0.0,
+            seed=seed + attempt - 1,
         )
     except LLMOutputError as exc:
         exchange = Exchange("recommender", attempt, messages, exc.raw, dict(llm.last_usage))
         exchange.error = str(exc)
         # The critique goes back into the prompt: say what to fix, never echo the bad text.
         if "cut off" in str(exc):
-            reason = "the answer was too long and was cut off: write 2 to 4 short sentences"
+            reason = "the answer was too long and was cut off: write 1 or 2 short sentences"
         else:
-            reason = "the answer was not valid JSON with candidate_id, confidence and explanation"
+            reason = "the answer was not valid JSON with candidate_id, facts, runs and rationale"
         return Draft(None, exchange, reason)
     exchange = Exchange("recommender", attempt, messages, llm.last_raw, dict(llm.last_usage))
-    candidate = shortlist.candidate(choice.candidate_id.strip())
-    if candidate is None:
-        ids = ", ".join(c.candidate_id for c in shortlist.candidates)
-        error = f"candidate_id {choice.candidate_id!r} is not in the shortlist ({ids})"
-        exchange.error = error
-        return Draft(None, exchange, error)
-    rec = from_candidate(
-        candidate,
-        dataset=dataset,
-        shortlist=shortlist,
-        confidence=choice.confidence,
-        explanation=choice.explanation,
-        attempts=attempt,
-        llm=llm.name,
-        seed=seed,
-    )
+    rec = from_choice(ev, to_choice(answer), attempts=attempt, llm=llm.name, seed=seed)
+    if isinstance(rec, str):
+        exchange.error = rec
+        return Draft(None, exchange, rec)
     return Draft(rec, exchange)
 
 
 def fallback_recommendation(
     dataset: str, shortlist: Shortlist, *, attempts: int, llm: str, seed: int
 ) -> Recommendation:
-    """The top-scored candidate with a templated explanation built only from evidence."""
+    """The top-scored candidate, its largest SHAP facts and the closest strong past run,
+    rendered by the same code as an LLM answer, with a templated rationale."""
     top = best_candidate(shortlist)
-    width = top.accuracy_high - top.accuracy_low
-    confidence: Confidence = "high" if width <= 0.05 else "medium" if width <= 0.15 else "low"
-    parts = [
-        f"{top.model} ({top.candidate_id}) has the best meta-learner score of the shortlist, "
-        f"with a predicted validation accuracy of {pct(top.predicted_accuracy)} "
-        f"(interval {pct(top.accuracy_low)} to {pct(top.accuracy_high)}) and an expected "
-        f"training time of {seconds(top.predicted_seconds)}."
-    ]
-    facts = sorted(shortlist.facts_for(top.candidate_id), key=lambda f: -abs(f.effect_points))
-    if facts:
-        parts.append(
-            "Main SHAP effects: "
-            + "; ".join(f"{f.feature}={f.value} ({f.effect_points:+.1f} pp)" for f in facts[:2])
-            + "."
-        )
-    run = best_run(shortlist)
-    if run is not None:
-        parts.append(
-            f"The closest strong past run is [run {run.run_id}] ({run.model} on {run.dataset}, "
-            f"{pct(run.val_accuracy)} validation accuracy)."
-        )
-    parts.append("This explanation is templated because the LLM's answers were rejected twice.")
+    ev = evidence_for(dataset, shortlist, "top1")
+    runs = list(ev.runs.values())
+    scored = [r for r in runs if r.val_accuracy is not None]
+    cited = [max(scored, key=lambda r: r.val_accuracy or 0.0)] if scored else runs[:1]
     return from_candidate(
         top,
         dataset=dataset,
         shortlist=shortlist,
-        confidence=confidence,
-        explanation=" ".join(parts),
+        facts=top_facts(shortlist, top.candidate_id, 2),
+        runs=cited,
+        rationale=(
+            "This explanation is templated because the LLM's answers were rejected: this is "
+            "the candidate with the best meta-learner score in the shortlist"
+        ),
         attempts=attempts,
         llm=llm,
         seed=seed,
         fallback=True,
+        shown_runs=runs,
     )

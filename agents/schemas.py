@@ -1,9 +1,12 @@
 """What the recommender and the judge produce.
 
-The LLM writes only :class:`LLMChoice` (which shortlisted candidate, how sure, why). Every
-hard number of a :class:`Recommendation` (hyperparameters, predicted accuracy and interval,
-expected time) is copied by code from the chosen :class:`~metallmix.tools.meta.contracts.
-Candidate`, because a small model copies numbers badly and invents them readily.
+The LLM writes only :class:`LLMChoice`: which shortlisted candidate, which SHAP facts and
+past runs support it (by the request's short ids, enforced by a grammar built per request in
+:func:`metallmix.agents.evidence.answer_schema`) and a short rationale in words. Every number
+of a :class:`Recommendation` (hyperparameters, predicted accuracy and interval, expected time,
+the cited facts' effects and runs' accuracies) and its confidence are written by code from the
+chosen :class:`~metallmix.tools.meta.contracts.Candidate`, because a small model copies numbers
+badly and attaches them to the wrong thing.
 """
 
 from __future__ import annotations
@@ -16,33 +19,34 @@ from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.metafeatures import MetaFeatures
 
 Confidence = Literal["low", "medium", "high"]
-MAX_EXPLANATION_CHARS = 600
+Score = Literal[1, 2, 3, 4, 5]  # an enum, so the grammar allows only these (it ignores min/max)
+MAX_CRITIQUE_CHARS = 160
 
 
 class LLMChoice(BaseModel):
-    """The part of a recommendation the LLM writes (its JSON schema is the grammar)."""
+    """The LLM's answer in plain form (the per-request grammar has the same fields, with
+    ``candidate_id``, ``facts`` and ``runs`` restricted to that request's ids)."""
 
     model_config = ConfigDict(extra="forbid")
 
     candidate_id: str = Field(description="id of the chosen shortlisted candidate, e.g. 'c1'")
-    confidence: Confidence
-    # maxLength becomes part of the grammar: a small model that starts repeating itself is
-    # made to close the string instead of running into max_tokens.
-    explanation: str = Field(
-        max_length=MAX_EXPLANATION_CHARS,
-        description="why this candidate, citing the evidence numbers and runs as [run ID]",
-    )
+    facts: list[str] = Field(default_factory=list, description="cited SHAP fact ids, e.g. 'f1'")
+    runs: list[str] = Field(default_factory=list, description="cited past run ids, e.g. 'r1'")
+    rationale: str = Field(default="", description="connecting words; numbers are added by code")
 
 
 class JudgeScores(BaseModel):
-    """The LLM judge's verdict on the paper's three criteria (1 = bad, 5 = excellent)."""
+    """The LLM judge's verdict on the paper's three criteria (1 = bad, 5 = excellent).
+
+    Short on purpose: ~30 tokens of JSON plus a critique bounded in the grammar, so the
+    grading can never be cut off at max_tokens (see ``judge.MAX_TOKENS``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    format: int = Field(ge=1, le=5)
-    accuracy: int = Field(ge=1, le=5)
-    completeness: int = Field(ge=1, le=5)
-    critique: str
+    format: Score
+    accuracy: Score
+    completeness: Score
+    critique: str = Field(max_length=MAX_CRITIQUE_CHARS)
 
 
 class JudgeVerdict(BaseModel):
@@ -56,6 +60,10 @@ class JudgeVerdict(BaseModel):
     checks: dict[str, bool] = Field(default_factory=dict, description="check name -> passed")
     scores: JudgeScores | None = Field(default=None, description="None when the LLM failed")
     llm_error: str | None = None
+    llm_graded: bool | None = Field(
+        default=None, description="True: the LLM graded; False: its grading failed; None: not asked"
+    )
+    llm_attempts: int = Field(default=0, ge=0, description="grading calls made (retried once)")
     critique: str = Field(default="", description="what to fix, sent back to the recommender")
 
 
@@ -76,6 +84,8 @@ class Recommendation(BaseModel):
     confidence: Confidence
     explanation: str
     cited_runs: list[str] = Field(default_factory=list, description="KB run ids cited")
+    cited_facts: list[str] = Field(default_factory=list, description="SHAP fact sentences cited")
+    rationale: str = Field(default="", description="the LLM's own words (no numbers by design)")
     fallback: bool = Field(default=False, description="True: templated, the LLM failed twice")
     attempts: int = Field(default=1, ge=0, description="recommender attempts made")
     judge: JudgeVerdict | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 
@@ -23,6 +23,9 @@ class Configuration:
     n_candidates: int = 5
     space: str | None = None  # search-space name; None = inferred from the KB's models
     judge_with_llm: bool = True
+    # "llm": the LLM chooses among the shortlist; "top1": it explains the meta-learner's top
+    # candidate (bench/judge_quality.py measures which picks better on LODO folds).
+    choose: Literal["llm", "top1"] = "llm"
     track: bool = True  # record the decision as an MLflow run
     experiment: str = "metallmix-recommendations"
     llm_instance: Any = None

@@ -171,6 +171,7 @@ def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str,
         attempt=attempt,
         critique=state.critique,
         seed=cfg.seed,
+        choose=cfg.choose,
     )
     return {
         "attempts": attempt,
@@ -200,8 +201,8 @@ def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
         seed=cfg.seed,
     )
     update: dict[str, Any] = {"verdicts": [result.verdict], "critique": result.verdict.critique}
-    if result.exchange is not None:
-        update["exchanges"] = [result.exchange.to_dict()]
+    if result.exchanges:
+        update["exchanges"] = [e.to_dict() for e in result.exchanges]
     if result.verdict.passed and state.draft is not None:
         update["recommendation"] = state.draft.model_copy(update={"judge": result.verdict})
     return update

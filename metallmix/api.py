@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from metallmix import config
 from metallmix.agents.schemas import Recommendation
@@ -81,6 +81,7 @@ def recommend(
     n_candidates: int = 5,
     judge_with_llm: bool = True,
     max_attempts: int = 2,
+    choose: Literal["llm", "top1"] | None = None,
     track: bool = True,
     on_node: Callable[[str], None] | None = None,
     verify: int | None = None,
@@ -94,7 +95,9 @@ def recommend(
     or precomputed :class:`MetaFeatures`. ``llm`` is a registry name, a profile (``fast``,
     ``default``), a ``.gguf`` path or a loaded model; ``kb`` a ``.sqlite`` path or an open
     store (default: ``METALLMIX_KB`` or the layered default). ``track`` logs the decision to
-    MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result. ``on_node`` is called with
+    MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result. ``choose`` is ``"llm"``
+    (the LLM picks among the shortlist) or ``"top1"`` (it explains the meta-learner's top
+    candidate); None keeps the graph's default. ``on_node`` is called with
     each graph node's name as it finishes (progress display).
 
     ``verify=K`` then trains the top-K shortlisted configurations with successive halving
@@ -155,6 +158,7 @@ def recommend(
         n_candidates=n_candidates,
         judge_with_llm=judge_with_llm,
         track=track,
+        **({"choose": choose} if choose else {}),
     )
     if not track:
         return _result(_invoke(inputs, configurable, on_node))

@@ -15,8 +15,8 @@ import pytest
 from metallmix.agents.evidence import Number, grounded, numbers_in, scrub
 from metallmix.agents.fake_llm import ScriptedLLM
 from metallmix.agents.judge import hard_checks
-from metallmix.agents.recommender import fallback_recommendation, from_candidate
-from metallmix.agents.schemas import JudgeScores, LLMChoice
+from metallmix.agents.recommender import evidence_for, fallback_recommendation, from_choice
+from metallmix.agents.schemas import JudgeScores, LLMChoice, Recommendation
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 from metallmix.tools.metafeatures import MetaFeatures
@@ -130,20 +130,22 @@ def make_shortlist() -> Shortlist:
 
 GOOD = LLMChoice(
     candidate_id="c1",
-    confidence="medium",
-    explanation=(
-        "resnet18 (c1) is predicted to reach 84.1% validation accuracy (interval 80.1% to "
-        "88.2%) in about 42 s. Its learning rate of 0.001 adds +3.4 points over the KB median. "
-        "The most similar past run [run own-breast-07] reached 85.6% with the same setup."
-    ),
+    facts=["f1"],
+    runs=["r1"],
+    rationale="resnet18 is the most accurate choice, mostly thanks to its learning rate, and "
+    "the same setup did well on a similar ultrasound set",
 )
-INVENTED = LLMChoice(
+# What a small model writes without the grammar and the code-rendered numbers.
+INVENTED_TEXT = (
+    "resnet18 is predicted to reach 97.5% accuracy, as [run own-breast-07] shows; "
+    "it trains in 12 s."
+)
+# Grammar-valid, but its words put a number next to the wrong thing (lr's +3.4 to the model).
+MISATTRIBUTED = LLMChoice(
     candidate_id="c1",
-    confidence="high",
-    explanation=(
-        "resnet18 is predicted to reach 97.5% accuracy, as [run own-breast-07] shows; "
-        "it trains in 12 s."
-    ),
+    facts=["f1"],
+    runs=["r1"],
+    rationale="the model choice alone adds +3.4 points over the alternatives",
 )
 SCORES = JudgeScores(format=4, accuracy=5, completeness=4, critique="Clear and grounded.")
 LOW = JudgeScores(format=3, accuracy=1, completeness=2, critique="Numbers are invented.")
@@ -172,58 +174,94 @@ def test_grounding_tolerates_rounding_and_percent_only() -> None:
 
 
 # ----------------------------------------------------------------- judge hard checks
-def _rec(choice: LLMChoice, shortlist: Shortlist):  # type: ignore[no-untyped-def]
-    cand = shortlist.candidate(choice.candidate_id)
-    assert cand is not None
-    return from_candidate(
-        cand,
-        dataset="breast",
-        shortlist=shortlist,
-        confidence=choice.confidence,
-        explanation=choice.explanation,
-        attempts=1,
-        llm="scripted",
-        seed=0,
-    )
+def _rec(choice: LLMChoice, shortlist: Shortlist) -> Recommendation:
+    ev = evidence_for("breast", shortlist)
+    rec = from_choice(ev, choice, attempts=1, llm="scripted", seed=0)
+    assert isinstance(rec, Recommendation), rec
+    return rec
 
 
 def test_grounded_explanation_passes_every_check() -> None:
     shortlist = make_shortlist()
-    checks, failures = hard_checks(_rec(GOOD, shortlist), shortlist)
+    rec = _rec(GOOD, shortlist)
+    checks, failures = hard_checks(rec, shortlist)
     assert failures == []
     assert all(checks.values())
     assert "numbers_grounded" in checks and "in_search_space" not in checks
+    # the numbers are the code's: accuracy, interval, the cited fact and run
+    assert "84.1%" in rec.explanation and "+3.4" in rec.explanation
+    assert "[run own-breast-07]" in rec.explanation and "85.6%" in rec.explanation
+    assert rec.explanation.startswith(GOOD.rationale)
+    assert rec.cited_facts == [make_shortlist().facts[0].sentence]
+    assert rec.confidence == "high"  # 8.2-point interval and a past run within 10 points
 
 
 def test_invented_numbers_fail_and_are_named() -> None:
     shortlist = make_shortlist()
-    checks, failures = hard_checks(_rec(INVENTED, shortlist), shortlist)
+    rec = _rec(GOOD, shortlist).model_copy(update={"explanation": INVENTED_TEXT})
+    checks, failures = hard_checks(rec, shortlist)
     assert not checks["numbers_grounded"]
     assert any("97.5" in f and "12" in f for f in failures)
     assert not checks["states_expected_accuracy"]
 
 
-def test_bare_numbers_without_fact_or_run_fail_completeness() -> None:
+def test_misattributed_words_fail() -> None:
     shortlist = make_shortlist()
-    bare = GOOD.model_copy(
-        update={"explanation": "Predicted accuracy: 84.1%, interval 80.1% to 88.2%."}
+    checks, failures = hard_checks(_rec(MISATTRIBUTED, shortlist), shortlist)
+    assert not checks["numbers_attributed"]
+    assert any("3.4" in f and "lr" in f for f in failures)
+
+
+def test_uncited_fact_and_run_fail_completeness() -> None:
+    shortlist = make_shortlist()
+    rec = _rec(GOOD, shortlist).model_copy(
+        update={
+            "explanation": "Predicted accuracy: 84.1%, interval 80.1% to 88.2%.",
+            "cited_facts": [],
+            "cited_runs": [],
+        }
     )
-    checks, _ = hard_checks(_rec(bare, shortlist), shortlist)
+    checks, _ = hard_checks(rec, shortlist)
     assert checks["numbers_grounded"] and checks["states_expected_accuracy"]
     assert not checks["cites_shap_fact"] and not checks["cites_similar_run"]
-    with_effect = bare.model_copy(
-        update={"explanation": bare.explanation + " The model adds +1.9 points."}
-    )
-    checks, _ = hard_checks(_rec(with_effect, shortlist), shortlist)
-    assert checks["cites_shap_fact"]
+    other = rec.model_copy(update={"cited_facts": [shortlist.facts[2].sentence]})  # c2's fact
+    checks, failures = hard_checks(other, shortlist)
+    assert not checks["cites_shap_fact"] and any("another candidate" in f for f in failures)
+
+
+def test_grammar_allows_only_this_requests_ids() -> None:
+    from metallmix.agents.evidence import answer_schema
+    from metallmix.agents.llm import LLMOutputError
+
+    ev = evidence_for("breast", make_shortlist())
+    schema = answer_schema(ev).model_json_schema()
+    branches = {d["properties"]["candidate_id"]["const"]: d for d in schema["$defs"].values()}
+    assert set(branches) == {"c1", "c2"}
+
+    def allowed(branch: str, prop: str) -> list[str]:
+        items = branches[branch]["properties"][prop]["items"]
+        return list(items.get("enum") or [items["const"]])
+
+    assert allowed("c1", "facts") == ["f1", "f2"] and allowed("c2", "facts") == ["f3"]
+    assert allowed("c1", "runs") == allowed("c2", "runs") == ["r1", "r2"]
+    bad = [
+        GOOD.model_copy(update={"facts": ["f3"]}),  # c2's fact cited for c1
+        GOOD.model_copy(update={"runs": ["r9"]}),
+        GOOD.model_copy(update={"candidate_id": "c9"}),
+    ]
+    llm = ScriptedLLM(list(bad))
+    for _ in bad:
+        with pytest.raises(LLMOutputError):
+            llm.chat_json([{"role": "user", "content": "x"}], answer_schema(ev))
 
 
 def test_unknown_citation_fails() -> None:
     shortlist = make_shortlist()
-    choice = GOOD.model_copy(
-        update={"explanation": GOOD.explanation.replace("own-breast-07", "own-ghost-99")}
+    rec = _rec(GOOD, shortlist)
+    rec = rec.model_copy(
+        update={"explanation": rec.explanation.replace("own-breast-07", "own-ghost-99")}
     )
-    checks, failures = hard_checks(_rec(choice, shortlist), shortlist)
+    checks, failures = hard_checks(rec, shortlist)
     assert not checks["citations_exist"]
     assert any("own-ghost-99" in f for f in failures)
 
@@ -270,20 +308,52 @@ def test_first_answer_accepted(tmp_path: Path) -> None:
     assert rec.cited_runs == ["own-breast-07"]
     assert llm.remaining == 0 and len(llm.calls) == 2
     prompt = llm.calls[0].messages[1]["content"]
-    assert "c1: resnet18" in prompt and "own-breast-07" in prompt and "84.1%" in prompt
+    assert "c1: resnet18" in prompt and "r1: resnet18 on busi-sub300" in prompt
+    assert "84.1%" in prompt and "own-breast-07" not in prompt  # short ids, not KB run ids
 
 
 def test_rejected_answer_is_regenerated_with_the_critique() -> None:
-    llm = ScriptedLLM([INVENTED, LOW, GOOD, SCORES])
+    llm = ScriptedLLM([MISATTRIBUTED, GOOD, SCORES])  # a code-rejected answer is not graded
     rec = _run(llm)
     assert rec.attempts == 2 and not rec.fallback and rec.judge is not None
+    retry_prompt = llm.calls[1].messages[1]["content"]
+    assert "rejected" in retry_prompt and "wrong thing" in retry_prompt and "3.4" in retry_prompt
+
+
+def test_low_llm_score_rejects_and_its_critique_is_sent_back() -> None:
+    llm = ScriptedLLM([GOOD, LOW, GOOD, SCORES])
+    rec = _run(llm)
+    assert rec.attempts == 2 and not rec.fallback
     retry_prompt = llm.calls[2].messages[1]["content"]
-    assert "rejected" in retry_prompt and "97.5" in retry_prompt
     assert "Numbers are invented." in retry_prompt
 
 
+def test_failed_grading_is_retried_once_then_fails_the_check() -> None:
+    # grading garbage once, then a grade: passes, with both grading calls recorded
+    rec = _run(ScriptedLLM([GOOD, "not json", SCORES]))
+    assert rec.attempts == 1 and rec.judge is not None and rec.judge.passed
+    assert rec.judge.llm_graded is True and rec.judge.llm_attempts == 2
+    # grading garbage twice: a failed check, never a silent pass
+    llm = ScriptedLLM([GOOD, "not json", '{"format": 9}', GOOD, SCORES])
+    rec = _run(llm)
+    assert rec.attempts == 2 and not rec.fallback and llm.remaining == 0
+    rec = _run(ScriptedLLM([GOOD, "x", "x", GOOD, "x", "x"]))
+    assert rec.fallback, "an answer the LLM never graded must not pass"
+
+
+def test_grading_that_fails_twice_is_recorded_as_a_failed_check() -> None:
+    from metallmix.agents.judge import judge
+
+    shortlist = make_shortlist()
+    result = judge(ScriptedLLM(["x", "y"]), _rec(GOOD, shortlist), shortlist, attempt=1)
+    v = result.verdict
+    assert not v.passed and v.llm_graded is False and v.checks["llm_graded"] is False
+    assert v.scores is None and v.llm_error and len(result.exchanges) == 2
+    assert any("grading failed twice" in f for f in v.failures)
+
+
 def test_two_rejections_fall_back_to_the_top_candidate() -> None:
-    llm = ScriptedLLM([INVENTED, LOW, INVENTED, LOW])
+    llm = ScriptedLLM([MISATTRIBUTED, MISATTRIBUTED])
     rec = _run(llm)
     assert rec.fallback and rec.attempts == 2 and rec.candidate_id == "c1"
     assert "templated" in rec.explanation
@@ -294,20 +364,28 @@ def test_malformed_json_and_unknown_candidate_count_as_failed_attempts() -> None
     llm = ScriptedLLM(
         [
             '{"candidate_id": "c1"',
-            LLMChoice(candidate_id="c9", confidence="low", explanation="x" * 50),
+            GOOD.model_copy(update={"candidate_id": "c9"}),
         ]
     )
     rec = _run(llm)
     assert rec.fallback and rec.attempts == 2
     # No judge LLM call for an attempt that produced no recommendation.
-    assert [c.schema.__name__ for c in llm.calls if c.schema] == ["LLMChoice", "LLMChoice"]
+    assert all(c.schema is not JudgeScores for c in llm.calls) and len(llm.calls) == 2
     # The retry is told what to fix without echoing the broken answer back.
     retry = llm.calls[1].messages[1]["content"]
     assert "not valid JSON" in retry and '{"candidate_id": "c1"' not in retry
 
 
+def test_top1_mode_offers_only_the_top_candidate() -> None:
+    llm = ScriptedLLM([GOOD, SCORES])
+    rec = _run(llm, choose="top1")
+    assert rec.candidate_id == "c1" and not rec.fallback
+    prompt = llm.calls[0].messages[1]["content"]
+    assert "c1: resnet18" in prompt and "c2:" not in prompt
+
+
 def test_max_attempts_one_skips_regeneration() -> None:
-    llm = ScriptedLLM([INVENTED, LOW])
+    llm = ScriptedLLM([MISATTRIBUTED])
     rec = _run(llm, max_attempts=1)
     assert rec.fallback and rec.attempts == 1
 
@@ -315,7 +393,7 @@ def test_max_attempts_one_skips_regeneration() -> None:
 def test_mlflow_run_holds_params_metrics_and_artifacts() -> None:
     from metallmix import tracking
 
-    llm = ScriptedLLM([INVENTED, LOW, GOOD, SCORES])
+    llm = ScriptedLLM([GOOD, LOW, GOOD, SCORES])
     rec = _run(llm, seed=7, track=True)
     assert rec.mlflow_run_id
     client = tracking.client()

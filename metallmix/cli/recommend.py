@@ -82,18 +82,9 @@ def render(rec: Any, console: Console) -> None:
     console.print(table)
     console.print(Panel(escape(rec.explanation), title="why"))  # "[run ID]" is not markup
     if rec.judge is not None:
-        verdict = "passed" if rec.judge.passed else "failed"
-        scores = rec.judge.scores
-        graded = (
-            f" (format {scores.format}/5, accuracy {scores.accuracy}/5, "
-            f"completeness {scores.completeness}/5)"
-            if scores is not None
-            else ""
-        )
-        note = "; [yellow]fallback: the LLM's answers were rejected[/yellow]"
-        console.print(
-            f"judge: {verdict}{graded}; attempts: {rec.attempts}" + (note if rec.fallback else "")
-        )
+        console.print(escape(judge_line(rec)))
+    if rec.confidence:
+        console.print(f"confidence: {rec.confidence} (set by code from the interval width)")
     if rec.mlflow_run_id:
         console.print(
             f"MLflow run [bold]{rec.mlflow_run_id}[/bold] (experiment metallmix-recommendations):"
@@ -103,6 +94,28 @@ def render(rec: Any, console: Console) -> None:
         from metallmix.cli.verify import render_verification
 
         render_verification(rec.verification, console)
+
+
+def judge_line(rec: Any) -> str:
+    """What the judge decided, as it decided it: pass/fail, the LLM's grade or why there is
+    none, the failed checks, and whether this is the templated fallback."""
+    v = rec.judge
+    verdict = "passed" if v.passed else "failed"
+    if v.scores is not None:
+        grade = (
+            f"LLM grade format {v.scores.format}/5, accuracy {v.scores.accuracy}/5, "
+            f"completeness {v.scores.completeness}/5"
+        )
+    elif v.llm_graded is False:
+        grade = f"LLM grading failed ({v.llm_attempts} tries): {v.llm_error or 'no answer'}"
+    else:
+        grade = "code checks only (no LLM grade)"
+    parts = [f"judge: {verdict}", grade, f"attempts: {rec.attempts}"]
+    if v.failures:
+        parts.append("failed: " + "; ".join(v.failures))
+    if rec.fallback:
+        parts.append("fallback: the LLM's answers were rejected, templated explanation")
+    return "; ".join(parts)
 
 
 def recommend_cmd(
