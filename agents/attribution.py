@@ -26,7 +26,7 @@ from metallmix.agents.evidence import (
     numbers_in,
     scrub,
 )
-from metallmix.tools.meta.contracts import Candidate, Shortlist, SimilarRun
+from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 
 # Names a writer uses for a feature; every entry also matches with spaces for underscores.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -356,3 +356,144 @@ def confidence_problems(
                     f"{max(values) - min(values):.1f} points"
                 )
     return list(dict.fromkeys(problems))
+
+
+# ----------------------------------------------------------------- claims in words
+_BEST_ACCURACY = re.compile(
+    r"\b(best|highest|top|greatest|strongest)\b[^.;]{0,25}\b(accuracy|predict\w*)\b"
+    r"|\bmost accurate\b",
+    re.IGNORECASE,
+)
+_BEST_SCORE = re.compile(
+    r"\b(best|highest|top)[- ](meta-learner )?(score|scored|ranked|ranking)\b|\branked first\b",
+    re.IGNORECASE,
+)
+_FASTEST = re.compile(r"\b(fastest|quickest|shortest training)\b", re.IGNORECASE)
+_SAME_MODEL = re.compile(r"\bsame (model|architecture|network|backbone)\b", re.IGNORECASE)
+_HELPS = re.compile(
+    r"\b(help(s|ed|ing)?|boost\w*|improv\w*|raise[sd]?|rais\w*|adds?|added|gain\w*|benefit\w*|"
+    r"thanks to|driven by|contribut\w*|increas\w* (the )?(predicted )?accuracy)\b",
+    re.IGNORECASE,
+)
+_HURTS = re.compile(
+    r"\b(hurt\w*|costs?|reduc\w*|penali[sz]\w*|drag\w*|lower(s|ed)? (the )?(predicted )?accuracy|"
+    r"decreas\w* (the )?(predicted )?accuracy)\b",
+    re.IGNORECASE,
+)
+_MORE = re.compile(r"\b(higher|larger|bigger|greater|more)\s+$", re.IGNORECASE)
+_LESS = re.compile(r"\b(lower|smaller|less|reduced)\s+$", re.IGNORECASE)
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "augmentation": ("none", "light", "medium", "heavy", "strong", "no"),
+    "optimizer": ("adamw", "adam", "adamp", "sgd", "momentum", "rmsprop"),
+    "scheduler": ("cosine", "step", "multistep", "plateau", "constant"),
+}
+EFFECT_FEATURES = (
+    "lr",
+    "batch_size",
+    "weight_decay",
+    "epochs",
+    "image_size",
+    "label_smoothing",
+    "dropout",
+    "optimizer",
+    "scheduler",
+    "augmentation",
+    "pretrained",
+)
+
+
+def claim_problems(
+    text: str, candidate: Candidate, shortlist: Shortlist, cited_runs: list[SimilarRun]
+) -> list[str]:
+    """Claims made in words: "best predicted accuracy", "same model did well", "helped by
+    its learning rate", "light augmentation", "a lower learning rate" must all be true of
+    the chosen candidate and its SHAP facts."""
+    problems: list[str] = []
+    cands = shortlist.candidates
+    facts = {f.feature: f for f in shortlist.facts_for(candidate.candidate_id)}
+    hps = candidate.hyperparameters.model_dump()
+    for sentence in sentences(text):
+        if (
+            _BEST_ACCURACY.search(sentence)
+            and candidate.predicted_accuracy < max(c.predicted_accuracy for c in cands) - 5e-4
+        ):
+            top = max(cands, key=lambda c: c.predicted_accuracy)
+            problems.append(
+                f"claims the best predicted accuracy but {top.candidate_id} ({top.model}) is "
+                "predicted higher"
+            )
+        if _BEST_SCORE.search(sentence) and candidate.score < max(c.score for c in cands):
+            problems.append("claims the top meta-learner score but another candidate ranks higher")
+        if _FASTEST.search(sentence) and candidate.predicted_seconds is not None:
+            times = [c.predicted_seconds for c in cands if c.predicted_seconds is not None]
+            if candidate.predicted_seconds > min(times) + 0.5:
+                problems.append("claims the fastest training but another candidate is faster")
+        if _SAME_MODEL.search(sentence):
+            pool = cited_runs or shortlist.similar_runs
+            if not any(r.model == candidate.model for r in pool):
+                problems.append(
+                    f"says the same model did well, but no cited past run used {candidate.model}"
+                )
+        for clause in clauses(sentence):
+            problems += _effect_words(clause, facts, hps)
+    return list(dict.fromkeys(problems))
+
+
+def _effect_words(clause: str, facts: dict[str, ShapFact], hps: dict[str, object]) -> list[str]:
+    """A feature named with 'helps'/'hurts' in the same clause must have a SHAP fact of that
+    sign; named with a value, the value must be the candidate's."""
+    problems: list[str] = []
+    helps, hurts = bool(_HELPS.search(clause)), bool(_HURTS.search(clause))
+    for feature in EFFECT_FEATURES:
+        said = [a for a in _terms(feature) if mentions(clause, a)]
+        if not said:
+            continue
+        fact = facts.get(feature)
+        if helps != hurts:
+            if fact is None:
+                problems.append(
+                    f"credits {said[0]} with an effect, but no SHAP fact of this candidate "
+                    f"is about {feature}"
+                )
+            elif helps and fact.effect_points < 0:
+                problems.append(
+                    f"says {said[0]} helps, but its SHAP effect is {fact.effect_points:+.1f}"
+                )
+            elif hurts and fact.effect_points > 0:
+                problems.append(
+                    f"says {said[0]} hurts, but its SHAP effect is {fact.effect_points:+.1f}"
+                )
+        problems += _value_words(clause, feature, said, hps.get(feature), fact)
+    return problems
+
+
+def _value_words(
+    sentence: str, feature: str, said: list[str], value: object, fact: ShapFact | None
+) -> list[str]:
+    """'light augmentation' when the candidate has none; 'a lower learning rate' when its
+    value is above the KB median its fact compares with."""
+    out: list[str] = []
+    lowered = sentence.lower()
+    if feature in CATEGORIES and isinstance(value, str):
+        for word in CATEGORIES[feature]:
+            near = re.search(
+                rf"\b{word}\b\W+(?:\w+\W+)?{re.escape(said[0])}|{re.escape(said[0])}\W+"
+                rf"(?:\w+\W+)?(?:of\W+|is\W+|=\W*)?{word}\b",
+                lowered,
+            )
+            own = value.lower() == word or (word == "no" and value.lower() == "none")
+            if near and not own:
+                out.append(f"calls the {feature} {word!r} but the candidate's is {value!r}")
+    if fact is not None and fact.reference is not None:
+        try:
+            mine, median = float(fact.value), float(fact.reference)
+        except ValueError:
+            return out
+        for alias in said:
+            for match in re.finditer(rf"\b{re.escape(alias)}\b", lowered):
+                before = lowered[max(0, match.start() - 20) : match.start()]
+                if _MORE.search(before) and mine < median:
+                    out.append(f"calls the {alias} higher, but it is below the KB median")
+                if _LESS.search(before) and mine > median:
+                    out.append(f"calls the {alias} lower, but it is above the KB median")
+    return out

@@ -25,8 +25,9 @@ from metallmix.agents.schemas import Confidence, LLMChoice
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 from metallmix.tools.meta.search_space import hp_values
 
-MAX_SIMILAR = 4  # similar runs shown to the LLM
+MAX_SIMILAR = 3  # similar runs shown to the LLM
 FACTS_PER_CANDIDATE = 2
+MAX_CHOICES = 3  # candidates the LLM chooses among (the shortlist's best-scored)
 MAX_RATIONALE_CHARS = 280
 MIN_RATIONALE_CHARS = 20
 # Interval width (accuracy points) at or under which an interval is "narrow"; above
@@ -157,15 +158,18 @@ class Evidence:
         return [fid for fid, f in self.facts.items() if f.candidate_id == candidate_id]
 
     def candidate_block(self, c: Candidate) -> str:
-        start = "pretrained" if c.pretrained else "from scratch"
+        """~50 tokens a candidate and ~25 a fact (measured with the Qwen tokenizer)."""
+        start = ", pretrained" if c.pretrained else ""
         hps = hp_text(dict(hp_values(c.hyperparameters)))
         conf = confidence_for(c, list(self.runs.values()))
         lines = [
-            f"{c.candidate_id}: {c.model} ({start}), {hps}. Predicted accuracy "
+            f"{c.candidate_id}: {c.model}{start}, {hps}. Predicted accuracy "
             f"{pct(c.predicted_accuracy)} (interval {pct(c.accuracy_low)} to "
             f"{pct(c.accuracy_high)}, {conf} confidence), training {seconds(c.predicted_seconds)}."
         ]
-        lines += [f"  {fid}: {self.facts[fid].sentence}" for fid in self.facts_of(c.candidate_id)]
+        lines += [
+            f"  {fid}: {short_fact(self.facts[fid])}" for fid in self.facts_of(c.candidate_id)
+        ]
         return "\n".join(lines)
 
     @property
@@ -184,13 +188,20 @@ class Evidence:
             [
                 f"Dataset: {self.dataset}",
                 "",
-                "Candidates (best meta-learner score first) and their SHAP facts:",
+                "Candidates, best meta-learner ranking first, with SHAP facts (effect on "
+                "predicted accuracy):",
                 *[self.candidate_block(c) for c in self.candidates],
                 "",
                 "Past runs on similar datasets:",
                 *(runs or ["none in the knowledge base"]),
             ]
         )
+
+
+def short_fact(f: ShapFact) -> str:
+    """A SHAP fact in fewer tokens than its sentence, for the prompt."""
+    usual = "" if f.reference is None or f.reference == f.value else f" (KB usual {f.reference})"
+    return f"{f.feature} {f.value}{usual}: {f.effect_points:+.1f} pts"
 
 
 def render_evidence(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metallmix.agents.attribution import confidence_problems, misattributions
+from metallmix.agents.attribution import claim_problems, confidence_problems, misattributions
 from metallmix.agents.evidence import (
     MAX_SIMILAR,
     citations,
@@ -151,6 +151,8 @@ def hard_checks(
             not words,
             "certainty words contradict the evidence: " + "; ".join(words[:4]),
         )
+        claims = claim_problems(text, cand, shortlist, cited)
+        check("claims_true", not claims, "untrue claims: " + "; ".join(claims[:4]))
     if cand is not None and shortlist.facts_for(cand.candidate_id):
         own = {f.sentence for f in shortlist.facts_for(cand.candidate_id)}
         foreign = [f for f in rec.cited_facts if f not in own]

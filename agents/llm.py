@@ -196,7 +196,10 @@ class LocalLLM:
                 "check the file with `metallmix llm check`"
             ) from exc
         self._prefix = _CanonicalPrefix(self._llama)
+        _lean_states(self._llama, self._prefix)
         self._llama.set_cache(_prompt_cache(self._prefix, PROMPT_CACHE_BYTES, LlamaRAMCache))
+        self._formatter = _chat_formatter(self._llama)
+        self._fixed = _FixedPrefixes(self)
         self.fast_grammar = True
         _install_fast_grammar(self)
         self.load_seconds = time.perf_counter() - started
@@ -248,9 +251,11 @@ class LocalLLM:
                 if wanted != self._n_threads:
                     llama_cpp.llama_set_n_threads(ctx, wanted, wanted)
                     self._n_threads = wanted
+            started = time.perf_counter()
+            prefix_source, prefix_tokens = self._fixed.restore(messages)
+            prefix_seconds = time.perf_counter() - started
             llama_cpp.llama_perf_context_reset(ctx)
             self._prefix.begin()
-            started = time.perf_counter()
             try:
                 response: Any = self._llama.create_chat_completion(
                     messages=messages,  # type: ignore[arg-type]
@@ -282,6 +287,11 @@ class LocalLLM:
             "gen_tokens": float(perf.n_eval),
             "gen_seconds": perf.t_eval_ms / 1000.0,
             "threads": float(self._n_threads),
+            # The fixed system prompt's KV state: "disk"/"ram" = loaded, "computed" = evaluated
+            # (and saved), "context" = still in place, "none" = no fixed prefix.
+            "fixed_prefix_tokens": float(prefix_tokens),
+            "fixed_prefix_loaded": float(prefix_source in {"disk", "ram", "context"}),
+            "fixed_prefix_seconds": prefix_seconds,
         }
         return text, str(choice.get("finish_reason") or "")
 
@@ -347,6 +357,186 @@ def _prompt_cache(prefix: _CanonicalPrefix, capacity: int, base: type) -> Any:
             super().__setitem__(key, value)
 
     return PromptCache(capacity_bytes=capacity)
+
+
+def _lean_states(llama: Any, prefix: _CanonicalPrefix) -> None:
+    """Saved states without the logits matrix: llama-cpp-python copies its whole
+    ``n_batch x n_vocab`` score array (311 MB for Qwen) into every saved state although
+    sampling reads logits from the context; with ``logits_all`` off nothing reads it back."""
+    import numpy as np
+    from llama_cpp.llama import LlamaState
+
+    stock_save = llama.save_state
+
+    def save_state() -> Any:
+        full = stock_save.__func__
+        scores = llama.scores
+        llama.scores = np.zeros((0, scores.shape[1]), dtype=scores.dtype)
+        try:
+            state = full(llama)
+        finally:
+            llama.scores = scores
+        return state
+
+    def load_state(state: Any) -> None:
+        if isinstance(state, LlamaState) and state.scores.shape[0] == 0:
+            _set_state(llama, state.input_ids, int(state.n_tokens), state.llama_state)
+            prefix.canonical = int(getattr(state, "metallmix_canonical", 0))
+            return
+        prefix.load_state(state)
+
+    setattr(llama, "save_state", save_state)  # noqa: B010
+    setattr(llama, "load_state", load_state)  # noqa: B010
+
+
+def _set_state(llama: Any, input_ids: Any, n_tokens: int, data: bytes) -> None:
+    """Put a saved KV state (and its tokens) into the context."""
+    import ctypes
+
+    import llama_cpp
+
+    size = len(data)
+    buffer = (ctypes.c_uint8 * size).from_buffer_copy(data)
+    if llama_cpp.llama_state_set_data(llama._ctx.ctx, buffer, size) != size:
+        raise MetaLLMiXError("llama.cpp refused a saved prompt state; delete the state cache")
+    llama.input_ids[:n_tokens] = input_ids[:n_tokens]
+    llama.input_ids[n_tokens:] = -1  # no stale tokens may look like a cached prefix
+    llama.n_tokens = n_tokens
+    llama._requires_eval = True
+
+
+def _get_state(llama: Any) -> bytes:
+    import ctypes
+
+    import llama_cpp
+
+    ctx = llama._ctx.ctx
+    size = llama_cpp.llama_state_get_size(ctx)
+    buffer = (ctypes.c_uint8 * int(size))()
+    written = llama_cpp.llama_state_get_data(ctx, buffer, size)
+    return bytes(buffer)[: int(written)]
+
+
+def _chat_formatter(llama: Any) -> Any:
+    """The chat template llama-cpp-python formats prompts with, to find where the fixed
+    system prompt ends in tokens (None when the GGUF carries no template)."""
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos_id, bos_id = llama.token_eos(), llama.token_bos()
+    eos = llama._model.token_get_text(eos_id) if eos_id != -1 else ""
+    bos = llama._model.token_get_text(bos_id) if bos_id != -1 else ""
+    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+
+class _FixedPrefixes:
+    """The KV state of each fixed system prompt, computed once and kept on disk.
+
+    A recommendation from the shell starts a new process, so llama.cpp's RAM prompt cache
+    is empty every time and the system prompt (rules and a worked example, ~700 tokens)
+    would be re-evaluated. Its state is instead saved under
+    ``$METALLMIX_HOME/cache/llm/state/`` (keyed by the model's sha256, the exact tokens and
+    the llama.cpp version) the first time and loaded (milliseconds) after that. The prefix
+    is evaluated in the same aligned blocks as a cold prompt (see :class:`_CanonicalPrefix`)
+    and cut at a block boundary, so answers are the same with and without the saved state.
+    """
+
+    def __init__(self, llm: LocalLLM) -> None:
+        self._llm = llm
+        self._ram: dict[str, bytes] = {}
+
+    def _tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        llama = self._llm._llama
+        result = self._llm._formatter(messages=messages)
+        return list(
+            llama.tokenize(
+                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+            )
+        )
+
+    def fixed(self, messages: list[dict[str, str]]) -> list[int]:
+        """Tokens of the system message shared by every prompt that starts with it, cut at
+        a block boundary (empty when there is no system message or template)."""
+        if self._llm._formatter is None or len(messages) < 2 or messages[0]["role"] != "system":
+            return []
+        full = self._tokens(messages)
+        alone = self._tokens(messages[:1])
+        common = 0
+        for a, b in zip(full, alone, strict=False):
+            if a != b:
+                break
+            common += 1
+        n = (min(common, len(full) - 1) // PREFIX_BLOCK) * PREFIX_BLOCK
+        return full[:n]
+
+    def path(self, tokens: list[int]) -> Path:
+        import hashlib
+
+        import llama_cpp
+
+        from metallmix import config
+
+        digest = hashlib.sha256(
+            f"{self._llm.sha256}|{self._llm.n_ctx}|{PREFIX_BLOCK}|{llama_cpp.__version__}|"
+            f"{','.join(map(str, tokens))}".encode()
+        ).hexdigest()[:32]
+        return config.cache_dir() / "llm" / "state" / f"{digest}.bin"
+
+    def restore(self, messages: list[dict[str, str]]) -> tuple[str, int]:
+        """Make the context start with the fixed prefix's KV; returns where it came from."""
+        tokens = self.fixed(messages)
+        if not tokens:
+            return "none", 0
+        llama, prefix = self._llm._llama, self._llm._prefix
+        n = len(tokens)
+        if (
+            llama.n_tokens >= n
+            and prefix.canonical >= n
+            and [int(t) for t in llama.input_ids[:n]] == tokens
+        ):
+            return "context", n
+        path = self.path(tokens)
+        source = "ram"
+        data = self._ram.get(path.name)
+        if data is None:
+            source = "disk"
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = None
+        if data is not None:
+            import numpy as np
+
+            try:
+                _set_state(llama, np.asarray(tokens, dtype=np.intc), n, data)
+                prefix.canonical = n
+                self._ram[path.name] = data
+                return source, n
+            except MetaLLMiXError:
+                path.unlink(missing_ok=True)
+        llama.reset()
+        for start in range(0, n, PREFIX_BLOCK):  # the blocks a cold prompt is evaluated in
+            prefix._stock_eval(tokens[start : start + PREFIX_BLOCK])
+        prefix.canonical = n
+        data = _get_state(llama)
+        self._ram[path.name] = data
+        _write_atomic(path, data)
+        return "computed", n
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` next to ``path`` and rename, so a reader never sees half a state."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as fh:
+            fh.write(data)
+        os.replace(fh.name, path)
+    except OSError:  # a read-only cache only costs the saving, never the answer
+        pass
 
 
 class _GreedyGrammarSampler:

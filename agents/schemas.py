@@ -20,7 +20,7 @@ from metallmix.tools.metafeatures import MetaFeatures
 
 Confidence = Literal["low", "medium", "high"]
 Score = Literal[1, 2, 3, 4, 5]  # an enum, so the grammar allows only these (it ignores min/max)
-MAX_CRITIQUE_CHARS = 160
+MAX_CRITIQUE_CHARS = 100
 
 
 class LLMChoice(BaseModel):

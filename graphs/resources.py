@@ -7,6 +7,7 @@ recommendation must not redo either; objects passed in by the Python API win ove
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import Future
 
 from metallmix.agents.llm import ChatLLM
 from metallmix.graphs.configuration import Configuration
@@ -15,7 +16,11 @@ from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SPACES, SearchSpace
 
 
 def get_llm(cfg: Configuration) -> ChatLLM:
+    """The configured model; a Future (the API loads the model in the background while
+    features and shortlist run) is waited for here, where the LLM is first needed."""
     if cfg.llm_instance is not None:
+        if isinstance(cfg.llm_instance, Future):
+            return cfg.llm_instance.result()
         return cfg.llm_instance
     from metallmix.agents.llm import load_llm
 

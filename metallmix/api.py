@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from metallmix import config
 from metallmix.agents.schemas import Recommendation
-from metallmix.errors import ConfigError, MetaLLMiXError
+from metallmix.errors import ConfigError, DatasetError, MetaLLMiXError
 
 if TYPE_CHECKING:
     from metallmix.agents.llm import ChatLLM
@@ -52,20 +52,40 @@ def _configurable(
     seed: int,
     **extra: Any,
 ) -> dict[str, Any]:
-    from metallmix.agents.llm import load_llm
+    from metallmix.graphs.nodes import require_runs
     from metallmix.tools.kb.store import KnowledgeBase, open_kb
 
     out: dict[str, Any] = {"seed": seed, **extra}
+    # The KB first: an empty or unreadable KB fails before any model is touched.
+    out["kb_instance"] = kb if isinstance(kb, KnowledgeBase) else open_kb(kb, read_only=True)
+    require_runs(out["kb_instance"])
     if llm is None or isinstance(llm, str | os.PathLike):
-        # Load (and verify) the model before any work, so a missing GGUF fails first.
-        out["llm_instance"] = load_llm(llm, seed=seed)
+        out["llm_instance"] = _load_in_background(llm, seed)
     else:
         out["llm_instance"] = llm
-    if isinstance(kb, KnowledgeBase):
-        out["kb_instance"] = kb
-    else:
-        out["kb_instance"] = open_kb(kb, read_only=True)
     return out
+
+
+_LOADER = None
+
+
+def _load_in_background(llm: str | os.PathLike[str] | None, seed: int) -> Any:
+    """Load the model into llama.cpp on a worker thread while meta-features and the
+    shortlist are computed; the recommender node waits for the Future
+    (``graphs.resources.get_llm``), where a loading error is raised. A ``.gguf`` path that
+    does not exist fails at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from metallmix.agents import llm as llm_module
+
+    if llm is not None and str(llm).endswith(".gguf") and not Path(llm).expanduser().exists():
+        from metallmix.agents.llm_weights import resolve_weights
+
+        resolve_weights(llm)  # raises the standard "not found" message
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metallmix-llm")
+    return _LOADER.submit(llm_module.load_llm, llm, seed=seed)
 
 
 def recommend(
@@ -88,6 +108,7 @@ def recommend(
     budget_minutes: float | None = None,
     backend: Any | None = None,
     verify_options: dict[str, Any] | None = None,
+    on_shortlist: Callable[[Shortlist], None] | None = None,
 ) -> Recommendation:
     """Recommend a model and hyperparameters for ``data``.
 
@@ -98,7 +119,8 @@ def recommend(
     MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result. ``choose`` is ``"llm"``
     (the LLM picks among the shortlist) or ``"top1"`` (it explains the meta-learner's top
     candidate); None keeps the graph's default. ``on_node`` is called with
-    each graph node's name as it finishes (progress display).
+    each graph node's name as it finishes (progress display); ``on_shortlist`` with the
+    scored shortlist as soon as it exists, before the LLM has answered.
 
     ``verify=K`` then trains the top-K shortlisted configurations with successive halving
     within ``budget_minutes`` on ``backend`` (``"local"``, ``"ray"`` or an execution
@@ -141,6 +163,8 @@ def recommend(
         inputs["dataset_name"] = name or "meta-features"
     elif data is not None:
         path = Path(data).expanduser()
+        if not path.exists():  # before the KB is read or the LLM loaded
+            raise DatasetError(f"{path}: no such file or directory; check the dataset path")
         inputs["data"] = str(path)
         if name:
             inputs["dataset_name"] = name
@@ -160,25 +184,46 @@ def recommend(
         track=track,
         **({"choose": choose} if choose else {}),
     )
+    hooks = _Hooks(on_node, on_shortlist)
     if not track:
-        return _result(_invoke(inputs, configurable, on_node))
-    return _tracked(inputs, configurable, on_node)
+        return _result(_invoke(inputs, configurable, hooks))
+    return _tracked(inputs, configurable, hooks)
+
+
+class _Hooks:
+    """The caller's progress callbacks, fed from the graph's stream of node updates."""
+
+    def __init__(
+        self,
+        on_node: Callable[[str], None] | None,
+        on_shortlist: Callable[[Shortlist], None] | None,
+    ) -> None:
+        self.on_node, self.on_shortlist = on_node, on_shortlist
+
+    def __bool__(self) -> bool:
+        return self.on_node is not None or self.on_shortlist is not None
+
+    def __call__(self, node: str, update: Any) -> None:
+        if self.on_shortlist is not None and isinstance(update, dict) and update.get("shortlist"):
+            self.on_shortlist(update["shortlist"])
+        if self.on_node is not None:
+            self.on_node(node)
 
 
 def _invoke(
     inputs: dict[str, Any],
     configurable: dict[str, Any],
-    on_node: Callable[[str], None] | None,
+    hooks: Any = None,
 ) -> Any:
     """Run the graph; stream node updates only when someone listens."""
     config: Any = {"configurable": configurable}
-    if on_node is None:
+    if not hooks:
         return _graph().invoke(inputs, config=config)
     final: Any = None
     for mode, chunk in _graph().stream(inputs, config=config, stream_mode=["updates", "values"]):
         if mode == "updates":
-            for node in chunk:
-                on_node(str(node))
+            for node, update in chunk.items():
+                hooks(str(node), update)
         else:
             final = chunk
     return final
@@ -187,7 +232,7 @@ def _invoke(
 def _tracked(
     inputs: dict[str, Any],
     configurable: dict[str, Any],
-    on_node: Callable[[str], None] | None = None,
+    hooks: Any = None,
 ) -> Recommendation:
     """Run the graph inside an active MLflow run and a root trace span."""
     import mlflow
@@ -208,7 +253,7 @@ def _tracked(
         try:
             with mlflow.start_span(name="recommend") as span:
                 span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-                final = _invoke(inputs, configurable, on_node)
+                final = _invoke(inputs, configurable, hooks)
                 result = _result(final)
                 span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
         finally:

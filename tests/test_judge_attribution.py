@@ -212,6 +212,28 @@ CASES = [
     # "narrow" for a 17-point interval, "high" with a wide interval
     ("Predicted accuracy 85.9%; the interval is narrow.", "medium", False, "confidence_consistent"),
     ("Predicted accuracy 85.9% with high confidence.", "high", False, "confidence_consistent"),
+    # words without numbers: the lr's effect is -0.8, so it does not help
+    (
+        "convnext_atto is helped most by its lower learning rate. Predicted accuracy 85.9%.",
+        "medium",
+        False,
+        "claims_true",
+    ),
+    # a value the candidate does not have (its augmentation is light)
+    (
+        "Its medium augmentation suits ultrasound. Predicted accuracy 85.9%.",
+        "medium",
+        False,
+        "claims_true",
+    ),
+    # true words: lower learning rate than the KB median, the model's own positive effect
+    (
+        "It uses a lower learning rate than usual, and the model itself helps the most. "
+        "Predicted accuracy 85.9%.",
+        "medium",
+        True,
+        None,
+    ),
     # self-contradiction from the 0.5B: low because narrow and runs agree
     (
         "The confidence is low because the interval is narrow and similar runs agree. "
@@ -268,3 +290,20 @@ def test_code_rendered_answers_and_the_fallback_pass_by_construction() -> None:
             _, failures = hard_checks(rec, shortlist)
             assert failures == [], (low, high, rec.explanation, failures)
             assert rec.confidence in rec.explanation
+
+
+def test_claims_about_rank_and_past_runs_must_hold_for_the_chosen_candidate() -> None:
+    from metallmix.agents.attribution import claim_problems
+
+    shortlist = breast_shortlist()
+    c1, c2 = shortlist.candidates
+    runs = shortlist.similar_runs
+    best = "It has the highest predicted accuracy of the shortlist."
+    assert claim_problems(best, c1, shortlist, runs[:1]) == []
+    assert any("best predicted accuracy" in p for p in claim_problems(best, c2, shortlist, []))
+    same = "The same model did well on a similar dataset."
+    assert claim_problems(same, c1, shortlist, runs[:1]) == []  # r1 is convnext_atto
+    assert any("same model" in p for p in claim_problems(same, c1, shortlist, runs[1:]))
+    fastest = "It is the fastest to train."
+    assert claim_problems(fastest, c2, shortlist, []) == []
+    assert claim_problems(fastest, c1, shortlist, []) != []

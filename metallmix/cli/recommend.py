@@ -63,6 +63,21 @@ def _run(
             seed=seed,
             judge_with_llm=not no_judge_llm,
             on_node=on_node,
+            on_shortlist=print_shortlist,
+        )
+
+
+def print_shortlist(shortlist: Any) -> None:
+    """The scored shortlist on stderr as soon as it exists (seconds), while the LLM works."""
+    from metallmix.agents.evidence import pct, ranked_candidates, seconds
+
+    stderr.print("  scored shortlist (the LLM now chooses and explains):")
+    for c in ranked_candidates(shortlist):
+        stderr.print(
+            escape(
+                f"    {c.candidate_id} {c.model}: predicted {pct(c.predicted_accuracy)} "
+                f"[{pct(c.accuracy_low)}, {pct(c.accuracy_high)}], {seconds(c.predicted_seconds)}"
+            )
         )
 
 
