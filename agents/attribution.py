@@ -13,6 +13,7 @@ the interval width, the confidence field and the numbers they compare.
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import dataclass
 
 from metallmix.agents.evidence import (
@@ -369,6 +370,8 @@ _BEST_SCORE = re.compile(
     re.IGNORECASE,
 )
 _FASTEST = re.compile(r"\b(fastest|quickest|shortest training)\b", re.IGNORECASE)
+_FASTER = re.compile(r"\b(faster|quicker|cheaper)\b", re.IGNORECASE)
+OPTIMIZER_WORDS = ("sgd", "adamw", "adamp", "rmsprop", "momentum")
 _SAME_MODEL = re.compile(r"\bsame (model|architecture|network|backbone)\b", re.IGNORECASE)
 _HELPS = re.compile(
     r"\b(help(s|ed|ing)?|boost\w*|improv\w*|raise[sd]?|rais\w*|adds?|added|gain\w*|benefit\w*|"
@@ -428,6 +431,21 @@ def claim_problems(
             times = [c.predicted_seconds for c in cands if c.predicted_seconds is not None]
             if candidate.predicted_seconds > min(times) + 0.5:
                 problems.append("claims the fastest training but another candidate is faster")
+        if _FASTER.search(sentence) and candidate.predicted_seconds is not None:
+            others = [
+                c.predicted_seconds
+                for c in cands
+                if c is not candidate and c.predicted_seconds is not None
+            ]
+            if others and candidate.predicted_seconds >= statistics.median(others):
+                problems.append(
+                    f"says it trains faster, but its expected {candidate.predicted_seconds:.0f} s "
+                    "is not below the other candidates' median"
+                )
+        optimizer = str(hps.get("optimizer") or "").lower()
+        for word in OPTIMIZER_WORDS:
+            if optimizer and word != optimizer and mentions(sentence, word):
+                problems.append(f"mentions {word} but the candidate's optimizer is {optimizer}")
         if _SAME_MODEL.search(sentence):
             pool = cited_runs or shortlist.similar_runs
             if not any(r.model == candidate.model for r in pool):

@@ -37,6 +37,7 @@ Choose = Literal["llm", "top1"]
 # character: the grammar closes the string at MAX_RATIONALE_CHARS, so the answer can never be
 # cut off at max_tokens.
 MAX_TOKENS = 64 + MAX_RATIONALE_CHARS
+RETRY_TEMPERATURE = 0.7
 
 
 @dataclass
@@ -191,7 +192,9 @@ def recommend_once(
             messages,
             answer_schema(ev),
             max_tokens=max_tokens,
-            temperature=0.0,
+            # A rejected greedy answer tends to come back word for word (seen with the 0.5B
+            # model), so a retry samples, seeded: reproducible, but not a repeat.
+            temperature=0.0 if attempt == 1 else RETRY_TEMPERATURE,
             seed=seed + attempt - 1,
         )
     except LLMOutputError as exc:

@@ -307,3 +307,15 @@ def test_claims_about_rank_and_past_runs_must_hold_for_the_chosen_candidate() ->
     fastest = "It is the fastest to train."
     assert claim_problems(fastest, c2, shortlist, []) == []
     assert claim_problems(fastest, c1, shortlist, []) != []
+
+
+def test_optimizer_and_speed_words_must_be_the_candidates() -> None:
+    from metallmix.agents.attribution import claim_problems
+
+    shortlist = breast_shortlist()
+    c1, c2 = shortlist.candidates  # both adamw; c1 31 s, c2 12 s
+    sgd = "Plain SGD takes a little away."
+    assert any("sgd" in p for p in claim_problems(sgd, c1, shortlist, []))
+    faster = "It trains much faster."
+    assert claim_problems(faster, c2, shortlist, []) == []
+    assert any("faster" in p for p in claim_problems(faster, c1, shortlist, []))

@@ -1,0 +1,444 @@
+"""How good is the LLM's voice, and does its *choice* help? (issue 13)
+
+Part 1, the voice: both bundled models recommend for >= 12 inputs (the six shared medical
+datasets, derived tasks of the KB, the bundled cards, synthetic cards) and the benchmark
+reports first-attempt pass rate, fallback rate, answers rejected for misattributed numbers or
+untrue words (caught), LLM tokens, and latency p50/p95 per graph node, with the load average.
+
+Part 2, the choice: on leave-one-dataset-out folds (the meta-learner and retrieval never
+see the held-out dataset), the shortlist is built from the held-out dataset's *evaluated*
+configurations, so each pick's true accuracy is known; the normalised regret of the LLM's
+pick (among the top ``MAX_CHOICES``) is compared with the meta-learner's top-1.
+
+    python bench/judge_quality.py --models fast --limit 4 --lodo-limit 2     # a small subset
+    python bench/judge_quality.py --models fast,default                     # everything
+
+Writes ``bench/results/judge_quality[_<tag>].{json,md}``. Expensive on a busy 2-core box:
+each recommendation is 2-4 LLM calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# ----------------------------------------------------------------- the inputs
+def inputs(kb_path: str) -> list[tuple[str, Any]]:
+    """(name, data) pairs: dataset paths, cards and MetaFeatures, in a fixed order that
+    mixes the kinds, so ``--limit`` keeps a varied subset."""
+    from metallmix import config
+    from metallmix.cli.recommend import example_card
+    from metallmix.tools.kb.store import open_kb
+    from metallmix.tools.metafeatures import MetaFeatures
+
+    shared = config.shared_data_dir() / "medical"
+    datasets = sorted(shared.glob("*.npz")) if shared.is_dir() else []
+    cards = [example_card("isic2018"), example_card("chest-xray")]
+    derived: dict[str, MetaFeatures] = {}
+    for r in open_kb(kb_path).iter_records():
+        if "/" in r.dataset and r.dataset not in derived:
+            derived[r.dataset] = r.meta_features
+    derived_items = [
+        (name, derived[name]) for name in sorted(derived)[:: max(1, len(derived) // 3)]
+    ]
+    synthetic = [
+        (
+            "synthetic: large RGB histopathology",
+            MetaFeatures(
+                n_images=40000,
+                n_classes=9,
+                imbalance_ratio=1.8,
+                resolution_h=224,
+                resolution_w=224,
+                channels=3,
+                class_size_mean=4444,
+                modality="histopathology",
+                images_per_class=4444,
+            ),
+        ),
+        (
+            "synthetic: tiny grey X-ray, 3 classes",
+            MetaFeatures(
+                n_images=240,
+                n_classes=3,
+                imbalance_ratio=4.0,
+                resolution_h=64,
+                resolution_w=64,
+                channels=1,
+                class_size_mean=80,
+                modality="chest X-ray",
+                images_per_class=80,
+            ),
+        ),
+        (
+            "synthetic: imbalanced fundus",
+            MetaFeatures(
+                n_images=3500,
+                n_classes=5,
+                imbalance_ratio=25.0,
+                resolution_h=512,
+                resolution_w=512,
+                channels=3,
+                class_size_mean=700,
+                modality="fundus photography",
+                images_per_class=700,
+            ),
+        ),
+    ]
+    pools: list[list[tuple[str, Any]]] = [
+        [(p.stem, str(p)) for p in datasets],
+        [(c.stem, str(c)) for c in cards],
+        derived_items,
+        synthetic,
+    ]
+    mixed: list[tuple[str, Any]] = []
+    while any(pools):
+        for pool in pools:
+            if pool:
+                mixed.append(pool.pop(0))
+    return mixed
+
+
+# ----------------------------------------------------------------- part 1: the voice
+def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str) -> dict[str, Any]:
+    """One untracked recommendation through the real graph; the whole final state."""
+    from metallmix import api
+    from metallmix.tools.metafeatures import MetaFeatures
+
+    inputs_: dict[str, Any] = {"max_attempts": 2, "dataset_name": name}
+    if isinstance(data, MetaFeatures):
+        inputs_["meta_features"] = data
+    else:
+        inputs_["data"] = data
+    configurable = {
+        "seed": 0,
+        "llm_instance": llm,
+        "kb_instance": kb,
+        "track": False,
+        "choose": choose,
+    }
+    before = load()
+    started = time.perf_counter()
+    final = api._invoke(inputs_, configurable)
+    total = time.perf_counter() - started
+    rec = final["recommendation"]
+    verdicts = final["verdicts"]
+    wording = {"numbers_attributed", "claims_true", "confidence_consistent", "numbers_grounded"}
+    caught = [
+        sorted(k for k, ok in v.checks.items() if not ok and k in wording)
+        for v in verdicts
+        if any(not v.checks.get(k, True) for k in wording)
+    ]
+    usage = [e.get("usage", {}) for e in final["exchanges"]]
+    return {
+        "model": model,
+        "input": name,
+        "total_s": round(total, 2),
+        "load_before": before,
+        "load_after": load(),
+        "first_attempt_pass": bool(verdicts and verdicts[0].passed),
+        "fallback": bool(final.get("fallback")),
+        "attempts": final["attempts"],
+        "caught": caught,
+        "llm_graded": [v.llm_graded for v in verdicts],
+        "failures": [v.failures for v in verdicts],
+        "timings": final["timings"],
+        "candidate": rec.candidate_id,
+        "explanation": rec.explanation,
+        "tokens": [
+            {
+                k: u.get(k)
+                for k in (
+                    "prompt_tokens",
+                    "prompt_eval_tokens",
+                    "completion_tokens",
+                    "fixed_prefix_tokens",
+                    "fixed_prefix_loaded",
+                    "seconds",
+                )
+            }
+            for u in usage
+        ],
+        "raw": [e.get("raw", "")[:600] for e in final["exchanges"]],
+    }
+
+
+def voice(models: list[str], limit: int | None, kb_path: str, choose: str) -> list[dict[str, Any]]:
+    from metallmix.agents.llm import load_llm
+    from metallmix.tools.kb.store import open_kb
+
+    kb = open_kb(kb_path)
+    rows: list[dict[str, Any]] = []
+    chosen = inputs(kb_path)[:limit]
+    for model in models:
+        llm = load_llm(model)
+        for name, data in chosen:
+            row = one(model, name, data, kb, llm, choose)
+            rows.append(row)
+            print(
+                f"{model} {name}: pass1={row['first_attempt_pass']} fallback={row['fallback']} "
+                f"{row['total_s']:.1f} s (load {row['load_before']})",
+                file=sys.stderr,
+            )
+    return rows
+
+
+def summarise_voice(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        nodes: dict[str, list[float]] = {}
+        for r in mine:
+            for key, seconds in r["timings"].items():
+                node = key.split("_")[0]
+                nodes.setdefault(node, []).append(seconds)
+        out[model] = {
+            "n": len(mine),
+            "first_attempt_pass_rate": round(
+                sum(r["first_attempt_pass"] for r in mine) / len(mine), 3
+            ),
+            "fallback_rate": round(sum(r["fallback"] for r in mine) / len(mine), 3),
+            "rejections_for_wording": sum(len(r["caught"]) for r in mine),
+            "grading_failures": sum(g is False for r in mine for g in r["llm_graded"]),
+            "total_p50_s": round(statistics.median(r["total_s"] for r in mine), 2),
+            "total_p95_s": round(percentile([r["total_s"] for r in mine], 95), 2),
+            "nodes": {
+                n: {"p50": round(statistics.median(v), 2), "p95": round(percentile(v, 95), 2)}
+                for n, v in nodes.items()
+            },
+            "load_range": [min(r["load_before"] for r in mine), max(r["load_after"] for r in mine)],
+        }
+    return out
+
+
+# ----------------------------------------------------------------- part 2: the choice
+def lodo_choice(model: str, kb_spec: str, limit: int | None, seed: int = 0) -> list[dict[str, Any]]:
+    """Per held-out dataset: regret of the meta-learner's top-1 and of the LLM's pick."""
+    import numpy as np
+
+    from metallmix.agents.llm import load_llm
+    from metallmix.agents.recommender import recommend_once
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.meta.contracts import Candidate, Shortlist
+    from metallmix.tools.meta.encoding import candidates_frame
+    from metallmix.tools.meta.explain import facts_for_rows
+    from metallmix.tools.meta.lodo import load_kb_records, regret_and_rank
+    from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
+    from metallmix.tools.meta.retrieval import RetrievalIndex
+    from metallmix.tools.meta.shortlist import diverse_top
+
+    records, _ = load_kb_records(kb_spec)
+    usable = [r for r in records if r.status == "ok" and r.outcomes.val_accuracy is not None]
+    tmp = Path(tempfile.mkdtemp(prefix="metallmix-jq-")) / "kb.sqlite"
+    kb = SQLiteKnowledgeBase(tmp)
+    kb.add(usable)
+    llm = load_llm(model)
+    groups = sorted({r.dataset_group for r in usable})[:limit]
+    rows: list[dict[str, Any]] = []
+    for group in groups:
+        train = [r for r in usable if r.dataset_group != group]
+        test_all = [r for r in usable if r.dataset_group == group]
+        hidden = {r.dataset for r in test_all}
+        learner = fit_or_load(
+            kb, MetaLearnerConfig(seed=seed), exclude_datasets=hidden, records=usable
+        )
+        index = RetrievalIndex.build(train)
+        for dataset in sorted(hidden):
+            test = sorted((r for r in test_all if r.dataset == dataset), key=lambda r: r.run_id)
+            if len(test) < 10:
+                continue
+            true = np.array([r.outcomes.val_accuracy for r in test], dtype=float)
+            configs = [(r.model, r.hyperparameters) for r in test]
+            pretrained = bool(test[0].pretrained)
+            mf = test[0].meta_features
+            frame = candidates_frame(mf, configs, pretrained=pretrained)
+            pred = learner.predict(frame)
+            picked = diverse_top([m for m, _ in configs], pred.score, 5)
+            cands = [
+                Candidate(
+                    candidate_id=f"c{rank}",
+                    model=configs[i][0],
+                    pretrained=pretrained,
+                    hyperparameters=configs[i][1],
+                    predicted_accuracy=round(float(pred.accuracy[i]), 4),
+                    accuracy_low=round(float(pred.low[i]), 4),
+                    accuracy_high=round(float(pred.high[i]), 4),
+                    predicted_seconds=(
+                        round(float(pred.seconds[i]), 1) if np.isfinite(pred.seconds[i]) else None
+                    ),
+                    score=round(float(pred.score[i]), 4),
+                    origin="heldout-evaluated",
+                )
+                for rank, i in enumerate(picked, start=1)
+            ]
+            facts = facts_for_rows(
+                learner,
+                frame.iloc[picked].reset_index(drop=True),
+                [c.candidate_id for c in cands],
+                top_k=4,
+            )
+            shortlist = Shortlist(
+                meta_features=mf,
+                candidates=cands,
+                facts=facts,
+                similar_runs=index.similar_runs(mf, k=9),
+            )
+            started = time.perf_counter()
+            draft = recommend_once(llm, dataset, shortlist, attempt=1, choose="llm")
+            seconds = time.perf_counter() - started
+            by_id = {c.candidate_id: i for c, i in zip(cands, picked, strict=True)}
+            top1 = by_id["c1"]
+            llm_pick = (
+                by_id.get(draft.recommendation.candidate_id) if draft.recommendation else None
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "group": group,
+                    "n_configs": len(test),
+                    "top1_regret": round(regret_and_rank(true, top1)[0], 4),
+                    "llm_pick": draft.recommendation.candidate_id if draft.recommendation else None,
+                    "llm_regret": (
+                        round(regret_and_rank(true, llm_pick)[0], 4)
+                        if llm_pick is not None
+                        else None
+                    ),
+                    "best_of_offered_regret": round(
+                        min(regret_and_rank(true, by_id[c.candidate_id])[0] for c in cands[:3]), 4
+                    ),
+                    "llm_seconds": round(seconds, 1),
+                    "load": load(),
+                    "error": draft.error,
+                }
+            )
+            print(f"lodo {dataset}: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def summarise_choice(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    scored = [r for r in rows if r["llm_regret"] is not None]
+    if not scored:
+        return {"n": 0}
+    top1 = statistics.mean(r["top1_regret"] for r in scored)
+    llm = statistics.mean(r["llm_regret"] for r in scored)
+    return {
+        "n": len(scored),
+        "top1_mean_regret": round(top1, 4),
+        "llm_mean_regret": round(llm, 4),
+        "llm_better": sum(r["llm_regret"] < r["top1_regret"] for r in scored),
+        "llm_worse": sum(r["llm_regret"] > r["top1_regret"] for r in scored),
+        "llm_same_pick": sum(r["llm_pick"] == "c1" for r in scored),
+        "verdict": "llm" if llm < top1 else "top1",
+    }
+
+
+# ----------------------------------------------------------------- report
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Judge quality ({result['date']}, {result['machine']})",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "## The voice (recommend -> judge)",
+        "",
+        "| LLM | n | first-attempt pass | fallback | rejected for wording | grading failures "
+        "| total p50 / p95 s | per node p50 / p95 s | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for model, s in result.get("voice_summary", {}).items():
+        nodes = ", ".join(f"{n} {v['p50']}/{v['p95']}" for n, v in s["nodes"].items())
+        lines.append(
+            f"| {model} | {s['n']} | {s['first_attempt_pass_rate']:.0%} | {s['fallback_rate']:.0%} "
+            f"| {s['rejections_for_wording']} | {s['grading_failures']} "
+            f"| {s['total_p50_s']} / {s['total_p95_s']} | {nodes} | {s['load_range'][0]}-"
+            f"{s['load_range'][1]} |"
+        )
+    choice = result.get("choice_summary")
+    if choice:
+        lines += [
+            "",
+            f"## The choice (LODO on {result['lodo_kb']}, LLM {result['lodo_model']})",
+            "",
+            "| n | top-1 mean regret | LLM pick mean regret | LLM better / worse | LLM kept c1 "
+            "| default |",
+            "|---:|---:|---:|---:|---:|---|",
+            f"| {choice.get('n', 0)} | {choice.get('top1_mean_regret')} | "
+            f"{choice.get('llm_mean_regret')} | {choice.get('llm_better')} / "
+            f"{choice.get('llm_worse')} | {choice.get('llm_same_pick')} | "
+            f"{choice.get('verdict')} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fast,default")
+    parser.add_argument("--limit", type=int, default=None, help="first N inputs (default: all)")
+    parser.add_argument("--kb", default=str(ROOT / "metallmix" / "data" / "kb.sqlite"))
+    parser.add_argument("--choose", default="llm", choices=["llm", "top1"])
+    parser.add_argument(
+        "--lodo-kb", default=None, help="KB for part 2 (default: ../shared/data/quicktune/extended)"
+    )
+    parser.add_argument("--lodo-limit", type=int, default=None, help="first N held-out groups")
+    parser.add_argument("--lodo-model", default="fast")
+    parser.add_argument("--skip-voice", action="store_true")
+    parser.add_argument("--skip-lodo", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    from metallmix import config
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} CPUs, load {load()} at start",
+        "command": "python bench/judge_quality.py " + " ".join(argv or sys.argv[1:]),
+    }
+    if not args.skip_voice:
+        rows = voice(models, args.limit, args.kb, args.choose)
+        result["voice"] = rows
+        result["voice_summary"] = summarise_voice(rows)
+    if not args.skip_lodo:
+        lodo_kb = args.lodo_kb or str(config.shared_data_dir() / "quicktune" / "extended")
+        result["lodo_kb"], result["lodo_model"] = lodo_kb, args.lodo_model
+        choice = lodo_choice(args.lodo_model, lodo_kb, args.lodo_limit)
+        result["choice"] = choice
+        result["choice_summary"] = summarise_choice(choice)
+    result["load_at_end"] = load()
+    name = "judge_quality" + (f"_{args.tag}" if args.tag else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (
+        (".json", json.dumps(result, indent=2, default=str)),
+        (".md", markdown(result)),
+    ):
+        path = args.out / f"{name}{suffix}"
+        tmp = path.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
