@@ -219,7 +219,10 @@ def render_evidence(
     for c in chosen:
         for f in top_facts(shortlist, c.candidate_id, n_facts):
             facts[f"f{len(facts) + 1}"] = f
-    runs = {f"r{i + 1}": r for i, r in enumerate(shortlist.similar_runs[:n_runs])}
+    pool = shortlist.similar_runs[:n_runs]
+    if len(chosen) == 1:  # runs of the candidate's own model first (a stable reordering)
+        pool = sorted(pool, key=lambda r: r.model != chosen[0].model)
+    runs = {f"r{i + 1}": r for i, r in enumerate(pool)}
     return Evidence(name, shortlist, list(chosen), facts, runs)
 
 

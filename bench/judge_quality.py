@@ -55,7 +55,7 @@ def inputs(kb_path: str) -> list[tuple[str, Any]]:
     datasets = sorted(shared.glob("*.npz")) if shared.is_dir() else []
     cards = [example_card("isic2018"), example_card("chest-xray")]
     derived: dict[str, MetaFeatures] = {}
-    for r in open_kb(kb_path).iter_records():
+    for r in open_kb(kb_path, read_only=True).iter_records():
         if "/" in r.dataset and r.dataset not in derived:
             derived[r.dataset] = r.meta_features
     derived_items = [
@@ -187,7 +187,7 @@ def voice(models: list[str], limit: int | None, kb_path: str, choose: str) -> li
     from metallmix.agents.llm import load_llm
     from metallmix.tools.kb.store import open_kb
 
-    kb = open_kb(kb_path)
+    kb = open_kb(kb_path, read_only=True)
     rows: list[dict[str, Any]] = []
     chosen = inputs(kb_path)[:limit]
     for model in models:

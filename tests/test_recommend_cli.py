@@ -99,6 +99,9 @@ def test_unknown_example_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_empty_kb_exits_2(
     scripted: ScriptedLLM, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    SQLiteKnowledgeBase(tmp_path / "empty.sqlite")  # a KB file with no runs
     assert main(["demo", "--kb", str(tmp_path / "empty.sqlite")]) == 2
     assert "is empty" in capsys.readouterr().err
 
