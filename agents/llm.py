@@ -517,6 +517,7 @@ class _FixedPrefixes:
             except MetaLLMiXError:
                 path.unlink(missing_ok=True)
         llama.reset()
+        llama.input_ids[:] = -1  # no stale tokens may look like a cached prefix
         for start in range(0, n, PREFIX_BLOCK):  # the blocks a cold prompt is evaluated in
             prefix._stock_eval(tokens[start : start + PREFIX_BLOCK])
         prefix.canonical = n
