@@ -90,3 +90,12 @@ def test_search_cli_json(toy: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(result["trials"]) == 1
     assert main([*args[:4], "grid", *args[5:]]) == 2
     assert "--sampler" in capsys.readouterr().err
+
+
+def test_a_recommendations_pretrained_flag_is_the_default(tmp_path: Path) -> None:
+    from metallmix.cli.train import _config_pretrained
+
+    rec = {"model": "efficientnet_lite0", "pretrained": True, "hyperparameters": {}}
+    assert _config_pretrained(_config(tmp_path, {"recommendation": rec}))
+    assert _config_pretrained(_config(tmp_path, rec))
+    assert not _config_pretrained(_config(tmp_path, {"model": "lcnet_050"}))

@@ -101,6 +101,14 @@ def read_config(path: Path, model: str | None = None) -> tuple[str, Hyperparamet
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+def _config_pretrained(path: Path) -> bool:
+    """The ``pretrained`` flag a config (or a recommendation JSON) carries; False if none."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("recommendation"), dict):
+        data = data["recommendation"]
+    return isinstance(data, dict) and data.get("pretrained") is True
+
+
 def _record_summary(record: RunRecord) -> dict[str, Any]:
     out = record.outcomes
     return {
@@ -113,6 +121,10 @@ def _record_summary(record: RunRecord) -> dict[str, Any]:
         "test_accuracy": out.test_accuracy,
         "macro_f1": out.macro_f1,
         "balanced_accuracy": out.balanced_accuracy,
+        "val_balanced_accuracy": out.val_balanced_accuracy,
+        "test_balanced_accuracy": out.test_balanced_accuracy,
+        "val_macro_f1": out.val_macro_f1,
+        "macro_auc": out.macro_auc,
         "train_seconds": out.train_seconds,
         "seconds_per_epoch": out.seconds_per_epoch,
         "epochs_run": out.epochs_run,
@@ -124,8 +136,11 @@ def validate_command(
     config_file: Path = typer.Option(..., "--config", help="JSON with model + hyperparameters."),
     model: str | None = typer.Option(None, "--model", help="Override the config's model."),
     seed: int = typer.Option(0, "--seed"),
-    pretrained: bool = typer.Option(
-        False, "--pretrained/--scratch", help="Start from timm's pretrained weights."
+    pretrained: bool | None = typer.Option(
+        None,
+        "--pretrained/--scratch",
+        help="Start from pretrained weights (offline for efficientnet_lite0/1/2, else timm's "
+        "hub). Default: the config's 'pretrained' (a recommendation's), else scratch.",
     ),
     weights: Path | None = typer.Option(None, "--weights", help="Local state-dict file."),
     modality: str | None = typer.Option(None, "--modality"),
@@ -144,6 +159,8 @@ def validate_command(
     from metallmix.tools.training.runner import run_trial
 
     chosen, hp = read_config(config_file, model)
+    if pretrained is None:
+        pretrained = _config_pretrained(config_file)
     dataset = load_dataset(data, modality=modality, seed=seed)
     store = _kb(kb, no_kb)
     epochs = hp.epochs or 5
