@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from metallmix.agents.evidence import (
+    MAX_CHOICES,
     MAX_RATIONALE_CHARS,
     Evidence,
     answer_schema,
@@ -63,10 +64,10 @@ class Exchange:
 
 
 def evidence_for(dataset: str, shortlist: Shortlist, choose: Choose = "llm") -> Evidence:
-    """What the recommender sees: the whole shortlist, or only its top candidate."""
-    candidates = ranked_candidates(shortlist)
+    """What the recommender sees: the top MAX_CHOICES candidates, or only the top one."""
+    ranked = ranked_candidates(shortlist)
     return render_evidence(
-        dataset, shortlist, candidates=candidates[:1] if choose == "top1" else None
+        dataset, shortlist, candidates=ranked[: 1 if choose == "top1" else MAX_CHOICES]
     )
 
 
