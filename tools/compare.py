@@ -104,8 +104,24 @@ class CompareSettings(BaseModel):
                     f"--image-sizes: {bad or 'empty list'} not among the zoo's sizes {sizes.values}"
                 )
             params["image_size"] = Choice(values=list(self.image_sizes))
+        # Per-model ranges only for the compared models, with the same epoch cap: otherwise
+        # their (wider) ranges leak into the samplers' union distributions.
+        model_params = {}
+        for model, own in base.model_params.items():
+            if model not in models:
+                continue
+            own = dict(own)
+            if isinstance(own.get("epochs"), IntRange):
+                low = min(own["epochs"].low, self.epoch_cap)  # type: ignore[union-attr]
+                own["epochs"] = IntRange(low=low, high=self.epoch_cap)
+            model_params[model] = own
         return base.model_copy(
-            update={"name": "cpu-zoo-compare", "models": models, "params": params}
+            update={
+                "name": "cpu-zoo-compare",
+                "models": models,
+                "params": params,
+                "model_params": model_params,
+            }
         )
 
 
@@ -536,7 +552,12 @@ class _Run:
                 "trials_done": result.trials_done,
                 "trials_failed": sum(1 for t in result.trials if t.state == "FAIL"),
                 "model": result.best_model,
-                "hyperparameters": result.best_params,
+                # What the best trial trained: sampled values projected onto its model's ranges.
+                "hyperparameters": (
+                    self.space.project(result.best_model, result.best_params)
+                    if result.best_model
+                    else result.best_params
+                ),
                 "study": result.study_name,
                 "search_run_id": result.parent_run_id,
                 "val_accuracy": best.get("val_accuracy"),

@@ -677,6 +677,7 @@ def run_verify(
                     max_train_images=max_train_images,
                     max_val_images=max_val_images,
                     parent_run_id=verify_run,
+                    pretrained=by_id[cid].pretrained or space.is_pretrained(by_id[cid].model),
                     tags={
                         "metallmix.study": name,
                         "metallmix.trial": str(trial.number),
