@@ -15,12 +15,14 @@ import pytest
 from test_train_trainer import write_npz
 
 from metallmix.agents.fake_llm import ScriptedLLM
-from metallmix.agents.schemas import JudgeScores, LLMChoice
+from metallmix.agents.schemas import LLMChoice
 from metallmix.cli import main
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 
-BAD = LLMChoice(candidate_id="c1", confidence="high", explanation="It reaches 99.9% accuracy.")
-LOW = JudgeScores(format=2, accuracy=1, completeness=1, critique="Invented number.")
+# Grammar-shaped, but its words carry an invented number: rejected by code, never graded.
+BAD = LLMChoice(
+    candidate_id="c1", facts=["f1"], runs=["r1"], rationale="It surely reaches 99.9% accuracy."
+)
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def kb(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
-    llm = ScriptedLLM([BAD, LOW, BAD, LOW])
+    llm = ScriptedLLM([BAD, BAD])
 
     def fake_load(name: Any = None, **_: Any) -> ScriptedLLM:
         return llm
