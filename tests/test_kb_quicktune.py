@@ -13,6 +13,7 @@ from metallmix.tools.kb.quicktune import (
     QUICKTUNE_MODALITY,
     QUICKTUNE_PUBLIC_SOURCE,
     import_quicktune,
+    read_quicktune,
 )
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 
@@ -104,6 +105,34 @@ def test_decodes_runs(layout: Path) -> None:
     other = records["quicktune:tiny:My Birds:202"].hyperparameters
     assert other.extra["opt_betas"] == "[0.9, 0.999]" and other.extra["amp"] is False
     assert other.augmentation == "trivial_augment" and other.optimizer == "sgd"
+
+
+def test_fidelity_is_recorded(layout: Path) -> None:
+    """Budget = the dataset's longest curve; a run below it is a low-fidelity snapshot."""
+    records = {r.run_id: r for r in import_quicktune(layout)}
+    full = records["quicktune:tiny:My Birds:101"].outcomes
+    partial = records["quicktune:tiny:My Birds:202"].outcomes
+    assert (full.epochs_run, full.epoch_budget, full.completed) == (3, 3, True)
+    assert (partial.epochs_run, partial.epoch_budget, partial.completed) == (1, 3, False)
+    other = records["quicktune:tiny:x-ray/2:303"].outcomes
+    assert (other.epoch_budget, other.completed) == (2, True)  # budgets are per dataset
+    source = read_quicktune(layout)
+    assert source.completed_count() == 2 and source.count() == 3
+
+
+def test_noise_at_a_bound_is_clipped_and_counted(layout: Path) -> None:
+    noisy = {**PERF, "x-ray/2": {"303": [-3e-7, 100.00000035874896]}}
+    (layout / "curves" / "perf.json").write_text(json.dumps(noisy))
+    source = read_quicktune(layout)
+    assert source.clipped == 2 and "100.00000035874896" in str(source.clipped_example)
+    run = {r.run_id: r for r in source.records()}["quicktune:tiny:x-ray/2:303"]
+    assert run.outcomes.learning_curve == [0.0, 1.0] and run.outcomes.val_accuracy == 1.0
+    # beyond the tolerance it is still the specific error
+    (layout / "curves" / "perf.json").write_text(
+        json.dumps({**PERF, "x-ray/2": {"303": [70.0, 100.00001]}})
+    )
+    with pytest.raises(ImportFormatError, match=r"run 303, epoch 2: top-1 % 100\.00001 is outside"):
+        import_quicktune(layout)
 
 
 def test_subset_and_parent_folder(layout: Path) -> None:
@@ -233,6 +262,10 @@ def test_real_quicktune_extended(shared_data: Path, tmp_path: Path, capsys) -> N
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert (first["inserted"], first["skipped"], len(first["datasets"])) == (2278, 0, 13)
+    # Quick-Tune's search stopped the rest before the 50-epoch budget
+    assert first["completed_runs"] == 1243
+    assert sum(r.outcomes.completed for r in records) == 1243
+    assert {r.outcomes.epoch_budget for r in records} == {50}
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert (second["inserted"], second["skipped"]) == (0, 2278)

@@ -41,12 +41,28 @@ def lodo(
         None, "--name", help="Base name of the result files (default: lodo_<kb name>)."
     ),
     seed: int = typer.Option(0, "--seed"),
+    objectives: str = typer.Option(
+        "ensemble",
+        "--objectives",
+        help="Comma-separated meta-learner objectives to score (raw, normalized, rank, "
+        "percentile, ensemble; ensemble is the product's pick rule). config-only always runs.",
+    ),
     n_estimators: int = typer.Option(300, "--trees", min=1, help="XGBoost trees per model."),
     max_depth: int = typer.Option(5, "--depth", min=1, help="XGBoost tree depth."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Leave-one-dataset-out: meta-learner (raw / normalized / rank) vs baselines."""
+    """Leave-one-dataset-out on completed runs: the product's pick vs config-only and baselines."""
+    from metallmix.errors import ConfigError
     from metallmix.tools.meta.lodo import load_kb_records, markdown_table, run_lodo, write_results
+    from metallmix.tools.meta.metalearner import OBJECTIVES, Objective
+
+    chosen = [o.strip() for o in objectives.split(",") if o.strip()]
+    unknown = [o for o in chosen if o not in OBJECTIVES]
+    if unknown or not chosen:
+        raise ConfigError(
+            f"--objectives {objectives!r}: choose one or more of {', '.join(OBJECTIVES)}"
+        )
+    chosen_objectives: list[Objective] = [o for o in OBJECTIVES if o in chosen]
 
     spec = kb or str(_default_quicktune())
     records, label = load_kb_records(spec)
@@ -56,6 +72,7 @@ def lodo(
             records,
             kb_label=label,
             seed=seed,
+            objectives=chosen_objectives,
             n_estimators=n_estimators,
             max_depth=max_depth,
             on_fold=lambda _g: advance(1),
@@ -66,8 +83,18 @@ def lodo(
     summary = summary.astype(object).where(summary.notna(), None)  # NaN is not JSON
     payload = {
         "kb": label,
+        "seed": result.seed,
         "seconds": result.seconds,
+        "load_average": result.load_average,
+        "default_method": result.default_method,
+        "n_runs": result.n_runs,
+        "n_partial_runs_ignored": result.n_partial_runs,
         "summary": summary.to_dict(orient="records"),
+        "interval": result.interval,
+        "rows": [
+            {"dataset": r.dataset, "method": r.method, "regret": r.regret, "rank": r.rank}
+            for r in result.rows
+        ],
         "files": {k: str(v) for k, v in paths.items()},
     }
 

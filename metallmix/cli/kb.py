@@ -89,7 +89,13 @@ def import_quicktune_cmd(
     result = store.add(records)
     _report(
         result,
-        {"datasets": chosen, "version": source.version, "kb": store.location},
+        {
+            "datasets": chosen,
+            "version": source.version,
+            "kb": store.location,
+            "completed_runs": source.completed_count(chosen),
+            "clipped_values": source.clipped,
+        },
         as_json,
         f"Quick-Tune {source.version}",
     )

@@ -8,9 +8,13 @@ datasets and published, per version (``micro``, ``mini``, ``extended``)::
     <version>/curves/cost.json       {dataset: {run_id: [seconds per epoch]}}
     <version>/meta/descriptors.json  {dataset: [n_samples, n_classes, resolution, channels]}
 
-The table does not say which dataset a run belongs to; the curves do. Everything is read
-and validated before a single record is returned, so a malformed file never leaves a KB
-half-imported: the caller adds the whole list in one transaction.
+The table does not say which dataset a run belongs to; the curves do. Fidelity: Quick-Tune's
+multi-fidelity search stopped many runs after a few epochs, so every record carries
+``epochs_run`` and the dataset's ``epoch_budget`` (its longest curve); a run below budget is
+not a finished run (``Outcomes.completed``) and the meta-learner's final-performance target
+ignores it. Values within :data:`BOUND_TOLERANCE` of a bound are clipped and counted.
+Everything is read and validated before a single record is returned, so a malformed file
+never leaves a KB half-imported: the caller adds the whole list in one transaction.
 """
 
 from __future__ import annotations
@@ -241,8 +245,38 @@ def _split_hyperparameters(
         ) from exc
 
 
+# Published curves carry floating-point noise at the bounds (a real file holds
+# ``100.00000035874896`` %): a value this close to a bound is the bound, clipped and counted;
+# anything further out is a broken file and stays an error.
+BOUND_TOLERANCE = 1e-6
+
+
+@dataclass
+class ClipCount:
+    """How many curve values were clipped onto a bound, and the first one (for the report)."""
+
+    count: int = 0
+    first: str | None = None
+
+    def add(self, where: str, value: float, bound: float) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = f"{where}: {value!r} -> {bound:g}"
+
+
+def _in_bounds(number: float, upper: float | None) -> float | None:
+    """``number`` itself, the bound it is within tolerance of, or None when out of range."""
+    if math.isnan(number):
+        return None
+    if number < 0:
+        return 0.0 if number >= -BOUND_TOLERANCE else None
+    if upper is not None and number > upper:
+        return upper if number <= upper + BOUND_TOLERANCE else None
+    return number
+
+
 def _curves(
-    data: Any, path: Path, kind: str, upper: float | None
+    data: Any, path: Path, kind: str, upper: float | None, clipped: ClipCount | None = None
 ) -> dict[str, dict[str, list[float]]]:
     if not isinstance(data, dict):
         raise ImportFormatError(
@@ -268,12 +302,15 @@ def _curves(
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ImportFormatError(f"{where}, epoch {epoch}: {value!r} is not a number")
                 number = float(value)
-                if math.isnan(number) or number < 0 or (upper is not None and number > upper):
+                kept = _in_bounds(number, upper)
+                if kept is None:
                     bound = f"[0, {upper:g}]" if upper is not None else ">= 0"
                     raise ImportFormatError(
                         f"{where}, epoch {epoch}: {kind} {value!r} is outside {bound}"
                     )
-                values.append(number)
+                if kept != number and clipped is not None:
+                    clipped.add(f"{where}, epoch {epoch}", number, kept)
+                values.append(kept)
             curves[str(run_id)] = values
         out[str(dataset)] = curves
     return out
@@ -327,6 +364,20 @@ class QuickTuneSource:
     cost: dict[str, dict[str, list[float]]]
     meta: dict[str, MetaFeatures]
     created_at: datetime
+    clipped: int = 0
+    clipped_example: str | None = None
+
+    def epoch_budget(self, dataset: str) -> int:
+        """The dataset's epoch budget: its longest curve (Quick-Tune's multi-fidelity search
+        stops most runs early; only a run that reached the budget is a finished run)."""
+        return max(len(curve) for curve in self.perf[dataset].values())
+
+    def completed_count(self, datasets: Iterable[str] | None = None) -> int:
+        return sum(
+            len(curve) >= self.epoch_budget(d)
+            for d in self.select(datasets)
+            for curve in self.perf[d].values()
+        )
 
     @property
     def datasets(self) -> list[str]:
@@ -357,6 +408,7 @@ class QuickTuneSource:
         table_rel = _relative(self.version_dir / TABLE, self.root)
         out: list[RunRecord] = []
         for dataset in self.select(datasets):
+            budget = self.epoch_budget(dataset)
             for run_id, curve in self.perf[dataset].items():
                 row = self.rows[run_id]
                 seconds = self.cost[dataset][run_id]
@@ -380,6 +432,7 @@ class QuickTuneSource:
                             val_accuracy=curve[-1] / 100.0,
                             learning_curve=[v / 100.0 for v in curve],
                             epochs_run=len(curve),
+                            epoch_budget=budget,
                             train_seconds=float(sum(seconds)),
                             seconds_per_epoch=statistics.fmean(seconds),
                         ),
@@ -419,8 +472,9 @@ def read_quicktune(root: Path) -> QuickTuneSource:
             )
     perf_path, cost_path, meta_path = (version_dir / p for p in (PERF, COST, DESCRIPTORS))
     perf_raw = _load_json(perf_path, PERF)
-    perf = _curves(perf_raw, perf_path, "top-1 %", 100.0)
-    cost = _curves(_load_json(cost_path, COST), cost_path, "seconds", None)
+    clipped = ClipCount()
+    perf = _curves(perf_raw, perf_path, "top-1 %", 100.0, clipped)
+    cost = _curves(_load_json(cost_path, COST), cost_path, "seconds", None, clipped)
     meta = _descriptors(_load_json(meta_path, DESCRIPTORS), meta_path)
     rows = _parse_table(version_dir / TABLE)
 
@@ -474,6 +528,8 @@ def read_quicktune(root: Path) -> QuickTuneSource:
         # The table's modification time: deterministic for one copy, so re-imports and
         # content hashes do not change with the clock.
         created_at=datetime.fromtimestamp(mtime, tz=UTC),
+        clipped=clipped.count,
+        clipped_example=clipped.first,
     )
 
 

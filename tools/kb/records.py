@@ -127,6 +127,12 @@ class Outcomes(BaseModel):
     train_seconds: float | None = Field(default=None, ge=0)
     seconds_per_epoch: float | None = Field(default=None, ge=0)
     epochs_run: int | None = Field(default=None, ge=0)
+    epoch_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="epochs the run was meant to train (its fidelity is epochs_run / "
+        "epoch_budget); None when the source has no notion of a budget",
+    )
     learning_curve: list[float] = Field(
         default_factory=list, description="validation accuracy per epoch, fractions"
     )
@@ -159,6 +165,13 @@ class Outcomes(BaseModel):
                     raise ValueError(f"epoch {epoch}: {item} is outside [0, 1]")
             return value
         return check_fraction(value) if score else check_finite(value)
+
+    @property
+    def completed(self) -> bool:
+        """False only for a run stopped before its epoch budget (a low-fidelity snapshot)."""
+        if self.epoch_budget is None or self.epochs_run is None:
+            return True
+        return self.epochs_run >= self.epoch_budget
 
 
 class Provenance(BaseModel):

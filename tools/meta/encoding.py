@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.metafeatures import MetaFeatures
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2  # 2: optional meta-features (config-only), completed runs only
 OTHER = "__other__"
 MAX_CATEGORIES = 32
 
@@ -193,12 +193,25 @@ class FeatureEncoder(BaseModel):
     references: dict[str, str | float] = Field(
         default_factory=dict, description="group -> KB median (numbers) or mode (categories)"
     )
+    meta_features: bool = Field(
+        default=True,
+        description="False: no dataset column at all (the dataset-blind 'config-only' model)",
+    )
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame) -> FeatureEncoder:
-        """Decide columns and categories from the training rows only."""
-        numeric = list(_MF_COLUMNS) + list(_HP_CORE_NUMERIC)
-        categorical_cols = ["mf_modality", "model", "model_family", *_HP_CORE_CATEGORICAL]
+    def fit(cls, frame: pd.DataFrame, *, meta_features: bool = True) -> FeatureEncoder:
+        """Decide columns and categories from the training rows only.
+
+        ``meta_features=False`` leaves out every ``mf_`` column (modality included): the
+        model then cannot tell datasets apart, which is the baseline meta-features must beat.
+        """
+        numeric = (list(_MF_COLUMNS) if meta_features else []) + list(_HP_CORE_NUMERIC)
+        categorical_cols = [
+            *(["mf_modality"] if meta_features else []),
+            "model",
+            "model_family",
+            *_HP_CORE_CATEGORICAL,
+        ]
         extras = sorted(c for c in frame.columns if c.startswith("hp_x_") and c not in _SKIP)
         for col in extras:
             if frame[col].isna().all():
@@ -225,7 +238,12 @@ class FeatureEncoder(BaseModel):
                 continue
             if col in work and work[col].notna().any():
                 references[_group(col)] = str(work[col].dropna().astype(str).mode().iloc[0])
-        return cls(numeric=numeric, categorical=categorical, references=references)
+        return cls(
+            numeric=numeric,
+            categorical=categorical,
+            references=references,
+            meta_features=meta_features,
+        )
 
     @property
     def columns(self) -> list[str]:

@@ -8,6 +8,14 @@ true final validation accuracy:
 - rank of the pick among the dataset's configurations (1 = the best one);
 - Spearman correlation of predicted vs true accuracy (meta-learner variants only).
 
+Only *completed* runs count (``Outcomes.completed``: the whole epoch budget was trained):
+a run stopped after 2 of 50 epochs by a multi-fidelity search is not the final accuracy of
+its configuration, so it is neither learnt from nor a candidate nor the ground truth.
+
+Methods: ``metalearner-<objective>`` (``ensemble`` is the product's pick rule, named in
+``default_method``) and ``config-only``: the same rule fitted without any meta-feature (a
+"good default model"; the meta-features must beat it).
+
 Baselines on the same rows: random pick and random search best-of-5 / best-of-10 (exact
 expectations, no sampling noise), best-default (the training configuration with the best
 mean normalised score) and nearest-dataset-best (the best configuration of the most similar
@@ -33,16 +41,21 @@ from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.meta.metalearner import (
+    DEFAULT_OBJECTIVE,
+    INTERVAL_COVERAGE,
     OBJECTIVES,
     MetaLearner,
     MetaLearnerConfig,
     Objective,
+    conformal_quantile,
     normalized_target,
     training_rows,
 )
 from metallmix.tools.meta.retrieval import DatasetScaler, config_vector
 
 BASELINES = ("random", "random-best-of-5", "random-best-of-10", "best-default", "nearest-dataset")
+CONFIG_ONLY = "config-only"
+DEFAULT_METHOD = f"metalearner-{DEFAULT_OBJECTIVE}"
 MIN_CONFIGS = 3
 # The shortlist size: "validate the top 5 predicted, keep the best" costs what best-of-5 does.
 TOP_K = 5
@@ -82,6 +95,13 @@ class LodoResult(BaseModel):
     folds: list[dict[str, object]] = Field(default_factory=list)
     load_average: float | None = Field(default=None, description="1-min load at the end")
     cpu_count: int | None = None
+    default_method: str = DEFAULT_METHOD
+    n_partial_runs: int = Field(default=0, description="runs below their epoch budget, ignored")
+    interval: dict[str, float] = Field(
+        default_factory=dict,
+        description="coverage / width of the 10-90% interval on held-out runs, as fitted "
+        "and after conformal widening from the other folds' residuals",
+    )
 
     def summary(self) -> pd.DataFrame:
         """Mean regret, rank and Spearman per method, plus wins against the best baseline."""
@@ -97,6 +117,7 @@ class LodoResult(BaseModel):
             m
             for m in [
                 *(f"metalearner-{o}" for o in OBJECTIVES),
+                CONFIG_ONLY,
                 *(f"metalearner-{o}-top{TOP_K}" for o in OBJECTIVES),
                 *BASELINES,
             ]
@@ -211,47 +232,127 @@ def nearest_dataset_best(train: Sequence[RunRecord], test: Sequence[RunRecord]) 
     return max(runs, key=lambda r: (r.outcomes.val_accuracy or 0.0, r.run_id))
 
 
+def ensemble_member_objectives() -> set[str]:
+    """Single objectives that are first-bag members of the default ensemble."""
+    return {m for m in MetaLearnerConfig().members if not m.startswith("co-")}
+
+
+def lodo_config(
+    objective: Objective, seed: int, n_estimators: int, max_depth: int, *, blind: bool = False
+) -> MetaLearnerConfig:
+    """The meta-learner LODO fits per fold: the product's settings, no cost model."""
+    return MetaLearnerConfig(
+        objective=objective,
+        seed=seed,
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        with_uncertainty=False,
+        with_cost=False,
+        use_meta_features=not blind,
+    )
+
+
+def _interval_booster(
+    learner: MetaLearner, train_frame: pd.DataFrame, seed: int, n_estimators: int, depth: int
+) -> object:
+    """The product's 10-90% quantile model for this fold (coverage is measured on it)."""
+    import xgboost as xgb
+
+    rows = training_rows(train_frame)
+    cfg = lodo_config("raw", seed, n_estimators, depth)
+    params = cfg.xgb_params("reg:quantileerror")
+    params["quantile_alpha"] = list(cfg.quantiles)
+    dm = xgb.DMatrix(
+        learner.matrix(rows), label=rows["out_val_accuracy"].to_numpy(float), missing=np.nan
+    )
+    return xgb.train(params, dm, num_boost_round=n_estimators)
+
+
+def interval_summary(
+    per_dataset: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[str, float]:
+    """Coverage of [low, high] on held-out runs, raw and LODO-conformal (margin from the
+    *other* datasets' residuals, as the product widens from held-out groups)."""
+    if not per_dataset:
+        return {}
+    scores = {d: np.maximum(low - y, y - high) for d, (y, low, high) in per_dataset.items()}
+    hit = width = hit_c = width_c = n = 0.0
+    for d, (y, low, high) in per_dataset.items():
+        others = [v for k, v in scores.items() if k != d]
+        margin = conformal_quantile(np.concatenate(others)) if others else 0.0
+        hit += float(np.sum((y >= low) & (y <= high)))
+        hit_c += float(np.sum((y >= low - margin) & (y <= high + margin)))
+        width += float(np.sum(high - low))
+        width_c += float(np.sum(high - low + 2 * margin))
+        n += len(y)
+    return {
+        "target_coverage": INTERVAL_COVERAGE,
+        "coverage": round(hit / n, 4),
+        "mean_width": round(width / n, 4),
+        "coverage_conformal": round(hit_c / n, 4),
+        "mean_width_conformal": round(width_c / n, 4),
+        "n_runs": int(n),
+    }
+
+
 def run_lodo(
     records: Sequence[RunRecord],
     *,
     kb_label: str = "",
-    objectives: Sequence[Objective] = OBJECTIVES,
+    objectives: Sequence[Objective] = (DEFAULT_OBJECTIVE,),
     seed: int = 0,
     n_estimators: int = 300,
     max_depth: int = 5,
+    config_only: bool = True,
+    intervals: bool = True,
     on_fold: Callable[[str], None] | None = None,
 ) -> LodoResult:
-    """The whole benchmark; deterministic for a seed."""
-    usable = [r for r in records if r.status == "ok" and r.outcomes.val_accuracy is not None]
+    """The whole benchmark; deterministic for a seed. Completed runs only (module doc)."""
+    ok = [r for r in records if r.status == "ok" and r.outcomes.val_accuracy is not None]
+    usable = [r for r in ok if r.outcomes.completed]
     groups = sorted({r.dataset_group for r in usable})
     if len(groups) < 2:
         raise KnowledgeBaseError(
-            f"LODO needs runs from at least 2 dataset groups, the KB has {len(groups)}; "
-            "import more datasets first"
+            f"LODO needs completed runs from at least 2 dataset groups, the KB has "
+            f"{len(groups)}; import more datasets first"
         )
     started = time.perf_counter()
     rows: list[FoldResult] = []
-    fit_seconds = dict.fromkeys(objectives, 0.0)
+    # The ensemble's first-bag members are exactly the single-objective learners (same data,
+    # target and seed), so single objectives asked for beside it are read off its members
+    # instead of being fitted again.
+    derived = (
+        {o for o in objectives if o in ensemble_member_objectives()}
+        if "ensemble" in objectives
+        else set()
+    )
+    methods: dict[str, MetaLearnerConfig] = {
+        f"metalearner-{o}": lodo_config(o, seed, n_estimators, max_depth)
+        for o in objectives
+        if o not in derived
+    }
+    if config_only:
+        methods[CONFIG_ONLY] = lodo_config(
+            DEFAULT_OBJECTIVE, seed, n_estimators, max_depth, blind=True
+        )
+    fit_seconds = dict.fromkeys(methods, 0.0)
     fold_info: list[dict[str, object]] = []
+    covered: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for group, train, test_all in folds(usable):
         train_frame = records_to_frame(train)
-        learners: dict[Objective, MetaLearner] = {}
-        for objective in objectives:
-            cfg = MetaLearnerConfig(
-                objective=objective,
-                seed=seed,
-                n_estimators=n_estimators,
-                max_depth=max_depth,
-                with_uncertainty=False,
-                with_cost=False,
-            )
+        learners: dict[str, MetaLearner] = {}
+        for method, cfg in methods.items():
             t0 = time.perf_counter()
-            learners[objective] = MetaLearner.fit(train_frame, cfg)
-            fit_seconds[objective] += time.perf_counter() - t0
-            trained_on = learners[objective].info["dataset_groups"]
+            learners[method] = MetaLearner.fit(train_frame, cfg)
+            fit_seconds[method] += time.perf_counter() - t0
+            trained_on = learners[method].info["dataset_groups"]
             seen = set(trained_on) if isinstance(trained_on, list) else set()
             if group in seen:
-                raise LeakError(f"held-out group {group!r} reached the {objective} meta-learner")
+                raise LeakError(f"held-out group {group!r} reached the {method} meta-learner")
+        quantile = None
+        if intervals:
+            first = next(iter(learners.values()))
+            quantile = _interval_booster(first, train_frame, seed, n_estimators, max_depth)
         default_run = best_default(train)
         fold_info.append(
             {
@@ -295,20 +396,38 @@ def run_lodo(
                     )
                 )
 
+            scored: dict[str, np.ndarray] = {}
             for name, learner in learners.items():
-                scores = learner.predict(frame).score
+                scored[name] = learner.predict(frame).score
+                if name == f"metalearner-{DEFAULT_OBJECTIVE}" and derived:
+                    members = learner.member_scores(frame)
+                    for o in derived:
+                        scored[f"metalearner-{o}"] = members[f"{o}#0"]
+            for name, scores in sorted(scored.items()):
                 pick = int(np.argmax(scores))
                 regret, rank = regret_and_rank(true, pick)
                 rho = float(spearmanr(scores, true).statistic) if np.std(scores) > 0 else 0.0
-                add(f"metalearner-{name}", regret, rank, float(true[pick]), rho)
+                add(name, regret, rank, float(true[pick]), rho)
+                if name == CONFIG_ONLY:
+                    continue
                 # train the shortlist's top 5 and keep the best: comparable to best-of-5
                 top = np.argsort(-scores, kind="stable")[:TOP_K]
                 best_of_top = int(top[int(np.argmax(true[top]))])
                 add(
-                    f"metalearner-{name}-top{TOP_K}",
+                    f"{name}-top{TOP_K}",
                     *regret_and_rank(true, best_of_top),
                     float(true[best_of_top]),
                 )
+            if quantile is not None:
+                import xgboost as xgb
+
+                first = next(iter(learners.values()))
+                dm = xgb.DMatrix(first.matrix(frame), missing=np.nan)
+                acc = first.accuracy_booster.predict(dm).astype(float)
+                q = np.asarray(quantile.predict(dm), dtype=float).reshape(len(test), -1)  # type: ignore[attr-defined]
+                low = np.clip(np.minimum(q[:, 0], acc), 0.0, 1.0)
+                high = np.clip(np.maximum(q[:, -1], acc), 0.0, 1.0)
+                covered[dataset] = (true, low, high)
             add("random", *expected_best_of(true, 1), None)
             add("random-best-of-5", *expected_best_of(true, 5), None)
             add("random-best-of-10", *expected_best_of(true, 10), None)
@@ -327,6 +446,8 @@ def run_lodo(
             "n_estimators": n_estimators,
             "max_depth": max_depth,
             "objectives": list(objectives),
+            "members": list(MetaLearnerConfig().members),
+            "completed_runs_only": True,
         },
         rows=rows,
         seconds=round(time.perf_counter() - started, 2),
@@ -334,6 +455,9 @@ def run_lodo(
         folds=fold_info,
         load_average=round(os.getloadavg()[0], 2),
         cpu_count=os.cpu_count(),
+        default_method=DEFAULT_METHOD,
+        n_partial_runs=len(ok) - len(usable),
+        interval=interval_summary(covered),
     )
 
 

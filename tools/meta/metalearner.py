@@ -39,14 +39,20 @@ from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
 
-Objective = Literal["raw", "normalized", "rank"]
-OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank")
-# Chosen by the LODO benchmark on Quick-Tune (bench/results/lodo_quicktune*.md): over seeds
-# 0, 1 and 2 the per-dataset normalised target had the lowest mean normalised regret of the
-# top-1 pick (0.162 vs rank 0.180 and raw 0.195); raw won seed 0 alone.
-DEFAULT_OBJECTIVE: Objective = "normalized"
+Objective = Literal["raw", "normalized", "rank", "percentile", "ensemble"]
+OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile", "ensemble")
+SINGLE_OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile")
+# The product's pick rule, chosen by the LODO benchmark over seeds 0-2 on Quick-Tune and our
+# own KB (README "Meta-learner"): one XGBoost per target is noise-dominated (the winning
+# objective flips with the seed), so the default ranks candidates by the mean within-pool
+# percentile of several members, half of them dataset-blind ("co-" members).
+DEFAULT_OBJECTIVE: Objective = "ensemble"
+DEFAULT_MEMBERS: tuple[str, ...] = ("raw", "normalized", "rank", "co-normalized")
 MIN_TRAINING_ROWS = 8
 MIN_COST_ROWS = 8
+# Target coverage of the 10-90% interval, and the held-out folds that calibrate it.
+INTERVAL_COVERAGE = 0.8
+CONFORMAL_FOLDS = 4
 
 
 class MetaLearnerConfig(BaseModel):
@@ -66,6 +72,14 @@ class MetaLearnerConfig(BaseModel):
     seed: int = 0
     with_uncertainty: bool = True
     with_cost: bool = True
+    use_meta_features: bool = Field(
+        default=True, description="False: the dataset-blind 'config-only' baseline"
+    )
+    members: tuple[str, ...] = Field(
+        default=DEFAULT_MEMBERS,
+        description="ensemble members: a single objective, 'co-' prefixed = without meta-features",
+    )
+    bags: int = Field(default=1, ge=1, description="seeds per ensemble member")
 
     def xgb_params(self, objective: str) -> dict[str, object]:
         return {
@@ -93,12 +107,44 @@ class Prediction:
     seconds: np.ndarray
 
 
+def completed_mask(frame: pd.DataFrame) -> np.ndarray:
+    """True for runs that trained their whole epoch budget (or have no budget recorded).
+
+    A run stopped early by a multi-fidelity search (Quick-Tune stops most after a few
+    epochs) is a low-fidelity snapshot, not a final performance: it must not be learnt or
+    scored as one.
+    """
+    if "out_epoch_budget" not in frame or "out_epochs_run" not in frame:
+        return np.ones(len(frame), dtype=bool)
+    budget = pd.to_numeric(frame["out_epoch_budget"], errors="coerce").to_numpy(dtype=float)
+    ran = pd.to_numeric(frame["out_epochs_run"], errors="coerce").to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isnan(budget) | np.isnan(ran) | (ran >= budget)
+
+
 def training_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows the meta-learner can learn from: finished runs with a validation accuracy."""
+    """Rows the meta-learner learns from: completed runs (status ok, whole epoch budget)
+    with a validation accuracy."""
     if frame.empty or "out_val_accuracy" not in frame:
         return frame.iloc[0:0]
-    ok = (frame["status"] == "ok") & frame["out_val_accuracy"].notna()
+    ok = (frame["status"] == "ok") & frame["out_val_accuracy"].notna() & completed_mask(frame)
     return frame.loc[ok].reset_index(drop=True)
+
+
+def percentile_target(frame: pd.DataFrame) -> np.ndarray:
+    """Accuracy as its percentile within the dataset (robust to one catastrophic run)."""
+    acc = frame["out_val_accuracy"].astype(float)
+    return acc.groupby(frame["dataset"]).rank(pct=True).to_numpy(dtype=float)
+
+
+def within_pool_percentile(values: np.ndarray) -> np.ndarray:
+    """Percentile (0, 1] of each value among ``values``; ties share their mean rank."""
+    from scipy.stats import rankdata
+
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return values
+    return np.asarray(rankdata(values), dtype=float) / values.size
 
 
 def normalized_target(frame: pd.DataFrame) -> np.ndarray:
@@ -112,6 +158,26 @@ def normalized_target(frame: pd.DataFrame) -> np.ndarray:
     return norm
 
 
+def _member_target(name: str) -> str:
+    return name.removeprefix("co-")
+
+
+def score_members(cfg: MetaLearnerConfig) -> tuple[str, ...]:
+    """The ranking models this configuration fits ('' when the accuracy model ranks)."""
+    if cfg.objective != "ensemble":
+        return ("",) if cfg.objective == "raw" else (cfg.objective,)
+    members = [m for m in cfg.members if cfg.use_meta_features or not m.startswith("co-")]
+    if not cfg.use_meta_features:  # every member is blind already: drop duplicates
+        members = list(dict.fromkeys(_member_target(m) for m in members))
+    for m in members:
+        if _member_target(m) not in SINGLE_OBJECTIVES:
+            raise ValueError(
+                f"ensemble member {m!r}: choose from {', '.join(SINGLE_OBJECTIVES)} "
+                "(optionally prefixed 'co-')"
+            )
+    return tuple(f"{m}#{k}" for m in members for k in range(cfg.bags))
+
+
 class MetaLearner:
     """Fitted encoder + boosters. Build with :meth:`fit`, :meth:`load` or :func:`fit_or_load`."""
 
@@ -121,7 +187,7 @@ class MetaLearner:
         cfg: MetaLearnerConfig,
         accuracy: xgb.Booster,
         *,
-        score: xgb.Booster | None = None,
+        scores: dict[str, xgb.Booster] | None = None,
         quantile: xgb.Booster | None = None,
         cost: xgb.Booster | None = None,
         info: dict[str, object] | None = None,
@@ -129,51 +195,80 @@ class MetaLearner:
         self.encoder = encoder
         self.config = cfg
         self.accuracy_booster = accuracy
-        self.score_booster = score
+        self.score_boosters: dict[str, xgb.Booster] = dict(scores or {})
         self.quantile_booster = quantile
         self.cost_booster = cost
         self.info: dict[str, object] = dict(info or {})
         self._explainer: Any = None
+
+    @property
+    def blind_columns(self) -> np.ndarray:
+        """Indices of the encoded columns a 'co-' member sees (no meta-feature column)."""
+        return np.array(
+            [i for i, c in enumerate(self.encoder.columns) if not c.startswith("mf_")], dtype=int
+        )
 
     # ---------------------------------------------------------------- fitting
     @classmethod
     def fit(
         cls, data: pd.DataFrame | Iterable[RunRecord], cfg: MetaLearnerConfig | None = None
     ) -> MetaLearner:
-        """Fit on KB rows (a ``records_to_frame`` frame or records)."""
+        """Fit on KB rows (a ``records_to_frame`` frame or records); completed runs only."""
         cfg = cfg or MetaLearnerConfig()
         frame = data if isinstance(data, pd.DataFrame) else records_to_frame(data)
         rows = training_rows(frame)
         if len(rows) < MIN_TRAINING_ROWS:
             raise KnowledgeBaseError(
-                f"the knowledge base has {len(rows)} usable runs (status ok with a validation "
-                f"accuracy); the meta-learner needs at least {MIN_TRAINING_ROWS}. Import runs "
-                "with `metallmix kb import-quicktune`, or train some with `metallmix validate` "
-                "or `metallmix kb build`"
+                f"the knowledge base has {len(rows)} usable runs (status ok, completed, with a "
+                f"validation accuracy); the meta-learner needs at least {MIN_TRAINING_ROWS}. "
+                "Import runs with `metallmix kb import-quicktune`, or train some with "
+                "`metallmix validate` or `metallmix kb build`"
             )
-        encoder = FeatureEncoder.fit(rows)
+        encoder = FeatureEncoder.fit(rows, meta_features=cfg.use_meta_features)
         x = encoder.transform(rows)
         acc = rows["out_val_accuracy"].to_numpy(dtype=float)
         n_rounds = cfg.n_estimators
+        learner = cls(encoder, cfg, xgb.Booster())
+        blind = learner.blind_columns
 
-        def train(params: dict[str, object], label: np.ndarray) -> xgb.Booster:
-            dm = xgb.DMatrix(x, label=label, missing=np.nan)
+        def train(
+            params: dict[str, object], label: np.ndarray, cols: np.ndarray | None = None
+        ) -> xgb.Booster:
+            dm = xgb.DMatrix(x if cols is None else x[:, cols], label=label, missing=np.nan)
             return xgb.train(params, dm, num_boost_round=n_rounds)
 
         accuracy = train(cfg.xgb_params("reg:squarederror"), acc)
-        score: xgb.Booster | None = None
-        if cfg.objective == "normalized":
-            score = train(cfg.xgb_params("reg:squarederror"), normalized_target(rows))
-        elif cfg.objective == "rank":
-            order = np.argsort(rows["dataset"].to_numpy(), kind="stable")
-            codes = pd.factorize(rows["dataset"].to_numpy()[order])[0]
-            dm = xgb.DMatrix(x[order], label=normalized_target(rows)[order], qid=codes)
-            score = xgb.train(cfg.xgb_params("rank:pairwise"), dm, num_boost_round=n_rounds)
+        scores: dict[str, xgb.Booster] = {}
+        for member in score_members(cfg):
+            if not member:
+                continue
+            name, _, bag = member.partition("#")
+            target = _member_target(name)
+            cols = blind if name.startswith("co-") else None
+            params = cfg.xgb_params("reg:squarederror")
+            params["seed"] = cfg.seed + 1000 * int(bag or 0)
+            if target == "raw" and cols is None and params["seed"] == cfg.seed:
+                scores[member] = accuracy  # the very same fit: reuse it
+            elif target == "raw":
+                scores[member] = train(params, acc, cols)
+            elif target == "normalized":
+                scores[member] = train(params, normalized_target(rows), cols)
+            elif target == "percentile":
+                scores[member] = train(params, percentile_target(rows), cols)
+            else:  # rank: pairwise, one query group per dataset
+                order = np.argsort(rows["dataset"].to_numpy(), kind="stable")
+                codes = pd.factorize(rows["dataset"].to_numpy()[order])[0]
+                xs = x[order] if cols is None else x[order][:, cols]
+                dm = xgb.DMatrix(xs, label=normalized_target(rows)[order], qid=codes)
+                params["objective"] = "rank:pairwise"
+                scores[member] = xgb.train(params, dm, num_boost_round=n_rounds)
         quantile: xgb.Booster | None = None
+        margin = 0.0
         if cfg.with_uncertainty:
             params = cfg.xgb_params("reg:quantileerror")
             params["quantile_alpha"] = list(cfg.quantiles)
             quantile = train(params, acc)
+            margin = conformal_margin(x, acc, rows["dataset_group"].to_numpy(), params, cfg)
         cost: xgb.Booster | None = None
         seconds = rows.get("out_train_seconds")
         if cfg.with_cost and seconds is not None:
@@ -184,26 +279,59 @@ class MetaLearner:
                 cost = xgb.train(cfg.xgb_params("reg:squarederror"), dm, num_boost_round=n_rounds)
         info: dict[str, object] = {
             "n_rows": len(rows),
+            "n_partial_runs_ignored": int(
+                ((frame["status"] == "ok") & ~completed_mask(frame)).sum()
+                if "status" in frame
+                else 0
+            ),
             "datasets": sorted(rows["dataset"].unique().tolist()),
             "dataset_groups": sorted(rows["dataset_group"].unique().tolist()),
             "run_ids_hash": _hash_strings(rows["run_id"].astype(str)),
             "accuracy_median": float(np.median(acc)),
+            "interval_margin": margin,
+            "score_members": sorted(scores),
         }
-        return cls(encoder, cfg, accuracy, score=score, quantile=quantile, cost=cost, info=info)
+        learner.accuracy_booster = accuracy
+        learner.score_boosters = scores
+        learner.quantile_booster = quantile
+        learner.cost_booster = cost
+        learner.info = info
+        return learner
 
     # ---------------------------------------------------------------- prediction
     def matrix(self, frame: pd.DataFrame) -> np.ndarray:
         return self.encoder.transform(frame)
 
+    def member_scores(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Raw predictions of every ranking member (``{}`` when the accuracy model ranks)."""
+        x = self.matrix(frame)
+        blind = self.blind_columns
+        out: dict[str, np.ndarray] = {}
+        for name, booster in sorted(self.score_boosters.items()):
+            cols = x[:, blind] if name.startswith("co-") else x
+            out[name] = np.asarray(booster.predict(xgb.DMatrix(cols, missing=np.nan)), float)
+        return out
+
     def predict(self, frame: pd.DataFrame) -> Prediction:
-        """Predictions for candidate rows (columns as :func:`encoding.candidate_row`)."""
+        """Predictions for candidate rows (columns as :func:`encoding.candidate_row`).
+
+        With the ensemble objective the score is *relative to the rows passed together*:
+        the mean within-pool percentile of the members' predictions.
+        """
         dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
         acc = self.accuracy_booster.predict(dm).astype(float)
-        score = acc if self.score_booster is None else self.score_booster.predict(dm)
+        members = self.member_scores(frame)
+        if not members:
+            score = acc
+        elif self.config.objective == "ensemble":
+            score = np.mean([within_pool_percentile(v) for v in members.values()], axis=0)
+        else:
+            score = next(iter(members.values()))
         if self.quantile_booster is not None:
             q = np.asarray(self.quantile_booster.predict(dm), dtype=float).reshape(len(acc), -1)
-            low = np.minimum(q[:, 0], acc)
-            high = np.maximum(q[:, -1], acc)
+            margin = float(self.info.get("interval_margin") or 0.0)  # type: ignore[arg-type]
+            low = np.minimum(q[:, 0], acc) - margin
+            high = np.maximum(q[:, -1], acc) + margin
         else:
             low, high = acc.copy(), acc.copy()
         if self.cost_booster is not None:
@@ -240,15 +368,15 @@ class MetaLearner:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
         try:
-            boosters = {
+            boosters: dict[str, xgb.Booster | None] = {
                 "accuracy": self.accuracy_booster,
-                "score": self.score_booster,
                 "quantile": self.quantile_booster,
                 "cost": self.cost_booster,
+                **{f"score-{k}": b for k, b in self.score_boosters.items()},
             }
             for name, booster in boosters.items():
                 if booster is not None:
-                    booster.save_model(str(tmp / f"{name}.json"))
+                    booster.save_model(str(tmp / f"{_file_name(name)}.json"))
             sidecar = {
                 "format": "metallmix-metalearner",
                 "encoding_version": ENCODING_VERSION,
@@ -285,18 +413,64 @@ class MetaLearner:
         boosters: dict[str, xgb.Booster] = {}
         for name in sidecar["boosters"]:
             booster = xgb.Booster()
-            booster.load_model(str(directory / f"{name}.json"))
+            booster.load_model(str(directory / f"{_file_name(name)}.json"))
             booster.set_param({"nthread": int(sidecar["config"].get("nthread", 2))})
             boosters[name] = booster
         return cls(
             FeatureEncoder.model_validate(sidecar["encoder"]),
             MetaLearnerConfig.model_validate(sidecar["config"]),
             boosters["accuracy"],
-            score=boosters.get("score"),
+            scores={k[len("score-") :]: b for k, b in boosters.items() if k.startswith("score-")},
             quantile=boosters.get("quantile"),
             cost=boosters.get("cost"),
             info=sidecar.get("info", {}),
         )
+
+
+def _file_name(booster: str) -> str:
+    """'score-co-rank#0' -> 'score-co-rank-0' (no '#' in file names)."""
+    return booster.replace("#", "-")
+
+
+def conformal_margin(
+    x: np.ndarray,
+    acc: np.ndarray,
+    groups: np.ndarray,
+    params: dict[str, object],
+    cfg: MetaLearnerConfig,
+) -> float:
+    """How much to widen the 10-90% interval so it covers ~80% of *unseen-dataset* runs.
+
+    Split-conformal on grouped folds: the quantile model is refitted without one block of
+    dataset groups at a time, and the held-out conformity scores max(low - y, y - high)
+    give the margin (never negative: the interval only widens). A quantile model scored on
+    its own training datasets is over-confident; this is what LODO measures.
+    """
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        return 0.0
+    folds = min(CONFORMAL_FOLDS, len(unique))
+    rng = np.random.default_rng(cfg.seed)
+    block = {g: i % folds for i, g in enumerate(rng.permutation(unique))}
+    fold_of = np.array([block[g] for g in groups])
+    scores: list[np.ndarray] = []
+    for k in range(folds):
+        held = fold_of == k
+        dm = xgb.DMatrix(x[~held], label=acc[~held], missing=np.nan)
+        booster = xgb.train(params, dm, num_boost_round=cfg.n_estimators)
+        q = np.asarray(booster.predict(xgb.DMatrix(x[held], missing=np.nan)), dtype=float)
+        q = q.reshape(int(held.sum()), -1)
+        scores.append(np.maximum(q[:, 0] - acc[held], acc[held] - q[:, -1]))
+    return conformal_quantile(np.concatenate(scores))
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float = INTERVAL_COVERAGE) -> float:
+    """The finite-sample conformal quantile of the scores, floored at 0 (widen only)."""
+    scores = np.sort(np.asarray(scores, dtype=float))
+    if scores.size == 0:
+        return 0.0
+    k = min(scores.size, int(np.ceil((scores.size + 1) * coverage)))
+    return max(0.0, float(scores[k - 1]))
 
 
 def _hash_strings(values: Iterable[str]) -> str:
