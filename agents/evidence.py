@@ -174,7 +174,10 @@ class Evidence:
 
     @property
     def dataset(self) -> str:
-        return dataset_line(self.name, self.shortlist)
+        line = dataset_line(self.name, self.shortlist)
+        if self.shortlist.ood:  # outside the KB: say so where the LLM reads the dataset
+            line += f"\nOUT OF RANGE (ood): {'; '.join(self.shortlist.ood_reasons)}"
+        return line
 
     @property
     def text(self) -> str:

@@ -109,7 +109,14 @@ def from_candidate(
     """A recommendation whose numbers and confidence are the candidate's and the evidence's,
     rendered by code; only ``rationale`` is the LLM's."""
     confidence = confidence_for(candidate, shown_runs if shown_runs is not None else runs)
+    if shortlist.ood:  # outside what the KB covers: never more than low confidence
+        confidence = "low"
     explanation = render_explanation(candidate, facts, runs, rationale, confidence)
+    if shortlist.ood:
+        explanation += (
+            f" Out of the knowledge base's range ({'; '.join(shortlist.ood_reasons)}): "
+            "the interval is widened and confidence is low."
+        )
     return Recommendation(
         dataset=dataset,
         candidate_id=candidate.candidate_id,
@@ -130,6 +137,8 @@ def from_candidate(
         meta_features=shortlist.meta_features,
         llm=llm,
         seed=seed,
+        ood=shortlist.ood,
+        ood_reasons=list(shortlist.ood_reasons),
     )
 
 

@@ -93,6 +93,11 @@ class Recommendation(BaseModel):
     llm: str = ""
     seed: int = 0
     mlflow_run_id: str | None = None
+    ood: bool = Field(
+        default=False,
+        description="the dataset is outside what the KB covers: interval widened, confidence low",
+    )
+    ood_reasons: list[str] = Field(default_factory=list)
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -101,4 +106,5 @@ class Recommendation(BaseModel):
             f"{self.model} ({'pretrained' if self.pretrained else 'from scratch'}) "
             f"expected accuracy {self.expected_accuracy:.1%} {interval}, "
             f"confidence {self.confidence}{' (fallback)' if self.fallback else ''}"
+            + (f"; OUT OF THE KB's RANGE: {'; '.join(self.ood_reasons)}" if self.ood else "")
         )

@@ -58,7 +58,9 @@ def test_learners_never_see_the_held_out_group(monkeypatch: pytest.MonkeyPatch) 
         return learner
 
     monkeypatch.setattr(MetaLearner, "fit", classmethod(spy))
-    result = lodo.run_lodo(_records(), objectives=("raw",), n_estimators=20, max_depth=3)
+    result = lodo.run_lodo(
+        _records(), objectives=("raw",), n_estimators=20, max_depth=3, config_only=False
+    )
     assert [f["group"] for f in result.folds] == ["origin", "synth02", "synth03"]
     for fold, groups in zip(result.folds, fitted, strict=True):
         assert fold["group"] not in groups
@@ -93,11 +95,17 @@ def test_cli_on_a_sqlite_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 0
     payload = json.loads(capsys.readouterr().out, parse_constant=_reject_nan)
     methods = {row["method"] for row in payload["summary"]}
-    assert {"metalearner-raw", "metalearner-raw-top5", "random", "best-default"} <= methods
-    assert "nearest-dataset" in methods
+    assert {"metalearner-ensemble", "config-only", "random", "best-default"} <= methods
+    assert "nearest-dataset" in methods and "metalearner-raw" not in methods
     rows = {row["method"]: row for row in payload["summary"]}
     # keeping the best of the top 5 can never be worse than the top 1
-    assert rows["metalearner-raw-top5"]["regret"] <= rows["metalearner-raw"]["regret"]
+    assert rows["metalearner-ensemble-top5"]["regret"] <= rows["metalearner-ensemble"]["regret"]
+    # what scripts need: the product's pick rule and every per-dataset row
+    assert payload["default_method"] == "metalearner-ensemble"
+    per_row = payload["rows"]
+    assert {"dataset", "method", "regret", "rank"} == set(per_row[0])
+    assert {r["method"] for r in per_row} == methods
+    assert 0.0 <= payload["interval"]["coverage"] <= 1.0
     assert {p.name for p in out.iterdir()} == {"lodo_own.md", "lodo_own.json", "lodo_own.png"}
     table = (out / "lodo_own.md").read_text()
     assert "| random-best-of-10 |" in table and "synth02" in table
@@ -108,3 +116,37 @@ def test_cli_on_a_sqlite_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_cli_rejects_a_missing_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "lodo", "--kb", str(tmp_path / "nope.sqlite")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_objectives_subset_and_bad_objective(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb = SQLiteKnowledgeBase(tmp_path / "own.sqlite")
+    kb.add(_records())
+    args = ["bench", "lodo", "--kb", str(kb.path), "--out", str(tmp_path), "--trees", "10"]
+    assert main([*args, "--objectives", "raw,ensemble", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out, parse_constant=_reject_nan)
+    methods = {r["method"] for r in payload["rows"]}
+    assert {"metalearner-raw", "metalearner-ensemble", "config-only"} <= methods
+    assert "metalearner-normalized" not in methods
+    assert main([*args, "--objectives", "bogus"]) == 2
+    assert "--objectives 'bogus'" in capsys.readouterr().err
+
+
+def test_scores_against_completed_runs_only() -> None:
+    """A partial run is neither a candidate nor the ground truth, however high its score."""
+    records = _records()
+    held = [r for r in records if r.dataset == "synth02"]
+    snapshot = held[0].model_copy(
+        update={
+            "run_id": "snapshot",
+            "outcomes": held[0].outcomes.model_copy(
+                update={"val_accuracy": 1.0, "epochs_run": 1, "epoch_budget": 50}
+            ),
+        }
+    )
+    result = lodo.run_lodo([*records, snapshot], n_estimators=10, max_depth=3)
+    assert result.n_partial_runs == 1
+    rows = [r for r in result.rows if r.dataset == "synth02"]
+    assert rows and all(r.n_configs == len(held) for r in rows)
+    assert all(r.best_accuracy == max(h.outcomes.val_accuracy or 0 for h in held) for r in rows)

@@ -124,7 +124,7 @@ def test_noise_at_a_bound_is_clipped_and_counted(layout: Path) -> None:
     noisy = {**PERF, "x-ray/2": {"303": [-3e-7, 100.00000035874896]}}
     (layout / "curves" / "perf.json").write_text(json.dumps(noisy))
     source = read_quicktune(layout)
-    assert source.clipped == 2 and "100.00000035874896" in str(source.clipped_example)
+    assert source.clipped == 2 and "epoch 1: -3e-07 -> 0" in str(source.clipped_example)
     run = {r.run_id: r for r in source.records()}["quicktune:tiny:x-ray/2:303"]
     assert run.outcomes.learning_curve == [0.0, 1.0] and run.outcomes.val_accuracy == 1.0
     # beyond the tolerance it is still the specific error

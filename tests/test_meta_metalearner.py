@@ -125,3 +125,62 @@ def test_exclusion_hides_a_dataset_from_training(records, tmp_path: Path) -> Non
 def test_too_small_kb_is_a_clear_error(records) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(KnowledgeBaseError, match="at least"):
         MetaLearner.fit(records[:3])
+
+
+def test_config_only_cannot_see_meta_features(records) -> None:  # type: ignore[no-untyped-def]
+    frame = records_to_frame(records)
+    blind = MetaLearner.fit(frame, MetaLearnerConfig(use_meta_features=False, **SMALL))
+    assert not [c for c in blind.encoder.columns if c.startswith("mf_")]
+    assert blind.encoder.meta_features is False
+    configs = [
+        ("resnet18", make_hyperparameters({"lr": lr, "batch_size": 64, "optimizer": "adamw"}))
+        for lr in (1e-4, 1e-3, 2.5e-2)
+    ]
+    small = records[0].meta_features
+    other = small.model_copy(
+        update={"n_images": 99_999, "n_classes": 500, "modality": "something else"}
+    )
+    a = blind.predict(candidates_frame(small, configs))
+    b = blind.predict(candidates_frame(other, configs))
+    np.testing.assert_array_equal(a.score, b.score)
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+    # the default learner does see them: its accuracy moves with the dataset
+    seeing = MetaLearner.fit(frame, MetaLearnerConfig(**SMALL))
+    assert any(c.startswith("mf_") for c in seeing.encoder.columns)
+    # the ensemble's 'co-' members see the same blind columns
+    assert all(not seeing.encoder.columns[i].startswith("mf_") for i in seeing.blind_columns)
+
+
+def test_partial_runs_are_not_learnt(records) -> None:  # type: ignore[no-untyped-def]
+    """A run stopped before its epoch budget is a low-fidelity snapshot, not a final score."""
+    from metallmix.tools.meta.metalearner import training_rows
+
+    partial = [
+        r.model_copy(
+            update={
+                "run_id": f"{r.run_id}-partial",
+                "outcomes": r.outcomes.model_copy(update={"epochs_run": 2, "epoch_budget": 50}),
+            }
+        )
+        for r in records[:10]
+    ]
+    done = records[10].model_copy(
+        update={
+            "outcomes": records[10].outcomes.model_copy(
+                update={"epochs_run": 50, "epoch_budget": 50}
+            )
+        }
+    )
+    rows = training_rows(records_to_frame([*records[11:], done, *partial]))
+    assert not rows["run_id"].str.endswith("-partial").any()
+    assert done.run_id in set(rows["run_id"]) and len(rows) == len(records) - 10
+    learner = MetaLearner.fit([*records, *partial], MetaLearnerConfig(**SMALL))
+    assert learner.info["n_rows"] == len(records) and learner.info["n_partial_runs_ignored"] == 10
+
+
+def test_conformal_quantile_widens_only() -> None:
+    from metallmix.tools.meta.metalearner import conformal_quantile
+
+    assert conformal_quantile(np.array([-0.2, -0.1, -0.05])) == 0.0  # never narrows
+    scores = np.linspace(0.0, 0.09, 10)
+    assert conformal_quantile(scores) == pytest.approx(0.08)  # ceil(11 * 0.8) = 9th value

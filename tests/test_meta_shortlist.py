@@ -11,7 +11,7 @@ from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.metalearner import MetaLearnerConfig
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
-from metallmix.tools.meta.shortlist import build_shortlist, diverse_top
+from metallmix.tools.meta.shortlist import build_shortlist, diverse_top, kb_coverage
 from metallmix.tools.meta.synthetic import LR_OPTIMUM, synthetic_records
 
 FAST = MetaLearnerConfig(n_estimators=60, max_depth=4)
@@ -40,7 +40,7 @@ def test_shortlist_contract(kb: SQLiteKnowledgeBase) -> None:
         assert CPU_ZOO_SPACE.contains(c.model, c.hyperparameters)
         assert 0 <= c.accuracy_low <= c.predicted_accuracy <= c.accuracy_high <= 1
         assert c.predicted_seconds is not None and c.predicted_seconds > 0
-        assert c.origin == "sampled" or c.origin.startswith("similar-run:")
+        assert c.origin == "sampled" or c.origin.startswith(("similar-run:", "portfolio:"))
         assert result.facts_for(c.candidate_id), f"no SHAP facts for {c.candidate_id}"
     assert all(f.candidate_id in {"c1", "c2", "c3", "c4"} for f in result.facts)
     # the held-out dataset is invisible to retrieval and to the candidates' origins
@@ -73,3 +73,47 @@ def test_diverse_top_prefers_distinct_models() -> None:
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
     assert diverse_top(models, scores, 3) == [0, 2, 4]
     assert diverse_top(models, scores, 4) == [0, 2, 4, 1]
+
+
+def test_ood_flag_on_a_far_away_card(kb: SQLiteKnowledgeBase) -> None:
+    """1,000 classes x 10 images is nothing like the KB: flagged, wider interval, low
+    confidence, and the reason is in the JSON and in the evidence the LLM reads."""
+    from metallmix.agents.evidence import render_evidence
+    from metallmix.agents.recommender import from_candidate
+
+    records = list(kb.iter_records())
+    near = records[0].meta_features
+    assert kb_coverage(near, records) == (False, [])
+    far = near.model_copy(
+        update={
+            "n_classes": 1000,
+            "n_images": 10_000,
+            "images_per_class": 10.0,
+            "class_size_mean": 10.0,
+            "class_size_min": 10,
+            "class_size_max": 10,
+        }
+    )
+    ood, reasons = kb_coverage(far, records)
+    assert ood and any(r.startswith("n_classes 1000 is outside") for r in reasons)
+    inside = build_shortlist(near, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
+    outside = build_shortlist(far, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
+    assert not inside.ood and outside.ood and outside.ood_reasons == reasons
+    width = [c.accuracy_high - c.accuracy_low for c in inside.candidates]
+    wide = [c.accuracy_high - c.accuracy_low for c in outside.candidates]
+    assert min(wide) >= 0.1 and sum(wide) > sum(width)
+    rec = from_candidate(
+        outside.candidates[0],
+        dataset="far",
+        shortlist=outside,
+        facts=[],
+        runs=[],
+        rationale="the best score of the shortlist",
+        attempts=1,
+        llm="test",
+        seed=0,
+    )
+    assert rec.ood and rec.confidence == "low" and rec.ood_reasons == reasons
+    assert '"ood":true' in rec.model_dump_json() and "OUT OF THE KB" in rec.summary()
+    assert "Out of the knowledge base's range (n_classes 1000" in rec.explanation
+    assert "OUT OF RANGE (ood): n_classes 1000" in render_evidence("far", outside).text

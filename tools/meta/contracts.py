@@ -69,6 +69,10 @@ class Shortlist(BaseModel):
     similar_runs: list[SimilarRun] = Field(default_factory=list)
     kb_hash: str = ""
     metalearner_version: str = ""
+    ood: bool = Field(default=False, description="the dataset lies outside what the KB covers")
+    ood_reasons: list[str] = Field(
+        default_factory=list, description="why it is out of range (feature ranges, distance)"
+    )
 
     def candidate(self, candidate_id: str) -> Candidate | None:
         return next((c for c in self.candidates if c.candidate_id == candidate_id), None)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import spearmanr
 
@@ -254,10 +255,8 @@ def lodo_config(
 
 def _interval_booster(
     learner: MetaLearner, train_frame: pd.DataFrame, seed: int, n_estimators: int, depth: int
-) -> object:
+) -> xgb.Booster:
     """The product's 10-90% quantile model for this fold (coverage is measured on it)."""
-    import xgboost as xgb
-
     rows = training_rows(train_frame)
     cfg = lodo_config("raw", seed, n_estimators, depth)
     params = cfg.xgb_params("reg:quantileerror")
@@ -419,12 +418,10 @@ def run_lodo(
                     float(true[best_of_top]),
                 )
             if quantile is not None:
-                import xgboost as xgb
-
                 first = next(iter(learners.values()))
                 dm = xgb.DMatrix(first.matrix(frame), missing=np.nan)
                 acc = first.accuracy_booster.predict(dm).astype(float)
-                q = np.asarray(quantile.predict(dm), dtype=float).reshape(len(test), -1)  # type: ignore[attr-defined]
+                q = np.asarray(quantile.predict(dm), dtype=float).reshape(len(test), -1)
                 low = np.clip(np.minimum(q[:, 0], acc), 0.0, 1.0)
                 high = np.clip(np.maximum(q[:, -1], acc), 0.0, 1.0)
                 covered[dataset] = (true, low, high)

@@ -24,13 +24,89 @@ from metallmix.tools.meta.metalearner import (
     fit_or_load,
     kb_content_hash,
 )
-from metallmix.tools.meta.retrieval import RetrievalIndex, load_or_build
+from metallmix.tools.meta.retrieval import (
+    DatasetScaler,
+    RetrievalIndex,
+    _raw_vector,
+    load_or_build,
+)
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace
 from metallmix.tools.metafeatures import MetaFeatures
 
 N_SAMPLES = 300
 SIMILAR_DATASETS = 5
 RUNS_PER_SIMILAR_DATASET = 5
+# Out-of-range detection: a meta-feature beyond RANGE_SLACK times the KB's range (counts and
+# sizes compare as ratios), or a dataset farther from its nearest KB dataset than any KB
+# dataset is from its own nearest neighbour, is outside what the meta-learner has seen.
+RANGE_FEATURES = ("n_images", "n_classes", "images_per_class", "resolution_h", "resolution_w")
+RANGE_SLACK = 1.5
+# An out-of-range interval is widened by its own width on each side, at least this much.
+OOD_MIN_WIDENING = 0.1
+# Portfolio: each KB dataset's best completed configuration joins the candidate pool
+# (zero-shot portfolios in the manner of Auto-sklearn 2.0 / TabRepo).
+PORTFOLIO_SIZE = 20
+
+
+def kb_coverage(meta_features: MetaFeatures, records: list[RunRecord]) -> tuple[bool, list[str]]:
+    """(out of range?, reasons): per-feature KB ranges and distance to the nearest dataset."""
+    metas: dict[str, MetaFeatures] = {}
+    for r in records:
+        metas.setdefault(r.dataset, r.meta_features)
+    if not metas:
+        return True, ["the knowledge base holds no dataset"]
+    reasons: list[str] = []
+    query = meta_features.numeric()
+    for name in RANGE_FEATURES:
+        value = query.get(name)
+        known = [m.numeric().get(name) for m in metas.values()]
+        seen = [float(v) for v in known if v is not None and np.isfinite(v) and v > 0]
+        if value is None or not np.isfinite(value) or value <= 0 or not seen:
+            continue
+        low, high = min(seen), max(seen)
+        if value < low / RANGE_SLACK or value > high * RANGE_SLACK:
+            reasons.append(f"{name} {value:g} is outside the KB's range {low:g}-{high:g}")
+    names = sorted(metas)
+    if len(names) >= 2:
+        scaler = DatasetScaler.fit([metas[n] for n in names])
+        k = len(_raw_vector(meta_features))
+        kb = np.vstack([scaler.embed(metas[n])[:k] for n in names])
+        q = scaler.embed(meta_features)[:k]
+        dist = np.linalg.norm(kb - q, axis=1)
+        pair = np.linalg.norm(kb[:, None, :] - kb[None, :, :], axis=2)
+        np.fill_diagonal(pair, np.inf)
+        threshold = float(pair.min(axis=1).max())
+        nearest = int(np.argmin(dist))
+        if float(dist[nearest]) > threshold:
+            reasons.append(
+                f"its nearest KB dataset ({names[nearest]}) is at standardised distance "
+                f"{float(dist[nearest]):.1f}, beyond the KB's own spread ({threshold:.1f})"
+            )
+    return bool(reasons), reasons
+
+
+def widen_for_ood(low: float, high: float) -> tuple[float, float]:
+    """The interval an out-of-range dataset gets: its width again on each side (>= 0.1)."""
+    pad = max(high - low, OOD_MIN_WIDENING)
+    return max(0.0, low - pad), min(1.0, high + pad)
+
+
+def portfolio(
+    records: list[RunRecord], space: SearchSpace, size: int = PORTFOLIO_SIZE
+) -> list[tuple[str, Hyperparameters, str]]:
+    """Each KB dataset's best completed run inside ``space`` (most datasets first)."""
+    best: dict[str, RunRecord] = {}
+    for r in records:
+        acc = r.outcomes.val_accuracy
+        if r.status != "ok" or acc is None or not r.outcomes.completed:
+            continue
+        if not space.contains(r.model, r.hyperparameters):
+            continue
+        cur = best.get(r.dataset)
+        if cur is None or (acc, r.run_id) > (cur.outcomes.val_accuracy or 0.0, cur.run_id):
+            best[r.dataset] = r
+    runs = sorted(best.values(), key=lambda r: r.dataset)[:size]
+    return [(r.model, r.hyperparameters, f"portfolio:{r.run_id}") for r in runs]
 
 
 def _config_key(model: str, hp: Hyperparameters) -> str:
@@ -128,6 +204,9 @@ def build_shortlist(
     pool = gather_candidates(
         meta_features, index, space, seed=seed, n_samples=n_samples, exclude=excluded_names
     )
+    keys = {_config_key(m, hp) for m, hp, _ in pool}
+    pool += [p for p in portfolio(visible, space) if _config_key(p[0], p[1]) not in keys]
+    ood, ood_reasons = kb_coverage(meta_features, visible)
     configs = [(m, hp) for m, hp, _ in pool]
     frame = candidates_frame(
         meta_features, configs, pretrained=[space.is_pretrained(m) for m, _ in configs]
@@ -138,6 +217,9 @@ def build_shortlist(
     for rank, i in enumerate(picked, start=1):
         model, hp, origin = pool[i]
         seconds = float(pred.seconds[i])
+        low, high = float(pred.low[i]), float(pred.high[i])
+        if ood:
+            low, high = widen_for_ood(low, high)
         candidates.append(
             Candidate(
                 candidate_id=f"c{rank}",
@@ -145,8 +227,8 @@ def build_shortlist(
                 pretrained=space.is_pretrained(model),
                 hyperparameters=hp,
                 predicted_accuracy=round(float(pred.accuracy[i]), 4),
-                accuracy_low=round(float(pred.low[i]), 4),
-                accuracy_high=round(float(pred.high[i]), 4),
+                accuracy_low=round(low, 4),
+                accuracy_high=round(high, 4),
                 predicted_seconds=round(seconds, 1) if np.isfinite(seconds) else None,
                 score=round(float(pred.score[i]), 4),
                 origin=origin,
@@ -166,6 +248,8 @@ def build_shortlist(
         similar_runs=similar,
         kb_hash=str(learner.info.get("kb_hash") or kb_content_hash(records)),
         metalearner_version=learner.version,
+        ood=ood,
+        ood_reasons=ood_reasons,
     )
 
 
