@@ -1,7 +1,8 @@
 """Leave-one-dataset-out benchmark; same as ``metallmix bench lodo`` (see its --help).
 
-python bench/lodo.py --kb ../shared/data/quicktune/extended  # bench/results/lodo_quicktune.*
-python bench/lodo.py --kb metallmix/data/kb.sqlite  # bench/results/lodo_kb.*
+python bench/lodo.py --kb ../shared/data/quicktune/extended --seed 0 --name lodo_quicktune_seed0
+python bench/lodo.py --kb metallmix/data/kb.sqlite --seed 0 --name lodo_kb_seed0
+python bench/lodo_seeds.py bench/results/lodo_quicktune_seed{0,1,2}.json  # 3-seed table
 """
 
 from __future__ import annotations

@@ -42,12 +42,14 @@ from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
 Objective = Literal["raw", "normalized", "rank", "percentile", "ensemble"]
 OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile", "ensemble")
 SINGLE_OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile")
-# The product's pick rule, chosen by the LODO benchmark over seeds 0-2 on Quick-Tune and our
-# own KB (README "Meta-learner"): one XGBoost per target is noise-dominated (the winning
-# objective flips with the seed), so the default ranks candidates by the mean within-pool
-# percentile of several members, half of them dataset-blind ("co-" members).
+# The product's pick rule, chosen by the LODO benchmark over seeds 0-2 on Quick-Tune (README
+# "Meta-learner"; bench/results/lodo_*): one XGBoost per target is noise-dominated (the
+# winning objective flips with the seed), so the default ranks candidates by the mean
+# within-pool percentile of several members. The pairwise 'rank' member was dropped (it made
+# most of the catastrophic picks); the per-dataset percentile target is robust to one
+# collapsed run; 'normalized' is bagged over two seeds.
 DEFAULT_OBJECTIVE: Objective = "ensemble"
-DEFAULT_MEMBERS: tuple[str, ...] = ("raw", "normalized", "rank", "co-normalized")
+DEFAULT_MEMBERS: tuple[str, ...] = ("raw", "normalized", "normalized", "percentile")
 MIN_TRAINING_ROWS = 8
 MIN_COST_ROWS = 8
 # Target coverage of the 10-90% interval, and the held-out folds that calibrate it.
@@ -166,16 +168,21 @@ def score_members(cfg: MetaLearnerConfig) -> tuple[str, ...]:
     """The ranking models this configuration fits ('' when the accuracy model ranks)."""
     if cfg.objective != "ensemble":
         return ("",) if cfg.objective == "raw" else (cfg.objective,)
-    members = [m for m in cfg.members if cfg.use_meta_features or not m.startswith("co-")]
-    if not cfg.use_meta_features:  # every member is blind already: drop duplicates
-        members = list(dict.fromkeys(_member_target(m) for m in members))
+    # without meta-features every member is blind already; a repeated member is another
+    # seed of it (a bag): 'normalized' twice -> normalized#0, normalized#1
+    members = [m if cfg.use_meta_features else _member_target(m) for m in cfg.members]
+    out: list[str] = []
+    seen: dict[str, int] = {}
     for m in members:
         if _member_target(m) not in SINGLE_OBJECTIVES:
             raise ValueError(
                 f"ensemble member {m!r}: choose from {', '.join(SINGLE_OBJECTIVES)} "
                 "(optionally prefixed 'co-')"
             )
-    return tuple(f"{m}#{k}" for m in members for k in range(cfg.bags))
+        for _ in range(cfg.bags):
+            out.append(f"{m}#{seen.get(m, 0)}")
+            seen[m] = seen.get(m, 0) + 1
+    return tuple(out)
 
 
 class MetaLearner:
