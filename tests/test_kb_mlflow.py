@@ -72,6 +72,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         client.log_param(foreign, key, value)
     for step, value in enumerate([0.6, 0.7, 0.75]):
         client.log_metric(foreign, "val_accuracy", value, step=step)
+    for step, value in enumerate([0.5, 0.65, 0.7]):
+        client.log_metric(foreign, "val_balanced_accuracy", value, step=step)
+    client.log_metric(foreign, "macro_auc", 0.8)
     client.log_metric(foreign, "train_seconds", 42.0)
     client.set_terminated(foreign)
 
@@ -119,6 +122,9 @@ def test_reads_artifacts_and_reconstructs(store: Store) -> None:
     assert rebuilt.meta_features.n_images == 5000 and rebuilt.meta_features.modality == "x-ray"
     assert rebuilt.outcomes.val_accuracy == pytest.approx(0.75)
     assert rebuilt.outcomes.learning_curve == pytest.approx([0.6, 0.7, 0.75])
+    assert rebuilt.outcomes.val_balanced_accuracy == pytest.approx(0.7)
+    assert rebuilt.outcomes.balanced_learning_curve == pytest.approx([0.5, 0.65, 0.7])
+    assert rebuilt.outcomes.macro_auc == pytest.approx(0.8)
     assert rebuilt.outcomes.train_seconds == 42.0
 
 
