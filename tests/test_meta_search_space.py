@@ -104,3 +104,5 @@ def test_union_and_projection_for_fixed_distribution_samplers() -> None:
     assert lite == {"image_size": 64, "finetune": "full", "epochs": 40, "lr": 0.01}
     scratch = CPU_ZOO_SPACE.project("lcnet_050", drawn)
     assert scratch == {"image_size": 28, "epochs": 15, "lr": 0.01}
+    narrowed = CPU_ZOO_SPACE.model_copy(update={"models": ["lcnet_050"]})
+    assert narrowed.union_params() == narrowed.params  # other models' ranges do not leak in

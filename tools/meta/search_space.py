@@ -161,7 +161,9 @@ class SearchSpace(BaseModel):
         A value drawn from it may lie outside one model's range: :meth:`project` it.
         """
         out: dict[str, Param] = dict(self.params)
-        for params in self.model_params.values():
+        for model, params in self.model_params.items():
+            if model not in self.models:  # a narrowed copy of the space (e.g. compare caps)
+                continue
             for name, param in params.items():
                 out[name] = _widen(out.get(name), param)
         return out
