@@ -22,7 +22,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from metallmix.agents.schemas import Confidence, LLMChoice
-from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
+from metallmix.tools.meta.contracts import (
+    Candidate,
+    ShapFact,
+    Shortlist,
+    SimilarRun,
+    ood_note,
+)
 from metallmix.tools.meta.search_space import hp_values
 
 MAX_SIMILAR = 3  # similar runs shown to the LLM
@@ -176,7 +182,7 @@ class Evidence:
     def dataset(self) -> str:
         line = dataset_line(self.name, self.shortlist)
         if self.shortlist.ood:  # outside the KB: say so where the LLM reads the dataset
-            line += f"\nOUT OF RANGE (ood): {'; '.join(self.shortlist.ood_reasons)}"
+            line += f"\nOUT OF RANGE (ood): {ood_note(self.shortlist.ood_reasons)}"
         return line
 
     @property

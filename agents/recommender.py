@@ -31,7 +31,13 @@ from metallmix.agents.evidence import (
 from metallmix.agents.llm import ChatLLM, LLMOutputError
 from metallmix.agents.schemas import LLMChoice, Recommendation
 from metallmix.prompts import load_prompt, render_prompt
-from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
+from metallmix.tools.meta.contracts import (
+    Candidate,
+    ShapFact,
+    Shortlist,
+    SimilarRun,
+    ood_note,
+)
 
 Choose = Literal["llm", "top1"]
 # JSON scaffolding of the answer (~40 tokens) plus the rationale at worst one token a
@@ -114,7 +120,7 @@ def from_candidate(
     explanation = render_explanation(candidate, facts, runs, rationale, confidence)
     if shortlist.ood:
         explanation += (
-            f" Out of the knowledge base's range ({'; '.join(shortlist.ood_reasons)}): "
+            f" Out of the knowledge base's range ({ood_note(shortlist.ood_reasons)}): "
             "the interval is widened and confidence is low."
         )
     return Recommendation(

@@ -79,3 +79,15 @@ class Shortlist(BaseModel):
 
     def facts_for(self, candidate_id: str) -> list[ShapFact]:
         return [f for f in self.facts if f.candidate_id == candidate_id]
+
+
+def ood_note(reasons: list[str]) -> str:
+    """The reasons without numbers, for prose the judge checks number by number: 'outside
+    the KB's range of n_classes, images_per_class; far from every KB dataset'."""
+    names = [r.split(" ", 1)[0] for r in reasons if " is outside the KB's range " in r]
+    parts = [f"outside the KB's range of {', '.join(names)}"] if names else []
+    if any(r.startswith("its nearest KB dataset") for r in reasons):
+        parts.append("farther from every KB dataset than the KB's datasets are from each other")
+    if any(r.startswith("the knowledge base holds no dataset") for r in reasons):
+        parts.append("the knowledge base holds no dataset")
+    return "; ".join(parts)
