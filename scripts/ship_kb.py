@@ -19,8 +19,23 @@ from pathlib import Path
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 
 
+def finalize(path: Path) -> None:
+    """Checkpoint any WAL into the file, then rollback-journal mode and VACUUM."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
 def ship(build: Path, target: Path) -> tuple[int, int, int]:
     """(own runs removed, own runs added, other runs kept)."""
+    if Path(str(target) + "-wal").exists():  # a writer left pages in the WAL: fold them in
+        finalize(target)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".sqlite")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -34,13 +49,7 @@ def ship(build: Path, target: Path) -> tuple[int, int, int]:
         kb.add(new)
         kept = sum(1 for r in kb.iter_records() if r.source != "own")
         del kb
-        conn = sqlite3.connect(tmp)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("PRAGMA journal_mode=DELETE")
-        conn.execute("VACUUM")
-        conn.close()
-        for suffix in ("-wal", "-shm"):
-            Path(str(tmp) + suffix).unlink(missing_ok=True)
+        finalize(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
@@ -50,9 +59,18 @@ def ship(build: Path, target: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--build", type=Path, required=True, help="KB written by `kb build`")
+    parser.add_argument("--build", type=Path, help="KB written by `kb build`")
     parser.add_argument("--to", type=Path, default=Path("metallmix/data/kb.sqlite"))
+    parser.add_argument(
+        "--finalize-only", action="store_true", help="only fold the WAL and switch journal mode"
+    )
     args = parser.parse_args()
+    if args.finalize_only:
+        finalize(args.to)
+        print(f"{args.to}: rollback-journal mode")
+        return
+    if args.build is None:
+        parser.error("--build is required (the KB written by `kb build`)")
     removed, added, kept = ship(args.build, args.to)
     print(f"{args.to}: removed {removed} own runs, added {added}, kept {kept} of other sources")
 

@@ -10,6 +10,7 @@ from test_train_trainer import write_npz
 
 from metallmix.cli import main
 from metallmix.errors import ConfigError, DatasetError
+from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, Choice, IntRange
 from metallmix.tools.training.build import (
@@ -181,19 +182,34 @@ def test_cli_kb_build_json(
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "metallmix" / "data" / "kb.sqlite"
+SHIPPED_MIN_OWN_RUNS = 400
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped KB not built yet")
 def test_shipped_kb_has_the_promised_runs() -> None:
+    """Issue 12: own runs that learn, pretrained and from scratch, with full provenance."""
     kb = SQLiteKnowledgeBase(SHIPPED, read_only=True)
     records = kb.records(source="own")
     finished = [r for r in records if r.status in {"ok", "diverged"}]
-    assert len(finished) >= 300
-    assert len({r.dataset for r in finished}) >= 18
+    assert len(finished) >= SHIPPED_MIN_OWN_RUNS
+    assert len({r.dataset for r in finished}) >= 30
     assert len({r.dataset_group for r in finished}) == 6
+    pretrained = [r for r in finished if r.pretrained]
+    assert len(pretrained) >= 0.2 * len(finished)
+    assert len(pretrained) < len(finished)  # from-scratch runs too
+
+    def near_chance(r: RunRecord) -> bool:
+        score = r.outcomes.test_balanced_accuracy
+        return score is None or score <= 1 / r.meta_features.n_classes + 0.05
+
+    assert sum(near_chance(r) for r in finished) <= 0.2 * len(finished)
     for record in finished:
         prov = record.provenance
-        assert prov.mlflow_run_id and prov.code_version
+        assert prov.mlflow_run_id and prov.code_version and prov.notes.get(TRIAL_KEY_TAG)
         assert prov.dataset_source_repo and prov.dataset_source_commit
-        assert record.pretrained is False
-        assert CPU_ZOO_SPACE.contains(record.model, record.hyperparameters)
+        assert record.pretrained == CPU_ZOO_SPACE.is_pretrained(record.model)
+        assert CPU_ZOO_SPACE.contains(record.model, record.hyperparameters), record.run_id
+        if record.status == "ok":
+            assert record.outcomes.val_balanced_accuracy is not None
+        if record.pretrained:
+            assert record.weights_tag and record.weights_tag.startswith("imagenet:")
