@@ -109,6 +109,7 @@ def recommend(
     backend: Any | None = None,
     verify_options: dict[str, Any] | None = None,
     on_shortlist: Callable[[Shortlist], None] | None = None,
+    progress: bool = True,
 ) -> Recommendation:
     """Recommend a model and hyperparameters for ``data``.
 
@@ -118,9 +119,14 @@ def recommend(
     store (default: ``METALLMIX_KB`` or the layered default). ``track`` logs the decision to
     MLflow (``MLFLOW_TRACKING_URI``); the run id is on the result. ``choose`` is ``"llm"``
     (the LLM picks among the shortlist) or ``"top1"`` (it explains the meta-learner's top
-    candidate); None keeps the graph's default. ``on_node`` is called with
-    each graph node's name as it finishes (progress display); ``on_shortlist`` with the
-    scored shortlist as soon as it exists, before the LLM has answered.
+    candidate); None keeps the graph's default. ``on_shortlist`` is called with the scored
+    shortlist as soon as it exists, before the LLM has answered.
+
+    ``progress`` prints one line per finished graph node on stderr (``progress=False``: silent).
+    ``on_node(name)`` is your own hook, called with each node's name as it finishes
+    (``features``, ``retrieve``, ``shortlist``, ``explain``, ``recommender``, ``judge``,
+    ``fallback``, ``record``; the recommender and judge once per attempt), e.g. to drive a
+    progress bar.
 
     ``verify=K`` then trains the top-K shortlisted configurations with successive halving
     within ``budget_minutes`` on ``backend`` (``"local"``, ``"ray"`` or an execution
@@ -174,6 +180,10 @@ def recommend(
         inputs["shortlist"] = shortlist
         inputs.setdefault("meta_features", shortlist.meta_features)
         inputs.setdefault("dataset_name", name or "meta-features")
+    if progress:
+        from metallmix.progress import node_printer
+
+        on_node = node_printer(on_node)
     configurable = _configurable(
         llm,
         kb,
@@ -240,6 +250,7 @@ def _tracked(
     from metallmix import tracking
     from metallmix.tools.training.tracking import experiment_id
 
+    _check_inputs(inputs)  # before a run exists: a typo must not leave an empty FAILED run
     uri = config.tracking_uri()
     client = tracking.client(uri)
     exp_id = experiment_id(client, tracking.EXPERIMENT)
@@ -259,6 +270,14 @@ def _tracked(
         finally:
             mlflow.flush_trace_async_logging()
     return result
+
+
+def _check_inputs(inputs: dict[str, Any]) -> None:
+    data = inputs.get("data")
+    if data and inputs.get("meta_features") is None and not Path(data).exists():
+        from metallmix.errors import DatasetError
+
+        raise DatasetError(f"{data}: no such file or directory; check the dataset path")
 
 
 def _stem(data: Any) -> str | None:
@@ -286,16 +305,26 @@ def validate(
     modality: str | None = None,
     max_train_images: int | None = None,
     threads: int | None = None,
+    progress: bool = True,
 ) -> RunRecord:
     """Train the recommended configuration on ``data``; the MLflow run nests under the
-    recommendation's run and the outcome joins the KB (the KB grows with every validation).
+    recommendation's run (same experiment, ``mlflow.parentRunId``, a link back in its
+    description) and the outcome joins the KB (the KB grows with every validation).
+    ``progress`` prints one line per epoch on stderr (``progress=False``: silent).
     """
+    from metallmix import tracking
     from metallmix.tools.datasets import load_dataset
     from metallmix.tools.kb.store import KnowledgeBase, open_kb
     from metallmix.tools.training.runner import run_trial
 
     store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
     dataset = load_dataset(Path(data), modality=modality, seed=seed)
+    nest = tracking.validation_nesting(recommendation)
+    hook = None
+    if progress:
+        from metallmix.progress import epoch_printer
+
+        hook = epoch_printer(recommendation.hyperparameters.epochs)
     record = run_trial(
         dataset,
         recommendation.model,
@@ -306,12 +335,10 @@ def validate(
         pretrained=recommendation.pretrained,
         max_train_images=max_train_images,
         threads=threads,
-        tags={"metallmix.recommendation": recommendation.candidate_id},
+        tags={"metallmix.recommendation": recommendation.candidate_id, **nest.tags},
+        experiment=nest.experiment,
+        run_name=nest.run_name,
+        progress=hook,
     )
-    if recommendation.mlflow_run_id and record.outcomes.val_accuracy is not None:
-        from metallmix import tracking
-
-        tracking.client().log_metric(
-            recommendation.mlflow_run_id, "validated_accuracy", record.outcomes.val_accuracy
-        )
+    tracking.link_validation(recommendation, record)
     return record

@@ -5,6 +5,12 @@ content hash, seed); metrics say how it went (latency per node, judge scores per
 attempts, fallback); artifacts hold the recommendation, its explanation, the shortlist, the
 retrieved runs, the prompts and raw LLM outputs, and every judge verdict. A later
 validation training run nests under it (``mlflow.parentRunId``).
+
+What a person sees first is made to carry the answer: the run is named after it
+(``breastmnist -> convnext_atto 85.9%``), its description (``mlflow.note.content``) is the
+summary and the explanation, the model and every hyperparameter are params (``rec.model``,
+``rec.hp.lr``...), and ``report.html`` puts answer, baselines, shortlist, SHAP and cited runs
+on one page.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metallmix import config
 
 if TYPE_CHECKING:
+    from metallmix.agents.schemas import Recommendation
     from metallmix.graphs.configuration import Configuration
     from metallmix.graphs.state import RecommendationState
+    from metallmix.tools.kb.records import RunRecord
 
 EXPERIMENT = "metallmix-recommendations"
 KIND = "recommendation"
@@ -70,7 +79,31 @@ def _params(state: RecommendationState, cfg: Configuration, llm_name: str, sha: 
     }
     if mf is not None:
         params.update({f"mf_{k}": v for k, v in mf.model_dump().items() if k != "modality"})
+    params.update(recommendation_params(state))
     return {k: ("" if v is None else str(v)[:6000]) for k, v in params.items()}
+
+
+def recommendation_params(state: RecommendationState) -> dict[str, Any]:
+    """The answer as params, so the runs table can show and filter on it."""
+    rec = state.recommendation
+    if rec is None:
+        return {}
+    from metallmix.report import metric_levels
+    from metallmix.tools.meta.search_space import hp_values
+
+    metric, chance, majority = metric_levels(rec, state.meta_features)
+    out: dict[str, Any] = {
+        "rec.model": rec.model,
+        "rec.pretrained": rec.pretrained,
+        "rec.candidate_id": rec.candidate_id,
+        "rec.metric": metric,
+    }
+    out.update({f"rec.hp.{k}": v for k, v in hp_values(rec.hyperparameters).items()})
+    if chance is not None:
+        out["rec.chance_level"] = round(chance, 4)
+    if majority is not None:
+        out["rec.majority_accuracy"] = round(majority, 4)
+    return out
 
 
 def _kb_location(cfg: Configuration) -> str:
@@ -94,12 +127,14 @@ def _metrics(state: RecommendationState) -> list[tuple[str, float, int]]:
         ]
         if rec.expected_train_seconds is not None:
             out.append(("expected_train_seconds", rec.expected_train_seconds, 0))
-    for v in state.verdicts:
-        out.append(("judge_passed", float(v.passed), v.attempt))
-        out.append(("judge_failed_checks", float(len(v.failures)), v.attempt))
-        if v.scores is not None:
-            for name in ("format", "accuracy", "completeness"):
-                out.append((f"judge_{name}", float(getattr(v.scores, name)), v.attempt))
+    verdicts = list(state.verdicts)
+    if rec is not None and rec.judge is not None and rec.judge not in verdicts:
+        verdicts.append(rec.judge)  # the fallback's code-only verdict
+    for v in verdicts:
+        out += _verdict_metrics(v, f"judge_{v.attempt}_")
+    if rec is not None and rec.judge is not None:  # the verdict that decided the answer
+        out += _verdict_metrics(rec.judge, "judge_")
+        out.append(("judge_final_attempt", float(rec.judge.attempt), 0))
     if state.shortlist is not None:
         out.append(("n_candidates", float(len(state.shortlist.candidates)), 0))
         out.append(("n_similar_runs", float(len(state.shortlist.similar_runs)), 0))
@@ -109,6 +144,60 @@ def _metrics(state: RecommendationState) -> list[tuple[str, float, int]]:
             usage[key] = usage.get(key, 0.0) + float(ex.get("usage", {}).get(key, 0.0))
     out += [(f"llm_{k}", v, 0) for k, v in usage.items()]
     return out
+
+
+def _verdict_metrics(verdict: Any, prefix: str) -> list[tuple[str, float, int]]:
+    out = [
+        (f"{prefix}passed", float(verdict.passed), 0),
+        (f"{prefix}failed_checks", float(len(verdict.failures)), 0),
+    ]
+    if verdict.scores is not None:
+        for name in ("format", "accuracy", "completeness"):
+            out.append((f"{prefix}{name}", float(getattr(verdict.scores, name)), 0))
+    return out
+
+
+def verdict_text(state: RecommendationState) -> str:
+    """One line: how the judge ended (shown as a tag beside the run)."""
+    rec = state.recommendation
+    if rec is None:
+        return "no recommendation"
+    if rec.fallback:
+        return f"fallback after {rec.attempts} rejected attempt(s)"
+    return f"passed on attempt {rec.judge.attempt if rec.judge else rec.attempts}"
+
+
+def description(state: RecommendationState) -> str:
+    """The run description (``mlflow.note.content``, Markdown): summary and explanation."""
+    rec = state.recommendation
+    if rec is None:
+        return ""
+    lines = [f"**{rec.summary()}**", "", rec.explanation, "", f"Judge: {verdict_text(state)}."]
+    lines.append("Full report: artifact `report.html`.")
+    return "\n".join(lines)
+
+
+def unique_run_name(mlflow_client: Any, experiment_id: str, base: str, run_id: str) -> str:
+    """``base``, or ``base #N`` when other runs of the experiment already carry it."""
+    quoted = base.replace("'", "\\'")
+    try:
+        runs = mlflow_client.search_runs(
+            [experiment_id], filter_string=f"attributes.run_name LIKE '{quoted}%'", max_results=500
+        )
+    except Exception:  # an odd name the filter grammar rejects: still a usable name
+        return base
+    taken = {
+        r.info.run_name
+        for r in runs
+        if r.info.run_id != run_id
+        and (r.info.run_name == base or r.info.run_name.startswith(base + " #"))
+    }
+    if not taken:
+        return base
+    n = len(taken) + 1
+    while f"{base} #{n}" in taken:
+        n += 1
+    return f"{base} #{n}"
 
 
 def shortlist_table(state: RecommendationState) -> str:
@@ -194,7 +283,20 @@ def shap_plots(state: RecommendationState, cfg: Configuration, folder: Path) -> 
         state.meta_features, [(rec.model, rec.hyperparameters)], pretrained=rec.pretrained
     )
     path = folder / "shap" / f"waterfall_{rec.candidate_id}.png"
-    return [plot_waterfall(learner, row, path, title=f"{rec.candidate_id}: {rec.model}")]
+    paths = [plot_waterfall(learner, row, path, title=f"{rec.candidate_id}: {rec.model}")]
+    paths.append(global_bar(learner, kb, folder / "shap" / "global_bar.png", seed=cfg.seed))
+    return paths
+
+
+def global_bar(learner: Any, kb: Any, path: Path, *, seed: int = 0, rows: int = 300) -> Path:
+    """Mean |SHAP| per feature group over (a sample of) the KB's runs."""
+    from metallmix.tools.kb.frame import records_to_frame
+    from metallmix.tools.meta.explain import global_importance, plot_bar
+    from metallmix.tools.meta.metalearner import training_rows
+
+    frame = training_rows(records_to_frame(kb.iter_records()))
+    frame = frame.sample(n=min(len(frame), rows), random_state=seed)
+    return plot_bar(global_importance(learner, frame), path)
 
 
 def log_recommendation(
@@ -203,6 +305,7 @@ def log_recommendation(
     """Log ``state`` into ``run_id`` (left running) or into a new, finished run."""
     from mlflow.entities import Metric, Param
 
+    from metallmix import report
     from metallmix.graphs.resources import get_llm
 
     own_run = run_id is None
@@ -217,14 +320,26 @@ def log_recommendation(
         mlflow_client.log_batch(
             run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()]
         )
-        if state.recommendation is not None:
-            mlflow_client.set_tag(run_id, "metallmix.model", state.recommendation.model)
+        rec = state.recommendation
+        if rec is not None:
+            exp = mlflow_client.get_run(run_id).info.experiment_id
+            name = unique_run_name(mlflow_client, exp, report.run_name(rec), run_id)
+            mlflow_client.update_run(run_id, name=name)
+            mlflow_client.set_tag(run_id, "metallmix.model", rec.model)
+            mlflow_client.set_tag(run_id, "metallmix.verdict", verdict_text(state))
+            mlflow_client.set_tag(run_id, "mlflow.note.content", description(state))
         with tempfile.TemporaryDirectory(prefix="metallmix-rec-") as tmp:
             _write_artifacts(state, Path(tmp))
+            plots: list[Path] = []
             try:
-                shap_plots(state, cfg, Path(tmp))
+                plots = shap_plots(state, cfg, Path(tmp))
             except Exception as exc:  # a missing picture must not lose the decision's record
                 mlflow_client.set_tag(run_id, "metallmix.shap_plot_error", str(exc)[:500])
+            if rec is not None:
+                waterfall = next((p for p in plots if p.name.startswith("waterfall_")), None)
+                bar = next((p for p in plots if p.name == "global_bar.png"), None)
+                page = report.render(state, run_id=run_id, waterfall=waterfall, global_bar=bar)
+                (Path(tmp) / "report.html").write_text(page, encoding="utf-8")
             mlflow_client.log_artifacts(run_id, tmp)
     except BaseException:
         if own_run:
@@ -233,3 +348,96 @@ def log_recommendation(
     if own_run:
         end_run(run_id)
     return run_id
+
+
+@dataclass(frozen=True)
+class Nesting:
+    """Where a validation training run goes: under its recommendation when there is one."""
+
+    experiment: str
+    run_name: str | None
+    tags: dict[str, str]
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A link the MLflow UI resolves (hash route, relative to the UI's own address)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def validation_nesting(rec: Recommendation, tracking_uri: str | None = None) -> Nesting:
+    """Same experiment as the recommendation's run, a readable name and a link back.
+
+    MLflow nests a run under its parent only inside one experiment; logged elsewhere it is
+    shown top-level, so the validation goes to the recommendation's experiment.
+    """
+    name = f"validate {rec.model} on {rec.dataset}"
+    if not rec.mlflow_run_id:
+        return Nesting("metallmix-validation", name, {})
+    mlflow_client = client(tracking_uri)
+    try:
+        parent = mlflow_client.get_run(rec.mlflow_run_id)
+    except Exception:  # recorded in another store: train anyway, say where it came from
+        return Nesting(
+            "metallmix-validation", name, {"metallmix.recommendation_run_id": rec.mlflow_run_id}
+        )
+    exp_id = parent.info.experiment_id
+    experiment = mlflow_client.get_experiment(exp_id).name
+    note = (
+        f"Validation training of the recommendation "
+        f"[{parent.info.run_name or rec.mlflow_run_id}]({run_link(exp_id, rec.mlflow_run_id)}): "
+        f"{rec.summary()}"
+    )
+    return Nesting(
+        experiment,
+        name,
+        {"mlflow.parentRunId": rec.mlflow_run_id, "mlflow.note.content": note},
+    )
+
+
+def link_validation(
+    rec: Recommendation, record: RunRecord, tracking_uri: str | None = None
+) -> None:
+    """On the recommendation's run: the validated accuracy and a link to the training run."""
+    child = record.provenance.mlflow_run_id
+    if not rec.mlflow_run_id or not child:
+        return
+    mlflow_client = client(tracking_uri)
+    if record.outcomes.val_accuracy is not None:
+        mlflow_client.log_metric(
+            rec.mlflow_run_id, "validated_accuracy", record.outcomes.val_accuracy
+        )
+    if record.outcomes.test_accuracy is not None:
+        mlflow_client.log_metric(
+            rec.mlflow_run_id, "validated_test_accuracy", record.outcomes.test_accuracy
+        )
+    exp_id = mlflow_client.get_run(child).info.experiment_id
+    mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validation_run_id", child)
+    mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validation_run", run_link(exp_id, child))
+
+
+def resolved_store(tracking_uri: str | None = None) -> str:
+    """The tracking URI with a relative SQLite path made absolute (it is relative to the
+    folder the command ran in, not to the repository)."""
+    uri = tracking_uri or config.tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+def ui_hint(run_id: str, tracking_uri: str | None = None) -> tuple[str, str, str]:
+    """(resolved store, the exact ``mlflow ui`` command for it, the run's URL once it runs)."""
+    from metallmix.tools.training.tracking import artifact_root
+
+    store = resolved_store(tracking_uri)
+    command = f"mlflow ui --backend-store-uri {store}"
+    root = artifact_root(store)
+    if root is not None:
+        command += f" --default-artifact-root {Path(root.removeprefix('file://'))}"
+    command += " --host 127.0.0.1 --port 5000"
+    url = "http://127.0.0.1:5000"
+    try:
+        exp_id = client(store).get_run(run_id).info.experiment_id
+        url += "/" + run_link(exp_id, run_id)
+    except Exception:  # the hint must never fail the command that printed the answer
+        pass
+    return store, command, url

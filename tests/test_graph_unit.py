@@ -404,10 +404,19 @@ def test_mlflow_run_holds_params_metrics_and_artifacts() -> None:
     m = run.data.metrics
     assert m["attempts"] == 2 and m["fallback"] == 0 and m["expected_accuracy"] == 0.8412
     assert m["latency_recommender_1_s"] >= 0 and m["latency_judge_2_s"] >= 0
-    history = client.get_metric_history(rec.mlflow_run_id, "judge_accuracy")
-    assert sorted((h.step, h.value) for h in history) == [(1, 1.0), (2, 5.0)]
+    # per attempt under its own name; the plain name is the verdict that decided the answer
+    assert m["judge_1_accuracy"] == 1.0 and m["judge_2_accuracy"] == 5.0
+    assert m["judge_1_passed"] == 0 and m["judge_2_passed"] == 1
+    assert m["judge_accuracy"] == 5.0 and m["judge_passed"] == 1 and m["judge_final_attempt"] == 2
+    assert run.data.tags["metallmix.verdict"] == "passed on attempt 2"
+    # the answer is what a person sees first: name, params, description
+    assert run.info.run_name.startswith(f"{rec.dataset} -> {rec.model} 84.1%")
+    assert run.data.params["rec.model"] == rec.model
+    assert run.data.params["rec.hp.lr"] == str(rec.hyperparameters.lr)
+    assert rec.explanation in run.data.tags["mlflow.note.content"]
     names = {a.path for a in client.list_artifacts(rec.mlflow_run_id)}
     assert {"recommendation.json", "explanation.md", "shortlist.md", "retrieved_runs.json"} <= names
+    assert "report.html" in names
     local = Path(client.download_artifacts(rec.mlflow_run_id, "recommendation.json"))
     assert json.loads(local.read_text())["candidate_id"] == "c1"
     judge = {a.path for a in client.list_artifacts(rec.mlflow_run_id, "judge")}

@@ -94,3 +94,7 @@ def test_validate_nests_under_the_recommendation_and_grows_the_kb(tmp_path: Path
     assert child.data.tags["mlflow.parentRunId"] == rec.mlflow_run_id
     parent = client.get_run(rec.mlflow_run_id)
     assert parent.data.metrics["validated_accuracy"] == record.outcomes.val_accuracy
+    # nested for real: MLflow shows a child under its parent only within one experiment
+    assert child.info.experiment_id == parent.info.experiment_id
+    assert rec.mlflow_run_id in child.data.tags["mlflow.note.content"]  # link back
+    assert parent.data.tags["metallmix.validation_run_id"] == child.info.run_id

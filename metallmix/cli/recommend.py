@@ -57,6 +57,7 @@ def _run(
 
         return recommend(
             path,
+            progress=False,  # the bar above is the CLI's progress display
             modality=modality,
             llm=llm,
             kb=kb,
@@ -101,9 +102,13 @@ def render(rec: Any, console: Console) -> None:
     if rec.confidence:
         console.print(f"confidence: {rec.confidence} (set by code from the interval width)")
     if rec.mlflow_run_id:
+        from metallmix.tracking import ui_hint
+
+        store, command, url = ui_hint(rec.mlflow_run_id)
         console.print(
-            f"MLflow run [bold]{rec.mlflow_run_id}[/bold] (experiment metallmix-recommendations):"
-            " run `make mlflow-ui` and open http://127.0.0.1:5000"
+            f"MLflow run [bold]{rec.mlflow_run_id}[/bold] in {escape(store)}\n"
+            f"  see it: {escape(command)}\n  then open {escape(url)}",
+            soft_wrap=True,
         )
     if getattr(rec, "verification", None) is not None:
         from metallmix.cli.verify import render_verification
