@@ -1,18 +1,30 @@
 """The recommendation graph: features -> retrieve -> shortlist -> explain -> recommender ->
 judge -> (record | one more recommender attempt | fallback -> record).
 
-``graph`` is the compiled graph LangGraph Studio loads (see ``langgraph.json``);
-:func:`build_graph` builds a fresh one for the Python API.
+``graph`` is the compiled graph LangGraph Studio loads (``langgraph.json`` names the module
+``metallmix.graphs.graph``, so it loads from any folder once the package is installed);
+:func:`build_graph` builds a fresh one. What Studio shows comes from the schemas: the input
+form is :class:`RecommendationInput` (4 fields, not the 18 of the internal state), the output
+:class:`RecommendationOutput`, the configuration form :class:`Context`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
+from metallmix.errors import MetaLLMiXError
 from metallmix.graphs import nodes
-from metallmix.graphs.state import RecommendationState
+from metallmix.graphs.configuration import Context
+from metallmix.graphs.state import (
+    RecommendationInput,
+    RecommendationOutput,
+    RecommendationState,
+)
 
 NODE_ORDER = (
     "features",
@@ -26,17 +38,53 @@ NODE_ORDER = (
 )
 
 
-def build_graph() -> Any:
-    """Compile the recommender -> judge graph (no checkpointer: each run stands alone)."""
-    builder = StateGraph(RecommendationState)
-    builder.add_node("features", nodes.features)
-    builder.add_node("retrieve", nodes.retrieve)
-    builder.add_node("shortlist", nodes.shortlist)
-    builder.add_node("explain", nodes.explain)
-    builder.add_node("recommender", nodes.recommender)
-    builder.add_node("judge", nodes.judge)
-    builder.add_node("fallback", nodes.fallback)
-    builder.add_node("record", nodes.record)
+class UserInputError(ValueError):
+    """A :class:`MetaLLMiXError` raised inside a served graph, re-raised as a ``ValueError``.
+
+    The LangGraph server streams the message of a ``ValueError`` but replaces that of any
+    other exception type with "An internal error occurred", which hides what the user must
+    fix (a mistyped dataset path, an empty KB). The original error is the ``__cause__``.
+    """
+
+
+def _surface_errors(fn: nodes.Node) -> nodes.Node:
+    @wraps(fn)
+    def wrapper(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+        try:
+            return fn(state, config)
+        except MetaLLMiXError as exc:
+            raise UserInputError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def build_graph(*, internal_inputs: bool = False, surface_errors: bool | None = None) -> Any:
+    """Compile the recommender -> judge graph (no checkpointer: each run stands alone).
+
+    ``internal_inputs=True`` (the Python API) accepts the whole state as input, e.g. a
+    precomputed ``shortlist`` and ``max_attempts``; otherwise only :class:`RecommendationInput`.
+    ``surface_errors`` (default: for the served graph, not the API's) re-raises user errors as
+    :class:`UserInputError` so the server streams their message.
+    """
+    wrap: Callable[[nodes.Node], nodes.Node] = (
+        _surface_errors
+        if (surface_errors if surface_errors is not None else not internal_inputs)
+        else (lambda fn: fn)
+    )
+    builder = StateGraph(
+        RecommendationState,
+        context_schema=Context,
+        input_schema=RecommendationState if internal_inputs else RecommendationInput,
+        output_schema=RecommendationOutput,
+    )
+    builder.add_node("features", wrap(nodes.features))
+    builder.add_node("retrieve", wrap(nodes.retrieve))
+    builder.add_node("shortlist", wrap(nodes.shortlist))
+    builder.add_node("explain", wrap(nodes.explain))
+    builder.add_node("recommender", wrap(nodes.recommender))
+    builder.add_node("judge", wrap(nodes.judge))
+    builder.add_node("fallback", wrap(nodes.fallback))
+    builder.add_node("record", wrap(nodes.record))
     builder.add_edge(START, "features")
     builder.add_edge("features", "retrieve")
     builder.add_edge("retrieve", "shortlist")

@@ -43,3 +43,23 @@ class RecommendationState(BaseModel):
     timings: Annotated[dict[str, float], merge_dicts] = Field(default_factory=dict)
     fallback: bool = False
     mlflow_run_id: str | None = None
+
+
+class RecommendationInput(BaseModel):
+    """What a user supplies (Studio's input form): a dataset or its meta-features."""
+
+    data: str | None = Field(
+        default=None, description="dataset path (.npz, image folder, CSV manifest) or card JSON"
+    )
+    meta_features: MetaFeatures | None = Field(
+        default=None, description="precomputed meta-features, instead of data"
+    )
+    modality: str | None = Field(default=None, description="imaging modality, e.g. 'chest X-ray'")
+    dataset_name: str = Field(default="", description="name shown in MLflow (default: from data)")
+
+
+class RecommendationOutput(BaseModel):
+    """What a run returns: the recommendation and where it is recorded."""
+
+    recommendation: Recommendation | None = None
+    mlflow_run_id: str | None = None

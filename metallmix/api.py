@@ -30,10 +30,11 @@ __all__ = ["Recommendation", "build_graph", "recommend", "validate"]
 
 
 def build_graph() -> Any:
-    """A freshly compiled recommendation graph (a LangChain runnable)."""
+    """A freshly compiled recommendation graph (a LangChain runnable), as ``recommend``
+    runs it: it also takes a precomputed ``shortlist`` and ``max_attempts`` as input."""
     from metallmix.graphs.graph import build_graph as build
 
-    return build()
+    return build(internal_inputs=True)
 
 
 _GRAPH: Any = None

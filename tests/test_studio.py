@@ -1,9 +1,11 @@
 """LangGraph Studio: ``langgraph dev`` serves the graph from ``langgraph.json`` and runs it.
 
-Starts the dev server on loopback as a subprocess, then drives the graph through
-``langgraph_sdk`` exactly as Studio does, checking the streamed node updates. The graph runs
-for real (synthetic KB, real XGBoost/SHAP/FAISS, the real 0.5B model with the judge's LLM
-turned off to keep the run short).
+The dev server is started as a subprocess **from another folder** (``--config
+<repo>/langgraph.json``, as a user with the repository elsewhere would) and driven through
+``langgraph_sdk`` exactly as Studio does: the schemas Studio draws its forms from, a run
+whose dataset path is mistyped (its specific message must reach the stream), and a real run
+(synthetic KB, real XGBoost/SHAP/FAISS, the real 0.5B model with the judge's LLM turned off
+to keep it short).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,53 +46,73 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_langgraph_json_points_at_the_compiled_graph() -> None:
-    spec = json.loads((ROOT / "langgraph.json").read_text())
-    path, _, attr = spec["graphs"]["metallmix"].partition(":")
-    assert (ROOT / path).is_file()
-    from metallmix.graphs import graph as module
+def test_langgraph_json_names_the_installed_module() -> None:
+    """A module path, not a file path: it resolves from any folder, not only the repo root."""
+    import importlib
 
-    assert Path(module.__file__).resolve() == (ROOT / path).resolve()
-    compiled = getattr(module, attr)
+    spec = json.loads((ROOT / "langgraph.json").read_text())
+    module_name, _, attr = spec["graphs"]["metallmix"].partition(":")
+    assert "/" not in module_name and not module_name.endswith(".py")
+    compiled = getattr(importlib.import_module(module_name), attr)
     assert {"recommender", "judge", "fallback", "record"} <= set(compiled.get_graph().nodes)
 
 
-@pytest.fixture
-def studio(tmp_path: Path) -> Iterator[str]:
+def _weights_cache() -> Path:
+    """The user's LLM cache when it holds the weights (assembling them again takes minutes)."""
+    user = Path(os.environ.get("METALLMIX_CACHE") or Path.home() / ".metallmix" / "cache")
+    return user if (user / "llm").is_dir() else config.cache_dir()
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = shutil.which("langgraph", path=str(Path(sys.executable).parent)) or shutil.which(
         "langgraph"
     )
     if exe is None:
         pytest.skip("langgraph CLI not installed (pip install 'metallmix[studio]')")
-    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install metallmix[llm])")
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
     from metallmix.tools.meta.synthetic import synthetic_records
 
-    kb = tmp_path / "kb.sqlite"
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # not the repository: the point
+    kb = elsewhere / "kb.sqlite"
     SQLiteKnowledgeBase(kb).add(synthetic_records(5, 20, seed=1))
     port = free_port()
     env = {
         **os.environ,
+        "METALLMIX_HOME": str(elsewhere / "home"),
         "METALLMIX_KB": str(kb),
         "METALLMIX_LLM": "fast",
         "METALLMIX_CACHE": str(_weights_cache()),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere / 'mlflow.db'}",
         "PYTHONUNBUFFERED": "1",
     }
-    log = (tmp_path / "studio.log").open("w")
+    log_path = elsewhere / "studio.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
-        [exe, "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
+        [
+            exe,
+            "dev",
+            "--config",
+            str(ROOT / "langgraph.json"),
+            "--no-browser",
+            "--no-reload",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=elsewhere,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ok(url, proc, tmp_path / "studio.log")
+        _wait_ok(url, proc, log_path)
         yield url
         log.flush()
-        if "Traceback" in (tmp_path / "studio.log").read_text():  # shown when a test fails
-            print((tmp_path / "studio.log").read_text()[-6000:])
+        if "Traceback" in log_path.read_text():  # shown when a test fails
+            print(log_path.read_text()[-6000:])
     finally:
         proc.terminate()
         try:
@@ -99,13 +122,7 @@ def studio(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def _weights_cache() -> Path:
-    """The user's LLM cache when it holds the weights (assembling them again takes minutes)."""
-    user = Path(os.environ.get("METALLMIX_CACHE") or Path.home() / ".metallmix" / "cache")
-    return user if (user / "llm").is_dir() else config.cache_dir()
-
-
-def _wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+def _wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -121,37 +138,90 @@ def _wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float 
     raise AssertionError(f"langgraph dev did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+async def _assistant(client: Any) -> str:
+    assistants = await client.assistants.search(graph_id="metallmix")
+    assert assistants, "langgraph dev did not register the 'metallmix' graph"
+    return str(assistants[0]["assistant_id"])
+
+
+@pytest.mark.slow
+def test_studio_shows_short_forms_for_input_and_configuration(studio: str) -> None:
+    from langgraph_sdk import get_client
+
+    async def schemas() -> dict[str, Any]:
+        client = get_client(url=studio)
+        return dict(await client.assistants.get_schemas(await _assistant(client)))
+
+    got = asyncio.run(schemas())
+    for key in ("config_schema", "context_schema"):
+        props = set((got.get(key) or {}).get("properties") or {})
+        assert {"llm", "kb", "seed", "n_candidates"} <= props, f"{key}: {props}"
+    inputs = set(got["input_schema"]["properties"])
+    assert len(inputs) <= 4 and {"data", "meta_features", "modality"} <= inputs, inputs
+    assert "recommendation" in got["output_schema"]["properties"]
+
+
+@pytest.mark.slow
+def test_a_bad_dataset_path_streams_its_own_message(studio: str, tmp_path: Path) -> None:
+    from langgraph_sdk import get_client
+
+    missing = tmp_path / "no-such-dataset.npz"
+
+    async def run() -> list[Any]:
+        client = get_client(url=studio)
+        thread = await client.threads.create()
+        errors = []
+        async for part in client.runs.stream(
+            thread["thread_id"],
+            await _assistant(client),
+            input={"data": str(missing)},
+            stream_mode=["updates"],
+        ):
+            if part.event == "error":
+                errors.append(part.data)
+        return errors
+
+    errors = asyncio.run(run())
+    assert errors, "a missing dataset did not fail the run"
+    text = json.dumps(errors)
+    assert "no-such-dataset.npz" in text and "no such file" in text, text
+    assert "internal error" not in text
+
+
 @pytest.mark.real
 @pytest.mark.slow
 def test_studio_streams_every_node_of_a_real_run(studio: str) -> None:
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install metallmix[llm])")
     from langgraph_sdk import get_client
 
-    async def run() -> tuple[list[str], dict]:
+    async def run() -> tuple[list[str], dict[str, Any], dict[str, Any]]:
         client = get_client(url=studio)
-        assistants = await client.assistants.search(graph_id="metallmix")
-        assert assistants, "langgraph dev did not register the 'metallmix' graph"
         thread = await client.threads.create()
         nodes: list[str] = []
-        final: dict = {}
+        updates: dict[str, Any] = {}
+        final: dict[str, Any] = {}
         async for part in client.runs.stream(
             thread["thread_id"],
-            "metallmix",
+            await _assistant(client),
             input={"meta_features": MF, "dataset_name": "kermany-like"},
-            config={"configurable": {"judge_with_llm": False, "seed": 0}},
+            context={"judge_with_llm": False, "seed": 0},
             stream_mode=["updates", "values"],
         ):
             if part.event == "updates":
                 nodes += list(part.data)
+                for update in part.data.values():
+                    updates.update(update or {})
             elif part.event == "values":
                 final = part.data
             elif part.event == "error":
                 raise AssertionError(f"graph run failed in the server: {part.data}; see log")
-        return nodes, final
+        return nodes, updates, final
 
-    nodes, final = asyncio.run(run())
+    nodes, updates, final = asyncio.run(run())
     assert nodes[:5] == ["features", "retrieve", "shortlist", "explain", "recommender"]
     assert nodes[-1] == "record" and "judge" in nodes
     rec = final["recommendation"]
-    assert rec["candidate_id"] in {c["candidate_id"] for c in final["shortlist"]["candidates"]}
+    shortlisted = {c["candidate_id"] for c in updates["shortlist"]["candidates"]}
+    assert rec["candidate_id"] in shortlisted
     assert rec["llm"] == "qwen2.5-coder-0.5b"
     assert final["mlflow_run_id"], "the Studio run was not recorded in MLflow"
