@@ -148,7 +148,7 @@ def mlflow_server(log_path: Path) -> Iterator[str]:
                 proc.kill()
 
 
-def _shot(page: Any, name: str) -> None:
+def screenshot(page: Any, name: str) -> None:
     """Write a README screenshot (palette PNG, small) when METALLMIX_SCREENSHOTS says where."""
     folder = os.environ.get("METALLMIX_SCREENSHOTS")
     if not folder:
@@ -189,7 +189,7 @@ def test_mlflow_ui_shows_the_answer_and_renders_the_report(
         page.get_by_text(name).first.wait_for(timeout=90_000)
         _close_assistant(page)
         page.wait_for_timeout(500)
-        _shot(page, "mlflow-runs.png")
+        screenshot(page, "mlflow-runs.png")
 
         # the run page: name as title, summary and explanation as description
         page.goto(f"{url}/#/experiments/{exp}/runs/{rec.mlflow_run_id}")
@@ -201,7 +201,7 @@ def test_mlflow_ui_shows_the_answer_and_renders_the_report(
         _close_assistant(page)
         summary.scroll_into_view_if_needed()
         page.wait_for_timeout(300)
-        _shot(page, "mlflow-run.png")
+        screenshot(page, "mlflow-run.png")
 
         # the artifact viewer renders report.html (in a sandboxed frame)
         page.goto(f"{url}/#/experiments/{exp}/runs/{rec.mlflow_run_id}/artifacts")
@@ -222,7 +222,7 @@ def test_mlflow_ui_shows_the_answer_and_renders_the_report(
         assert all(c in frame_text for c in _shortlist_ids(rec.mlflow_run_id))
         _close_assistant(page)
         page.wait_for_timeout(500)
-        _shot(page, "mlflow-report.png")
+        screenshot(page, "mlflow-report.png")
         images = [
             frame.locator("img").count() for frame in page.frames[1:] if not frame.is_detached()
         ]

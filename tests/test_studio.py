@@ -225,3 +225,87 @@ def test_studio_streams_every_node_of_a_real_run(studio: str) -> None:
     assert rec["candidate_id"] in shortlisted
     assert rec["llm"] == "qwen2.5-coder-0.5b"
     assert final["mlflow_run_id"], "the Studio run was not recorded in MLflow"
+
+
+def _form_page(schemas: dict[str, Any], error: str) -> str:
+    """The forms Studio draws from the served schemas, as a plain page (Studio itself is a
+    hosted web app this offline test cannot load)."""
+    import html
+
+    def rows(schema: dict[str, Any]) -> str:
+        out = []
+        for name, prop in (schema.get("properties") or {}).items():
+            kinds = [p.get("type", "object") for p in prop.get("anyOf", [prop])]
+            kind = " | ".join(str(k) for k in kinds if k != "null")
+            out.append(
+                f"<tr><td><b>{html.escape(name)}</b></td><td>{html.escape(kind)}</td>"
+                f"<td>{html.escape(str(prop.get('default', '')))}</td>"
+                f"<td>{html.escape(prop.get('description', ''))}</td></tr>"
+            )
+        return "".join(out)
+
+    head = "<tr><th>field</th><th>type</th><th>default</th><th>description</th></tr>"
+    style = (
+        "body{font-family:sans-serif;margin:16px;color:#1f2933}"
+        "table{border-collapse:collapse;font-size:13px;margin-bottom:14px}"
+        "td,th{border:1px solid #d5dbe1;padding:3px 8px;text-align:left}th{background:#f3f5f7}"
+        "h2{font-size:15px;margin:12px 0 4px}.err{background:#fdecec;border:1px solid #e0a0a0;"
+        "padding:8px;font-family:monospace;font-size:12px}"
+    )
+    return (
+        f"<html><head><style>{style}</style></head><body>"
+        "<h1 style='font-size:18px'>langgraph dev: graph 'metallmix' as Studio receives it</h1>"
+        f"<h2>Input (input_schema)</h2><table>{head}{rows(schemas['input_schema'])}</table>"
+        f"<h2>Configuration (context_schema)</h2><table>{head}"
+        f"{rows(schemas['context_schema'])}</table>"
+        f"<h2>Output (output_schema)</h2><table>{head}{rows(schemas['output_schema'])}</table>"
+        f"<h2>Streamed error of a run with a mistyped path</h2><div class='err'>"
+        f"{html.escape(error)}</div></body></html>"
+    )
+
+
+@pytest.mark.slow
+def test_studio_forms_render_in_a_browser(studio: str, tmp_path: Path) -> None:
+    """The served schemas and error, drawn in headless Chromium (README's Studio picture)."""
+    from langgraph_sdk import get_client
+    from test_mlflow_browser import chromium_path, screenshot  # type: ignore[import-not-found]
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Python playwright missing: pip install 'metallmix[dev]'")
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no Chromium found: apt-get install -y chromium (or set METALLMIX_CHROMIUM)")
+
+    async def fetch() -> tuple[dict[str, Any], str]:
+        client = get_client(url=studio)
+        assistant = await _assistant(client)
+        schemas = dict(await client.assistants.get_schemas(assistant))
+        thread = await client.threads.create()
+        error = ""
+        async for part in client.runs.stream(
+            thread["thread_id"], assistant, input={"data": "/data/typo.npz"}
+        ):
+            if part.event == "error":
+                error = f"{part.data.get('error')}: {part.data.get('message')}"
+        return schemas, error
+
+    schemas, error = asyncio.run(fetch())
+    page_path = tmp_path / "studio-forms.html"
+    page_path.write_text(_form_page(schemas, error))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(page_path.as_uri())
+            text = page.inner_text("body")
+            for field in ("data", "meta_features", "modality", "llm", "kb", "seed"):
+                assert field in text
+            assert "/data/typo.npz: no such file" in text
+            page.set_viewport_size(
+                {"width": 1100, "height": page.evaluate("document.body.scrollHeight") + 20}
+            )
+            screenshot(page, "studio-forms.png")
+        finally:
+            browser.close()

@@ -34,9 +34,21 @@ SeedOption = typer.Option(0, "--seed", help="Seed of the meta-learner and of sam
 
 
 def _meta_features(
-    kb: KnowledgeBase, features: Path | None, like: str | None
+    kb: KnowledgeBase,
+    features: Path | None,
+    like: str | None,
+    data: Path | None = None,
+    modality: str | None = None,
 ) -> tuple[MetaFeatures, set[str]]:
-    """The query dataset, and what to hide from the KB (the dataset itself for --like)."""
+    """The query dataset, and what to hide from the KB (the dataset itself for --like).
+
+    ``data`` is what ``recommend`` and ``features`` take: a dataset path or a dataset card
+    (a meta-features JSON, e.g. ``features --json`` output, is accepted there too).
+    """
+    if data is not None:
+        if features is not None or like is not None:
+            raise ConfigError("give the dataset, --features FILE.json or --like DATASET, not two")
+        return _features_of(data, modality), set()
     if (features is None) == (like is None):
         raise ConfigError("give exactly one of --features FILE.json or --like DATASET")
     if features is not None:
@@ -56,6 +68,24 @@ def _meta_features(
     raise KnowledgeBaseError(
         f"--like {like}: no such dataset in {kb.location}; see `metallmix kb info`"
     )
+
+
+def _features_of(data: Path, modality: str | None) -> MetaFeatures:
+    from metallmix.errors import DatasetError
+    from metallmix.tools.metafeatures import compute_meta_features
+
+    if not data.exists():
+        raise DatasetError(f"{data}: no such file or directory; check the dataset path")
+    if data.suffix.lower() == ".json":  # a meta-features document rather than a card?
+        try:
+            payload = json.loads(data.read_text())
+            payload = payload.get("meta_features", payload) if isinstance(payload, dict) else {}
+            mf = MetaFeatures.model_validate(payload)
+            return mf.model_copy(update={"modality": modality}) if modality else mf
+        except (OSError, ValueError):
+            pass  # not meta-features: read it as a dataset card
+    with stderr.status(f"meta-features of {data.name}"):
+        return compute_meta_features(data, modality=modality)
 
 
 def _parse_hp(pairs: list[str]) -> dict[str, Scalar]:
@@ -226,6 +256,10 @@ def similar(
 
 @meta_app.command("shortlist")
 def shortlist(
+    data: Path | None = typer.Argument(
+        None, help="Dataset (.npz, folder, .csv manifest), dataset card or meta-features JSON."
+    ),
+    modality: str | None = typer.Option(None, "--modality", help="Imaging modality override."),
     features: Path | None = FeaturesOption,
     like: str | None = LikeOption,
     n: int = typer.Option(5, "--n", min=1, help="shortlist size"),
@@ -242,7 +276,7 @@ def shortlist(
     from metallmix.tools.meta.shortlist import build_shortlist
 
     store = open_kb(kb, read_only=True)
-    mf, excluded = _meta_features(store, features, like)
+    mf, excluded = _meta_features(store, features, like, data, modality)
     chosen = get_space(space_name)
     with stderr.status("scoring candidates"):
         result = build_shortlist(mf, store, n=n, space=chosen, seed=seed, exclude_datasets=excluded)

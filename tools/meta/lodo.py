@@ -509,7 +509,7 @@ def plot(result: LodoResult, path: Path) -> Path:
     summary = result.summary()
     per = result.per_dataset("regret")
     methods = list(summary.index)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     xs = np.arange(len(methods))
     colors = ["#3b75af" if m.startswith("metalearner") else "#999999" for m in methods]
     ax.bar(xs, summary["regret"].to_numpy(), color=colors, alpha=0.8)
@@ -523,7 +523,8 @@ def plot(result: LodoResult, path: Path) -> Path:
             zorder=3,
         )
     ax.set_xticks(xs, methods, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("normalised regret of top-1 pick (lower is better)")
+    # Two lines: on one, the label was longer than the axes and was clipped.
+    ax.set_ylabel("normalised regret of the\ntop-1 pick (lower is better)")
     ax.set_title(
         f"Leave-one-dataset-out, {result.n_datasets} datasets (bars: mean; dots: datasets)"
     )

@@ -98,8 +98,9 @@ def _plot_curve(result: TrainResult, path: Path) -> None:
     )
     ax2.set_ylabel("validation accuracy")
     ax2.set_ylim(0, 1)
-    fig.legend(loc="lower center", ncol=3, fontsize=7)
-    fig.tight_layout()
+    # Above the axes: at "lower center" the legend covered the x-axis label.
+    fig.legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
