@@ -171,6 +171,22 @@ def _close_assistant(page: Any) -> None:
         close.first.click()
 
 
+def _widen_run_name_column(page: Any) -> None:
+    """Drag the runs table's name column wider, so the picture shows whole names."""
+    header = page.get_by_text("Run Name", exact=True).first
+    box = header.bounding_box() if header.count() else None
+    if box is None:
+        return
+    cell = header.locator("xpath=ancestor::*[@role='columnheader'][1]")
+    cell_box = cell.bounding_box() if cell.count() else None
+    right = (cell_box["x"] + cell_box["width"]) if cell_box else box["x"] + 180
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(right - 2, y)
+    page.mouse.down()
+    page.mouse.move(right + 200, y, steps=8)
+    page.mouse.up()
+
+
 def test_mlflow_ui_shows_the_answer_and_renders_the_report(
     browser: Any, recommendation: Any, tmp_path: Path
 ) -> None:
@@ -188,6 +204,7 @@ def test_mlflow_ui_shows_the_answer_and_renders_the_report(
         page.goto(f"{url}/#/experiments/{exp}/runs")
         page.get_by_text(name).first.wait_for(timeout=90_000)
         _close_assistant(page)
+        _widen_run_name_column(page)
         page.wait_for_timeout(500)
         screenshot(page, "mlflow-runs.png")
 

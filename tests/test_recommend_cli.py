@@ -65,7 +65,7 @@ def test_recommend_json_is_one_document(
 
     client = tracking.client()
     shap = {a.path for a in client.list_artifacts(doc["mlflow_run_id"], "shap")}
-    assert shap == {"shap/waterfall_c1.png"}
+    assert shap == {"shap/waterfall_c1.png", "shap/global_bar.png"}
     assert "metallmix.shap_plot_error" not in client.get_run(doc["mlflow_run_id"]).data.tags
 
 
@@ -77,7 +77,7 @@ def test_demo_renders_explanation_and_where_to_look(
     assert code == 0
     assert "Recommendation for ISIC 2018" in out
     assert "why" in out and "templated" in out
-    assert "fallback" in out and "make mlflow-ui" in out
+    assert "fallback" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     flat = re.sub(r"[\s│]+", " ", out)  # undo the panel's line wrapping
     assert "[run synthetic:" in flat  # the cited run id survives rich markup
 
