@@ -57,11 +57,14 @@ def test_report_html_shows_answer_baselines_shortlist_and_cited_runs(tmp_path: P
 
 
 def test_a_mistyped_path_fails_before_any_run_exists(tmp_path: Path) -> None:
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")  # exists: the dataset is what is wrong
     with pytest.raises(DatasetError):
         metallmix.recommend(
             tmp_path / "typo.npz",
             llm=ScriptedLLM([GOOD, SCORES]),
-            kb=tmp_path / "kb.sqlite",
+            kb=kb,
             progress=False,
         )
     client = tracking.client()
