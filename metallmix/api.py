@@ -251,7 +251,6 @@ def _tracked(
     from metallmix import tracking
     from metallmix.tools.training.tracking import experiment_id
 
-    _check_inputs(inputs)  # before a run exists: a typo must not leave an empty FAILED run
     uri = config.tracking_uri()
     client = tracking.client(uri)
     exp_id = experiment_id(client, tracking.EXPERIMENT)
@@ -271,14 +270,6 @@ def _tracked(
         finally:
             mlflow.flush_trace_async_logging()
     return result
-
-
-def _check_inputs(inputs: dict[str, Any]) -> None:
-    data = inputs.get("data")
-    if data and inputs.get("meta_features") is None and not Path(data).exists():
-        from metallmix.errors import DatasetError
-
-        raise DatasetError(f"{data}: no such file or directory; check the dataset path")
 
 
 def _stem(data: Any) -> str | None:
