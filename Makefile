@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.metallmix-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck studio mlflow-ui bench-lodo clean
+.PHONY: install demo test lint typecheck studio mlflow-ui bench-lodo kb-quicktune clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ mlflow-ui: $(STAMP)
 
 bench-lodo: $(STAMP)
 	$(BIN)/metallmix bench lodo --kb ../shared/data/quicktune/extended
+
+# The shipped KB's GPU regime: the 2,278 public Quick-Tune runs (BSD-3), added next to our own
+# CPU runs. Idempotent (re-running inserts nothing); afterwards the file goes back to
+# rollback-journal mode so it opens read-only from an installed package.
+QUICKTUNE ?= ../shared/data/quicktune/extended
+SHIPPED_KB ?= metallmix/data/kb.sqlite
+kb-quicktune: $(STAMP)
+	$(BIN)/metallmix kb import-quicktune $(QUICKTUNE) --kb $(SHIPPED_KB)
+	$(BIN)/metallmix kb info --kb $(SHIPPED_KB) --json | $(BIN)/python -c \
+		"import json, sys; d = json.load(sys.stdin); print(d['by_regime'], d['by_source'])"
+	$(BIN)/python -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+		c.execute('PRAGMA journal_mode=DELETE'); c.execute('VACUUM'); c.close()" $(SHIPPED_KB)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

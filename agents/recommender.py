@@ -145,6 +145,9 @@ def from_candidate(
         seed=seed,
         ood=shortlist.ood,
         ood_reasons=list(shortlist.ood_reasons),
+        metric=shortlist.metric,
+        metric_note=shortlist.metric_note,
+        compute=shortlist.regime,
     )
 
 

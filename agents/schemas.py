@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.metafeatures import MetaFeatures
@@ -98,13 +98,70 @@ class Recommendation(BaseModel):
         description="the dataset is outside what the KB covers: interval widened, confidence low",
     )
     ood_reasons: list[str] = Field(default_factory=list)
+    # What the prediction is in and what it must beat (filled from the fields above when
+    # not given; ``expected_accuracy``/``accuracy_low``/``accuracy_high`` are kept as the
+    # same numbers for compatibility, whatever the metric).
+    metric: str = Field(
+        default="accuracy", description="'balanced_accuracy' or 'accuracy' (validation)"
+    )
+    metric_note: str | None = Field(default=None, description="what stands in for the metric")
+    compute: Literal["cpu", "gpu"] | None = Field(
+        default=None, description="compute regime whose runs and search space were used"
+    )
+    expected_score: float | None = Field(default=None, ge=0, le=1, description="in `metric`")
+    score_low: float | None = Field(default=None, ge=0, le=1)
+    score_high: float | None = Field(default=None, ge=0, le=1)
+    chance_level: float | None = Field(default=None, ge=0, le=1, description="1 / classes")
+    majority_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="accuracy of always answering the largest class"
+    )
+    baseline_warning: str | None = Field(
+        default=None, description="set when the prediction is not clearly above the baseline"
+    )
+
+    @model_validator(mode="after")
+    def _fill_metric_fields(self) -> Recommendation:
+        from metallmix.tools.meta import metric as m
+
+        if self.expected_score is None:
+            self.expected_score = self.expected_accuracy
+        if self.score_low is None:
+            self.score_low = self.accuracy_low
+        if self.score_high is None:
+            self.score_high = self.accuracy_high
+        if self.meta_features is not None:
+            if self.chance_level is None:
+                self.chance_level = m.chance_level(self.meta_features)
+            if self.majority_accuracy is None:
+                self.majority_accuracy = m.majority_accuracy(self.meta_features)
+        if self.baseline_warning is None and self.chance_level is not None:
+            self.baseline_warning = m.baseline_warning(
+                self.metric,
+                self.expected_score,
+                self.score_low,
+                self.chance_level,
+                self.majority_accuracy,
+            )
+        return self
 
     def summary(self) -> str:
-        """One line for logs and the CLI."""
-        interval = f"[{self.accuracy_low:.1%}, {self.accuracy_high:.1%}]"
+        """One line for logs and the CLI: the prediction in its metric, beside the baselines."""
+        from metallmix.tools.meta.metric import METRIC_LABEL
+
+        score = self.expected_score if self.expected_score is not None else self.expected_accuracy
+        low = self.score_low if self.score_low is not None else self.accuracy_low
+        high = self.score_high if self.score_high is not None else self.accuracy_high
+        baselines = []
+        if self.chance_level is not None:
+            baselines.append(f"chance {self.chance_level:.1%}")
+        if self.majority_accuracy is not None:
+            baselines.append(f"majority class {self.majority_accuracy:.1%}")
+        where = f", {self.compute.upper()}" if self.compute else ""
         return (
-            f"{self.model} ({'pretrained' if self.pretrained else 'from scratch'}) "
-            f"expected accuracy {self.expected_accuracy:.1%} {interval}, "
-            f"confidence {self.confidence}{' (fallback)' if self.fallback else ''}"
+            f"{self.model} ({'pretrained' if self.pretrained else 'from scratch'}{where}) "
+            f"expected {METRIC_LABEL.get(self.metric, self.metric)} {score:.1%} "
+            f"[{low:.1%}, {high:.1%}]"
+            + (f" - {', '.join(baselines)}" if baselines else "")
+            + f", confidence {self.confidence}{' (fallback)' if self.fallback else ''}"
             + (f"; OUT OF THE KB's RANGE: {'; '.join(self.ood_reasons)}" if self.ood else "")
         )

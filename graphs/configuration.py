@@ -52,7 +52,8 @@ class Configuration:
     kb: str | None = None  # .sqlite path; None = METALLMIX_KB or the layered default
     seed: int = 0
     n_candidates: int = 5
-    space: str | None = None  # search-space name; None = inferred from the KB's models
+    space: str | None = None  # search-space name; None = the compute regime's space
+    compute: str | None = None  # 'cpu' | 'gpu'; None = torch.cuda.is_available()
     judge_with_llm: bool = True
     # "top1": the LLM explains the meta-learner's top candidate; "llm": it chooses among the
     # top 3. top1 is the default: on bench/judge_quality.py's runs the 0.5B model picked c2

@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableConfig
 
 from metallmix.errors import DatasetError, KnowledgeBaseError
 from metallmix.graphs.configuration import Configuration
-from metallmix.graphs.resources import get_kb, get_llm, space_for
+from metallmix.graphs.resources import get_kb, get_llm, regime_kb_for, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.tools.kb.store import KnowledgeBase
 
@@ -110,8 +110,10 @@ def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     from metallmix.tools.meta.retrieval import load_or_build
 
     assert state.meta_features is not None
-    kb = get_kb(Configuration.from_runnable_config(config))
+    cfg = Configuration.from_runnable_config(config)
+    kb = get_kb(cfg)
     require_runs(kb)
+    _, kb = regime_kb_for(cfg, kb)
     index = load_or_build(kb)
     return {"similar_runs": index.similar_runs(state.meta_features, k=9)}
 
@@ -133,12 +135,21 @@ def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, A
     from metallmix.tools.meta.shortlist import build_shortlist
 
     assert state.meta_features is not None
+    from metallmix.tools.meta.metric import metric_of_runs
+
     cfg = Configuration.from_runnable_config(config)
     kb = get_kb(cfg)
     require_runs(kb)
+    regime, kb = regime_kb_for(cfg, kb)
     result = build_shortlist(
-        state.meta_features, kb, n=cfg.n_candidates, space=space_for(cfg, kb), seed=cfg.seed
+        state.meta_features,
+        kb,
+        n=cfg.n_candidates,
+        space=space_for(cfg, kb, regime),
+        seed=cfg.seed,
     )
+    metric, note = metric_of_runs(kb.iter_records())
+    result = result.model_copy(update={"metric": metric, "metric_note": note, "regime": regime})
     if not result.candidates:
         raise KnowledgeBaseError(
             f"the meta-learner produced no candidate from the knowledge base {kb.location}; "

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 
 from metallmix.agents.llm import ChatLLM
 from metallmix.graphs.configuration import Configuration
+from metallmix.tools.kb.regime import REGIME_SPACE, Regime, regime_kb, resolve_regime
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SPACES, SearchSpace, get_space
 
@@ -33,10 +34,20 @@ def get_kb(cfg: Configuration) -> KnowledgeBase:
     return open_kb(cfg.kb, read_only=True)
 
 
-def space_for(cfg: Configuration, kb: KnowledgeBase) -> SearchSpace:
-    """The configured space, else the shipped space most of the KB's models belong to."""
+def regime_kb_for(cfg: Configuration, kb: KnowledgeBase) -> tuple[Regime, KnowledgeBase]:
+    """The compute regime of this run (see :func:`resolve_regime`) and its part of ``kb``."""
+    records = list(kb.iter_records())
+    regime = resolve_regime(kb, cfg.compute, cfg.space, records)
+    return regime, regime_kb(kb, regime, records)
+
+
+def space_for(cfg: Configuration, kb: KnowledgeBase, regime: Regime | None = None) -> SearchSpace:
+    """The configured space, else the regime's space, else the shipped space most of the
+    KB's models belong to."""
     if cfg.space:
         return get_space(cfg.space)
+    if regime is not None:
+        return get_space(REGIME_SPACE[regime])
     models = Counter(r.model for r in kb.iter_records())
     best, best_count = CPU_ZOO_SPACE, 0
     for space in SPACES.values():

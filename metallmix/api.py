@@ -99,6 +99,7 @@ def recommend(
     shortlist: Shortlist | None = None,
     name: str | None = None,
     space: str | None = None,
+    compute: str | None = None,
     n_candidates: int = 5,
     judge_with_llm: bool = True,
     max_attempts: int = 2,
@@ -128,6 +129,8 @@ def recommend(
     (``features``, ``retrieve``, ``shortlist``, ``explain``, ``recommender``, ``judge``,
     ``fallback``, ``record``; the recommender and judge once per attempt), e.g. to drive a
     progress bar.
+    ``compute`` (``cpu`` or ``gpu``; default: ``gpu`` when torch sees CUDA) picks the
+    regime: which KB runs the meta-learner learns from and which search space it proposes from.
 
     ``verify=K`` then trains the top-K shortlisted configurations with successive halving
     within ``budget_minutes`` on ``backend`` (``"local"``, ``"ray"`` or an execution
@@ -164,6 +167,10 @@ def recommend(
 
     if max_attempts < 1:
         raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
+    if compute is not None:
+        from metallmix.tools.kb.regime import check_regime
+
+        compute = check_regime(compute)
     inputs: dict[str, Any] = {"modality": modality, "max_attempts": max_attempts}
     if isinstance(data, MetaFeatures):
         inputs["meta_features"] = data
@@ -190,6 +197,7 @@ def recommend(
         kb,
         seed,
         space=space,
+        compute=compute,
         n_candidates=n_candidates,
         judge_with_llm=judge_with_llm,
         track=track,

@@ -98,9 +98,10 @@ def recommend_verified(
     """
     from metallmix.api import recommend
     from metallmix.graphs.configuration import Configuration
-    from metallmix.graphs.resources import space_for
+    from metallmix.graphs.resources import regime_kb_for, space_for
     from metallmix.tools.datasets import load_dataset
     from metallmix.tools.kb.store import KnowledgeBase, open_kb
+    from metallmix.tools.meta.metric import metric_of_runs
     from metallmix.tools.meta.shortlist import build_shortlist
     from metallmix.tools.metafeatures import compute_meta_features
     from metallmix.tools.training.backends import ExecutionBackend, make_backend
@@ -129,10 +130,20 @@ def recommend_verified(
         candidates = []  # the stored plan's candidates are used
     else:
         if shortlist is None:
-            cfg = Configuration(space=space, kb_instance=store, seed=seed)
+            # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
+            cfg = Configuration(space=space, kb_instance=store, seed=seed, compute="cpu")
             mf = compute_meta_features(path, modality=modality)
+            regime, regime_store = regime_kb_for(cfg, store)
             shortlist = build_shortlist(
-                mf, store, n=max(n_candidates, k), space=space_for(cfg, store), seed=seed
+                mf,
+                regime_store,
+                n=max(n_candidates, k),
+                space=space_for(cfg, regime_store, regime),
+                seed=seed,
+            )
+            metric, note = metric_of_runs(regime_store.iter_records())
+            shortlist = shortlist.model_copy(
+                update={"metric": metric, "metric_note": note, "regime": regime}
             )
         rec = recommend(
             str(path),

@@ -125,3 +125,13 @@ def test_real_demo_subprocess(kb: Path, tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["llm"] == "qwen2.5-coder-0.5b" and doc["judge"]["passed"]
     assert doc["dataset"].startswith("ISIC 2018") and doc["mlflow_run_id"]
+    # the metric and the card's baselines beside the prediction; the other regime's preview
+    assert doc["metric"] == "accuracy" and doc["expected_score"] == doc["expected_accuracy"]
+    assert doc["chance_level"] == pytest.approx(1 / 7)
+    assert doc["majority_accuracy"] == pytest.approx(6705 / 10015)
+    assert doc["compute"] == "cpu"  # the synthetic KB holds CPU-regime runs only
+    majority = doc["majority_accuracy"]
+    near = doc["expected_score"] < majority + 0.05 or doc["score_low"] <= majority
+    assert (doc["baseline_warning"] is not None) == near
+    assert [o["compute"] for o in doc["other_regimes"]] == ["gpu"]
+    assert "no gpu run" in doc["other_regimes"][0]["unavailable"]  # synthetic KB: CPU runs only

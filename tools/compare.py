@@ -425,6 +425,8 @@ class _Run:
         if found is not None:
             return found
         from metallmix.api import recommend
+        from metallmix.tools.kb.regime import regime_kb
+        from metallmix.tools.meta.metric import metric_of_runs
         from metallmix.tools.meta.shortlist import build_shortlist
         from metallmix.tools.metafeatures import compute_meta_features
 
@@ -437,8 +439,14 @@ class _Run:
         started = time.perf_counter()
         view = _train_view(dataset, self.settings.max_train_images, seed)
         mf = compute_meta_features(view)
+        # Every method here trains on this CPU: learn only from the KB's CPU-regime runs.
+        cpu_kb = regime_kb(kb, "cpu")
         shortlist = build_shortlist(
-            mf, kb, n=self.settings.n_candidates, space=self.space, seed=seed
+            mf, cpu_kb, n=self.settings.n_candidates, space=self.space, seed=seed
+        )
+        metric, note = metric_of_runs(cpu_kb.iter_records())
+        shortlist = shortlist.model_copy(
+            update={"metric": metric, "metric_note": note, "regime": "cpu"}
         )
         shortlist_seconds = time.perf_counter() - started
         rec = recommend(None, llm=llm, kb=kb, seed=seed, shortlist=shortlist, name=dataset.name)
@@ -664,13 +672,14 @@ class _Run:
         )
 
     def _shortlist(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[Any]:
+        from metallmix.tools.kb.regime import regime_kb
         from metallmix.tools.meta.shortlist import build_shortlist
         from metallmix.tools.metafeatures import compute_meta_features
 
         seed = self.settings.seeds[0]
         mf = compute_meta_features(_train_view(dataset, self.settings.max_train_images, seed))
-        shortlist = build_shortlist(
-            mf, kb, n=self.settings.n_candidates, space=self.space, seed=seed
+        shortlist = build_shortlist(  # CPU-regime runs only, as in metallmix_config
+            mf, regime_kb(kb, "cpu"), n=self.settings.n_candidates, space=self.space, seed=seed
         )
         return list(shortlist.candidates)
 

@@ -21,7 +21,9 @@ KbOption = typer.Option(
 
 @kb_app.command("info")
 def info(kb: Path | None = KbOption, as_json: bool = JsonOption) -> None:
-    """Counts of runs per source and dataset."""
+    """Counts of runs per source, compute regime, status and dataset."""
+    from metallmix.tools.kb.regime import REGIME_DESCRIPTION
+
     store = open_kb(kb, read_only=True)
     summary = store.info()
 
@@ -34,6 +36,18 @@ def info(kb: Path | None = KbOption, as_json: bool = JsonOption) -> None:
                 f"(remove with `metallmix kb remove ID`): "
                 + ", ".join(f"{k} ({v})" for k, v in list(summary.unreadable.items())[:10])
             )
+        regimes = Table(title="by compute regime")
+        for column in ("regime", "runs", "sources", "what"):
+            regimes.add_column(column)
+        for regime, count in summary.by_regime.items():
+            sources = summary.by_regime_source.get(regime, {})
+            regimes.add_row(
+                regime,
+                str(count),
+                ", ".join(f"{s} {n}" for s, n in sources.items()) or "-",
+                REGIME_DESCRIPTION.get(regime, ""),  # type: ignore[call-overload]
+            )
+        console.print(regimes)
         for title, counts in (
             ("source", summary.by_source),
             ("status", summary.by_status),

@@ -30,6 +30,12 @@ KbOption = typer.Option(
     None, "--kb", help="Knowledge-base file (default: METALLMIX_KB or the layered default)."
 )
 SeedOption = typer.Option(0, "--seed", help="Seed of the shortlist sampler and the LLM.")
+ComputeOption = typer.Option(
+    None,
+    "--compute",
+    help="Your compute: 'cpu' (small models we train on a CPU) or 'gpu' (fine-tune a "
+    "pretrained timm model, Quick-Tune runs). Default: gpu when torch sees CUDA, else cpu.",
+)
 
 
 def example_card(name: str) -> Path:
@@ -46,6 +52,7 @@ def _run(
     kb: Path | None,
     seed: int,
     no_judge_llm: bool,
+    compute: str | None = None,
 ) -> Any:
     from metallmix.api import recommend
 
@@ -64,6 +71,7 @@ def _run(
             seed=seed,
             judge_with_llm=not no_judge_llm,
             on_node=on_node,
+            compute=compute,
             on_shortlist=print_shortlist,
         )
 
@@ -96,6 +104,10 @@ def render(rec: Any, console: Console) -> None:
     if rec.expected_train_seconds is not None:
         table.add_row("expected training time", f"{rec.expected_train_seconds:.0f} s")
     console.print(table)
+    if rec.metric_note:
+        console.print(f"metric: {escape(rec.metric_note)}")
+    if rec.baseline_warning:
+        console.print(f"[yellow]warning: {escape(rec.baseline_warning)}[/yellow]")
     console.print(Panel(escape(rec.explanation), title="why"))  # "[run ID]" is not markup
     if rec.judge is not None:
         console.print(escape(judge_line(rec)))
@@ -169,6 +181,7 @@ def recommend_cmd(
         None, "--max-train-images", min=10, help="--verify: seeded training subsample."
     ),
     study: str | None = typer.Option(None, "--study", help="--verify: Optuna study name."),
+    compute: str | None = ComputeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend a model and hyperparameters for a dataset, with the reasons."""
@@ -193,7 +206,7 @@ def recommend_cmd(
         )
         emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
         return
-    rec = _run(path, modality, llm, kb, seed, no_judge_llm)
+    rec = _run(path, modality, llm, kb, seed, no_judge_llm, compute)
     emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
 
 
@@ -204,13 +217,80 @@ def demo_cmd(
     llm: str | None = LlmOption,
     kb: Path | None = KbOption,
     seed: int = SeedOption,
+    compute: str | None = ComputeOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Recommend for a public medical dataset described by a card shipped in the package."""
+    """Recommend for a public medical dataset described by a card shipped in the package,
+    then show what the other compute regime's runs suggest (shortlist only, no LLM)."""
     card = example_card(example)
     stderr.print(f"demo: recommending for the bundled card {card.name}")
-    rec = _run(card, None, llm, kb, seed, False)
-    emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
+    rec = _run(card, None, llm, kb, seed, False, compute)
+    others = _other_regimes(card, rec, kb, seed)
+    doc = {**rec.model_dump(mode="json"), "other_regimes": others}
+
+    def show(console: Console) -> None:
+        render(rec, console)
+        for other in others:
+            render_regime(other, console)
+
+    emit(doc, as_json, show)
+
+
+def _other_regimes(card: Path, rec: Any, kb: Path | None, seed: int) -> list[dict[str, Any]]:
+    """Previews of the regimes the recommendation did not use (those the KB holds runs of)."""
+    from metallmix.errors import KnowledgeBaseError
+    from metallmix.regimes import preview, regime_shortlist
+    from metallmix.tools.kb.regime import REGIMES
+
+    out: list[dict[str, Any]] = []
+    for regime in REGIMES:
+        if regime == rec.compute:
+            continue
+        stderr.print(f"demo: shortlisting the {regime} regime (meta-learner only, no LLM)")
+        try:
+            shortlist = regime_shortlist(rec.meta_features or card, regime, kb=kb, n=3, seed=seed)
+        except KnowledgeBaseError as exc:
+            out.append({"compute": regime, "unavailable": str(exc)})
+            continue
+        out.append(preview(shortlist))
+    return out
+
+
+def render_regime(preview: dict[str, Any], console: Console) -> None:
+    """Another regime's top candidates with their predictions and the baselines."""
+    from metallmix.tools.meta.metric import METRIC_LABEL
+
+    regime = str(preview["compute"])
+    if "unavailable" in preview:
+        console.print(f"{regime.upper()} regime: {escape(str(preview['unavailable']))}")
+        return
+    label = METRIC_LABEL.get(preview["metric"], preview["metric"])
+    majority = preview["majority_accuracy"]
+    title = (
+        f"{regime.upper()} regime - {preview['regime']}: meta-learner's top "
+        f"{len(preview['candidates'])} (no LLM); chance {preview['chance_level']:.1%}"
+        + (f", majority class {majority:.1%}" if majority is not None else "")
+    )
+    table = Table(title=escape(title))
+    for column in ("model", f"expected {label}", "interval", "lr", "batch", "epochs/time"):
+        table.add_column(column)
+    for c in preview["candidates"]:
+        hp = c["hyperparameters"]
+        secs = c["expected_train_seconds"]
+        table.add_row(
+            f"{c['model']}{' (pretrained)' if c['pretrained'] else ''}",
+            f"{c['expected_score']:.1%}",
+            f"[{c['score_low']:.1%}, {c['score_high']:.1%}]",
+            f"{hp['lr']:.3g}" if "lr" in hp else "-",
+            str(hp.get("batch_size", "-")),
+            f"{hp.get('epochs', '-')} / {secs:.0f} s" if secs is not None else "-",
+        )
+    console.print(table)
+    if preview["metric_note"]:
+        console.print(f"metric: {escape(str(preview['metric_note']))}")
+    for c in preview["candidates"][:1]:
+        if c["baseline_warning"]:
+            console.print(f"[yellow]warning ({c['model']}): {escape(c['baseline_warning'])}[/]")
 
 
 def register(app: typer.Typer) -> None:

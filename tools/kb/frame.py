@@ -2,6 +2,10 @@
 
 Column prefixes keep the origin of each column obvious: ``mf_`` meta-features,
 ``hp_`` hyperparameters (``hp_x_`` for the open remainder), ``out_`` outcomes.
+
+``out_score`` is the meta-learner's target and ``score_metric`` says which metric it is
+(validation balanced accuracy where the run recorded it, else validation accuracy; see
+:attr:`RunRecord.score`); ``regime`` is the compute regime (``cpu`` / ``gpu``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.regime import regime_of
 
 ID_COLUMNS = ["run_id", "source", "dataset", "dataset_group", "model", "pretrained", "status"]
 
@@ -26,12 +31,15 @@ def record_to_row(record: RunRecord) -> dict[str, Any]:
         "pretrained": record.pretrained,
         "status": record.status,
         "seed": record.seed,
+        "regime": regime_of(record),
+        "score_metric": record.score_metric,
         "mf_modality": record.meta_features.modality,
     }
     row.update({f"mf_{k}": v for k, v in record.meta_features.numeric().items()})
     row.update({f"hp_{k}": v for k, v in record.hyperparameters.flat().items()})
     outcomes = record.outcomes.model_dump(exclude={"learning_curve", "balanced_learning_curve"})
     row.update({f"out_{k}": v for k, v in outcomes.items()})
+    row["out_score"] = record.score
     return row
 
 

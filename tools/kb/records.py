@@ -25,6 +25,7 @@ KB_SCHEMA_VERSION = 1
 Source = Literal["own", "quicktune", "mlflow", "csv"]
 Status = Literal["ok", "failed", "diverged"]
 Scalar = float | int | str | bool | None
+ScoreMetric = Literal["balanced_accuracy", "accuracy", "accuracy_for_balanced"]
 
 MAX_IMAGE_SIZE = 4096  # training input side, pixels: larger exhausts memory before any epoch
 ACCURACY_FIELDS = ("val_accuracy", "test_accuracy", "macro_f1", "balanced_accuracy")
@@ -230,5 +231,16 @@ class RunRecord(BaseModel):
 
     @property
     def score(self) -> float | None:
-        """The accuracy the meta-learner learns from: final validation accuracy."""
-        return self.outcomes.val_accuracy
+        """What the meta-learner learns from: validation balanced accuracy where the run
+        recorded it (imbalance is the rule in medical data), else validation accuracy."""
+        balanced = getattr(self.outcomes, "val_balanced_accuracy", None)
+        return balanced if balanced is not None else self.outcomes.val_accuracy
+
+    @property
+    def score_metric(self) -> ScoreMetric:
+        """Which metric :attr:`score` is: ``balanced_accuracy``, ``accuracy``, or
+        ``accuracy_for_balanced`` (Quick-Tune records top-1 accuracy only; on its Meta-Album
+        datasets, whose classes are balanced, accuracy stands in for balanced accuracy)."""
+        if getattr(self.outcomes, "val_balanced_accuracy", None) is not None:
+            return "balanced_accuracy"
+        return "accuracy_for_balanced" if self.source == "quicktune" else "accuracy"

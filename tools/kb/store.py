@@ -61,11 +61,15 @@ class KBInfo:
     content_hash: str
     layers: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
+    by_regime: dict[str, int] = field(default_factory=dict)
+    by_regime_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "total": self.total,
             "by_source": self.by_source,
+            "by_regime": self.by_regime,
+            "by_regime_source": self.by_regime_source,
             "by_dataset": self.by_dataset,
             "by_status": self.by_status,
             "schema_version": self.schema_version,
@@ -140,6 +144,8 @@ class KnowledgeBase(ABC):
         return digest.hexdigest()[:16]
 
     def info(self) -> KBInfo:
+        from metallmix.tools.kb.regime import counts_by_regime, counts_by_source_and_regime
+
         records = list(self.iter_records())
         digest = hashlib.sha256()
         for record in records:
@@ -154,6 +160,8 @@ class KnowledgeBase(ABC):
             content_hash=digest.hexdigest()[:16],
             layers=self.layers(),
             unreadable=self.unreadable_records(),
+            by_regime=counts_by_regime(records),
+            by_regime_source=counts_by_source_and_regime(records),
         )
 
     def layers(self) -> list[str]:

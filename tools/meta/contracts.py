@@ -7,6 +7,8 @@ shortlisted candidate and cite these facts; the judge checks its numbers against
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix.tools.kb.records import Hyperparameters
@@ -72,6 +74,13 @@ class Shortlist(BaseModel):
     ood: bool = Field(default=False, description="the dataset lies outside what the KB covers")
     ood_reasons: list[str] = Field(
         default_factory=list, description="why it is out of range (feature ranges, distance)"
+    )
+    metric: str = Field(
+        default="accuracy", description="what predicted_accuracy is in: the KB runs' metric"
+    )
+    metric_note: str | None = Field(default=None, description="what stands in for the metric")
+    regime: Literal["cpu", "gpu"] | None = Field(
+        default=None, description="compute regime whose runs and search space were used"
     )
 
     def candidate(self, candidate_id: str) -> Candidate | None:

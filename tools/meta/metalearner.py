@@ -124,18 +124,25 @@ def completed_mask(frame: pd.DataFrame) -> np.ndarray:
         return np.isnan(budget) | np.isnan(ran) | (ran >= budget)
 
 
+def target_column(frame: pd.DataFrame) -> str:
+    """``out_score`` (validation balanced accuracy where recorded, see ``kb.frame``), or
+    ``out_val_accuracy`` for frames built without it."""
+    return "out_score" if "out_score" in frame else "out_val_accuracy"
+
+
 def training_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows the meta-learner learns from: completed runs (status ok, whole epoch budget)
-    with a validation accuracy."""
-    if frame.empty or "out_val_accuracy" not in frame:
+    with a validation score."""
+    target = target_column(frame)
+    if frame.empty or target not in frame:
         return frame.iloc[0:0]
-    ok = (frame["status"] == "ok") & frame["out_val_accuracy"].notna() & completed_mask(frame)
+    ok = (frame["status"] == "ok") & frame[target].notna() & completed_mask(frame)
     return frame.loc[ok].reset_index(drop=True)
 
 
 def percentile_target(frame: pd.DataFrame) -> np.ndarray:
-    """Accuracy as its percentile within the dataset (robust to one catastrophic run)."""
-    acc = frame["out_val_accuracy"].astype(float)
+    """Score as its percentile within the dataset (robust to one catastrophic run)."""
+    acc = frame[target_column(frame)].astype(float)
     return acc.groupby(frame["dataset"]).rank(pct=True).to_numpy(dtype=float)
 
 
@@ -150,8 +157,8 @@ def within_pool_percentile(values: np.ndarray) -> np.ndarray:
 
 
 def normalized_target(frame: pd.DataFrame) -> np.ndarray:
-    """Accuracy min-max scaled within each dataset (0 worst, 1 best; 0.5 when constant)."""
-    acc = frame["out_val_accuracy"].astype(float)
+    """Score min-max scaled within each dataset (0 worst, 1 best; 0.5 when constant)."""
+    acc = frame[target_column(frame)].astype(float)
     grouped = acc.groupby(frame["dataset"])
     low, high = grouped.transform("min"), grouped.transform("max")
     span = (high - low).to_numpy()
@@ -233,7 +240,7 @@ class MetaLearner:
             )
         encoder = FeatureEncoder.fit(rows, meta_features=cfg.use_meta_features)
         x = encoder.transform(rows)
-        acc = rows["out_val_accuracy"].to_numpy(dtype=float)
+        acc = rows[target_column(rows)].to_numpy(dtype=float)
         n_rounds = cfg.n_estimators
         learner = cls(encoder, cfg, xgb.Booster())
         blind = learner.blind_columns

@@ -1,0 +1,164 @@
+"""Compute regimes: which part of the knowledge base and which search space fit the user.
+
+The KB holds runs of two regimes that answer different questions. Our own runs train small
+timm models (from scratch, or pretrained EfficientNet-Lite) on a couple of CPU cores; the
+public Quick-Tune runs fine-tune 24 large pretrained timm models at 128 px on a GPU. A user
+on a laptop must not be told to fine-tune VOLO-D5, and a GPU user would waste the hardware
+on a CPU-zoo model, so a recommendation learns only from the runs of the user's regime and
+proposes only from that regime's search space.
+
+A record's regime is stored in ``provenance.notes["regime"]`` when the importer knew it;
+otherwise it is derived: Quick-Tune runs are ``gpu``, our own trainer's runs ``cpu``, and
+runs of other sources follow their model (a Quick-Tune model outside the CPU zoo is ``gpu``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Literal, cast
+
+from metallmix.errors import ConfigError, KnowledgeBaseError
+from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.store import AddResult, KnowledgeBase
+
+Regime = Literal["cpu", "gpu"]
+REGIMES: tuple[Regime, ...] = ("cpu", "gpu")
+# The shipped search space of each regime (names of metallmix.tools.meta.search_space.SPACES).
+REGIME_SPACE: dict[Regime, str] = {"cpu": "cpu-zoo", "gpu": "quicktune"}
+REGIME_DESCRIPTION: dict[Regime, str] = {
+    "cpu": "train a small timm model on a CPU (our own runs)",
+    "gpu": "fine-tune a pretrained timm model on a GPU (public Quick-Tune runs)",
+}
+
+
+def check_regime(value: str) -> Regime:
+    """``value`` as a :data:`Regime`, or a :class:`ConfigError` naming the choices."""
+    normalized = value.strip().lower()
+    if normalized not in REGIMES:
+        raise ConfigError(f"unknown compute regime {value!r}; choose one of {', '.join(REGIMES)}")
+    return cast(Regime, normalized)
+
+
+def default_compute() -> Regime:
+    """``gpu`` when torch sees a CUDA device, else ``cpu`` (also when torch is missing)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def regime_of(record: RunRecord) -> Regime:
+    """The regime a run belongs to (stored note first, else derived from source and model)."""
+    note = record.provenance.notes.get("regime")
+    if isinstance(note, str) and note in REGIMES:
+        return cast(Regime, note)
+    if record.source == "quicktune":
+        return "gpu"
+    if record.source == "own":
+        return "cpu"
+    from metallmix.tools.meta.search_space import CPU_ZOO_MODELS, QUICKTUNE_MODELS
+
+    if record.model in QUICKTUNE_MODELS and record.model not in CPU_ZOO_MODELS:
+        return "gpu"
+    return "cpu"
+
+
+def regime_of_space(space_name: str) -> Regime | None:
+    """The regime whose shipped space is ``space_name`` (None for an unknown name)."""
+    return next((r for r, name in REGIME_SPACE.items() if name == space_name), None)
+
+
+def counts_by_regime(records: Iterable[RunRecord]) -> dict[str, int]:
+    """Runs per regime, every regime listed (0 when absent)."""
+    counts = Counter(regime_of(r) for r in records)
+    return {regime: counts.get(regime, 0) for regime in REGIMES}
+
+
+def counts_by_source_and_regime(records: Iterable[RunRecord]) -> dict[str, dict[str, int]]:
+    """``{regime: {source: runs}}``, sources sorted; regimes without runs are left out."""
+    nested: dict[str, Counter[str]] = {}
+    for record in records:
+        nested.setdefault(regime_of(record), Counter())[record.source] += 1
+    return {r: dict(sorted(nested[r].items())) for r in REGIMES if r in nested}
+
+
+class RegimeView(KnowledgeBase):
+    """The runs of one regime of another KB, read-only.
+
+    The records are read once, when the view is made: a recommendation reads the KB several
+    times and must see one content (the meta-learner and the retrieval index are cached by
+    that content's hash).
+    """
+
+    def __init__(
+        self, kb: KnowledgeBase, regime: Regime, records: Iterable[RunRecord] | None = None
+    ) -> None:
+        self.kb = kb
+        self.regime = regime
+        source = kb.iter_records() if records is None else records
+        self._records = [r for r in source if regime_of(r) == regime]
+
+    @property
+    def location(self) -> str:
+        return f"{self.kb.location} [{self.regime} runs]"
+
+    def layers(self) -> list[str]:
+        return self.kb.layers()
+
+    def add(self, records: Iterable[RunRecord]) -> AddResult:
+        raise KnowledgeBaseError(
+            f"{self.location} is a read-only view of one compute regime; add runs to "
+            f"{self.kb.location} itself"
+        )
+
+    def iter_records(self) -> Iterator[RunRecord]:
+        return iter(self._records)
+
+    def run_ids(self) -> set[str]:
+        return {r.run_id for r in self._records}
+
+
+def resolve_regime(
+    kb: KnowledgeBase,
+    compute: str | None = None,
+    space: str | None = None,
+    records: Iterable[RunRecord] | None = None,
+) -> Regime:
+    """The regime a recommendation uses: ``compute`` if given, else the regime of the named
+    ``space``, else this machine's (:func:`default_compute`).
+
+    An explicit choice the KB has no run for is an error. The machine's default falls back
+    to the regime the KB does hold (a KB of Quick-Tune runs still answers on a laptop).
+    """
+    counts = counts_by_regime(kb.iter_records() if records is None else records)
+    explicit = compute is not None or (space is not None and regime_of_space(space) is not None)
+    if compute is not None:
+        regime = check_regime(compute)
+    elif space is not None and regime_of_space(space) is not None:
+        regime = cast(Regime, regime_of_space(space))
+    else:
+        regime = default_compute()
+    if counts[regime] == 0:
+        held = [r for r in REGIMES if counts[r]]
+        if explicit or not held:
+            have = ", ".join(f"{counts[r]} {r}" for r in held) or "no runs"
+            other = f"; pass --compute {held[0]}" if held else ""
+            raise KnowledgeBaseError(
+                f"the knowledge base {kb.location} holds no run of the {regime} regime "
+                f"({REGIME_DESCRIPTION[regime]}); it has {have}{other}, or import {regime} "
+                "runs (`metallmix kb import-quicktune` for gpu, `metallmix kb build` for cpu)"
+            )
+        regime = held[0]
+    return regime
+
+
+def regime_kb(
+    kb: KnowledgeBase, regime: Regime, records: Iterable[RunRecord] | None = None
+) -> KnowledgeBase:
+    """``kb`` itself when all its runs are of ``regime``, else a :class:`RegimeView`
+    (``records``: the KB's records when already read)."""
+    every = list(kb.iter_records() if records is None else records)
+    view = RegimeView(kb, regime, every)
+    return kb if len(view.run_ids()) == len(every) else view
