@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from metallmix.agents.fake_llm import ScriptedLLM
-from metallmix.agents.schemas import JudgeScores, LLMChoice, Recommendation
+from metallmix.agents.schemas import LLMChoice, Recommendation
 from metallmix.cli import main
 from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, RunRecord
@@ -29,7 +29,12 @@ from metallmix.tools.kb.regime import (
 )
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta import metric
-from metallmix.tools.meta.search_space import CPU_ZOO_MODELS, QUICKTUNE_MODELS, QUICKTUNE_SPACE
+from metallmix.tools.meta.search_space import (
+    CPU_ZOO_MODELS,
+    CPU_ZOO_SPACE,
+    QUICKTUNE_MODELS,
+    QUICKTUNE_SPACE,
+)
 from metallmix.tools.meta.synthetic import synthetic_records
 from metallmix.tools.metafeatures import MetaFeatures, meta_features_from_counts
 
@@ -201,7 +206,8 @@ def test_shortlist_node_uses_the_regimes_space_and_runs(
     shortlist = nodes.shortlist(state, config)["shortlist"]
     assert shortlist.regime == compute
     assert shortlist.candidates and all(c.model in models for c in shortlist.candidates)
-    assert all(c.pretrained == (compute == "gpu") for c in shortlist.candidates)
+    space = CPU_ZOO_SPACE if compute == "cpu" else QUICKTUNE_SPACE
+    assert all(c.pretrained == space.is_pretrained(c.model) for c in shortlist.candidates)
     by_id = {r.run_id: r for r in kb.iter_records()}
     assert {by_id[s.run_id].source for s in shortlist.similar_runs} == {source}
     retrieved = nodes.retrieve(state, config)["similar_runs"]
@@ -213,9 +219,8 @@ def test_shortlist_node_uses_the_regimes_space_and_runs(
 def test_recommend_json_has_metric_fields_per_regime(
     mixed_kb: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = LLMChoice(candidate_id="c1", confidence="high", explanation="It reaches 99.9%.")
-    low = JudgeScores(format=2, accuracy=1, completeness=1, critique="Invented number.")
-    llm = ScriptedLLM([bad, low, bad, low])
+    bad = LLMChoice(candidate_id="c1", facts=["f1"], runs=["r1"], rationale="It reaches 99.9%.")
+    llm = ScriptedLLM([bad, bad])  # rejected twice: the templated fallback
     monkeypatch.setattr("metallmix.agents.llm.load_llm", lambda *a, **k: llm)
     from metallmix.cli.recommend import example_card
 
