@@ -10,8 +10,10 @@ structural checks pass by construction; what is left to check is the LLM's words
 
 The LLM then scores format, accuracy and completeness (the paper's three criteria). Its
 grading is itself a check: an answer that fails the code checks is not graded (its critique
-is already known), a grading that fails to parse is retried once and then fails the verdict,
-and a score of 1 on any criterion rejects the answer. A missing grade is never a pass.
+is already known), a grading that fails to parse is retried once and then fails the verdict.
+A missing grade is never a pass. The scores themselves are recorded, not gating: on the
+benchmark the 0.5B judge gave format 1/5 to answers whose every check held (and 5/5/5 to
+others while its critique said they were wrong), so a score gate only added noise.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ MIN_EXPLANATION_CHARS = 40
 # ~30 tokens of JSON around the critique, which the grammar bounds to MAX_CRITIQUE_CHARS
 # characters (at worst one token each): a grading can never be cut off.
 MAX_TOKENS = 48 + MAX_CRITIQUE_CHARS
-MIN_SCORE = 2  # a 1 ("bad") on any criterion rejects the answer
 GRADING_TRIES = 2
 
 
@@ -271,17 +272,6 @@ def judge(
         checks["llm_graded"] = graded
         if scores is None:
             failures.append(f"the LLM judge's grading failed twice: {llm_error}")
-        else:
-            low = [
-                name
-                for name in ("format", "accuracy", "completeness")
-                if getattr(scores, name) < MIN_SCORE
-            ]
-            checks["llm_scores"] = not low
-            if low:
-                failures.append(
-                    f"the LLM judge scored {', '.join(low)} 1/5: {scores.critique.strip()}"
-                )
     critique_parts = list(failures)
     verdict = JudgeVerdict(
         attempt=attempt,

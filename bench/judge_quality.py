@@ -120,7 +120,7 @@ def inputs(kb_path: str) -> list[tuple[str, Any]]:
 
 
 # ----------------------------------------------------------------- part 1: the voice
-def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str) -> dict[str, Any]:
+def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None) -> dict[str, Any]:
     """One untracked recommendation through the real graph; the whole final state."""
     from metallmix import api
     from metallmix.tools.metafeatures import MetaFeatures
@@ -130,13 +130,9 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str) -> dic
         inputs_["meta_features"] = data
     else:
         inputs_["data"] = data
-    configurable = {
-        "seed": 0,
-        "llm_instance": llm,
-        "kb_instance": kb,
-        "track": False,
-        "choose": choose,
-    }
+    configurable = {"seed": 0, "llm_instance": llm, "kb_instance": kb, "track": False}
+    if choose:
+        configurable["choose"] = choose
     before = load()
     started = time.perf_counter()
     final = api._invoke(inputs_, configurable)
@@ -183,7 +179,9 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str) -> dic
     }
 
 
-def voice(models: list[str], limit: int | None, kb_path: str, choose: str) -> list[dict[str, Any]]:
+def voice(
+    models: list[str], limit: int | None, kb_path: str, choose: str | None
+) -> list[dict[str, Any]]:
     from metallmix.agents.llm import load_llm
     from metallmix.tools.kb.store import open_kb
 
@@ -395,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="fast,default")
     parser.add_argument("--limit", type=int, default=None, help="first N inputs (default: all)")
     parser.add_argument("--kb", default=str(ROOT / "metallmix" / "data" / "kb.sqlite"))
-    parser.add_argument("--choose", default="llm", choices=["llm", "top1"])
+    parser.add_argument(
+        "--choose", default=None, choices=["llm", "top1"], help="default: the graph's (top1)"
+    )
     parser.add_argument(
         "--lodo-kb", default=None, help="KB for part 2 (default: ../shared/data/quicktune/extended)"
     )
