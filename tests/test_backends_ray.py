@@ -164,6 +164,8 @@ def test_cli_kb_build_on_ray(ray_backend: RayBackend, data_dir: Path, tmp_path: 
             str(kb),
             "--backend",
             "ray",
+            "--limit",
+            "1",
             "--json",
         ]
     )
@@ -192,52 +194,10 @@ def test_bench_compare_runs_its_searches_on_ray(ray_backend: RayBackend, tmp_pat
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real ``mlflow server`` on loopback over this test's SQLite store."""
-    import shutil
-    import subprocess
-    import time
+    from mlflow_server import serve_mlflow  # type: ignore[import-not-found]
 
-    from test_mlflow_ui import free_port, get
-
-    from metallmix import config
-
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("mlflow CLI not on PATH")
-    port = free_port()
-    db = config.tracking_uri()
-    artifacts = Path(db.removeprefix("sqlite:///")).parent / "artifacts"
-    log_path = tmp_path / "mlflow-server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                *(exe, "server", "--backend-store-uri", db),
-                *("--default-artifact-root", str(artifacts), "--host", "127.0.0.1"),
-                *("--port", str(port), "--workers", "1"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
-                try:
-                    if get(f"{url}/health").strip() == b"OK":
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server not up:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with serve_mlflow(tmp_path / "mlflow-server.log", timeout=120) as url:
+        yield url
 
 
 def logs_directly(job: TrialJob, data: object) -> TrialOutcome:

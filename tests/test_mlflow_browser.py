@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_mlflow_ui import free_port, get  # type: ignore[import-not-found]
-
-from metallmix import config
+from mlflow_server import serve_mlflow  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
 
@@ -110,44 +105,6 @@ def recommendation() -> Any:
     )
 
 
-@contextmanager
-def mlflow_server(log_path: Path) -> Iterator[str]:
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("mlflow CLI not on PATH")
-    port = free_port()
-    store = config.tracking_uri()
-    with log_path.open("w") as log:
-        command = [exe, "server", "--backend-store-uri", store, "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--workers", "1"]
-        proc = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
-                try:
-                    if get(f"{url}/health").strip() == b"OK":
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server not up:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 def screenshot(page: Any, name: str) -> None:
     """Write a README screenshot (palette PNG, small) when METALLMIX_SCREENSHOTS says where."""
     folder = os.environ.get("METALLMIX_SCREENSHOTS")
@@ -198,7 +155,7 @@ def test_mlflow_ui_shows_the_answer_and_renders_the_report(
     name = f"isic2018 -> {rec.model} {rec.expected_accuracy:.1%}"
     assert run.info.run_name == name
 
-    with mlflow_server(tmp_path / "mlflow-server.log") as url:
+    with serve_mlflow(tmp_path / "mlflow-server.log", artifacts=False) as url:
         page = browser.new_page(viewport={"width": 1360, "height": 760})
         # the runs table: the answer is the run's name
         page.goto(f"{url}/#/experiments/{exp}/runs")

@@ -9,12 +9,6 @@ read back over the REST API the UI itself uses.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -22,19 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from metallmix import config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return bytes(response.read())
+from mlflow_server import get, serve_mlflow  # type: ignore[import-not-found]
 
 
 def get_json(url: str, **query: str) -> Any:
@@ -57,55 +39,8 @@ def recommendation_run() -> str:
 
 @pytest.fixture
 def server(tmp_path: Path, recommendation_run: str) -> Iterator[str]:
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("mlflow CLI not on PATH")
-    port = free_port()
-    db = config.tracking_uri()
-    artifacts = Path(db.removeprefix("sqlite:///")).parent / "artifacts"
-    log_path = tmp_path / "mlflow-server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "server",
-            "--backend-store-uri",
-            db,
-            "--default-artifact-root",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                if get(f"{url}/health").strip() == b"OK":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server not up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serve_mlflow(tmp_path / "mlflow-server.log", timeout=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.mark.slow
