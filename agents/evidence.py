@@ -311,8 +311,12 @@ def render_explanation(
     runs: list[SimilarRun],
     rationale: str,
     confidence: Confidence,
+    metric: str = "accuracy",
 ) -> str:
-    """The explanation: the LLM's connecting words, then every number, written by code."""
+    """The explanation: the LLM's connecting words, then every number, written by code.
+
+    ``metric`` names what the prediction is in (the shortlist's metric, e.g. balanced accuracy
+    for medical runs), so the words never call a balanced-accuracy prediction "accuracy"."""
     start = "pretrained" if c.pretrained else "from scratch"
     band = "narrow" if is_narrow(c) else "wide"
     parts = []
@@ -320,7 +324,7 @@ def render_explanation(
     if words:
         parts.append(words if words[-1] in ".!?" else words + ".")
     parts.append(
-        f"{c.model} ({start}) has a predicted validation accuracy of "
+        f"{c.model} ({start}) has a predicted validation {metric.replace('_', ' ')} of "
         f"{pct(c.predicted_accuracy)}, interval {pct(c.accuracy_low)} to "
         f"{pct(c.accuracy_high)} ({band}; {confidence} confidence), and an expected training "
         f"time of {seconds(c.predicted_seconds)}."

@@ -117,7 +117,9 @@ def from_candidate(
     confidence = confidence_for(candidate, shown_runs if shown_runs is not None else runs)
     if shortlist.ood:  # outside what the KB covers: never more than low confidence
         confidence = "low"
-    explanation = render_explanation(candidate, facts, runs, rationale, confidence)
+    explanation = render_explanation(
+        candidate, facts, runs, rationale, confidence, metric=shortlist.metric
+    )
     if shortlist.ood:
         explanation += (
             f" Out of the knowledge base's range ({ood_note(shortlist.ood_reasons)}): "
