@@ -120,6 +120,28 @@ def inputs(kb_path: str) -> list[tuple[str, Any]]:
 
 
 # ----------------------------------------------------------------- part 1: the voice
+def _final_state(
+    graph: Any, inputs_: dict[str, Any], configurable: dict[str, Any]
+) -> dict[str, Any]:
+    """The whole final state, rebuilt from the node updates.
+
+    The graph's output schema returns only the recommendation and the run id; the benchmark
+    needs the judge's verdicts and the LLM exchanges too, so it folds the per-node updates
+    (lists append and timings merge, like the state's reducers; the rest is replaced)."""
+    final: dict[str, Any] = {"verdicts": [], "exchanges": []}
+    config: Any = {"configurable": configurable}
+    for update in graph.stream(inputs_, config=config, stream_mode="updates"):
+        for delta in update.values():
+            for key, value in (delta or {}).items():
+                if key in ("verdicts", "exchanges"):
+                    final[key] = final[key] + list(value)
+                elif key == "timings":
+                    final[key] = {**final.get(key, {}), **value}
+                else:
+                    final[key] = value
+    return final
+
+
 def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None) -> dict[str, Any]:
     """One untracked recommendation through the real graph; the whole final state."""
     from metallmix import api
@@ -135,7 +157,7 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
         configurable["choose"] = choose
     before = load()
     started = time.perf_counter()
-    final = api._invoke(inputs_, configurable)
+    final = _final_state(api._graph(), inputs_, configurable)
     total = time.perf_counter() - started
     rec = final["recommendation"]
     verdicts = final["verdicts"]
