@@ -422,33 +422,33 @@ class SQLiteKnowledgeBase(KnowledgeBase):
             )
             for r in records
         ]
-        conn = self._connect()
-        try:
-            with self._sqlite_errors("write to"):
-                conn.execute("BEGIN IMMEDIATE")
-                before = conn.total_changes
-                conn.executemany("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                inserted = conn.total_changes - before
-                conn.execute("COMMIT")
-        except BaseException:
-            with self._sqlite_errors("write to"):
-                conn.rollback()
-            raise
-        finally:
-            conn.close()
+        inserted = self._write("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return AddResult(inserted=inserted, skipped=len(rows) - inserted)
 
     def remove(self, run_ids: Iterable[str]) -> int:
         if self.read_only:
             raise KnowledgeBaseError(f"knowledge base {self.path} is read-only")
         ids = [(run_id,) for run_id in dict.fromkeys(run_ids)]
+        removed = self._write("DELETE FROM runs WHERE run_id = ?", ids)
+        for (run_id,) in ids:
+            self.unreadable.pop(run_id, None)
+        return removed
+
+    def unreadable_records(self) -> dict[str, str]:
+        return dict(self.unreadable)
+
+    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> int:
+        """Run one statement over ``rows`` in a single IMMEDIATE transaction; rows changed.
+
+        The one write path of the store: any failure (or a kill) rolls the whole batch back,
+        so an import or a removal is all-or-nothing."""
         conn = self._connect()
         try:
             with self._sqlite_errors("write to"):
                 conn.execute("BEGIN IMMEDIATE")
                 before = conn.total_changes
-                conn.executemany("DELETE FROM runs WHERE run_id = ?", ids)
-                removed = conn.total_changes - before
+                conn.executemany(sql, rows)
+                changed = conn.total_changes - before
                 conn.execute("COMMIT")
         except BaseException:
             with self._sqlite_errors("write to"):
@@ -456,12 +456,7 @@ class SQLiteKnowledgeBase(KnowledgeBase):
             raise
         finally:
             conn.close()
-        for (run_id,) in ids:
-            self.unreadable.pop(run_id, None)
-        return removed
-
-    def unreadable_records(self) -> dict[str, str]:
-        return dict(self.unreadable)
+        return changed
 
     def _parse(self, run_id: str, payload: str) -> RunRecord | None:
         """The record, or None (reported once, kept in ``unreadable``) for a bad row."""
