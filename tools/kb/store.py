@@ -437,7 +437,7 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     def unreadable_records(self) -> dict[str, str]:
         return dict(self.unreadable)
 
-    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> int:
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> int:
         """Run one statement over ``rows`` in a single IMMEDIATE transaction; rows changed.
 
         The one write path of the store: any failure (or a kill) rolls the whole batch back,
