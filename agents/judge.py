@@ -33,8 +33,8 @@ from metallmix.agents.evidence import (
     render_evidence,
     scrub,
 )
-from metallmix.agents.llm import ChatLLM, LLMOutputError
 from metallmix.agents.recommender import Exchange
+from metallmix.agents.runtime.llm import ChatLLM, LLMOutputError
 from metallmix.agents.schemas import MAX_CRITIQUE_CHARS, JudgeScores, JudgeVerdict, Recommendation
 from metallmix.prompts import load_prompt, render_prompt
 from metallmix.tools.meta.contracts import Shortlist

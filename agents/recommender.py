@@ -28,7 +28,7 @@ from metallmix.agents.evidence import (
     to_choice,
     top_facts,
 )
-from metallmix.agents.llm import ChatLLM, LLMOutputError
+from metallmix.agents.runtime.llm import ChatLLM, LLMOutputError
 from metallmix.agents.schemas import LLMChoice, Recommendation
 from metallmix.prompts import load_prompt, render_prompt
 from metallmix.tools.meta.contracts import (

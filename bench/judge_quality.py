@@ -204,7 +204,7 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
 def voice(
     models: list[str], limit: int | None, kb_path: str, choose: str | None
 ) -> list[dict[str, Any]]:
-    from metallmix.agents.llm import load_llm
+    from metallmix.agents.runtime.llm import load_llm
     from metallmix.tools.kb.store import open_kb
 
     kb = open_kb(kb_path, read_only=True)
@@ -256,8 +256,8 @@ def lodo_choice(model: str, kb_spec: str, limit: int | None, seed: int = 0) -> l
     """Per held-out dataset: regret of the meta-learner's top-1 and of the LLM's pick."""
     import numpy as np
 
-    from metallmix.agents.llm import load_llm
     from metallmix.agents.recommender import recommend_once
+    from metallmix.agents.runtime.llm import load_llm
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
     from metallmix.tools.meta.contracts import Candidate, Shortlist
     from metallmix.tools.meta.encoding import candidates_frame

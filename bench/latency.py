@@ -62,7 +62,7 @@ def setup(workdir: Path, kb_arg: str | None) -> str:
 
 
 def make_cold(cache: Path) -> None:
-    from metallmix.agents.llm import unload_all
+    from metallmix.agents.runtime.llm import unload_all
 
     unload_all()
     for sub in ("metalearner", "retrieval"):

@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from metallmix.agents.llm import LocalLLM, load_llm, thread_setting, unload_all
-from metallmix.agents.llm_weights import resolve_weights
+from metallmix.agents.runtime.llm import LocalLLM, load_llm, thread_setting, unload_all
+from metallmix.agents.runtime.weights import resolve_weights
 
 CANDIDATES = ["resnet18", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "vit_tiny"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from concurrent.futures import Future
 
-from metallmix.agents.llm import ChatLLM
+from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.graphs.configuration import Configuration
 from metallmix.tools.kb.regime import REGIME_SPACE, Regime, regime_kb, resolve_regime
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
@@ -23,7 +23,7 @@ def get_llm(cfg: Configuration) -> ChatLLM:
         if isinstance(cfg.llm_instance, Future):
             return cfg.llm_instance.result()
         return cfg.llm_instance
-    from metallmix.agents.llm import load_llm
+    from metallmix.agents.runtime.llm import load_llm
 
     return load_llm(cfg.llm, seed=cfg.seed)
 

@@ -20,7 +20,7 @@ from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError, DatasetError, MetaLLMiXError
 
 if TYPE_CHECKING:
-    from metallmix.agents.llm import ChatLLM
+    from metallmix.agents.runtime.llm import ChatLLM
     from metallmix.tools.kb.records import RunRecord
     from metallmix.tools.kb.store import KnowledgeBase
     from metallmix.tools.meta.contracts import Shortlist
@@ -77,10 +77,10 @@ def _load_in_background(llm: str | os.PathLike[str] | None, seed: int) -> Any:
     does not exist fails at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from metallmix.agents import llm as llm_module
+    from metallmix.agents.runtime import llm as llm_module
 
     if llm is not None and str(llm).endswith(".gguf") and not Path(llm).expanduser().exists():
-        from metallmix.agents.llm_weights import resolve_weights
+        from metallmix.agents.runtime.weights import resolve_weights
 
         resolve_weights(llm)  # raises the standard "not found" message
     global _LOADER

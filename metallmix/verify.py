@@ -27,7 +27,7 @@ from metallmix.errors import ConfigError
 from metallmix.tools.training.verify import RunResult, VerifyResult
 
 if TYPE_CHECKING:
-    from metallmix.agents.llm import ChatLLM
+    from metallmix.agents.runtime.llm import ChatLLM
     from metallmix.tools.kb.store import KnowledgeBase
     from metallmix.tools.meta.contracts import Shortlist
 

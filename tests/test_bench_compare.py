@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.cli import main
 from metallmix.errors import ConfigError
 from metallmix.tools.compare import (
@@ -275,7 +275,7 @@ def _check_cli(tmp_path: Path, out: str) -> dict[str, Any]:
 def test_cli_compare_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import metallmix.agents.llm as llm_module
+    import metallmix.agents.runtime.llm as llm_module
 
     monkeypatch.setattr(llm_module, "load_llm", lambda *a, **k: bad_llm())
     assert main(_cli(tmp_path)) == 0

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from metallmix.agents.evidence import Number, grounded, numbers_in, scrub
-from metallmix.agents.fake_llm import ScriptedLLM
 from metallmix.agents.judge import hard_checks
 from metallmix.agents.recommender import evidence_for, fallback_recommendation, from_choice
+from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.agents.schemas import JudgeScores, LLMChoice, Recommendation
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
@@ -231,7 +231,7 @@ def test_uncited_fact_and_run_fail_completeness() -> None:
 
 def test_grammar_allows_only_this_requests_ids() -> None:
     from metallmix.agents.evidence import answer_schema
-    from metallmix.agents.llm import LLMOutputError
+    from metallmix.agents.runtime.llm import LLMOutputError
 
     ev = evidence_for("breast", make_shortlist())
     schema = answer_schema(ev).model_json_schema()

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from metallmix.agents.fake_llm import ScriptedLLM
-from metallmix.agents.llm import ChatLLM, LLMOutputError, load_llm
-from metallmix.agents.llm_registry import get_spec
+from metallmix.agents.runtime.fake import ScriptedLLM
+from metallmix.agents.runtime.llm import ChatLLM, LLMOutputError, load_llm
+from metallmix.agents.runtime.registry import get_spec
 from metallmix.errors import MetaLLMiXError
 
 QUESTION = [
@@ -120,7 +120,7 @@ def _facts(tag: str) -> list[dict[str, str]]:
 @pytest.mark.real
 @pytest.mark.usefixtures("real")
 def test_real_answer_does_not_depend_on_what_the_cache_holds() -> None:
-    from metallmix.agents.llm import LocalLLM
+    from metallmix.agents.runtime.llm import LocalLLM
 
     shared = load_llm("fast")
     fresh = LocalLLM(shared.path, name=shared.name, sha256=shared.sha256)
@@ -168,7 +168,7 @@ def test_real_default_model_chat_json() -> None:
 
 
 def test_auto_threads_follow_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    from metallmix.agents import llm as llm_module
+    from metallmix.agents.runtime import llm as llm_module
 
     monkeypatch.setattr(llm_module.os, "sched_getaffinity", lambda _pid: {0, 1})
     for others, expected in ((0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (12.0, 1)):
@@ -181,7 +181,7 @@ def test_auto_threads_follow_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_thread_setting_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from metallmix.agents.llm import thread_setting
+    from metallmix.agents.runtime.llm import thread_setting
 
     monkeypatch.delenv("METALLMIX_LLM_THREADS", raising=False)
     assert thread_setting() is None

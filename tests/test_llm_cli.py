@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_llm_weights import FakeModel
 
-from metallmix.agents.llm_weights import llm_cache_dir
+from metallmix.agents.runtime.weights import llm_cache_dir
 from metallmix.cli import main
 
 

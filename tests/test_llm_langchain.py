@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from metallmix.agents.fake_llm import ScriptedLLM
-from metallmix.agents.langchain_adapter import as_langchain, chat_llama_cpp, to_chat_messages
+from metallmix.agents.runtime.fake import ScriptedLLM
+from metallmix.agents.runtime.langchain_adapter import (
+    as_langchain,
+    chat_llama_cpp,
+    to_chat_messages,
+)
 from metallmix.errors import MetaLLMiXError
 
 MESSAGES = [SystemMessage("Answer in one word."), HumanMessage("Colour of the sky?")]
@@ -47,7 +51,7 @@ def real(
 @pytest.mark.real
 @pytest.mark.usefixtures("real")
 def test_real_model_behind_langchain_interface() -> None:
-    from metallmix.agents.llm import load_llm
+    from metallmix.agents.runtime.llm import load_llm
 
     llm = load_llm("fast")
     reply = as_langchain(llm, max_tokens=6).invoke(MESSAGES)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from metallmix.agents import llm_registry, llm_weights
-from metallmix.agents.llm_registry import REGISTRY, ModelSpec
-from metallmix.agents.llm_weights import resolve_weights
+from metallmix.agents.runtime import registry as llm_registry
+from metallmix.agents.runtime import weights as llm_weights
+from metallmix.agents.runtime.registry import REGISTRY, ModelSpec
+from metallmix.agents.runtime.weights import resolve_weights
 from metallmix.errors import ModelUnavailableError
 
 

@@ -61,7 +61,7 @@ def _scripted_answer(shortlist: Any) -> Any:
     """The answer a good model would give: candidate c1, its first SHAP fact, a cited run."""
     from pydantic import ValidationError
 
-    from metallmix.agents.llm import LLMOutputError
+    from metallmix.agents.runtime.llm import LLMOutputError
     from metallmix.agents.schemas import LLMChoice
 
     c1 = shortlist.candidates[0]
@@ -82,7 +82,7 @@ def _scripted_answer(shortlist: Any) -> Any:
 @pytest.fixture
 def recommendation() -> Any:
     import metallmix
-    from metallmix.agents.fake_llm import ScriptedLLM
+    from metallmix.agents.runtime.fake import ScriptedLLM
     from metallmix.cli.recommend import example_card
     from metallmix.tools.kb.store import open_kb
     from metallmix.tools.meta.shortlist import build_shortlist

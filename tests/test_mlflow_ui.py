@@ -28,7 +28,7 @@ def recommendation_run() -> str:
     from test_graph_unit import GOOD, SCORES, make_shortlist  # type: ignore[import-not-found]
 
     import metallmix
-    from metallmix.agents.fake_llm import ScriptedLLM
+    from metallmix.agents.runtime.fake import ScriptedLLM
 
     rec = metallmix.recommend(
         None, llm=ScriptedLLM([GOOD, SCORES]), shortlist=make_shortlist(), name="breast"

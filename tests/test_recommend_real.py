@@ -127,7 +127,7 @@ def test_real_fast_end_to_end(real: Path) -> None:
 
 def test_real_regeneration_after_forced_rejection(real: Path) -> None:
     import metallmix
-    from metallmix.agents.llm import load_llm
+    from metallmix.agents.runtime.llm import load_llm
 
     llm = Override(load_llm("fast"), bad={1}, answer=INVENTED)
     rec = metallmix.recommend(card(), llm=llm, kb=real, seed=0)
@@ -142,7 +142,7 @@ def test_real_regeneration_after_forced_rejection(real: Path) -> None:
 
 def test_real_fallback_after_two_rejections(real: Path) -> None:
     import metallmix
-    from metallmix.agents.llm import load_llm
+    from metallmix.agents.runtime.llm import load_llm
 
     llm = Override(load_llm("fast"), bad={1, 2}, answer=INVENTED)
     rec = metallmix.recommend(card(), llm=llm, kb=real, seed=0)
@@ -173,7 +173,7 @@ def test_missing_gguf_is_a_clear_error(real: Path, tmp_path: Path) -> None:
 
 def test_sha_mismatch_is_a_clear_error(real: Path, tmp_path: Path) -> None:
     import metallmix
-    from metallmix.agents.llm_registry import get_spec
+    from metallmix.agents.runtime.registry import get_spec
     from metallmix.errors import ModelUnavailableError
 
     spec = get_spec("fast")
@@ -187,7 +187,7 @@ def test_sha_mismatch_is_a_clear_error(real: Path, tmp_path: Path) -> None:
 
 def test_corrupt_dataset_is_a_clear_error(real: Path, tmp_path: Path) -> None:
     import metallmix
-    from metallmix.agents.fake_llm import ScriptedLLM
+    from metallmix.agents.runtime.fake import ScriptedLLM
     from metallmix.errors import DatasetError
 
     bad = tmp_path / "broken.npz"
@@ -201,7 +201,7 @@ def test_real_saved_system_prompt_state_gives_the_same_answer(
 ) -> None:
     """The fixed system prompt's KV state, computed and saved by one process and loaded by
     the next, must not change the answer (issue 13: state saved once, loaded per request)."""
-    from metallmix.agents.llm import load_llm, unload_all
+    from metallmix.agents.runtime.llm import load_llm, unload_all
     from metallmix.agents.schemas import JudgeScores
     from metallmix.prompts import load_prompt
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.agents.schemas import LLMChoice, Recommendation
 from metallmix.cli import main
 from metallmix.errors import ConfigError, KnowledgeBaseError
@@ -221,7 +221,7 @@ def test_recommend_json_has_metric_fields_per_regime(
 ) -> None:
     bad = LLMChoice(candidate_id="c1", facts=["f1"], runs=["r1"], rationale="It reaches 99.9%.")
     llm = ScriptedLLM([bad, bad])  # rejected twice: the templated fallback
-    monkeypatch.setattr("metallmix.agents.llm.load_llm", lambda *a, **k: llm)
+    monkeypatch.setattr("metallmix.agents.runtime.llm.load_llm", lambda *a, **k: llm)
     from metallmix.cli.recommend import example_card
 
     card = str(example_card("isic2018"))

@@ -13,7 +13,7 @@ from test_graph_unit import GOOD, SCORES, make_shortlist  # type: ignore[import-
 
 import metallmix
 from metallmix import tracking
-from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.errors import DatasetError
 
 

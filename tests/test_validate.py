@@ -10,8 +10,8 @@ import numpy as np
 
 import metallmix
 from metallmix import tracking
-from metallmix.agents.fake_llm import ScriptedLLM
-from metallmix.agents.llm import LLMOutputError
+from metallmix.agents.runtime.fake import ScriptedLLM
+from metallmix.agents.runtime.llm import LLMOutputError
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist

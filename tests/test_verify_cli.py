@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_train_trainer import write_npz
 
-from metallmix.agents.fake_llm import ScriptedLLM
+from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.agents.schemas import LLMChoice
 from metallmix.cli import main
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
@@ -41,7 +41,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
     def fake_load(name: Any = None, **_: Any) -> ScriptedLLM:
         return llm
 
-    monkeypatch.setattr("metallmix.agents.llm.load_llm", fake_load)
+    monkeypatch.setattr("metallmix.agents.runtime.llm.load_llm", fake_load)
     return llm
 
 

@@ -52,7 +52,7 @@ from metallmix.tools.meta.search_space import (
 )
 
 if TYPE_CHECKING:
-    from metallmix.agents.llm import ChatLLM
+    from metallmix.agents.runtime.llm import ChatLLM
     from metallmix.tools.datasets import Dataset
 
 EXPERIMENT = "metallmix-compare"
@@ -369,7 +369,7 @@ class _Run:
         if self.llm_obj is not None:
             return self.llm_obj
         if self.llm_spec is None or isinstance(self.llm_spec, str | os.PathLike):
-            from metallmix.agents.llm import load_llm
+            from metallmix.agents.runtime.llm import load_llm
 
             self.llm_obj = load_llm(self.llm_spec)
         else:

