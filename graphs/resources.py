@@ -11,7 +11,8 @@ from concurrent.futures import Future
 
 from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.graphs.configuration import Configuration
-from metallmix.tools.kb.regime import REGIME_SPACE, Regime, regime_kb, resolve_regime
+from metallmix.tools.kb.regime import REGIME_SPACE, Regime
+from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SPACES, SearchSpace, get_space
 

@@ -18,8 +18,8 @@ from metallmix.tools.kb.regime import (
     Regime,
     check_regime,
     counts_by_regime,
-    regime_kb,
 )
+from metallmix.tools.kb.regime_view import regime_kb
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.metafeatures import MetaFeatures

@@ -20,13 +20,8 @@ from metallmix.agents.schemas import LLMChoice, Recommendation
 from metallmix.cli import main
 from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, RunRecord
-from metallmix.tools.kb.regime import (
-    RegimeView,
-    check_regime,
-    counts_by_regime,
-    regime_of,
-    resolve_regime,
-)
+from metallmix.tools.kb.regime import check_regime, counts_by_regime, regime_of
+from metallmix.tools.kb.regime_view import RegimeView, resolve_regime
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta import metric
 from metallmix.tools.meta.search_space import (
@@ -177,7 +172,7 @@ def test_resolve_regime_explicit_default_and_fallback(
     kb = SQLiteKnowledgeBase(mixed_kb)
     assert resolve_regime(kb, "gpu") == "gpu" and resolve_regime(kb, "cpu") == "cpu"
     assert resolve_regime(kb, space="quicktune") == "gpu"
-    monkeypatch.setattr("metallmix.tools.kb.regime.default_compute", lambda: "gpu")
+    monkeypatch.setattr("metallmix.tools.kb.regime_view.default_compute", lambda: "gpu")
     assert resolve_regime(kb) == "gpu"
     cpu_only = SQLiteKnowledgeBase(tmp_path / "cpu.sqlite")
     cpu_only.add(synthetic_records(2, 5, seed=0))

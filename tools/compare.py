@@ -425,7 +425,7 @@ class _Run:
         if found is not None:
             return found
         from metallmix.api import recommend
-        from metallmix.tools.kb.regime import regime_kb
+        from metallmix.tools.kb.regime_view import regime_kb
         from metallmix.tools.meta.metric import metric_of_runs
         from metallmix.tools.meta.shortlist import build_shortlist
         from metallmix.tools.metafeatures import compute_meta_features
@@ -672,7 +672,7 @@ class _Run:
         )
 
     def _shortlist(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[Any]:
-        from metallmix.tools.kb.regime import regime_kb
+        from metallmix.tools.kb.regime_view import regime_kb
         from metallmix.tools.meta.shortlist import build_shortlist
         from metallmix.tools.metafeatures import compute_meta_features
 
