@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.frame import records_to_frame
@@ -184,3 +185,20 @@ def test_conformal_quantile_widens_only() -> None:
     assert conformal_quantile(np.array([-0.2, -0.1, -0.05])) == 0.0  # never narrows
     scores = np.linspace(0.0, 0.09, 10)
     assert conformal_quantile(scores) == pytest.approx(0.08)  # ceil(11 * 0.8) = 9th value
+
+
+def test_contributions_are_the_shap_libraries_tree_shap(records) -> None:  # type: ignore[no-untyped-def]
+    """XGBoost's built-in TreeSHAP (used for speed) equals shap.TreeExplainer's values,
+    and the values add up to the prediction (SHAP's local accuracy)."""
+    import shap
+
+    learner = MetaLearner.fit(records, MetaLearnerConfig(**SMALL))
+    frame = records_to_frame(records[:12])
+    values, base = learner.contributions(frame)
+    explainer = shap.TreeExplainer(learner.accuracy_booster)
+    expected = np.asarray(explainer.shap_values(learner.matrix(frame)), dtype=float)
+    assert values.shape == expected.shape == (12, len(learner.encoder.columns))
+    np.testing.assert_allclose(values, expected, atol=1e-5)
+    assert base == pytest.approx(float(np.ravel(explainer.expected_value)[0]), abs=1e-5)
+    raw = learner.accuracy_booster.predict(xgb.DMatrix(learner.matrix(frame), missing=np.nan))
+    np.testing.assert_allclose(values.sum(axis=1) + base, raw, atol=1e-4)

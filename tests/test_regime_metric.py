@@ -10,6 +10,8 @@ the real-LLM twin is ``test_recommend_cli.py::test_real_demo_subprocess``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +244,35 @@ def test_kb_info_counts_per_regime(mixed_kb: Path, capsys: pytest.CaptureFixture
     assert len(doc["by_dataset"]) == 8
     assert main(["kb", "info", "--kb", str(mixed_kb)]) == 0
     assert "by compute regime" in capsys.readouterr().out
+
+
+def test_default_compute_skips_torch_without_an_nvidia_driver() -> None:
+    """The machine's regime is known without the ~2 s torch import when no driver exists."""
+    from metallmix.tools.kb.regime import nvidia_driver_present
+
+    if nvidia_driver_present():
+        pytest.skip("this machine has an NVIDIA driver: torch must be asked")
+    code = (
+        "import sys; from metallmix.tools.kb.regime import default_compute; "
+        "print(default_compute(), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["cpu", "False"]
+
+
+def test_default_compute_asks_torch_where_a_driver_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from metallmix.tools.kb import regime
+
+    monkeypatch.setattr(regime, "nvidia_driver_present", lambda: True)
+    regime.default_compute.cache_clear()
+    try:
+        expected = "gpu" if torch.cuda.is_available() else "cpu"
+        assert regime.default_compute() == expected
+    finally:
+        regime.default_compute.cache_clear()

@@ -14,8 +14,10 @@ runs of other sources follow their model (a Quick-Tune model outside the CPU zoo
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Literal, cast
 
 from metallmix.errors import ConfigError
@@ -39,10 +41,25 @@ def check_regime(value: str) -> Regime:
     return cast(Regime, normalized)
 
 
+def nvidia_driver_present() -> bool:
+    """Whether this machine exposes an NVIDIA driver at all (device nodes or the proc entry).
+
+    ``torch.cuda.is_available()`` is False without one, so on such machines the answer is
+    known without importing torch: that import costs about 2 s of a recommendation's latency.
+    """
+    return Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+@functools.cache
 def default_compute() -> Regime:
-    """``gpu`` when torch sees a CUDA device, else ``cpu`` (also when torch is missing)."""
+    """``gpu`` when torch sees a CUDA device, else ``cpu`` (also when torch is missing).
+
+    Asked once per process; torch is imported only where an NVIDIA driver is present.
+    """
+    if not nvidia_driver_present():
+        return "cpu"
     try:
-        import torch
+        import torch  # heavy: only on machines that may have a GPU
     except ImportError:  # pragma: no cover - torch is a core dependency
         return "cpu"
     return "gpu" if torch.cuda.is_available() else "cpu"
