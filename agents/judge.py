@@ -38,26 +38,13 @@ from metallmix.agents.runtime.llm import ChatLLM, LLMOutputError
 from metallmix.agents.schemas import MAX_CRITIQUE_CHARS, JudgeScores, JudgeVerdict, Recommendation
 from metallmix.prompts import load_prompt, render_prompt
 from metallmix.tools.meta.contracts import Shortlist
-from metallmix.tools.meta.search_space import SPACES, SearchSpace
+from metallmix.tools.meta.search_space import SearchSpace
 
 MIN_EXPLANATION_CHARS = 40
 # ~30 tokens of JSON around the critique, which the grammar bounds to MAX_CRITIQUE_CHARS
 # characters (at worst one token each): a grading can never be cut off.
 MAX_TOKENS = 48 + MAX_CRITIQUE_CHARS
 GRADING_TRIES = 2
-
-
-def infer_space(shortlist: Shortlist, name: str | None = None) -> SearchSpace | None:
-    """The space named, else the shipped space holding every shortlisted model, else None."""
-    if name:
-        from metallmix.tools.meta.search_space import get_space
-
-        return get_space(name)
-    models = {c.model for c in shortlist.candidates}
-    for space in SPACES.values():
-        if models <= set(space.models):
-            return space
-    return None
 
 
 def hard_checks(

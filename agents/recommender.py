@@ -81,11 +81,8 @@ def recommender_messages(ev: Evidence, critique: str | None = None) -> list[dict
     """The fixed system prompt (its llama.cpp state is cached on disk) + this request's
     evidence; on a retry, the judge's critique is appended."""
     retry = ""
-    if critique:
-        retry = (
-            "\nYour previous answer was rejected by the reviewer: "
-            f"{critique}\nAnswer again, fixing exactly these problems."
-        )
+    if critique:  # on a line of its own after the task
+        retry = "\n" + render_prompt("recommender_retry", critique=critique).rstrip("\n")
     task = (
         "Explain why the candidate suits this dataset."
         if len(ev.candidates) == 1

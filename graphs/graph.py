@@ -26,17 +26,6 @@ from metallmix.graphs.state import (
     RecommendationState,
 )
 
-NODE_ORDER = (
-    "features",
-    "retrieve",
-    "shortlist",
-    "explain",
-    "recommender",
-    "judge",
-    "fallback",
-    "record",
-)
-
 
 class UserInputError(ValueError):
     """A :class:`MetaLLMiXError` raised inside a served graph, re-raised as a ``ValueError``.

@@ -20,6 +20,8 @@ from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.resources import get_kb, get_llm, regime_kb_for, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.meta.search_space import SearchSpace
 
 
 class Node(Protocol):
@@ -145,7 +147,7 @@ def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, A
         state.meta_features,
         kb,
         n=cfg.n_candidates,
-        space=space_for(cfg, kb, regime),
+        space=space_for(cfg, regime),
         seed=cfg.seed,
     )
     metric, note = metric_of_runs(kb.iter_records())
@@ -195,7 +197,6 @@ def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str,
 @timed("judge")
 def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Code checks decide; the LLM grades. Passing drafts become the recommendation."""
-    from metallmix.agents.judge import infer_space
     from metallmix.agents.judge import judge as run_judge
 
     assert state.shortlist is not None
@@ -208,7 +209,7 @@ def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
         attempt=state.attempts,
         draft_error=state.draft_error,
         known_run_ids={r.run_id for r in state.similar_runs},
-        space=infer_space(state.shortlist, cfg.space),
+        space=judged_space(cfg, state.shortlist),
         seed=cfg.seed,
     )
     update: dict[str, Any] = {"verdicts": [result.verdict], "critique": result.verdict.critique}
@@ -219,10 +220,15 @@ def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     return update
 
 
+def judged_space(cfg: Configuration, shortlist: Shortlist) -> SearchSpace | None:
+    """The space the shortlist was proposed from (:func:`space_for`), checked by the judge."""
+    return space_for(cfg, shortlist.regime, [c.model for c in shortlist.candidates])
+
+
 @timed("fallback")
 def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Top candidate with a templated explanation, after the last attempt failed."""
-    from metallmix.agents.judge import hard_checks, infer_space
+    from metallmix.agents.judge import hard_checks
     from metallmix.agents.recommender import fallback_recommendation
     from metallmix.agents.schemas import JudgeVerdict
 
@@ -232,9 +238,7 @@ def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     rec = fallback_recommendation(
         state.dataset_name, state.shortlist, attempts=state.attempts, llm=llm.name, seed=cfg.seed
     )
-    checks, failures = hard_checks(
-        rec, state.shortlist, space=infer_space(state.shortlist, cfg.space)
-    )
+    checks, failures = hard_checks(rec, state.shortlist, space=judged_space(cfg, state.shortlist))
     verdict = JudgeVerdict(
         attempt=state.attempts + 1,
         passed=not failures,

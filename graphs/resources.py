@@ -7,6 +7,7 @@ recommendation must not redo either; objects passed in by the Python API win ove
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import Future
 
 from metallmix.agents.runtime.llm import ChatLLM
@@ -14,7 +15,7 @@ from metallmix.graphs.configuration import Configuration
 from metallmix.tools.kb.regime import REGIME_SPACE, Regime
 from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
-from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SPACES, SearchSpace, get_space
+from metallmix.tools.meta.search_space import SPACES, SearchSpace, get_space
 
 
 def get_llm(cfg: Configuration) -> ChatLLM:
@@ -42,17 +43,21 @@ def regime_kb_for(cfg: Configuration, kb: KnowledgeBase) -> tuple[Regime, Knowle
     return regime, regime_kb(kb, regime, records)
 
 
-def space_for(cfg: Configuration, kb: KnowledgeBase, regime: Regime | None = None) -> SearchSpace:
-    """The configured space, else the regime's space, else the shipped space most of the
-    KB's models belong to."""
+def space_for(
+    cfg: Configuration, regime: Regime | None = None, models: Iterable[str] = ()
+) -> SearchSpace | None:
+    """The one rule for the search space a run proposes from and is judged against: the
+    configured space, else the compute regime's, else the shipped space most of ``models``
+    belong to (None when no shipped space holds any of them)."""
     if cfg.space:
         return get_space(cfg.space)
     if regime is not None:
         return get_space(REGIME_SPACE[regime])
-    models = Counter(r.model for r in kb.iter_records())
-    best, best_count = CPU_ZOO_SPACE, 0
+    counts = Counter(models)
+    best: SearchSpace | None = None
+    best_count = 0
     for space in SPACES.values():
-        count = sum(n for m, n in models.items() if m in space.models)
+        count = sum(n for m, n in counts.items() if m in space.models)
         if count > best_count:
             best, best_count = space, count
     return best

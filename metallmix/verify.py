@@ -138,7 +138,7 @@ def recommend_verified(
                 mf,
                 regime_store,
                 n=max(n_candidates, k),
-                space=space_for(cfg, regime_store, regime),
+                space=space_for(cfg, regime),
                 seed=seed,
             )
             metric, note = metric_of_runs(regime_store.iter_records())

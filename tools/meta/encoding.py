@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.metafeatures import MetaFeatures
 
 ENCODING_VERSION = 2  # 2: optional meta-features (config-only), completed runs only
@@ -319,9 +319,3 @@ def group_kind(group: str) -> str:
     if group in {"model", "pretrained"}:
         return "model"
     return "hyperparameter"
-
-
-def frame_of(records: Iterable[RunRecord]) -> pd.DataFrame:
-    from metallmix.tools.kb.frame import records_to_frame
-
-    return records_to_frame(records)

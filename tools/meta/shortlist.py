@@ -18,9 +18,7 @@ from metallmix.tools.meta.contracts import Candidate, Shortlist
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
 from metallmix.tools.meta.metalearner import (
-    MetaLearner,
     MetaLearnerConfig,
-    Prediction,
     fit_or_load,
     kb_content_hash,
 )
@@ -163,16 +161,6 @@ def diverse_top(models: list[str], scores: np.ndarray, n: int, *, per_model: int
         if i not in picked:
             picked.append(i)
     return picked
-
-
-def score_candidates(
-    learner: MetaLearner,
-    meta_features: MetaFeatures,
-    configs: list[tuple[str, Hyperparameters]],
-    *,
-    pretrained: bool = False,
-) -> Prediction:
-    return learner.predict(candidates_frame(meta_features, configs, pretrained=pretrained))
 
 
 def build_shortlist(
