@@ -258,11 +258,11 @@ def lodo_choice(model: str, kb_spec: str, limit: int | None, seed: int = 0) -> l
 
     from metallmix.agents.recommender import recommend_once
     from metallmix.agents.runtime.llm import load_llm
+    from metallmix.benchmarks.lodo import load_kb_records, regret_and_rank
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
     from metallmix.tools.meta.contracts import Candidate, Shortlist
     from metallmix.tools.meta.encoding import candidates_frame
     from metallmix.tools.meta.explain import facts_for_rows
-    from metallmix.tools.meta.lodo import load_kb_records, regret_and_rank
     from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
     from metallmix.tools.meta.retrieval import RetrievalIndex
     from metallmix.tools.meta.shortlist import diverse_top

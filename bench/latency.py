@@ -53,8 +53,8 @@ def setup(workdir: Path, kb_arg: str | None) -> str:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     if kb_arg:
         return kb_arg
+    from metallmix.benchmarks.synthetic import synthetic_records
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
-    from metallmix.tools.meta.synthetic import synthetic_records
 
     path = workdir / "kb.sqlite"
     SQLiteKnowledgeBase(path).add(synthetic_records(6, 25, seed=0))

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from metallmix.benchmarks.lodo import MIN_CONFIGS, TOP_K, regret_and_rank
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.regime import regime_of
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.meta.lodo import MIN_CONFIGS, TOP_K, regret_and_rank
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig
 
 

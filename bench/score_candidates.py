@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from metallmix.benchmarks.lodo import load_kb_records
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
-from metallmix.tools.meta.lodo import load_kb_records
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
-from metallmix.tools.meta.synthetic import synthetic_records
 
 
 def main() -> None:

@@ -23,14 +23,14 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from metallmix.tools.kb.records import RunRecord
-from metallmix.tools.meta.lodo import (
+from metallmix.benchmarks.lodo import (
     _map_to_heldout,
     folds,
     load_kb_records,
     nearest_dataset_best,
     regret_and_rank,
 )
+from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.metafeatures import MetaFeatures
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

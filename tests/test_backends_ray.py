@@ -178,7 +178,7 @@ def test_bench_compare_runs_its_searches_on_ray(ray_backend: RayBackend, tmp_pat
     from test_bench_compare import N_TRAININGS, SETTINGS, bad_llm, check_report, make_kb, make_npz
     from test_bench_compare import training_runs as compare_runs
 
-    from metallmix.tools.compare import run_compare
+    from metallmix.benchmarks.compare import run_compare
 
     data = make_npz(tmp_path / "tiny.npz")
     kb = make_kb(tmp_path / "kb.sqlite")

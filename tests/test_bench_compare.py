@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 
 from metallmix.agents.runtime.fake import ScriptedLLM
-from metallmix.cli import main
-from metallmix.errors import ConfigError
-from metallmix.tools.compare import (
+from metallmix.benchmarks.compare import (
     EXPERIMENT,
     METHODS,
     CompareSettings,
@@ -25,10 +23,12 @@ from metallmix.tools.compare import (
     holdout_kb,
     run_compare,
 )
+from metallmix.benchmarks.lodo import LeakError
+from metallmix.benchmarks.synthetic import synthetic_records
+from metallmix.cli import main
+from metallmix.errors import ConfigError
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.meta.lodo import LeakError
-from metallmix.tools.meta.synthetic import synthetic_records
 
 SETTINGS = CompareSettings(
     budget=2,
@@ -306,7 +306,7 @@ def test_cli_compare_real_fast_llm(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_state_from_before_verify_resumes(tmp_path: Path) -> None:
     """A state written before the verify setting existed resumes with its default (5)."""
-    from metallmix.tools.compare import CompareState
+    from metallmix.benchmarks.compare import CompareState
 
     old = SETTINGS.model_dump(mode="json")
     old.pop("verify")
@@ -319,7 +319,7 @@ def test_state_from_before_verify_resumes(tmp_path: Path) -> None:
 
 
 def test_verify_against_random_search_uses_the_first_k_trials() -> None:
-    from metallmix.tools.compare_report import _verify_vs_rs
+    from metallmix.benchmarks.compare_report import _verify_vs_rs
 
     trials = [{"seconds": 10.0 * (i + 1)} for i in range(10)]  # 10, 20, ... 100 s
     methods = {

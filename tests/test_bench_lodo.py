@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metallmix.benchmarks import lodo
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.cli import main
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.meta import lodo
 from metallmix.tools.meta.metalearner import MetaLearner
-from metallmix.tools.meta.synthetic import synthetic_records
 
 # synth00 and synth01 are derived tasks of one origin: they must be held out together.
 GROUPS = {"synth00": "origin", "synth01": "origin"}

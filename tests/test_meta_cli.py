@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.cli import main
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.meta.synthetic import synthetic_records
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import (
@@ -18,7 +19,6 @@ from metallmix.tools.meta.explain import (
 )
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig
 from metallmix.tools.meta.search_space import make_hyperparameters
-from metallmix.tools.meta.synthetic import synthetic_records
 
 
 @pytest.fixture(scope="module")

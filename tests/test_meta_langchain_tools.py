@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from langchain_core.tools import StructuredTool
 
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.langchain_tools import ConfigArgs, make_tools
 from metallmix.tools.meta.metalearner import MetaLearnerConfig
-from metallmix.tools.meta.synthetic import synthetic_records
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
@@ -21,7 +22,6 @@ from metallmix.tools.meta.metalearner import (
     normalized_target,
 )
 from metallmix.tools.meta.search_space import make_hyperparameters
-from metallmix.tools.meta.synthetic import synthetic_records
 
 SMALL = {"n_estimators": 60, "max_depth": 4}
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.retrieval import RetrievalIndex, VectorIndex, index_dir, load_or_build
-from metallmix.tools.meta.synthetic import synthetic_records
 
 
 def test_a_dataset_is_its_own_nearest_neighbour() -> None:

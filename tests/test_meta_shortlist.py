@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from metallmix.benchmarks.synthetic import LR_OPTIMUM, synthetic_records
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.metalearner import MetaLearnerConfig
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
 from metallmix.tools.meta.shortlist import build_shortlist, diverse_top, kb_coverage
-from metallmix.tools.meta.synthetic import LR_OPTIMUM, synthetic_records
 
 FAST = MetaLearnerConfig(n_estimators=60, max_depth=4)
 

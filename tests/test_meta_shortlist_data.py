@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.cli import main
 from metallmix.cli.recommend import example_card
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.meta.synthetic import synthetic_records
 from metallmix.tools.metafeatures import compute_meta_features
 
 

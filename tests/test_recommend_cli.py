@@ -29,8 +29,8 @@ BAD = LLMChoice(
 
 @pytest.fixture
 def kb(tmp_path: Path) -> Path:
+    from metallmix.benchmarks.synthetic import synthetic_records
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
-    from metallmix.tools.meta.synthetic import synthetic_records
 
     path = tmp_path / "kb.sqlite"
     SQLiteKnowledgeBase(path).add(synthetic_records(4, 20, seed=2))

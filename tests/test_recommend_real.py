@@ -35,8 +35,8 @@ def weights_cache() -> Path:
 def real(weights_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """Real-model settings and a synthetic KB file; yields the KB path."""
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install metallmix[llm])")
+    from metallmix.benchmarks.synthetic import synthetic_records
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
-    from metallmix.tools.meta.synthetic import synthetic_records
 
     monkeypatch.setenv("METALLMIX_CACHE", str(weights_cache))
     for var in ("METALLMIX_LLM", "METALLMIX_LLM_PATH"):

@@ -19,6 +19,7 @@ import pytest
 
 from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.agents.schemas import LLMChoice, Recommendation
+from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.cli import main
 from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, RunRecord
@@ -32,7 +33,6 @@ from metallmix.tools.meta.search_space import (
     QUICKTUNE_MODELS,
     QUICKTUNE_SPACE,
 )
-from metallmix.tools.meta.synthetic import synthetic_records
 from metallmix.tools.metafeatures import MetaFeatures, meta_features_from_counts
 
 # The bundled ISIC 2018 card's counts: NV holds 6,705 of 10,015 images.

@@ -70,8 +70,8 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     if exe is None:
         pytest.skip("langgraph CLI not installed (pip install 'metallmix[studio]')")
+    from metallmix.benchmarks.synthetic import synthetic_records
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
-    from metallmix.tools.meta.synthetic import synthetic_records
 
     elsewhere = tmp_path_factory.mktemp("elsewhere")  # not the repository: the point
     kb = elsewhere / "kb.sqlite"

@@ -10,14 +10,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from metallmix import config
 from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.errors import ConfigError
 
 bench_app = typer.Typer(help="Benchmarks (leave-one-dataset-out, ...).", no_args_is_help=True)
 
 
 def _default_quicktune() -> Path:
-    from metallmix import config
-
     return config.shared_data_dir() / "quicktune" / "extended"
 
 
@@ -52,8 +52,8 @@ def lodo(
     as_json: bool = JsonOption,
 ) -> None:
     """Leave-one-dataset-out on completed runs: the product's pick vs config-only and baselines."""
-    from metallmix.errors import ConfigError
-    from metallmix.tools.meta.lodo import load_kb_records, markdown_table, run_lodo, write_results
+    # Imported here: xgboost, pandas and scipy must not slow down `metallmix --help`.
+    from metallmix.benchmarks.lodo import load_kb_records, markdown_table, run_lodo, write_results
     from metallmix.tools.meta.metalearner import OBJECTIVES, Objective
 
     chosen = [o.strip() for o in objectives.split(",") if o.strip()]

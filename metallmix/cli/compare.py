@@ -1,7 +1,7 @@
 """``metallmix bench compare``: zero-shot, RS, TPE, best-default and MetaLLMiX+verify@K.
 
 Attaches to :data:`metallmix.cli.bench.bench_app`; the work is in
-:mod:`metallmix.tools.compare`, the report in :mod:`metallmix.tools.compare_report`.
+:mod:`metallmix.benchmarks.compare`, the report in :mod:`metallmix.benchmarks.compare_report`.
 """
 
 from __future__ import annotations
@@ -74,13 +74,17 @@ def compare(
     as_json: bool = JsonOption,
 ) -> None:
     """Head-to-head on real training; resumable (re-run the same command to continue)."""
-    from metallmix.tools.compare import (
+    # Imported here: the benchmark pulls in torch, MLflow and the LLM runtime, which
+    # `metallmix --help` and every other verb must not pay for.
+    from metallmix.benchmarks.compare import (
         CompareSettings,
         finish_mlflow,
         n_pieces,
         run_compare,
     )
-    from metallmix.tools.compare_report import markdown_table, write_results
+    from metallmix.benchmarks.compare_report import markdown_table, write_results
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.training.backends import make_backend
 
     settings = CompareSettings(
         budget=budget,
@@ -93,16 +97,12 @@ def compare(
         threads=threads,
         verify=verify,
     )
-    from metallmix.tools.datasets import load_dataset
-
     for path in data:  # fail on a bad dataset before any progress output
         load_dataset(path, modality=modality)
     base = name or "compare_" + "+".join(Path(d).stem for d in data)
     state_dir = state or out / f"{base}.state"
     backend = None
     if backend_name != "local" or workers or address:
-        from metallmix.tools.training.backends import make_backend
-
         backend = make_backend(backend_name, address=address, workers=workers or None)
         stderr.print(f"search trials on {backend.describe()}")
     with progress("comparison pieces", total=n_pieces(settings, len(data))) as advance:

@@ -1,7 +1,8 @@
 """The head-to-head report: numbers from the comparison's state, a markdown table, plots.
 
-Kept apart from :mod:`metallmix.tools.compare` so the report can be rebuilt from a state
-file alone (no training, no LLM). "Time to obtain the configuration" is the recommendation's
+Kept apart from :mod:`metallmix.benchmarks.compare` so the report can be rebuilt from a
+state file alone (no training, no LLM); the comparison imports this module, never the
+other way round. "Time to obtain the configuration" is the recommendation's
 wall time for MetaLLMiX, the summed trial time of a search for RS/TPE (its selected
 configuration is trained inside it), and the KB scan for best-default. "Time spent" in the
 plots adds one final training to the methods that do not train during selection.
@@ -9,12 +10,15 @@ plots adds one final training to the methods that do not train during selection.
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metallmix.tools.compare import METHODS, mean_std
-
+METHODS = ("metallmix", "random", "tpe", "best-default", "metallmix+verify")
 WITHIN = 0.01  # "within 1 point" of the best test accuracy (accuracies are fractions)
 LABELS = {
     "metallmix": "MetaLLMiX (zero-shot)",
@@ -23,6 +27,30 @@ LABELS = {
     "best-default": "best-default",
     "metallmix+verify": "MetaLLMiX+verify@{k}",
 }
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that exist (0 for one value)."""
+    clean = [float(v) for v in values if v is not None]
+    if not clean:
+        return None, None
+    std = statistics.stdev(clean) if len(clean) > 1 else 0.0
+    return statistics.fmean(clean), std
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temp file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def label(method: str, settings: dict[str, Any] | None = None) -> str:
@@ -293,7 +321,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Test accuracy vs time spent, one panel per dataset (log time axis)."""
-    import matplotlib
+    import matplotlib  # heavy, plots only; the Agg backend must be set before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -339,26 +367,30 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 def write_results(report: dict[str, Any], out_dir: Path, name: str) -> dict[str, Path]:
     """``<name>.md``, ``<name>.json`` and ``<name>.png`` in ``out_dir`` (atomic writes)."""
-    import json
-
-    from metallmix.tools.compare import _atomic_write
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "md": out_dir / f"{name}.md",
         "json": out_dir / f"{name}.json",
         "png": out_dir / f"{name}.png",
     }
-    _atomic_write(
+    atomic_write(
         paths["md"],
         "# Head-to-head: zero-shot recommendation vs RS vs TPE vs best-default vs verify\n\n"
         + markdown_table(report),
     )
-    _atomic_write(paths["json"], json.dumps(report, indent=2, default=str))
+    atomic_write(paths["json"], json.dumps(report, indent=2, default=str))
     tmp = out_dir / f".{name}.tmp.png"
     plot(report, tmp)
     os.replace(tmp, paths["png"])
     return paths
 
 
-__all__ = ["build_report", "markdown_table", "plot", "write_results"]
+__all__ = [
+    "METHODS",
+    "atomic_write",
+    "build_report",
+    "markdown_table",
+    "mean_std",
+    "plot",
+    "write_results",
+]

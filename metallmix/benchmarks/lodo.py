@@ -40,7 +40,9 @@ from scipy.stats import spearmanr
 
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.frame import records_to_frame
+from metallmix.tools.kb.quicktune import import_quicktune
 from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.metalearner import (
     DEFAULT_OBJECTIVE,
     INTERVAL_COVERAGE,
@@ -501,7 +503,7 @@ def markdown_table(result: LodoResult) -> str:
 
 
 def plot(result: LodoResult, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # heavy, plots only; the Agg backend must be set before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -559,12 +561,8 @@ def write_results(result: LodoResult, out_dir: Path, name: str) -> dict[str, Pat
 
 def load_kb_records(spec: str | Path) -> tuple[list[RunRecord], str]:
     """Records from a Quick-Tune folder or a KB ``.sqlite`` file (read-only)."""
-    from metallmix.tools.kb.store import SQLiteKnowledgeBase
-
     path = Path(str(spec).removeprefix("sqlite:///")).expanduser()
     if path.is_dir():
-        from metallmix.tools.kb.quicktune import import_quicktune
-
         return import_quicktune(path), str(spec)
     if path.is_file():
         return list(SQLiteKnowledgeBase(path, read_only=True).iter_records()), str(spec)

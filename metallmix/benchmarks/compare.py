@@ -30,33 +30,43 @@ import contextlib
 import json
 import os
 import sqlite3
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow.entities import Metric, Param
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
+from metallmix.api import recommend
+from metallmix.benchmarks.compare_report import METHODS, atomic_write, build_report
+from metallmix.benchmarks.lodo import LeakError, best_default
 from metallmix.errors import ConfigError, KnowledgeBaseError
+from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.regime_view import regime_kb
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.meta.lodo import LeakError, best_default
+from metallmix.tools.meta.contracts import Candidate
+from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.search_space import (
     CPU_ZOO_SPACE,
     Choice,
     IntRange,
     SearchSpace,
 )
+from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.metafeatures import compute_meta_features
+from metallmix.tools.training import tracking
+from metallmix.tools.training.runner import run_trial
+from metallmix.tools.training.search import run_search
+from metallmix.tools.training.verify import run_verify
 
 if TYPE_CHECKING:
     from metallmix.agents.runtime.llm import ChatLLM
-    from metallmix.tools.datasets import Dataset
 
 EXPERIMENT = "metallmix-compare"
-METHODS = ("metallmix", "random", "tpe", "best-default", "metallmix+verify")
 COMPARE_KIND = "compare"
 STATE_VERSION = 1
 
@@ -219,20 +229,6 @@ def check_no_leak(kb: SQLiteKnowledgeBase, names: set[str]) -> int:
 # ----------------------------------------------------------------------------- state
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class CompareState:
     """The JSON state file: settings, the MLflow parent run, and every finished piece."""
 
@@ -281,7 +277,7 @@ class CompareState:
         self.save()
 
     def save(self) -> None:
-        _atomic_write(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
+        atomic_write(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
 
 
 # ----------------------------------------------------------------------------- running
@@ -298,8 +294,6 @@ class _Run:
         on_piece: PieceFn | None,
         backend: Any | None = None,
     ) -> None:
-        from metallmix.tools.training import tracking
-
         self.backend = backend  # an ExecutionBackend for search trials; None = in-process
         self.state = state
         self.settings = state.settings
@@ -313,8 +307,6 @@ class _Run:
 
     # -- MLflow
     def parent(self, label: str) -> str:
-        from metallmix.tools.training import tracking
-
         run_id = self.state.data.get("parent_run_id")
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
@@ -325,8 +317,6 @@ class _Run:
             tags={tracking.KIND_TAG: COMPARE_KIND, "metallmix.state": str(self.state.path)},
         )
         run_id = run.info.run_id
-        from mlflow.entities import Param
-
         params = {**self.state.data["settings"], "space": self.space.describe()}
         self.client.log_batch(
             run_id, params=[Param(k, json.dumps(v, default=str)[:6000]) for k, v in params.items()]
@@ -337,8 +327,6 @@ class _Run:
 
     def child(self, key: str, parent: str, run_name: str) -> str:
         """A method's run under the parent (created once; its id survives in the state)."""
-        from metallmix.tools.training import tracking
-
         existing = self.state.data["runs"].get(key)
         if existing:
             return str(existing)
@@ -380,8 +368,6 @@ class _Run:
     def train(
         self, dataset: Dataset, model: str, hp: Hyperparameters, seed: int, parent: str, tag: str
     ) -> dict[str, Any]:
-        from metallmix.tools.training.runner import run_trial
-
         self.space.check(model, hp)
         record = run_trial(
             dataset,
@@ -424,12 +410,6 @@ class _Run:
         found = self.cached(key)
         if found is not None:
             return found
-        from metallmix.api import recommend
-        from metallmix.tools.kb.regime_view import regime_kb
-        from metallmix.tools.meta.metric import metric_of_runs
-        from metallmix.tools.meta.shortlist import build_shortlist
-        from metallmix.tools.metafeatures import compute_meta_features
-
         seed = self.settings.seeds[0]
         loading = time.perf_counter()
         llm = self.llm()
@@ -513,8 +493,6 @@ class _Run:
         )
 
     def search(self, dataset: Dataset, sampler: str, seed: int, parent: str) -> dict[str, Any]:
-        from metallmix.tools.training.search import run_search
-
         key = f"{dataset.name}/{sampler}/s{seed}"
         found = self.cached(key)
         if found is not None:
@@ -606,9 +584,6 @@ class _Run:
         self, dataset: Dataset, rec: dict[str, Any], kb_path: Path, seed: int, parent: str
     ) -> dict[str, Any]:
         """The shortlist's top candidates by successive halving; the winner's test scores."""
-        from metallmix.tools.meta.contracts import Candidate
-        from metallmix.tools.training.verify import run_verify
-
         key = f"{dataset.name}/metallmix+verify/s{seed}"
         found = self.cached(key)
         if found is not None:
@@ -672,10 +647,6 @@ class _Run:
         )
 
     def _shortlist(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[Any]:
-        from metallmix.tools.kb.regime_view import regime_kb
-        from metallmix.tools.meta.shortlist import build_shortlist
-        from metallmix.tools.metafeatures import compute_meta_features
-
         seed = self.settings.seeds[0]
         mf = compute_meta_features(_train_view(dataset, self.settings.max_train_images, seed))
         shortlist = build_shortlist(  # CPU-regime runs only, as in metallmix_config
@@ -734,9 +705,6 @@ def run_compare(
     first run, so a KB that grows meanwhile does not change a resumed comparison) and
     ``optuna.sqlite``. ``on_piece(key, value)`` is called as each piece finishes.
     """
-    from metallmix.tools.compare_report import build_report
-    from metallmix.tools.datasets import load_dataset
-
     if not data:
         raise ConfigError("bench compare needs at least one --data dataset")
     datasets = [load_dataset(Path(d), modality=modality, seed=0) for d in data]
@@ -791,10 +759,6 @@ def _compare_one(
 
 def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
     """Summary metrics and the report files on the parent run, then mark it FINISHED."""
-    from mlflow.entities import Metric
-
-    from metallmix.tools.training import tracking
-
     client = tracking.client()
     parent = report["mlflow_parent_run_id"]
     now = int(time.time() * 1000)
@@ -822,14 +786,6 @@ def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
 def _metric_name(method: str) -> str:
     """MLflow metric names allow no '+': ``metallmix+verify`` -> ``metallmix-verify``."""
     return method.replace("+", "-")
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    clean = [float(v) for v in values if v is not None]
-    if not clean:
-        return None, None
-    std = statistics.stdev(clean) if len(clean) > 1 else 0.0
-    return statistics.fmean(clean), std
 
 
 __all__ = [
