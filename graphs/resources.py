@@ -1,39 +1,82 @@
-"""The LLM and KB a graph run uses, resolved from its configuration and cached per process.
+"""The LLM and KB a run uses: the one place a name, a path or a live object becomes one.
 
-Loading a GGUF takes seconds and opening the KB reads every record, so a warm second
-recommendation must not redo either; objects passed in by the Python API win over names.
+The API, ``recommend(verify=K)``, the graph's nodes and the benchmarks all resolve their
+``llm=`` / ``kb=`` arguments here, so "an object passed in wins over a name; a name is
+loaded or opened" means the same everywhere. Loading a GGUF takes seconds, so the API starts
+it on a worker thread (:func:`load_llm_in_background`) while features and shortlist run, and
+the node that first needs the model waits for it (:func:`resolve_llm`).
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeAlias
 
+from metallmix.agents.runtime import llm as runtime_llm
 from metallmix.agents.runtime.llm import ChatLLM
+from metallmix.agents.runtime.weights import resolve_weights
 from metallmix.graphs.configuration import Configuration
 from metallmix.tools.kb.regime import REGIME_SPACE, Regime
 from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.search_space import SPACES, SearchSpace, get_space
 
+# What callers may pass as ``llm=``: a registry name, a profile ('fast', 'default'), a
+# .gguf path, a loaded model, or None (METALLMIX_LLM or the bundled default).
+LlmSpec: TypeAlias = str | os.PathLike[str] | ChatLLM | None
+# What callers may pass as ``kb=``: a .sqlite path, an open store, or None (METALLMIX_KB
+# or the workspace store layered over the shipped KB).
+KbSpec: TypeAlias = str | os.PathLike[str] | KnowledgeBase | None
+
+
+def resolve_llm(llm: LlmSpec | Future[ChatLLM], seed: int = 0) -> ChatLLM:
+    """The model ``llm`` names, loaded now; a loaded model as it is; a Future (a background
+    load) waited for, which is where its loading error is raised."""
+    if isinstance(llm, Future):
+        return llm.result()
+    if llm is None or isinstance(llm, str | os.PathLike):
+        return runtime_llm.load_llm(llm, seed=seed)  # via the module: fakes patch it there
+    return llm
+
+
+_LOADER: ThreadPoolExecutor | None = None
+
+
+def load_llm_in_background(llm: LlmSpec, seed: int = 0) -> ChatLLM | Future[ChatLLM]:
+    """A loaded model as it is; a name or path loaded into llama.cpp on a worker thread
+    (pass the Future on; :func:`resolve_llm` waits for it). A ``.gguf`` path that does not
+    exist fails at once, before any other work."""
+    if llm is not None and not isinstance(llm, str | os.PathLike):
+        return llm
+    if llm is not None and str(llm).endswith(".gguf") and not Path(llm).expanduser().exists():
+        resolve_weights(llm)  # raises the standard "not found" message
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metallmix-llm")
+    return _LOADER.submit(runtime_llm.load_llm, llm, seed=seed)
+
+
+def resolve_kb(kb: KbSpec, *, read_only: bool = True) -> KnowledgeBase:
+    """An open store as it is, else :func:`open_kb` on the path (or the default KB);
+    ``read_only=False`` only for callers that add runs (validation, verification)."""
+    if isinstance(kb, KnowledgeBase):
+        return kb
+    return open_kb(kb, read_only=read_only)
+
 
 def get_llm(cfg: Configuration) -> ChatLLM:
-    """The configured model; a Future (the API loads the model in the background while
-    features and shortlist run) is waited for here, where the LLM is first needed."""
-    if cfg.llm_instance is not None:
-        if isinstance(cfg.llm_instance, Future):
-            return cfg.llm_instance.result()
-        return cfg.llm_instance
-    from metallmix.agents.runtime.llm import load_llm
-
-    return load_llm(cfg.llm, seed=cfg.seed)
+    """The graph run's model: the live object (or background load) the API passed, else
+    the configured name."""
+    return resolve_llm(cfg.llm_instance if cfg.llm_instance is not None else cfg.llm, cfg.seed)
 
 
 def get_kb(cfg: Configuration) -> KnowledgeBase:
-    if cfg.kb_instance is not None:
-        return cfg.kb_instance
-    return open_kb(cfg.kb, read_only=True)
+    """The graph run's KB, opened read-only when only named."""
+    return resolve_kb(cfg.kb_instance if cfg.kb_instance is not None else cfg.kb)
 
 
 def regime_kb_for(cfg: Configuration, kb: KnowledgeBase) -> tuple[Regime, KnowledgeBase]:

@@ -15,16 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from metallmix import config
+from metallmix import config, tracking
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError, DatasetError, MetaLLMiXError
+from metallmix.graphs.graph import build_graph as build
+from metallmix.graphs.nodes import require_runs
+from metallmix.graphs.resources import KbSpec, LlmSpec, load_llm_in_background, resolve_kb
+from metallmix.progress import epoch_printer, node_printer
+from metallmix.tools.datasets import load_dataset
+from metallmix.tools.kb.regime import check_regime
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.training.runner import run_trial
+from metallmix.verify import recommend_verified
 
 if TYPE_CHECKING:
-    from metallmix.agents.runtime.llm import ChatLLM
     from metallmix.tools.kb.records import RunRecord
-    from metallmix.tools.kb.store import KnowledgeBase
-    from metallmix.tools.meta.contracts import Shortlist
-    from metallmix.tools.metafeatures import MetaFeatures
 
 __all__ = ["Recommendation", "build_graph", "recommend", "validate"]
 
@@ -32,8 +39,6 @@ __all__ = ["Recommendation", "build_graph", "recommend", "validate"]
 def build_graph() -> Any:
     """A freshly compiled recommendation graph (a LangChain runnable), as ``recommend``
     runs it: it also takes a precomputed ``shortlist`` and ``max_attempts`` as input."""
-    from metallmix.graphs.graph import build_graph as build
-
     return build(internal_inputs=True)
 
 
@@ -47,53 +52,22 @@ def _graph() -> Any:
     return _GRAPH
 
 
-def _configurable(
-    llm: str | os.PathLike[str] | ChatLLM | None,
-    kb: str | os.PathLike[str] | KnowledgeBase | None,
-    seed: int,
-    **extra: Any,
-) -> dict[str, Any]:
-    from metallmix.graphs.nodes import require_runs
-    from metallmix.tools.kb.store import KnowledgeBase, open_kb
-
+def _configurable(llm: LlmSpec, kb: KbSpec, seed: int, **extra: Any) -> dict[str, Any]:
+    """The graph's live objects: the KB first (an empty or unreadable KB fails before any
+    model is touched), then the LLM, loading in the background while features and shortlist
+    run."""
     out: dict[str, Any] = {"seed": seed, **extra}
-    # The KB first: an empty or unreadable KB fails before any model is touched.
-    out["kb_instance"] = kb if isinstance(kb, KnowledgeBase) else open_kb(kb, read_only=True)
+    out["kb_instance"] = resolve_kb(kb, read_only=True)
     require_runs(out["kb_instance"])
-    if llm is None or isinstance(llm, str | os.PathLike):
-        out["llm_instance"] = _load_in_background(llm, seed)
-    else:
-        out["llm_instance"] = llm
+    out["llm_instance"] = load_llm_in_background(llm, seed)
     return out
-
-
-_LOADER = None
-
-
-def _load_in_background(llm: str | os.PathLike[str] | None, seed: int) -> Any:
-    """Load the model into llama.cpp on a worker thread while meta-features and the
-    shortlist are computed; the recommender node waits for the Future
-    (``graphs.resources.get_llm``), where a loading error is raised. A ``.gguf`` path that
-    does not exist fails at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from metallmix.agents.runtime import llm as llm_module
-
-    if llm is not None and str(llm).endswith(".gguf") and not Path(llm).expanduser().exists():
-        from metallmix.agents.runtime.weights import resolve_weights
-
-        resolve_weights(llm)  # raises the standard "not found" message
-    global _LOADER
-    if _LOADER is None:
-        _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metallmix-llm")
-    return _LOADER.submit(llm_module.load_llm, llm, seed=seed)
 
 
 def recommend(
     data: str | os.PathLike[str] | MetaFeatures | None,
     modality: str | None = None,
-    llm: str | os.PathLike[str] | ChatLLM | None = None,
-    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    llm: LlmSpec = None,
+    kb: KbSpec = None,
     seed: int = 0,
     *,
     shortlist: Shortlist | None = None,
@@ -138,15 +112,30 @@ def recommend(
     the same call resumes it. ``verify_options`` go to
     :func:`metallmix.verify.recommend_verified` (``max_train_images``, ``threads``, ...).
     """
-    from metallmix.tools.metafeatures import MetaFeatures
-
     if verify is not None:
-        from metallmix.verify import recommend_verified
-
         if data is None or isinstance(data, MetaFeatures):
             raise ConfigError("verify needs a dataset path to train on, not only meta-features")
+
+        def zero_shot(found: Shortlist, store: KnowledgeBase, dataset_name: str) -> Recommendation:
+            return recommend(
+                data,
+                modality=modality,
+                llm=llm,
+                kb=store,
+                seed=seed,
+                shortlist=found,
+                name=name or dataset_name,
+                space=space,
+                n_candidates=max(n_candidates, verify),
+                judge_with_llm=judge_with_llm,
+                max_attempts=max_attempts,
+                track=track,
+                on_node=on_node,
+            )
+
         return recommend_verified(
             data,
+            zero_shot,
             k=verify,
             budget_minutes=budget_minutes,
             modality=modality,
@@ -154,13 +143,8 @@ def recommend(
             kb=kb,
             seed=seed,
             shortlist=shortlist,
-            name=name,
             space=space,
             n_candidates=n_candidates,
-            judge_with_llm=judge_with_llm,
-            max_attempts=max_attempts,
-            track=track,
-            on_node=on_node,
             backend=backend,
             **(verify_options or {}),
         )
@@ -168,8 +152,6 @@ def recommend(
     if max_attempts < 1:
         raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
     if compute is not None:
-        from metallmix.tools.kb.regime import check_regime
-
         compute = check_regime(compute)
     inputs: dict[str, Any] = {"modality": modality, "max_attempts": max_attempts}
     if isinstance(data, MetaFeatures):
@@ -189,8 +171,6 @@ def recommend(
         inputs.setdefault("meta_features", shortlist.meta_features)
         inputs.setdefault("dataset_name", name or "meta-features")
     if progress:
-        from metallmix.progress import node_printer
-
         on_node = node_printer(on_node)
     configurable = _configurable(
         llm,
@@ -301,7 +281,7 @@ def validate(
     data: str | os.PathLike[str],
     seed: int = 0,
     *,
-    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    kb: KbSpec = None,
     modality: str | None = None,
     max_train_images: int | None = None,
     threads: int | None = None,
@@ -312,18 +292,11 @@ def validate(
     description) and the outcome joins the KB (the KB grows with every validation).
     ``progress`` prints one line per epoch on stderr (``progress=False``: silent).
     """
-    from metallmix import tracking
-    from metallmix.tools.datasets import load_dataset
-    from metallmix.tools.kb.store import KnowledgeBase, open_kb
-    from metallmix.tools.training.runner import run_trial
-
-    store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
+    store = resolve_kb(kb, read_only=False)  # the validated run joins the KB
     dataset = load_dataset(Path(data), modality=modality, seed=seed)
     nest = tracking.validation_nesting(recommendation)
     hook = None
     if progress:
-        from metallmix.progress import epoch_printer
-
         hook = epoch_printer(recommendation.hyperparameters.epochs)
     record = run_trial(
         dataset,

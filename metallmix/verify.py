@@ -11,27 +11,46 @@ joins the KB.
 Re-running the same call continues: the Optuna study (named from the dataset, K, the seed
 and the settings) stores the zero-shot recommendation and the plan, so a resumed call
 neither asks the LLM again nor retrains a finished run; it only runs what is missing.
+
+The zero-shot answer itself comes from the caller (:func:`metallmix.recommend` passes a
+``zero_shot`` function), so this module never imports the API that imports it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeAlias
 
 from pydantic import ConfigDict
 
+from metallmix import tracking
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError
-from metallmix.tools.training.verify import RunResult, VerifyResult
+from metallmix.graphs.configuration import Configuration
+from metallmix.graphs.resources import KbSpec, LlmSpec, regime_kb_for, resolve_kb, space_for
+from metallmix.tools.datasets import load_dataset
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.meta.metric import metric_of_runs
+from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.metafeatures import compute_meta_features
+from metallmix.tools.training.backends import ExecutionBackend, make_backend
+from metallmix.tools.training.verify import (
+    RunResult,
+    VerifyResult,
+    default_study_name,
+    load_plan,
+    run_verify,
+)
 
-if TYPE_CHECKING:
-    from metallmix.agents.runtime.llm import ChatLLM
-    from metallmix.tools.kb.store import KnowledgeBase
-    from metallmix.tools.meta.contracts import Shortlist
+__all__ = ["VerifiedRecommendation", "ZeroShot", "recommend_verified"]
 
-__all__ = ["VerifiedRecommendation", "recommend_verified"]
+# The zero-shot recommendation for a shortlist, from the caller: ``zero_shot(shortlist,
+# kb, dataset_name)`` runs the graph on that shortlist with that (writable) KB.
+ZeroShot: TypeAlias = Callable[[Shortlist, KnowledgeBase, str], Recommendation]
 
 
 class VerifiedRecommendation(Recommendation):
@@ -67,21 +86,17 @@ def _spec(value: Any) -> str:
 
 def recommend_verified(
     data: str | os.PathLike[str],
+    zero_shot: ZeroShot,
     *,
     k: int,
     budget_minutes: float | None = None,
     modality: str | None = None,
-    llm: str | os.PathLike[str] | ChatLLM | None = None,
-    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    llm: LlmSpec = None,
+    kb: KbSpec = None,
     seed: int = 0,
     shortlist: Shortlist | None = None,
-    name: str | None = None,
     space: str | None = None,
     n_candidates: int = 5,
-    judge_with_llm: bool = True,
-    max_attempts: int = 2,
-    track: bool = True,
-    on_node: Callable[[str], None] | None = None,
     backend: Any | None = None,
     study: str | None = None,
     storage: Path | None = None,
@@ -91,29 +106,20 @@ def recommend_verified(
     first_rung_epochs: int | None = None,
     on_run: Callable[[str, int, RunResult], None] | None = None,
 ) -> VerifiedRecommendation:
-    """:func:`metallmix.recommend`, then successive halving over its top-``k`` candidates.
+    """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top-``k``
+    candidates (called by :func:`metallmix.recommend` with ``verify=k``).
 
+    ``llm`` only names the model in the study's fingerprint (``zero_shot`` loads it);
     ``budget_minutes`` bounds the summed training time (earlier invocations of the same
     study included); ``backend`` is ``"local"``, ``"ray"`` or an ExecutionBackend.
     """
-    from metallmix.api import recommend
-    from metallmix.graphs.configuration import Configuration
-    from metallmix.graphs.resources import regime_kb_for, space_for
-    from metallmix.tools.datasets import load_dataset
-    from metallmix.tools.kb.store import KnowledgeBase, open_kb
-    from metallmix.tools.meta.metric import metric_of_runs
-    from metallmix.tools.meta.shortlist import build_shortlist
-    from metallmix.tools.metafeatures import compute_meta_features
-    from metallmix.tools.training.backends import ExecutionBackend, make_backend
-    from metallmix.tools.training.verify import default_study_name, load_plan, run_verify
-
     if k < 1:
         raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
     path = Path(data).expanduser()
     dataset = load_dataset(path, modality=modality, seed=seed)
-    store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
+    store = resolve_kb(kb, read_only=False)  # verified runs join the KB
     settings = {
         "data": str(path.resolve()),
         "kb": _spec(kb if not isinstance(kb, KnowledgeBase) else store.location),
@@ -145,21 +151,7 @@ def recommend_verified(
             shortlist = shortlist.model_copy(
                 update={"metric": metric, "metric_note": note, "regime": regime}
             )
-        rec = recommend(
-            str(path),
-            modality=modality,
-            llm=llm,
-            kb=store,
-            seed=seed,
-            shortlist=shortlist,
-            name=name or dataset.name,
-            space=space,
-            n_candidates=max(n_candidates, k),
-            judge_with_llm=judge_with_llm,
-            max_attempts=max_attempts,
-            track=track,
-            on_node=on_node,
-        )
+        rec = zero_shot(shortlist, store, dataset.name)
         candidates = list(shortlist.candidates)
     owned = backend is None or isinstance(backend, str)
     engine: ExecutionBackend = (
@@ -196,11 +188,7 @@ def recommend_verified(
 
 def _log_on_recommendation(run_id: str, result: VerifyResult) -> None:
     """The verdict on the recommendation's own run, so one run shows both answers."""
-    import time
-
-    from mlflow.entities import Metric, RunTag
-
-    from metallmix import tracking
+    from mlflow.entities import Metric, RunTag  # heavy; only once a verification finished
 
     now = int(time.time() * 1000)
     values = {

@@ -42,7 +42,6 @@ PENDING_CYCLES = {
         "metallmix.tools.training.distributed",
         "metallmix.tools.training.search",
     ),
-    ("metallmix.api", "metallmix.verify"),
 }
 LAYERS = {"core": 0, "tools": 1, "agents": 2, "graphs": 3, "top": 4}
 

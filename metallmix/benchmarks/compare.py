@@ -44,6 +44,7 @@ from metallmix.api import recommend
 from metallmix.benchmarks.compare_report import METHODS, atomic_write, build_report
 from metallmix.benchmarks.lodo import LeakError, best_default
 from metallmix.errors import ConfigError, KnowledgeBaseError
+from metallmix.graphs.resources import LlmSpec, resolve_llm
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.regime_view import regime_kb
@@ -290,7 +291,7 @@ class _Run:
         self,
         state: CompareState,
         state_dir: Path,
-        llm: str | os.PathLike[str] | ChatLLM | None,
+        llm: LlmSpec,
         on_piece: PieceFn | None,
         backend: Any | None = None,
     ) -> None:
@@ -352,16 +353,10 @@ class _Run:
             self.on_piece(key, {**found, "resumed": True})
         return found
 
-    def llm(self) -> ChatLLM | str | os.PathLike[str] | None:
+    def llm(self) -> ChatLLM:
         """The LLM, loaded once and only when a recommendation is still to be made."""
-        if self.llm_obj is not None:
-            return self.llm_obj
-        if self.llm_spec is None or isinstance(self.llm_spec, str | os.PathLike):
-            from metallmix.agents.runtime.llm import load_llm
-
-            self.llm_obj = load_llm(self.llm_spec)
-        else:
-            self.llm_obj = self.llm_spec
+        if self.llm_obj is None:
+            self.llm_obj = resolve_llm(self.llm_spec)
         return self.llm_obj
 
     # -- pieces
@@ -690,7 +685,7 @@ def run_compare(
     *,
     state_dir: Path,
     kb: str | os.PathLike[str] | None = None,
-    llm: str | os.PathLike[str] | ChatLLM | None = None,
+    llm: LlmSpec = None,
     modality: str | None = None,
     label: str | None = None,
     on_piece: PieceFn | None = None,

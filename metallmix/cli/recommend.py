@@ -13,7 +13,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.cli.verify import render_verification, run_printer
 from metallmix.errors import DatasetError
+from metallmix.tools.training.backends import make_backend
 
 DEMO_CARDS = {
     "isic2018": "isic2018_ham10000.json",
@@ -53,15 +55,25 @@ def _run(
     seed: int,
     no_judge_llm: bool,
     compute: str | None = None,
+    verify: dict[str, Any] | None = None,
 ) -> Any:
+    """One recommendation under one progress display (a line per finished graph node);
+    ``verify`` (``recommend``'s verify arguments) adds a line per training run."""
+    # Imported here: the API loads LangGraph, MLflow and the meta-learner, which
+    # `metallmix --help` and the other verbs must not pay for.
     from metallmix.api import recommend
 
-    with progress("recommending", total=None) as advance:
+    label = "recommending" if verify is None else "recommending + verifying"
+    with progress(label, total=None) as advance:
 
         def on_node(node: str) -> None:
             stderr.print(f"  done: {node}")
             advance(1)
 
+        extra: dict[str, Any] = {}
+        if verify is not None:
+            options = {**verify.get("verify_options", {}), "on_run": run_printer(advance)}
+            extra = {**verify, "verify_options": options}
         return recommend(
             path,
             progress=False,  # the bar above is the CLI's progress display
@@ -73,6 +85,7 @@ def _run(
             on_node=on_node,
             compute=compute,
             on_shortlist=print_shortlist,
+            **extra,
         )
 
 
@@ -123,8 +136,6 @@ def render(rec: Any, console: Console) -> None:
             soft_wrap=True,
         )
     if getattr(rec, "verification", None) is not None:
-        from metallmix.cli.verify import render_verification
-
         render_verification(rec.verification, console)
 
 
@@ -185,28 +196,32 @@ def recommend_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend a model and hyperparameters for a dataset, with the reasons."""
-    if verify is not None:
-        from metallmix.cli.verify import run_verified
-
-        rec = run_verified(
-            path,
-            modality=modality,
-            llm=llm,
-            kb=kb,
-            seed=seed,
-            no_judge_llm=no_judge_llm,
-            k=verify,
-            budget_minutes=budget_minutes,
-            backend=backend,
-            address=address,
-            workers=workers,
-            threads=threads,
-            max_train_images=max_train_images,
-            study=study,
-        )
-        emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
-        return
-    rec = _run(path, modality, llm, kb, seed, no_judge_llm, compute)
+    if verify is None:
+        rec = _run(path, modality, llm, kb, seed, no_judge_llm, compute)
+    else:
+        engine = make_backend(backend, address=address, workers=workers or None)
+        try:
+            rec = _run(
+                path,
+                modality,
+                llm,
+                kb,
+                seed,
+                no_judge_llm,
+                compute,
+                verify={
+                    "verify": verify,
+                    "budget_minutes": budget_minutes,
+                    "backend": engine,
+                    "verify_options": {
+                        "study": study,
+                        "max_train_images": max_train_images,
+                        "threads": threads,
+                    },
+                },
+            )
+        finally:
+            engine.close()
     emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
 
 

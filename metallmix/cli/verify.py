@@ -1,77 +1,37 @@
 """``metallmix recommend DATA --verify K``: the zero-shot answer, then a verified one.
 
-Kept apart from :mod:`metallmix.cli.recommend` so the shared command only gains options;
-the work is :func:`metallmix.verify.recommend_verified`.
+What a verification adds to :mod:`metallmix.cli.recommend`'s display: a line per training
+run while it works, and the table of candidates and rungs at the end. The command itself is
+``recommend``'s (one progress display, one call to :func:`metallmix.recommend`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from metallmix.cli.output import progress, stderr
+from metallmix.cli.output import stderr
 
-
-def run_verified(
-    path: Path,
-    *,
-    modality: str | None,
-    llm: str | None,
-    kb: Path | None,
-    seed: int,
-    no_judge_llm: bool,
-    k: int,
-    budget_minutes: float | None,
-    backend: str,
-    address: str | None,
-    workers: int,
-    threads: int | None,
-    max_train_images: int | None,
-    study: str | None,
-) -> Any:
-    """Recommend, then verify, with progress on stderr (nodes, then one line per run)."""
-    from metallmix.tools.training.backends import make_backend
+if TYPE_CHECKING:  # annotations only: the CLI starts without the training code
     from metallmix.tools.training.verify import RunResult
-    from metallmix.verify import recommend_verified
 
-    engine = make_backend(backend, address=address, workers=workers or None)
-    try:
-        with progress("recommending + verifying", total=None) as advance:
 
-            def on_node(node: str) -> None:
-                stderr.print(f"  done: {node}")
-                advance(1)
+def run_printer(advance: Callable[[int], None]) -> Callable[[str, int, RunResult], None]:
+    """The ``on_run`` hook of a verification: one stderr line per finished training run."""
 
-            def on_run(cid: str, rung: int, run: RunResult) -> None:
-                value = "—" if run.value is None else f"{100 * run.value:.1f}%"
-                stderr.print(
-                    f"  verify: {cid} rung {rung} ({run.epochs} epoch(s)) {run.state}: "
-                    f"val {value} in {run.seconds or 0:.1f} s"
-                )
-                advance(1)
+    def on_run(cid: str, rung: int, run: RunResult) -> None:
+        value = "—" if run.value is None else f"{100 * run.value:.1f}%"
+        stderr.print(
+            f"  verify: {cid} rung {rung} ({run.epochs} epoch(s)) {run.state}: "
+            f"val {value} in {run.seconds or 0:.1f} s"
+        )
+        advance(1)
 
-            return recommend_verified(
-                path,
-                k=k,
-                budget_minutes=budget_minutes,
-                modality=modality,
-                llm=llm,
-                kb=kb,
-                seed=seed,
-                judge_with_llm=not no_judge_llm,
-                on_node=on_node,
-                backend=engine,
-                study=study,
-                max_train_images=max_train_images,
-                threads=threads,
-                on_run=on_run,
-            )
-    finally:
-        engine.close()
+    return on_run
 
 
 def render_verification(result: Any, console: Console) -> None:
