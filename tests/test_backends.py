@@ -39,7 +39,6 @@ from metallmix.tools.training.distributed import (
     TrialOutcome,
     execute_trial,
     materialize,
-    run_build,
 )
 
 
@@ -89,7 +88,7 @@ def test_relayed_mlflow_run_matches_a_direct_one(data_dir: Path, tmp_path: Path)
     class Remote(LocalBackend):
         remote = True  # behave like Ray: ship materialised data, relay MLflow calls
 
-    events = list(run_build(kb, trials[:2], sources, backend=Remote(), threads=1))
+    events = list(build(kb, trials[:2], sources, backend=Remote(), threads=1))
     assert [e.error for e in events] == [None, None]
     client = tracking.client()
     for record in kb.iter_records():
@@ -141,7 +140,7 @@ def test_pool_worker_death_is_retried_without_partial_rows(
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     with LocalBackend(workers=1) as backend:
         events = list(
-            run_build(kb, [trial], sources, backend=backend, max_retries=1, trial_fn=crash_once)
+            build(kb, [trial], sources, backend=backend, max_retries=1, trial_fn=crash_once)
         )
     assert (markers / trial.key).exists()  # the first worker really died
     assert [(e.trial.key, e.error) for e in events] == [(trial.key, None)]

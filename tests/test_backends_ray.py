@@ -28,7 +28,6 @@ from metallmix.tools.training.distributed import (
     TrialJob,
     TrialOutcome,
     execute_trial,
-    run_build,
 )
 from metallmix.tools.training.search import run_search
 
@@ -79,7 +78,7 @@ def test_ray_build_survives_killed_workers_and_equals_local(
     policy = {trials[0].key: "once", trials[1].key: "always"}
     kb = SQLiteKnowledgeBase(tmp_path / "ray.sqlite")
     events = list(
-        run_build(
+        build(
             kb,
             trials,
             sources,
@@ -97,9 +96,9 @@ def test_ray_build_survives_killed_workers_and_equals_local(
     assert set(by_key(kb)) == {t.key for t in trials} - {trials[1].key}  # no partial row
 
     # The build resumes: only the failed trial runs again, and now it completes.
-    again = list(run_build(kb, trials, sources, backend=ray_backend, threads=1))
+    again = list(build(kb, trials, sources, backend=ray_backend, threads=1))
     assert [e.trial.key for e in again] == [trials[1].key] and again[0].record is not None
-    assert list(run_build(kb, trials, sources, backend=ray_backend)) == []
+    assert list(build(kb, trials, sources, backend=ray_backend)) == []
 
     records = kb.records()
     keys = Counter(r.provenance.notes[TRIAL_KEY_TAG] for r in records)
@@ -214,7 +213,7 @@ def test_ray_workers_log_to_an_mlflow_server_themselves(
     trials, sources = tiny_plan(data_dir)
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     events = list(
-        run_build(
+        build(
             kb,
             trials[:2],
             sources,

@@ -1,6 +1,7 @@
 """Where trials run: in this process, in a small local process pool, or on a Ray cluster.
 
-The drivers (:mod:`metallmix.tools.training.distributed`) only ever submit a picklable
+The drivers (the KB build, the search and the verification, through
+:class:`metallmix.tools.training.distributed.TrialRunner`) only ever submit a picklable
 function with its arguments, wait for one to finish and collect its result, so the same KB
 build or search runs unchanged on one laptop or on hundreds of Ray workers. A backend never
 retries by itself: a worker that dies surfaces as :class:`WorkerLostError` and the driver
@@ -51,6 +52,11 @@ class ExecutionBackend(ABC):
     #: Workers may live on other machines: they cannot see the driver's files or a local
     #: (SQLite / file) MLflow store, so datasets must be shipped and MLflow calls relayed.
     remote: bool = False
+
+    @property
+    def in_process(self) -> bool:
+        """Tasks run in the driver's own process, one at a time, as they are submitted."""
+        return False
 
     @abstractmethod
     def slots(self, resources: Resources) -> int:
@@ -115,6 +121,10 @@ class LocalBackend(ExecutionBackend):
             raise ConfigError(f"--workers cannot be negative, got {workers}")
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def in_process(self) -> bool:
+        return self.workers == 0 and not self.remote
 
     def describe(self) -> str:
         return "local (in-process)" if self.workers == 0 else f"local ({self.workers} processes)"

@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from metallmix import config
 from metallmix.errors import ConfigError, DatasetError
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
@@ -36,8 +39,9 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
 )
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training.backends import ExecutionBackend, Resources
-from metallmix.tools.training.runner import compute_meta_features, run_trial
+from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
+from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
+from metallmix.tools.training.runner import compute_meta_features
 from metallmix.tools.training.trainer import FeatureCache
 
 TRIAL_KEY_TAG = "metallmix.trial_key"
@@ -439,6 +443,8 @@ def build(
     resources: Resources | None = None,
     max_retries: int = 2,
     feature_cache: FeatureCache | None = None,
+    tracking_uri: str | None = None,
+    trial_fn: TrialFn | None = None,
 ) -> Iterator[BuildEvent]:
     """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
 
@@ -447,65 +453,79 @@ def build(
     the same plan from both ends.
     A trial that fails with a user-facing error (model cannot run at a size, ...) is
     reported and skipped; the build goes on. ``backend`` (see
-    :mod:`metallmix.tools.training.backends`) runs the trials elsewhere; ``None`` keeps
-    them in this process, one after the other.
+    :mod:`metallmix.tools.training.backends`) runs the trials elsewhere, events then come
+    in completion order; ``None`` keeps them in this process, one after the other. A trial
+    whose worker died ``max_retries + 1`` times is reported with an error and left out of
+    the KB, so re-running the build retries it. ``trial_fn`` replaces the worker (tests).
     """
-    from metallmix.errors import MetaLLMiXError
-
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(f"shard index {index} is not in 0..{count - 1}")
-    if backend is not None:  # trials on a backend (process pool, Ray); the driver writes
-        from metallmix.tools.training.distributed import run_build
-
-        yield from run_build(
-            kb,
-            [t for i, t in enumerate(trials) if i % count == index],
-            sources,
-            backend=backend,
-            threads=threads,
-            max_val_images=max_val_images,
-            experiment=experiment,
-            resources=resources,
-            max_retries=max_retries,
-            on_trial=on_trial,
-        )
-        return
-    done = done_keys(kb)
-    todo = [t for i, t in enumerate(trials) if i % count == index and t.key not in done]
+    backend = backend or LocalBackend(0)
+    uri = tracking_uri or config.tracking_uri()
+    runner = TrialRunner(
+        backend,
+        kb=kb,
+        tracking_uri=uri,
+        resources=resources or Resources(num_cpus=float(threads or 1)),
+        max_retries=max_retries,
+        trial_fn=trial_fn,
+        feature_cache=feature_cache or FeatureCache(),
+    )
+    recorded = done_keys(kb)
+    planned: set[str] = set()
+    todo: list[Trial] = []
+    for i, trial in enumerate(trials):
+        if i % count == index and trial.key not in recorded and trial.key not in planned:
+            planned.add(trial.key)
+            todo.append(trial)
     cache = TaskCache(sources)
-    features = feature_cache or FeatureCache()
+    shipped: dict[str, Any] = {}
+    queue = deque(todo)
+    ended = 0
     seen = len(kb)
-    for n, trial in enumerate(todo, start=1):
-        if len(kb) != seen:  # another process on the same KB (e.g. --reverse) did some
-            seen = len(kb)
-            done = done_keys(kb)
-        if trial.key in done:
-            continue
-        ds, mf = cache.task(trial.task)
-        record: RunRecord | None = None
-        error: str | None = None
-        try:
-            record = run_trial(
-                ds,
-                trial.model,
-                trial.hp,
+
+    def next_job() -> tuple[Trial, TrialJob, Any] | None:
+        nonlocal ended, seen, recorded
+        while queue:
+            trial = queue.popleft()
+            if len(kb) != seen:  # another process on the same KB (e.g. --reverse) did some
+                seen = len(kb)
+                recorded = done_keys(kb)
+            if trial.key in recorded:
+                ended += 1
+                continue
+            name = trial.task.name
+            if name not in shipped:
+                shipped[name] = runner.ship(*cache.task(trial.task))
+            job = TrialJob(
+                key=trial.key,
+                model=trial.model,
+                hp=trial.hp,
                 seed=trial.seed,
-                kb=kb,
                 experiment=experiment,
+                tracking_uri=uri,
+                direct=runner.direct,
                 threads=threads,
-                dataset_group=trial.task.source,
-                source_resolution=trial.task.resolution,
                 max_val_images=max_val_images,
-                meta_features=mf,
-                tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": trial.task.name},
+                source_resolution=trial.task.resolution,
+                dataset_group=trial.task.source,
+                tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": name},
                 pretrained=trial.pretrained,
-                feature_cache=features,
                 live_metrics=False,
             )
-        except MetaLLMiXError as exc:
-            error = str(exc)
-        event = BuildEvent(trial, record, error, n, len(todo))
+            return trial, job, shipped[name]
+        return None
+
+    for finished in runner.run(next_job, runner.slots()):
+        ended += 1
+        if finished.record is not None:  # our own row: no reason to re-read the KB
+            recorded.add(finished.payload.key)
+            seen += 1
+        error = finished.error
+        if finished.lost is not None:
+            error = f"worker lost on all {finished.attempts} attempt(s): {finished.lost}"
+        event = BuildEvent(finished.payload, finished.record, error, ended, len(todo))
         if on_trial is not None:
             on_trial(event)
         yield event

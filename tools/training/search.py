@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from metallmix.tools.meta.search_space import (
     make_hyperparameters,
 )
 from metallmix.tools.training import tracking
+from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
+from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.trainer import EpochStats
 
 SAMPLERS = ("random", "tpe")
@@ -40,7 +42,7 @@ _PARENT_ATTR = "mlflow_parent_run_id"
 
 def distributions(space: SearchSpace) -> dict[str, Any]:
     """Optuna distributions for ``space``: the model is one more categorical parameter."""
-    from optuna.distributions import (
+    from optuna.distributions import (  # heavy: Optuna loads only when a search runs
         CategoricalDistribution,
         FloatDistribution,
         IntDistribution,
@@ -58,7 +60,7 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
 
 
 def _sampler(name: str, seed: int) -> Any:
-    import optuna
+    import optuna  # heavy: Optuna loads only when a search runs
 
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -100,14 +102,12 @@ class SearchResult:
     trials: list[TrialSummary] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
 def _counted(trial: Any) -> bool:
     """Trials that used up budget: finished, or failed with a recorded error."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
 
     return trial.state == TrialState.COMPLETE or (
         trial.state == TrialState.FAIL and "error" in trial.user_attrs
@@ -159,8 +159,8 @@ def open_study(
     Trials left RUNNING by an interrupted search are failed and re-queued with the same
     parameters, so a resumed search retries what was cut off instead of skipping it.
     """
-    import optuna
-    from optuna.trial import TrialState
+    import optuna  # heavy: Optuna loads only when a search runs
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_path = Path(storage) if storage is not None else default_storage()
@@ -222,7 +222,7 @@ def tell_record(study: Any, trial: Any, record: RunRecord, seconds: float) -> No
 
 def search_result(opened: OpenedStudy, *, sampler: str, trials: int) -> SearchResult:
     """Summarise a study (local or distributed) once its budget is used."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
 
     all_trials = opened.study.get_trials(deepcopy=False)
     completed = [t for t in all_trials if t.state == TrialState.COMPLETE]
@@ -262,10 +262,11 @@ def run_search(
     tracking_uri: str | None = None,
     on_trial: Callable[[TrialSummary], None] | None = None,
     progress: Callable[[EpochStats], None] | None = None,
-    backend: Any | None = None,
+    backend: ExecutionBackend | None = None,
     parallel: int | None = None,
     max_retries: int = 2,
-    resources: Any | None = None,
+    resources: Resources | None = None,
+    trial_fn: TrialFn | None = None,
 ) -> SearchResult:
     """Run (or resume) an Optuna study until ``trials`` trials have used up the budget.
 
@@ -273,36 +274,21 @@ def run_search(
     best validation accuracy before diverging (0 when it never finished an epoch). A
     configuration the trainer rejects (e.g. a model that cannot run at that image size) is
     a failed trial that still counts, as it would for any practitioner.
+
+    Optuna's ask/tell stays here, in one storage; the trials run on ``backend`` (default:
+    this process, one after the other, with ``progress`` called after each epoch).
+    ``parallel`` trials are asked ahead and run at once (default: what the backend holds);
+    with ``parallel=1`` the sequence of trials is exactly the in-process one, since the
+    sampler (TPE) sees every told result before the next ask. A trial whose worker died on
+    every attempt is told FAIL with the reason and counts against the budget.
     """
-    if backend is not None:  # an ExecutionBackend: Optuna ask/tell here, trials there
-        from metallmix.tools.training.distributed import run_search_distributed
-
-        return run_search_distributed(
-            dataset,
-            backend=backend,
-            sampler=sampler,
-            trials=trials,
-            seed=seed,
-            space=space,
-            storage=storage,
-            study_name=study_name,
-            kb=kb,
-            experiment=experiment,
-            max_train_images=max_train_images,
-            max_val_images=max_val_images,
-            threads=threads,
-            tracking_uri=tracking_uri,
-            on_trial=on_trial,
-            parallel=parallel,
-            max_retries=max_retries,
-            resources=resources,
-        )
-    from optuna.trial import TrialState
-
-    from metallmix.tools.training.runner import run_trial
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
 
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel must be at least 1, got {parallel}")
+    uri = tracking_uri or config.tracking_uri()
     opened = open_study(
         dataset.name,
         sampler=sampler,
@@ -310,50 +296,89 @@ def run_search(
         space=space,
         storage=storage,
         study_name=study_name,
-        client=tracking.client(tracking_uri),
+        client=tracking.client(uri),
         experiment=experiment,
+        # the plain in-process search logs the parameters it always did
+        extra_params={"backend": backend.name} if backend is not None else None,
     )
     study, name, dists = opened.study, opened.name, opened.distributions
     parent, client = opened.parent_run_id, opened.client
 
-    while sum(_counted(t) for t in study.get_trials(deepcopy=False)) < trials:
-        trial = study.ask(dists)
-        params: dict[str, Scalar] = dict(trial.params)
-        model = str(params.pop("model"))
-        started = time.perf_counter()
-        record: RunRecord | None = None
-        try:
-            hp = make_hyperparameters(space.project(model, params))
-            record = run_trial(
-                dataset,
-                model,
-                hp,
-                pretrained=space.is_pretrained(model),
+    runner = TrialRunner(
+        backend or LocalBackend(0),
+        kb=kb,
+        tracking_uri=uri,
+        resources=resources or Resources(num_cpus=float(threads or 1)),
+        max_retries=max_retries,
+        trial_fn=trial_fn,
+        progress=progress,
+    )
+    width = parallel or runner.slots()
+    data = runner.ship(dataset)
+
+    def budget_used() -> int:
+        return sum(_counted(t) for t in study.get_trials(deepcopy=False))
+
+    def next_job() -> tuple[Any, TrialJob, Any] | None:
+        while budget_used() + runner.in_flight < trials:
+            trial = study.ask(dists)
+            params: dict[str, Scalar] = dict(trial.params)
+            model = str(params.pop("model"))
+            started = time.perf_counter()
+            try:
+                hp = make_hyperparameters(space.project(model, params))
+            except MetaLLMiXError as exc:
+                trial.set_user_attr("error", str(exc)[:1000])
+                trial.set_user_attr("seconds", time.perf_counter() - started)
+                study.tell(trial, state=TrialState.FAIL)
+                _notify(on_trial, study, trial.number)
+                continue
+            job = TrialJob(
+                key=f"{name}#{trial.number}",
+                model=model,
+                hp=hp,
                 seed=seed + trial.number,
-                kb=kb,
                 experiment=experiment,
-                parent_run_id=parent,
+                tracking_uri=uri,
+                direct=runner.direct,
+                threads=threads,
                 max_train_images=max_train_images,
                 max_val_images=max_val_images,
-                threads=threads,
-                progress=progress,
-                tracking_uri=tracking_uri,
+                parent_run_id=parent,
                 tags={"metallmix.study": name, "metallmix.trial": str(trial.number)},
+                pretrained=space.is_pretrained(model),
             )
-        except MetaLLMiXError as exc:
-            trial.set_user_attr("error", str(exc)[:1000])
-            trial.set_user_attr("seconds", time.perf_counter() - started)
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            tell_record(study, trial, record, time.perf_counter() - started)
-        if on_trial is not None:
-            on_trial(_summary(study.get_trials(deepcopy=False)[trial.number]))
+            return trial, job, data
+        return None
+
+    try:
+        for finished in runner.run(next_job, width):
+            trial = finished.payload
+            if finished.record is None:
+                reason = finished.error
+                if finished.lost is not None:
+                    reason = f"worker lost on all {finished.attempts} attempt(s)"
+                trial.set_user_attr("error", str(reason)[:1000])
+                trial.set_user_attr("seconds", finished.seconds)
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                tell_record(study, trial, finished.record, finished.seconds)
+            _notify(on_trial, study, trial.number)
+    except Exception:
+        # A bug, not a trial result: its trial is left RUNNING, so a resumed search re-runs it.
+        client.set_terminated(parent, status="FAILED")
+        raise
     client.set_terminated(parent, status="FINISHED")
 
     return search_result(opened, sampler=sampler, trials=trials)
 
 
+def _notify(on_trial: Callable[[TrialSummary], None] | None, study: Any, number: int) -> None:
+    if on_trial is not None:
+        on_trial(_summary(study.get_trials(deepcopy=False)[number]))
+
+
 def _params(values: dict[str, Any]) -> list[Any]:
-    from mlflow.entities import Param
+    from mlflow.entities import Param  # heavy: MLflow loads only when a run is logged
 
     return [Param(k, str(v)) for k, v in values.items()]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +51,11 @@ from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, hp_values
 from metallmix.tools.training import tracking
+from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
+from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
+from metallmix.tools.training.search import default_storage as search_storage
+from metallmix.tools.training.search import distributions, open_study
+from metallmix.tools.training.trainer import DEFAULTS
 
 VERIFY_KIND = "verify"
 VERIFY_EXPERIMENT = "metallmix-recommendations"  # beside the recommendation it nests under
@@ -78,7 +84,7 @@ class RungChoice(BaseModel):
 
 
 def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # heavy: SciPy loads only when a rung is chosen
 
     if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
         return None
@@ -293,14 +299,12 @@ def default_study_name(
 
 
 def default_storage() -> Path:
-    from metallmix.tools.training.search import default_storage as search_storage
-
     return search_storage()
 
 
 def load_plan(storage: Path | None, study_name: str) -> dict[str, Any] | None:
     """The plan stored by an earlier invocation of ``study_name``, if any (no study made)."""
-    import optuna
+    import optuna  # heavy: Optuna loads only when a verification runs
 
     path = Path(storage) if storage is not None else default_storage()
     if not path.is_file():
@@ -340,8 +344,6 @@ def select(candidates: Sequence[Candidate], k: int, zero_shot_id: str) -> list[C
 
 
 def _full_epochs(candidate: Candidate) -> int:
-    from metallmix.tools.training.trainer import DEFAULTS
-
     return int(candidate.hyperparameters.epochs or DEFAULTS["epochs"])
 
 
@@ -356,13 +358,11 @@ def _plan_distributions(chosen: Sequence[Candidate], r0: int, space: SearchSpace
     and for categoricals the same choices, per name across a study): the space's, widened
     to the planned values it lacks; a categorical of the planned values for names it lacks.
     """
-    from optuna.distributions import (
+    from optuna.distributions import (  # heavy: Optuna loads only when a verification runs
         CategoricalDistribution,
         FloatDistribution,
         IntDistribution,
     )
-
-    from metallmix.tools.training.search import distributions
 
     values: dict[str, list[Any]] = {}
     for cand in chosen:
@@ -414,7 +414,7 @@ class _Ledger:
     """The study's runs by (candidate, rung), rebuilt from Optuna on every start."""
 
     def __init__(self, study: Any) -> None:
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # heavy: Optuna loads only when a verification runs
 
         self.done: dict[tuple[str, int], RunResult] = {}
         for trial in study.get_trials(deepcopy=False):
@@ -507,12 +507,12 @@ def run_verify(
     max_val_images: int | None = None,
     threads: int | None = None,
     tracking_uri: str | None = None,
-    backend: Any | None = None,
-    resources: Any | None = None,
+    backend: ExecutionBackend | None = None,
+    resources: Resources | None = None,
     max_retries: int = 2,
     extra_plan: dict[str, Any] | None = None,
     on_run: OnRun | None = None,
-    trial_fn: Any | None = None,
+    trial_fn: TrialFn | None = None,
 ) -> VerifyResult:
     """Successive halving over the top-``k`` candidates (the zero-shot pick always among them).
 
@@ -525,17 +525,6 @@ def run_verify(
     (ignored when ``first_rung_epochs`` is given). ``trial_fn`` replaces the worker
     function (tests).
     """
-    from metallmix.tools.training.backends import LocalBackend, Resources, WorkerLostError
-    from metallmix.tools.training.distributed import (
-        TrialJob,
-        _Committer,
-        _Dispatcher,
-        execute_trial,
-        is_server,
-        materialize,
-    )
-    from metallmix.tools.training.search import open_study
-
     if eta < 2:
         raise ConfigError(f"eta (the halving factor) must be at least 2, got {eta}")
     if budget_seconds is not None and budget_seconds <= 0:
@@ -596,7 +585,7 @@ def run_verify(
     dists = _plan_distributions(chosen, r0, space)
 
     # Killed runs were re-queued by open_study as WAITING trials: claim each for its run.
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a verification runs
 
     waiting: dict[tuple[str, int], Any] = {}
     table = {
@@ -620,13 +609,16 @@ def run_verify(
     ledger = _Ledger(study)
     resumed_runs = len(ledger.done)
     estimate = _Estimator(chosen, ledger)
-    backend = backend or LocalBackend(0)
-    resources = resources or Resources(num_cpus=float(threads or 1))
-    committer = _Committer(kb, uri)
-    direct = is_server(uri) or not backend.remote
-    dispatcher = _Dispatcher(backend, trial_fn or execute_trial, resources, max_retries)
-    width = backend.slots(resources)
-    data = backend.put((materialize(dataset) if backend.remote else dataset, None))
+    runner = TrialRunner(
+        backend or LocalBackend(0),
+        kb=kb,
+        tracking_uri=uri,
+        resources=resources or Resources(num_cpus=float(threads or 1)),
+        max_retries=max_retries,
+        trial_fn=trial_fn,
+    )
+    width = runner.slots()
+    data = runner.ship(dataset)
     skipped: dict[tuple[str, int], RunResult] = {}
     runs_now = 0
     stopped = False
@@ -636,12 +628,14 @@ def run_verify(
         """Run ``(candidate, rung, epochs)`` jobs not yet done, as wide as the backend allows."""
         nonlocal runs_now, stopped, fatal
         todo = [j for j in jobs if (j[0], j[1]) not in ledger.done]
-        started: dict[int, tuple[float, float, str, int, int]] = {}
-        while todo or dispatcher.inflight:
-            while todo and fatal is None and len(dispatcher.inflight) < width:
+        started: dict[int, tuple[float, str, int, int]] = {}
+
+        def next_job() -> tuple[Any, TrialJob, Any] | None:
+            nonlocal stopped
+            while todo:
                 cid, rg, epochs = todo.pop(0)
                 cost = estimate(cid, epochs)
-                pending = sum(s[1] for s in started.values())
+                pending = sum(s[0] for s in started.values())
                 if (
                     budget_seconds is not None
                     and ledger.seconds() + pending + cost > budget_seconds
@@ -672,7 +666,7 @@ def run_verify(
                     seed=seed,
                     experiment=experiment,
                     tracking_uri=uri,
-                    direct=direct,
+                    direct=runner.direct,
                     threads=threads,
                     max_train_images=max_train_images,
                     max_val_images=max_val_images,
@@ -685,51 +679,49 @@ def run_verify(
                         "metallmix.rung": str(rg),
                     },
                 )
-                started[trial.number] = (time.perf_counter(), cost, cid, rg, epochs)
-                dispatcher.submit(trial, job, data)
-            if not dispatcher.inflight:
-                break
-            trial, outcome, failure, attempts = dispatcher.next()
-            t0, _, cid, rg, epochs = started.pop(trial.number)
-            seconds = time.perf_counter() - t0
-            if failure is not None and not isinstance(failure, WorkerLostError):
-                fatal = fatal or failure  # a bug: left RUNNING, retried on the next start
-                continue
-            record = committer.commit(outcome) if failure is None else None
-            trial.set_user_attr("seconds", seconds)
-            trial.set_user_attr("epochs", epochs)
-            if record is None:
-                reason = (
-                    outcome.error
-                    if failure is None
-                    else f"worker lost on all {attempts} attempt(s)"
-                )
-                trial.set_user_attr("error", str(reason)[:1000])
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                value, metric = _value(record)
-                out = record.outcomes
-                for key, attr in (
-                    ("mlflow_run_id", record.provenance.mlflow_run_id),
-                    ("record_id", record.run_id),
-                    ("status", record.status),
-                    ("metric", metric),
-                    ("val_accuracy", out.val_accuracy),
-                    ("test_accuracy", out.test_accuracy),
-                    ("test_balanced_accuracy", out.balanced_accuracy),
-                    ("train_seconds", out.train_seconds),
-                ):
-                    trial.set_user_attr(key, attr)
-                curve = _curve(record)
-                for step, point in enumerate(curve, start=1):
-                    trial.report(float(point), step)
-                study.tell(trial, value)
-            frozen = study.get_trials(deepcopy=False)[trial.number]
-            result = _run_from_trial(frozen, "done" if record is not None else "failed")
-            ledger.done[(cid, rg)] = result
-            runs_now += 1
-            if on_run is not None:
-                on_run(cid, rg, result)
+                started[trial.number] = (cost, cid, rg, epochs)
+                return trial, job, data
+            return None
+
+        try:
+            for finished in runner.run(next_job, width):
+                trial = finished.payload
+                _, cid, rg, epochs = started.pop(trial.number)
+                record = finished.record
+                trial.set_user_attr("seconds", finished.seconds)
+                trial.set_user_attr("epochs", epochs)
+                if record is None:
+                    reason = finished.error
+                    if finished.lost is not None:
+                        reason = f"worker lost on all {finished.attempts} attempt(s)"
+                    trial.set_user_attr("error", str(reason)[:1000])
+                    study.tell(trial, state=TrialState.FAIL)
+                else:
+                    value, metric = _value(record)
+                    out = record.outcomes
+                    for key, attr in (
+                        ("mlflow_run_id", record.provenance.mlflow_run_id),
+                        ("record_id", record.run_id),
+                        ("status", record.status),
+                        ("metric", metric),
+                        ("val_accuracy", out.val_accuracy),
+                        ("test_accuracy", out.test_accuracy),
+                        ("test_balanced_accuracy", out.balanced_accuracy),
+                        ("train_seconds", out.train_seconds),
+                    ):
+                        trial.set_user_attr(key, attr)
+                    curve = _curve(record)
+                    for step, point in enumerate(curve, start=1):
+                        trial.report(float(point), step)
+                    study.tell(trial, value)
+                frozen = study.get_trials(deepcopy=False)[trial.number]
+                result = _run_from_trial(frozen, "done" if record is not None else "failed")
+                ledger.done[(cid, rg)] = result
+                runs_now += 1
+                if on_run is not None:
+                    on_run(cid, rg, result)
+        except Exception as exc:  # a bug: its run is left RUNNING, retried on the next start
+            fatal = exc
 
     # Rung 0: every candidate, r0 epochs (its full epochs when those are fewer).
     rung0 = [(c.candidate_id, 0, min(r0, _full_epochs(c))) for c in chosen]
@@ -887,9 +879,7 @@ def _result(
 
 def _log_summary(client: Any, run_id: str, result: VerifyResult) -> None:
     """The verdict on the verification's MLflow run: metrics plus ``verify.json``."""
-    import tempfile
-
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # heavy: MLflow loads only when a run is logged
 
     now = int(time.time() * 1000)
     values = {
