@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metallmix.atomic import write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -454,10 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         (".json", json.dumps(result, indent=2, default=str)),
         (".md", markdown(result)),
     ):
-        path = args.out / f"{name}{suffix}"
-        tmp = path.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text(args.out / f"{name}{suffix}", text)
     print(markdown(result))
     return 0
 

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metallmix.atomic import write_text
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (with 3 samples p95 is the maximum: say so in reports)."""
@@ -172,10 +174,7 @@ def cli_main(args: argparse.Namespace) -> int:
     results["load_after"] = f"{os.getloadavg()[0]:.1f}"
     print(render(results))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, args.out)
+        write_text(args.out, json.dumps(results, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
@@ -242,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = f"{os.getloadavg()[0]:.1f}"
     print(render(results))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, args.out)
+        write_text(args.out, json.dumps(results, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -10,12 +10,11 @@ package file must not need a WAL index to be read).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 
+from metallmix.atomic import atomic_path
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 
 
@@ -36,10 +35,7 @@ def ship(build: Path, target: Path) -> tuple[int, int, int]:
     """(own runs removed, own runs added, other runs kept)."""
     if Path(str(target) + "-wal").exists():  # a writer left pages in the WAL: fold them in
         finalize(target)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".sqlite")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target, suffix=".sqlite") as tmp:
         shutil.copyfile(target, tmp)
         kb = SQLiteKnowledgeBase(tmp)
         old = [r.run_id for r in kb.iter_records() if r.source == "own"]
@@ -50,10 +46,6 @@ def ship(build: Path, target: Path) -> tuple[int, int, int]:
         kept = sum(1 for r in kb.iter_records() if r.source != "own")
         del kb
         finalize(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return len(old), len(new), kept
 
 

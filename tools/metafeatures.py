@@ -6,6 +6,11 @@ recommendation never peeks at validation or test data. The model is versioned: r
 the knowledge base carry the version they were computed with. Class-distribution fields are
 optional because public meta-datasets often publish only size, classes and resolution;
 unknown stays ``None`` (NaN for the meta-learner) rather than an invented value.
+
+Meta-features come from a loaded dataset or from a dataset card, so this module sits above
+both (:mod:`metallmix.tools.datasets`, :mod:`metallmix.tools.datasets.card`); a card itself
+knows nothing of meta-features, and the card of a dataset is made here
+(:func:`card_from_dataset`).
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-if TYPE_CHECKING:
-    from metallmix.tools.datasets import Dataset
-    from metallmix.tools.datasets.card import DatasetCard
+from metallmix.errors import DatasetError
+from metallmix.tools.datasets import Dataset, load_dataset, stratified_sample
+from metallmix.tools.datasets.base import convert_channels
+from metallmix.tools.datasets.card import DatasetCard, read_card
 
 META_FEATURES_VERSION = 1
 
@@ -106,7 +111,7 @@ def meta_features_from_counts(
     """
     sizes = np.asarray([int(c) for c in counts if int(c) > 0], dtype=np.int64)
     if len(sizes) == 0:
-        raise _dataset_error("no training images: meta-features need at least one class")
+        raise DatasetError("no training images: meta-features need at least one class")
     n = int(sizes.sum())
     k = len(sizes)
     p = sizes / n
@@ -132,12 +137,6 @@ def meta_features_from_counts(
     )
 
 
-def _dataset_error(message: str) -> Exception:
-    from metallmix.errors import DatasetError
-
-    return DatasetError(message)
-
-
 def _from_card(card: DatasetCard, modality: str | None) -> MetaFeatures:
     return meta_features_from_counts(
         card.counts(),
@@ -158,9 +157,6 @@ def _from_dataset(
     on_progress: Callable[[int], None] | None,
 ) -> MetaFeatures:
     """One header pass over the training split plus a seeded decoded sample for pixel stats."""
-    from metallmix.tools.datasets import stratified_sample
-    from metallmix.tools.datasets.base import convert_channels
-
     train = dataset.split("train")
     advance = on_progress or (lambda n: None)
     heights: list[int] = []
@@ -172,7 +168,7 @@ def _from_dataset(
         channel_votes[1 if header.channels == 1 else 3] += 1
         advance(1)
     if not heights:
-        raise _dataset_error(f"{dataset.name}: no readable training image")
+        raise DatasetError(f"{dataset.name}: no readable training image")
     tiny = sum(1 for h, w in zip(heights, widths, strict=True) if min(h, w) < TINY_SIDE)
     if tiny:
         smallest = min(zip(heights, widths, strict=True), key=lambda hw: hw[0] * hw[1])
@@ -237,9 +233,6 @@ def compute_meta_features(
     sizes from headers (one streamed pass), pixel mean/std from ``pixel_sample`` decoded
     training images chosen with ``seed``; seed also fixes any carved split of a path.
     """
-    from metallmix.tools.datasets import Dataset, load_dataset
-    from metallmix.tools.datasets.card import DatasetCard, read_card
-
     if isinstance(source, DatasetCard):
         return _from_card(source, modality)
     if isinstance(source, Dataset):
@@ -249,3 +242,24 @@ def compute_meta_features(
         return _from_card(read_card(path), modality)
     dataset = load_dataset(path, modality=modality, seed=seed)
     return _from_dataset(dataset, modality, seed, pixel_sample, on_progress)
+
+
+def card_from_dataset(
+    dataset: Dataset, features: MetaFeatures | None = None, seed: int = 0
+) -> DatasetCard:
+    """The card of a loaded dataset (medians and pixel stats from its meta-features)."""
+    features = features or compute_meta_features(dataset, seed=seed)
+    counts = dataset.split("train").labels
+    per_class = {name: int((counts == i).sum()) for i, name in enumerate(dataset.class_names)}
+    return DatasetCard(
+        name=dataset.name,
+        modality=features.modality,
+        class_names=list(dataset.class_names),
+        train_counts=per_class,
+        image_height=round(features.resolution_h),
+        image_width=round(features.resolution_w),
+        channels=1 if features.channels == 1 else 3,
+        pixel_mean=features.pixel_mean,
+        pixel_std=features.pixel_std,
+        source={k: v for k, v in dataset.source_info.items() if k != "path"},
+    )

@@ -8,6 +8,7 @@ llama.cpp sees them; loaded models are cached per process so a second recommenda
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from metallmix.atomic import write_bytes
 from metallmix.errors import MetaLLMiXError, ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -528,16 +530,9 @@ class _FixedPrefixes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` next to ``path`` and rename, so a reader never sees half a state."""
-    import tempfile
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as fh:
-            fh.write(data)
-        os.replace(fh.name, path)
-    except OSError:  # a read-only cache only costs the saving, never the answer
-        pass
+    """Write ``data`` atomically; a read-only cache only costs the saving, never the answer."""
+    with contextlib.suppress(OSError):
+        write_bytes(path, data)
 
 
 class _GreedyGrammarSampler:

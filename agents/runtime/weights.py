@@ -37,6 +37,7 @@ from metallmix.agents.runtime.registry import (
     find_spec_by_file,
     get_spec,
 )
+from metallmix.atomic import atomic_path, write_text
 from metallmix.config import cache_dir
 from metallmix.errors import ModelUnavailableError
 
@@ -106,16 +107,7 @@ def _marker_path(path: Path) -> Path:
 
 
 def _write_json_atomic(target: Path, payload: dict[str, Any]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text(target, json.dumps(payload))
 
 
 def write_marker(path: Path, sha256: str) -> None:
@@ -249,15 +241,8 @@ def _atomic_target(target: Path, min_free: int) -> Iterator[Path]:
             f"not enough disk space in {target.parent} for {target.name}: {free:,} bytes free, "
             f"{min_free:,} needed; free some space or set METALLMIX_CACHE to a larger disk"
         )
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target, suffix=".part") as tmp:
         yield tmp
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def assemble(

@@ -56,7 +56,11 @@ def features(
     """Meta-features of a dataset's training split (or of a dataset card)."""
     from metallmix.tools.datasets import load_dataset
     from metallmix.tools.datasets.card import DatasetCard, read_card, write_card
-    from metallmix.tools.metafeatures import compute_meta_features, meta_feature_steps
+    from metallmix.tools.metafeatures import (
+        card_from_dataset,
+        compute_meta_features,
+        meta_feature_steps,
+    )
 
     result: dict[str, Any] = {"path": str(path)}
     card: DatasetCard
@@ -79,7 +83,7 @@ def features(
             skipped_images=len(train.skipped),
             source_info=dataset.source_info,
         )
-        card = DatasetCard.from_dataset(dataset, mf)
+        card = card_from_dataset(dataset, mf)
     if card_out is not None:
         written = write_card(card, card_out)
         result["card"] = str(written)

@@ -10,18 +10,13 @@ The sidecars shipped with ``../shared/data/medical`` carry the same facts and ar
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from metallmix.atomic import write_text
 from metallmix.errors import DatasetError
-
-if TYPE_CHECKING:
-    from metallmix.tools.datasets.base import Dataset
-    from metallmix.tools.metafeatures import MetaFeatures
 
 CARD_VERSION = 1
 # The largest JPEG side; bigger images (whole slides) are tiled before classification, and a
@@ -98,29 +93,6 @@ class DatasetCard(BaseModel):
                 "counts_per_split.train, image_size and channels"
             ) from exc
 
-    @classmethod
-    def from_dataset(
-        cls, dataset: Dataset, features: MetaFeatures | None = None, seed: int = 0
-    ) -> DatasetCard:
-        """The card of a loaded dataset (medians and pixel stats from its meta-features)."""
-        from metallmix.tools.metafeatures import compute_meta_features
-
-        features = features or compute_meta_features(dataset, seed=seed)
-        counts = dataset.split("train").labels
-        per_class = {name: int((counts == i).sum()) for i, name in enumerate(dataset.class_names)}
-        return cls(
-            name=dataset.name,
-            modality=features.modality,
-            class_names=list(dataset.class_names),
-            train_counts=per_class,
-            image_height=round(features.resolution_h),
-            image_width=round(features.resolution_w),
-            channels=1 if features.channels == 1 else 3,
-            pixel_mean=features.pixel_mean,
-            pixel_std=features.pixel_std,
-            source={k: v for k, v in dataset.source_info.items() if k != "path"},
-        )
-
 
 def _format_validation(exc: ValidationError) -> str:
     parts = []
@@ -152,14 +124,4 @@ def read_card(path: str | Path) -> DatasetCard:
 
 def write_card(card: DatasetCard, path: str | Path) -> Path:
     """Write ``card`` as JSON atomically (temp file + rename), so a crash leaves no half card."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(card.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(Path(path).expanduser(), card.model_dump_json(indent=2) + "\n")

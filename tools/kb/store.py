@@ -48,6 +48,18 @@ class AddResult:
     skipped: int
 
 
+def kb_content_hash(records: Iterable[RunRecord]) -> str:
+    """The one digest of a KB's content (records in run-id order), 16 hex characters.
+
+    Caches of fitted meta-learners and retrieval indexes are keyed by it, recommendations
+    record it, so every caller (a store, or records already in memory) must agree.
+    """
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r.run_id):
+        digest.update(record.model_dump_json().encode())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class KBInfo:
     """Counts reported by ``metallmix kb info``."""
@@ -138,18 +150,12 @@ class KnowledgeBase(ABC):
 
     def content_hash(self) -> str:
         """A hash of the whole content: fitted models are reused only while it is unchanged."""
-        digest = hashlib.sha256()
-        for record in self.iter_records():
-            digest.update(record.model_dump_json().encode())
-        return digest.hexdigest()[:16]
+        return kb_content_hash(self.iter_records())
 
     def info(self) -> KBInfo:
         from metallmix.tools.kb.regime import counts_by_regime, counts_by_source_and_regime
 
         records = list(self.iter_records())
-        digest = hashlib.sha256()
-        for record in records:
-            digest.update(record.model_dump_json().encode())
         return KBInfo(
             total=len(records),
             by_source=dict(sorted(Counter(r.source for r in records).items())),
@@ -157,7 +163,7 @@ class KnowledgeBase(ABC):
             by_status=dict(sorted(Counter(r.status for r in records).items())),
             schema_version=KB_SCHEMA_VERSION,
             location=self.location,
-            content_hash=digest.hexdigest()[:16],
+            content_hash=kb_content_hash(records),
             layers=self.layers(),
             unreadable=self.unreadable_records(),
             by_regime=counts_by_regime(records),

@@ -17,8 +17,6 @@ import csv
 import difflib
 import hashlib
 import json
-import os
-import tempfile
 import types
 import typing
 from collections.abc import Iterable, Iterator
@@ -29,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from metallmix.atomic import atomic_path
 from metallmix.errors import ImportFormatError, KnowledgeBaseError
 from metallmix.tools.kb.records import KB_SCHEMA_VERSION, RunRecord
 
@@ -117,26 +116,6 @@ def _csv_cell(value: Any, kind: Kind) -> str:
     return str(value)
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, then rename: never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would surprise whoever reads it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_format(path: Path) -> str:
     """The file's format suffix, or a KnowledgeBaseError before any work is done."""
     suffix = path.suffix.lower()
@@ -154,15 +133,11 @@ def export_records(records: Iterable[RunRecord], path: Path) -> int:
     cols = columns()
     rows = list(records)
     if suffix == ".csv":
-
-        def write_csv(tmp: Path) -> None:
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow([c.name for c in cols])
-                for record in rows:
-                    writer.writerow([_csv_cell(_value(record, c), c.kind) for c in cols])
-
-        _atomic_write(path, write_csv)
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([c.name for c in cols])
+            for record in rows:
+                writer.writerow([_csv_cell(_value(record, c), c.kind) for c in cols])
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -184,10 +159,8 @@ def export_records(records: Iterable[RunRecord], path: Path) -> int:
         # The schema version travels in the file's metadata (CSV has no place for it).
         table = pa.table(data).replace_schema_metadata({SCHEMA_KEY: str(KB_SCHEMA_VERSION)})
 
-        def write_parquet(tmp: Path) -> None:
+        with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-
-        _atomic_write(path, write_parquet)
     return len(rows)
 
 

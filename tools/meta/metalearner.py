@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +30,11 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
+from metallmix.atomic import atomic_dir
 from metallmix.errors import KnowledgeBaseError, ModelUnavailableError
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
-from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
 from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
 
 Objective = Literal["raw", "normalized", "rank", "percentile", "ensemble"]
@@ -379,9 +377,7 @@ class MetaLearner:
     def save(self, directory: Path) -> Path:
         """Write boosters (XGBoost JSON) and a JSON sidecar atomically into ``directory``."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             boosters: dict[str, xgb.Booster | None] = {
                 "accuracy": self.accuracy_booster,
                 "quantile": self.quantile_booster,
@@ -400,12 +396,6 @@ class MetaLearner:
                 "info": self.info,
             }
             (tmp / "metalearner.json").write_text(json.dumps(sidecar, indent=2, default=str))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod
@@ -537,11 +527,3 @@ def fit_or_load(
     learner.save(directory)
     learner.info["cached"] = False
     return learner
-
-
-def kb_content_hash(records: Iterable[RunRecord]) -> str:
-    """Same digest as :meth:`KnowledgeBase.content_hash`, from records already in memory."""
-    digest = hashlib.sha256()
-    for record in sorted(records, key=lambda r: r.run_id):
-        digest.update(record.model_dump_json().encode())
-    return digest.hexdigest()[:16]

@@ -17,8 +17,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +26,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from metallmix import config
+from metallmix.atomic import atomic_dir
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
-from metallmix.tools.kb.store import KnowledgeBase, SQLiteKnowledgeBase
+from metallmix.tools.kb.store import KnowledgeBase, SQLiteKnowledgeBase, kb_content_hash
 from metallmix.tools.meta.contracts import SimilarRun
 from metallmix.tools.meta.encoding import model_arch, model_params_m
-from metallmix.tools.meta.metalearner import kb_content_hash
 from metallmix.tools.metafeatures import MetaFeatures
 
 RETRIEVAL_VERSION = 1
@@ -275,9 +273,7 @@ class RetrievalIndex:
     # ------------------------------------------------------------- persistence
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             faiss.write_index(self.dataset_index.index, str(tmp / "datasets.faiss"))
             faiss.write_index(self.run_index.index, str(tmp / "runs.faiss"))
             sidecar = {
@@ -293,12 +289,6 @@ class RetrievalIndex:
                 "run_ids": self.run_ids,
             }
             (tmp / "retrieval.json").write_text(json.dumps(sidecar))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

@@ -13,14 +13,13 @@ import json
 import numpy as np
 
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
-from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
 from metallmix.tools.meta.contracts import Candidate, Shortlist
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
 from metallmix.tools.meta.metalearner import (
     MetaLearnerConfig,
     fit_or_load,
-    kb_content_hash,
 )
 from metallmix.tools.meta.retrieval import (
     DatasetScaler,

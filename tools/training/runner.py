@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metallmix.atomic import write_text
 from metallmix.tools.datasets.base import Dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
@@ -412,12 +413,10 @@ def _keep_unlogged(record: RunRecord, kb: KnowledgeBase | None, message: str) ->
             return record
         except Exception as exc:  # fall through to the JSON file
             message = f"{message}; the KB also failed: {exc}"
-    folder = config.home_dir() / "unlogged-runs"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{record.run_id}.json"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(record.model_dump_json(indent=2), encoding="utf-8")
-    tmp.replace(target)
+    target = write_text(
+        config.home_dir() / "unlogged-runs" / f"{record.run_id}.json",
+        record.model_dump_json(indent=2),
+    )
     log.warning(
         "training finished but logging it to MLflow failed (%s); the result is kept in %s "
         "(the run's KB record as JSON)",

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from metallmix.atomic import atomic_path
 from metallmix.errors import ConfigError, DatasetError, ModelUnavailableError
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.training import pretrained as pretrained_weights
@@ -633,20 +634,14 @@ class FeatureCache:
         path = self._file(key)
         if path is None:
             return
-        import os
-        import tempfile
-
         table = self._store[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(
-            tmp,
-            digests=np.array([np.frombuffer(d, dtype=np.uint8) for d in table]),
-            features=np.stack(list(table.values())),
-            seconds_per_image=np.array(self._seconds_per_image.get(key, 0.0)),
-        )
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(
+                tmp,
+                digests=np.array([np.frombuffer(d, dtype=np.uint8) for d in table]),
+                features=np.stack(list(table.values())),
+                seconds_per_image=np.array(self._seconds_per_image.get(key, 0.0)),
+            )
 
 
 # The process-wide cache used when :func:`train` is not given one.
