@@ -9,6 +9,7 @@ re-imported into another knowledge base without loss.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from metallmix.atomic import write_text
+from metallmix.config import home_dir
 from metallmix.tools.datasets.base import Dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
@@ -78,7 +80,7 @@ def _params(
 
 
 def _plot_curve(result: TrainResult, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib loads only when a run's plots are drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,7 +109,7 @@ def _plot_curve(result: TrainResult, path: Path) -> None:
 
 
 def _plot_confusion(result: TrainResult, class_names: list[str], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib loads only when a run's plots are drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,7 +218,7 @@ def run_trial(
     run_id = run.info.run_id
     record: RunRecord | None = None  # set once training has finished
     try:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param  # heavy: MLflow loads only when a run logs
 
         base: dict[str, Scalar] = {
             "dataset": dataset.name,
@@ -391,10 +393,6 @@ def run_trial(
 def _keep_unlogged(record: RunRecord, kb: KnowledgeBase | None, message: str) -> RunRecord:
     """The trained result when MLflow logging failed afterwards: into the KB, else a JSON file
     in ``$METALLMIX_HOME/unlogged-runs/``; a warning says where, the record notes the error."""
-    import logging
-
-    from metallmix import config
-
     log = logging.getLogger(__name__)
     notes = {**record.provenance.notes, "mlflow_logging_error": message[:500]}
     record = record.model_copy(
@@ -414,7 +412,7 @@ def _keep_unlogged(record: RunRecord, kb: KnowledgeBase | None, message: str) ->
         except Exception as exc:  # fall through to the JSON file
             message = f"{message}; the KB also failed: {exc}"
     target = write_text(
-        config.home_dir() / "unlogged-runs" / f"{record.run_id}.json",
+        home_dir() / "unlogged-runs" / f"{record.run_id}.json",
         record.model_dump_json(indent=2),
     )
     log.warning(
@@ -427,7 +425,7 @@ def _keep_unlogged(record: RunRecord, kb: KnowledgeBase | None, message: str) ->
 
 
 def _tags(values: dict[str, str]) -> list[Any]:
-    from mlflow.entities import RunTag
+    from mlflow.entities import RunTag  # heavy: MLflow loads only when a run logs
 
     return [RunTag(k, v) for k, v in values.items()]
 

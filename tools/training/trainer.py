@@ -10,7 +10,9 @@ runs on are often shared.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,9 +230,8 @@ ProgressFn = Callable[[EpochStats], None]
 
 
 def _set_seed(seed: int) -> None:
-    import random
 
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -243,8 +244,8 @@ def create_model(config: TrainConfig, n_classes: int, channels: int) -> Any:
     Unavailable weights are a :class:`ModelUnavailableError` naming the way out
     (``pretrained=False`` or ``--weights FILE``) instead of a network stack trace.
     """
-    import timm
-    import torch
+    import timm  # heavy: timm (and torch) load only when a model is built
+    import torch  # heavy: torch loads only when something trains
 
     if not timm.is_model(config.model):
         raise ConfigError(
@@ -283,7 +284,7 @@ def create_model(config: TrainConfig, n_classes: int, channels: int) -> Any:
 
 def _load_weights(model: Any, path: Path) -> None:
     """Load a state dict, dropping tensors whose shape differs (classifier, stem channels)."""
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     if not path.is_file():
         raise ModelUnavailableError(f"weights file {path} does not exist")
@@ -308,8 +309,8 @@ def _load_weights(model: Any, path: Path) -> None:
 
 def _to_tensor(images: np.ndarray, size: int) -> Any:
     """uint8 N x H x W x C -> float N x C x size x size in [0, 1], resized once up front."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy: torch loads only when something trains
+    import torch.nn.functional as F  # heavy: as torch
 
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-2:] != (size, size):
@@ -321,8 +322,8 @@ def _to_tensor(images: np.ndarray, size: int) -> Any:
 
 def _augment(x: Any, level: str, generator: Any) -> Any:
     """Batched augmentation: flips and padded crops (light), plus affine + intensity (medium)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy: torch loads only when something trains
+    import torch.nn.functional as F  # heavy: as torch
 
     if level == "none":
         return x
@@ -350,7 +351,7 @@ def _augment(x: Any, level: str, generator: Any) -> Any:
 
 
 def _optimizer(config: TrainConfig, model: Any) -> Any:
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     params = model.parameters()
     if config.optimizer == "sgd":
@@ -364,7 +365,7 @@ def _optimizer(config: TrainConfig, model: Any) -> Any:
 
 def _scheduler(config: TrainConfig, optimizer: Any) -> Any | None:
     """Stepped once per epoch: cosine to zero, or /10 at 1/2 and 3/4 of the epochs."""
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -382,7 +383,7 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
     high. One gradient-free pass with a cumulative average fixes that for a fraction of an
     epoch's cost.
     """
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     norms = [
         m
@@ -409,7 +410,7 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
 
 def _predict(model: Any, x: Any, batch: int) -> Any:
     """Logits for all of ``x`` in eval mode, without gradients."""
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     model.eval()
     outs = []
@@ -442,7 +443,7 @@ def macro_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
 
     ``None`` when fewer than two classes are present (AUC is undefined).
     """
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # heavy: SciPy loads only for AUC
 
     aucs: list[float] = []
     for k in np.unique(y_true):
@@ -473,8 +474,8 @@ class Evaluation:
 
 def evaluate(logits: Any, labels: np.ndarray, n_classes: int) -> Evaluation:
     """Loss, accuracy, balanced accuracy, macro-F1 and macro AUC of ``logits``."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy: torch loads only when something trains
+    import torch.nn.functional as F  # heavy: as torch
 
     loss = float(F.cross_entropy(logits, torch.from_numpy(labels)))
     if not math.isfinite(float(logits.sum())):
@@ -531,7 +532,7 @@ def _freeze(model: Any, finetune: str) -> int:
 
 def _freeze_modes(model: Any) -> None:
     """Batch-norm layers whose parameters are all frozen stay in eval mode while training."""
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -542,7 +543,7 @@ def _freeze_modes(model: Any) -> None:
 
 def _normaliser(config: TrainConfig, model: Any, train_x: Any) -> tuple[Any, Any]:
     """Input mean/std: the pretrained weights' own, else the training split's per channel."""
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     channels = train_x.shape[1]
     if config.pretrained and config.weights is None:
@@ -581,14 +582,12 @@ class FeatureCache:
 
     @staticmethod
     def digests(images: np.ndarray) -> list[bytes]:
-        import hashlib
 
         return [hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in images]
 
     def _file(self, key: str) -> Path | None:
         if self.directory is None:
             return None
-        import hashlib
 
         return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
 
@@ -650,7 +649,7 @@ FEATURE_CACHE = FeatureCache()
 
 def _extractor(model: Any, size: int, mean: Any, std: Any, batch: int) -> Any:
     """uint8 images -> pooled pre-logit features of the frozen ``model`` (numpy, float32)."""
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     def extract(images: np.ndarray) -> np.ndarray:
         model.eval()
@@ -702,7 +701,7 @@ def train(
     as ``diverged``. ``finetune='linear_probe'`` (pretrained models) trains a linear head on
     frozen features, taken from ``feature_cache`` when already computed.
     """
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -722,8 +721,8 @@ def train(
 
 
 def _loss_fn(config: TrainConfig, labels: np.ndarray, n_classes: int) -> Any:
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy: torch loads only when something trains
+    import torch.nn.functional as F  # heavy: as torch
 
     weight = None
     if config.class_weighting == "balanced":
@@ -793,55 +792,47 @@ def _set_test(result: TrainResult, test: Evaluation) -> None:
     result.confusion = test.confusion
 
 
-def _train_network(
+def _run_epochs(
     config: TrainConfig,
-    data: ArraySplits,
-    model: Any,
+    *,
+    train_y: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    optimizer: Any,
+    scheduler: Any,
+    generator: Any,
+    batch: int,
+    train_mode: Callable[[], Any],
+    forward: Callable[[Any], Any],
+    validate: Callable[[Any], Evaluation],
+    state_dict: Callable[[], dict[str, Any]],
     progress: ProgressFn | None,
-    n_trainable: int,
-) -> TrainResult:
-    """Gradient training of the (partly frozen) network on augmented batches."""
-    import torch
+    min_batch: int = 1,
+) -> tuple[Literal["ok", "diverged"], str, _BestEpoch, list[EpochStats]]:
+    """The one epoch loop of the network and the probe: shuffle, step, validate, stop early.
 
-    n_classes = int(data.n_classes or 0)
-    size = config.image_size
-    train_x = _to_tensor(data.train_x, size)
-    val_x = _to_tensor(data.val_x, size)
-    mean, std = _normaliser(config, model, train_x)
-    train_y_np = np.asarray(data.train_y, dtype=np.int64)
-    train_y = torch.from_numpy(train_y_np)
-    val_y = np.asarray(data.val_y, dtype=np.int64)
-    loss_fn = _loss_fn(config, train_y_np, n_classes)
-    optimizer = _optimizer(config, model)
-    scheduler = _scheduler(config, optimizer)
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = min(config.batch_size, len(train_x))
+    ``forward(indices)`` gives the training logits of a batch, ``validate(order)`` the
+    validation evaluation after the epoch (``order`` is the epoch's shuffle). The generator
+    is drawn in the same order as ever (one permutation per epoch, then whatever
+    ``forward`` draws), so seeded runs stay identical.
+    """
+    import torch  # heavy: torch loads only when something trains
+
     history: list[EpochStats] = []
     best = _BestEpoch(config.early_stopping_patience)
     status: Literal["ok", "diverged"] = "ok"
     message = ""
-    started = time.perf_counter()
-    try:  # fail fast (before any training) when the image size is too small
-        _predict(model, (train_x[:2] - mean) / std, 2)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"{config.model} cannot run at image_size={size} "
-            f"({str(exc).splitlines()[0][:120]}); choose a larger image_size"
-        ) from exc
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
-        _freeze_modes(model)
-        order = torch.randperm(len(train_x), generator=generator)
+        train_mode()
+        order = torch.randperm(len(train_y), generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
         lr = float(optimizer.param_groups[0]["lr"])
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
-            if len(idx) < 2 and seen > 0:  # batch-norm cannot train on one image
+            if len(idx) < min_batch and seen > 0:
                 continue
-            xb = (_augment(train_x[idx], config.augmentation, generator) - mean) / std
             yb = train_y[idx]
-            logits = model(xb)
+            logits = forward(idx)
             loss = loss_fn(logits, yb)
             if not torch.isfinite(loss):
                 status, message = "diverged", f"non-finite loss in epoch {epoch}"
@@ -856,9 +847,7 @@ def _train_network(
             break
         if scheduler is not None:
             scheduler.step()
-        calib = order[:BN_CALIBRATION_IMAGES]
-        _recalibrate_batchnorm(model, (train_x[calib] - mean) / std, max(batch, 64))
-        val = evaluate(_predict(model, (val_x - mean) / std, max(batch, 128)), val_y, n_classes)
+        val = validate(order)
         if not val.finite:
             status, message = "diverged", f"non-finite validation output in epoch {epoch}"
             break
@@ -866,9 +855,70 @@ def _train_network(
         history.append(stats)
         if progress is not None:
             progress(stats)
-        if best.update(epoch, val, model.state_dict):
+        if best.update(epoch, val, state_dict):
             message = f"early stop after epoch {epoch} (best {best.epoch})"
             break
+    return status, message, best, history
+
+
+def _train_network(
+    config: TrainConfig,
+    data: ArraySplits,
+    model: Any,
+    progress: ProgressFn | None,
+    n_trainable: int,
+) -> TrainResult:
+    """Gradient training of the (partly frozen) network on augmented batches."""
+    import torch  # heavy: torch loads only when something trains
+
+    n_classes = int(data.n_classes or 0)
+    size = config.image_size
+    train_x = _to_tensor(data.train_x, size)
+    val_x = _to_tensor(data.val_x, size)
+    mean, std = _normaliser(config, model, train_x)
+    train_y_np = np.asarray(data.train_y, dtype=np.int64)
+    train_y = torch.from_numpy(train_y_np)
+    val_y = np.asarray(data.val_y, dtype=np.int64)
+    loss_fn = _loss_fn(config, train_y_np, n_classes)
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = min(config.batch_size, len(train_x))
+    started = time.perf_counter()
+    try:  # fail fast (before any training) when the image size is too small
+        _predict(model, (train_x[:2] - mean) / std, 2)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{config.model} cannot run at image_size={size} "
+            f"({str(exc).splitlines()[0][:120]}); choose a larger image_size"
+        ) from exc
+
+    def train_mode() -> None:
+        model.train()
+        _freeze_modes(model)
+
+    def validate(order: Any) -> Evaluation:
+        calib = order[:BN_CALIBRATION_IMAGES]
+        _recalibrate_batchnorm(model, (train_x[calib] - mean) / std, max(batch, 64))
+        return evaluate(_predict(model, (val_x - mean) / std, max(batch, 128)), val_y, n_classes)
+
+    status, message, best, history = _run_epochs(
+        config,
+        train_y=train_y,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        batch=batch,
+        train_mode=train_mode,
+        forward=lambda idx: model(
+            (_augment(train_x[idx], config.augmentation, generator) - mean) / std
+        ),
+        validate=validate,
+        state_dict=model.state_dict,
+        progress=progress,
+        min_batch=2,  # batch-norm cannot train on one image
+    )
     result = _result(
         status,
         message,
@@ -899,7 +949,7 @@ def _train_probe(
     Augmentation does not apply (features are computed once per image); the head is
     trained with the configured optimiser, schedule, loss and early stopping.
     """
-    import torch
+    import torch  # heavy: torch loads only when something trains
 
     n_classes = int(data.n_classes or 0)
     size = config.image_size
@@ -940,48 +990,28 @@ def _train_probe(
     scheduler = _scheduler(config, optimizer)
     generator = torch.Generator().manual_seed(config.seed)
     batch = min(config.batch_size, len(train_f))
-    history: list[EpochStats] = []
-    best = _BestEpoch(config.early_stopping_patience)
-    status: Literal["ok", "diverged"] = "ok"
-    message = ""
     x_train = (train_f - f_mean) / f_std
     x_val = (val_f - f_mean) / f_std
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        head.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
-        lr = float(optimizer.param_groups[0]["lr"])
-        for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
-            logits = head(x_train[idx])
-            loss = loss_fn(logits, train_y[idx])
-            if not torch.isfinite(loss):
-                status, message = "diverged", f"non-finite loss in epoch {epoch}"
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == train_y[idx]).sum())
-            seen += len(idx)
-        if status == "diverged":
-            break
-        if scheduler is not None:
-            scheduler.step()
+
+    def validate(order: Any) -> Evaluation:
         head.eval()
         with torch.inference_mode():
-            val = evaluate(head(x_val).float(), val_y, n_classes)
-        if not val.finite:
-            status, message = "diverged", f"non-finite validation output in epoch {epoch}"
-            break
-        stats = _stats(epoch, total_loss, correct, seen, val, lr, epoch_start)
-        history.append(stats)
-        if progress is not None:
-            progress(stats)
-        if best.update(epoch, val, head.state_dict):
-            message = f"early stop after epoch {epoch} (best {best.epoch})"
-            break
+            return evaluate(head(x_val).float(), val_y, n_classes)
+
+    status, message, best, history = _run_epochs(
+        config,
+        train_y=train_y,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        batch=batch,
+        train_mode=head.train,
+        forward=lambda idx: head(x_train[idx]),
+        validate=validate,
+        state_dict=head.state_dict,
+        progress=progress,
+    )
     backbone = sum(p.numel() for p in model.parameters())
     head_params = sum(p.numel() for p in head.parameters())
     result = _result(
