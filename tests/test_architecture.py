@@ -35,14 +35,7 @@ CORE = (
 PENDING_UPWARD = {
     ("metallmix.graphs.nodes", "metallmix.tracking"),
 }
-PENDING_CYCLES = {
-    ("metallmix.tools.datasets.card", "metallmix.tools.metafeatures"),
-    (
-        "metallmix.tools.training.build",
-        "metallmix.tools.training.distributed",
-        "metallmix.tools.training.search",
-    ),
-}
+PENDING_CYCLES: set[tuple[str, ...]] = set()
 LAYERS = {"core": 0, "tools": 1, "agents": 2, "graphs": 3, "top": 4}
 
 
