@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from metallmix.errors import KnowledgeBaseError
+from metallmix.graphs.resources import KbSpec, resolve_kb
 from metallmix.tools.kb.regime import (
     REGIME_DESCRIPTION,
     REGIME_SPACE,
@@ -20,29 +22,26 @@ from metallmix.tools.kb.regime import (
     counts_by_regime,
 )
 from metallmix.tools.kb.regime_view import regime_kb
-from metallmix.tools.kb.store import KnowledgeBase, open_kb
+from metallmix.tools.meta import metric as m
 from metallmix.tools.meta.contracts import Shortlist
-from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.meta.metric import metric_of_runs
+from metallmix.tools.meta.search_space import get_space
+from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 
 
 def regime_shortlist(
     data: str | os.PathLike[str] | MetaFeatures,
     compute: str,
     *,
-    kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+    kb: KbSpec = None,
     n: int = 3,
     seed: int = 0,
 ) -> Shortlist:
     """The scored shortlist for ``data`` from the ``compute`` regime's runs and space,
     carrying that regime's metric (as the graph's shortlist node makes it)."""
-    from metallmix.errors import KnowledgeBaseError
-    from metallmix.tools.meta.metric import metric_of_runs
-    from metallmix.tools.meta.search_space import get_space
-    from metallmix.tools.meta.shortlist import build_shortlist
-    from metallmix.tools.metafeatures import compute_meta_features
-
     regime: Regime = check_regime(compute)
-    store = kb if isinstance(kb, KnowledgeBase) else open_kb(kb)
+    store = resolve_kb(kb, read_only=False)
     if counts_by_regime(store.iter_records())[regime] == 0:
         raise KnowledgeBaseError(
             f"the knowledge base {store.location} holds no {regime} run "
@@ -57,8 +56,6 @@ def regime_shortlist(
 
 def preview(shortlist: Shortlist) -> dict[str, Any]:
     """A JSON-ready summary of a regime's shortlist, with the dataset's baselines."""
-    from metallmix.tools.meta import metric as m
-
     mf = shortlist.meta_features
     chance, majority = m.chance_level(mf), m.majority_accuracy(mf)
     candidates = []

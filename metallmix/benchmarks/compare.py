@@ -400,6 +400,12 @@ class _Run:
         self.done(key, check.model_dump(mode="json"))
         return dest
 
+    def heldout(self, dataset: Dataset, kb_path: Path) -> SQLiteKnowledgeBase:
+        """The held-out KB, its no-leak check re-run before every use."""
+        kb = SQLiteKnowledgeBase(kb_path, read_only=True)
+        check_no_leak(kb, hidden_names(dataset))
+        return kb
+
     def recommendation(self, dataset: Dataset, kb_path: Path, parent: str) -> dict[str, Any]:
         key = f"{dataset.name}/metallmix/recommendation"
         found = self.cached(key)
@@ -409,8 +415,7 @@ class _Run:
         loading = time.perf_counter()
         llm = self.llm()
         llm_load_seconds = time.perf_counter() - loading
-        kb = SQLiteKnowledgeBase(kb_path, read_only=True)
-        check_no_leak(kb, hidden_names(dataset))
+        kb = self.heldout(dataset, kb_path)
         started = time.perf_counter()
         view = _train_view(dataset, self.settings.max_train_images, seed)
         mf = compute_meta_features(view)
@@ -457,8 +462,7 @@ class _Run:
         found = self.cached(key)
         if found is not None:
             return found
-        kb = SQLiteKnowledgeBase(kb_path, read_only=True)
-        check_no_leak(kb, hidden_names(dataset))
+        kb = self.heldout(dataset, kb_path)
         started = time.perf_counter()
         pool = [
             r
@@ -583,8 +587,7 @@ class _Run:
         found = self.cached(key)
         if found is not None:
             return found
-        kb = SQLiteKnowledgeBase(kb_path, read_only=True)
-        check_no_leak(kb, hidden_names(dataset))
+        kb = self.heldout(dataset, kb_path)
         raw = rec.get("candidates")
         if raw is None:  # a state from before candidates were stored: same shortlist again
             raw = [c.model_dump(mode="json") for c in self._shortlist(dataset, kb)]

@@ -118,14 +118,7 @@ def build_report(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
     datasets: dict[str, Any] = {}
     for name in names:
         methods = {m: _method_row(pieces, name, m, seeds) for m in METHODS}
-        ref = methods["metallmix"]
-        for row in methods.values():
-            row["config_speedup_vs_metallmix"] = _ratio(
-                row["config_seconds"], ref["config_seconds"]
-            )
-            row["train_ratio_vs_metallmix"] = _ratio(
-                row["train_seconds_mean"], ref["train_seconds_mean"]
-            )
+        _versus_metallmix(methods, "config_seconds")
         scored = {m: r["test_accuracy_mean"] for m, r in methods.items()}
         valid = {m: v for m, v in scored.items() if v is not None}
         best = max(valid.values()) if valid else None
@@ -152,14 +145,7 @@ def build_report(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
             "best": sum(method in datasets[n]["best"] for n in names),
             "best_or_within_1pt": sum(method in datasets[n]["within_1pt"] for n in names),
         }
-    ref = overall["metallmix"]
-    for row in overall.values():
-        row["config_speedup_vs_metallmix"] = _ratio(
-            row["config_seconds_mean"], ref["config_seconds_mean"]
-        )
-        row["train_ratio_vs_metallmix"] = _ratio(
-            row["train_seconds_mean"], ref["train_seconds_mean"]
-        )
+    _versus_metallmix(overall, "config_seconds_mean")
     complete = all(
         datasets[n]["methods"][m]["seeds_done"] == len(seeds) for n in names for m in METHODS
     )
@@ -170,6 +156,16 @@ def build_report(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
         "complete": complete,
         "n_datasets": len(names),
     }
+
+
+def _versus_metallmix(rows: dict[str, dict[str, Any]], config_field: str) -> None:
+    """Each method's config time and training time as ratios to MetaLLMiX's (in place)."""
+    ref = rows["metallmix"]
+    for row in rows.values():
+        row["config_speedup_vs_metallmix"] = _ratio(row[config_field], ref[config_field])
+        row["train_ratio_vs_metallmix"] = _ratio(
+            row["train_seconds_mean"], ref["train_seconds_mean"]
+        )
 
 
 def _verify_vs_rs(methods: dict[str, Any], k: int) -> dict[str, Any]:

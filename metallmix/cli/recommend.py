@@ -12,10 +12,15 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from metallmix.agents.evidence import pct, ranked_candidates, seconds
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.cli.verify import render_verification, run_printer
-from metallmix.errors import DatasetError
+from metallmix.errors import DatasetError, KnowledgeBaseError
+from metallmix.tools.kb.regime import REGIMES
+from metallmix.tools.meta.metric import METRIC_LABEL
+from metallmix.tools.meta.search_space import hp_values
 from metallmix.tools.training.backends import make_backend
+from metallmix.tracking import ui_hint
 
 DEMO_CARDS = {
     "isic2018": "isic2018_ham10000.json",
@@ -91,8 +96,6 @@ def _run(
 
 def print_shortlist(shortlist: Any) -> None:
     """The scored shortlist on stderr as soon as it exists (seconds), while the LLM works."""
-    from metallmix.agents.evidence import pct, ranked_candidates, seconds
-
     stderr.print("  scored shortlist (the LLM now chooses and explains):")
     for c in ranked_candidates(shortlist):
         stderr.print(
@@ -105,8 +108,6 @@ def print_shortlist(shortlist: Any) -> None:
 
 def render(rec: Any, console: Console) -> None:
     """The recommendation, its explanation, the judge's verdict and where to audit it."""
-    from metallmix.tools.meta.search_space import hp_values
-
     console.print(
         Panel.fit(escape(rec.summary()), title=escape(f"Recommendation for {rec.dataset}"))
     )
@@ -127,8 +128,6 @@ def render(rec: Any, console: Console) -> None:
     if rec.confidence:
         console.print(f"confidence: {rec.confidence} (set by code from the interval width)")
     if rec.mlflow_run_id:
-        from metallmix.tracking import ui_hint
-
         store, command, url = ui_hint(rec.mlflow_run_id)
         console.print(
             f"MLflow run [bold]{rec.mlflow_run_id}[/bold] in {escape(store)}\n"
@@ -253,9 +252,8 @@ def demo_cmd(
 
 def _other_regimes(card: Path, rec: Any, kb: Path | None, seed: int) -> list[dict[str, Any]]:
     """Previews of the regimes the recommendation did not use (those the KB holds runs of)."""
-    from metallmix.errors import KnowledgeBaseError
+    # Imported here: the meta-learner (xgboost, faiss) only loads when the demo runs.
     from metallmix.regimes import preview, regime_shortlist
-    from metallmix.tools.kb.regime import REGIMES
 
     out: list[dict[str, Any]] = []
     for regime in REGIMES:
@@ -273,8 +271,6 @@ def _other_regimes(card: Path, rec: Any, kb: Path | None, seed: int) -> list[dic
 
 def render_regime(preview: dict[str, Any], console: Console) -> None:
     """Another regime's top candidates with their predictions and the baselines."""
-    from metallmix.tools.meta.metric import METRIC_LABEL
-
     regime = str(preview["compute"])
     if "unavailable" in preview:
         console.print(f"{regime.upper()} regime: {escape(str(preview['unavailable']))}")
