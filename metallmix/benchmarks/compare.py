@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
 from metallmix.api import recommend
-from metallmix.benchmarks.compare_report import METHODS, atomic_write, build_report
+from metallmix.atomic import write_text
+from metallmix.benchmarks.compare_report import METHODS, build_report
 from metallmix.benchmarks.lodo import LeakError, best_default
 from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.graphs.resources import LlmSpec, resolve_llm
@@ -278,7 +279,7 @@ class CompareState:
         self.save()
 
     def save(self) -> None:
-        atomic_write(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
+        write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
 
 
 # ----------------------------------------------------------------------------- running

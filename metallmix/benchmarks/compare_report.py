@@ -11,12 +11,12 @@ plots adds one final training to the methods that do not train during selection.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from metallmix.atomic import atomic_path, write_text
 
 METHODS = ("metallmix", "random", "tpe", "best-default", "metallmix+verify")
 WITHIN = 0.01  # "within 1 point" of the best test accuracy (accuracies are fractions)
@@ -36,21 +36,6 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
         return None, None
     std = statistics.stdev(clean) if len(clean) > 1 else 0.0
     return statistics.fmean(clean), std
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def label(method: str, settings: dict[str, Any] | None = None) -> str:
@@ -369,21 +354,19 @@ def write_results(report: dict[str, Any], out_dir: Path, name: str) -> dict[str,
         "json": out_dir / f"{name}.json",
         "png": out_dir / f"{name}.png",
     }
-    atomic_write(
+    write_text(
         paths["md"],
         "# Head-to-head: zero-shot recommendation vs RS vs TPE vs best-default vs verify\n\n"
         + markdown_table(report),
     )
-    atomic_write(paths["json"], json.dumps(report, indent=2, default=str))
-    tmp = out_dir / f".{name}.tmp.png"
-    plot(report, tmp)
-    os.replace(tmp, paths["png"])
+    write_text(paths["json"], json.dumps(report, indent=2, default=str))
+    with atomic_path(paths["png"], suffix=".png") as tmp:
+        plot(report, tmp)
     return paths
 
 
 __all__ = [
     "METHODS",
-    "atomic_write",
     "build_report",
     "markdown_table",
     "mean_std",

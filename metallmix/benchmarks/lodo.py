@@ -38,6 +38,7 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import spearmanr
 
+from metallmix.atomic import atomic_path, write_text
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.quicktune import import_quicktune
@@ -550,12 +551,9 @@ def write_results(result: LodoResult, out_dir: Path, name: str) -> dict[str, Pat
         "json": result.model_dump_json(indent=2),
     }
     for kind, text in payload.items():
-        tmp = paths[kind].with_suffix(paths[kind].suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths[kind])
-    tmp_png = out_dir / f".{name}.tmp.png"
-    plot(result, tmp_png)
-    os.replace(tmp_png, paths["png"])
+        write_text(paths[kind], text)
+    with atomic_path(paths["png"], suffix=".png") as tmp_png:
+        plot(result, tmp_png)
     return paths
 
 
