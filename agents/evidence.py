@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
@@ -150,15 +150,18 @@ def fact_lines(shortlist: Shortlist, candidate_id: str, n: int) -> list[str]:
     return [f"- [{candidate_id}] {f.sentence}" for f in top_facts(shortlist, candidate_id, n)]
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """One request's evidence: what the LLM may choose and cite, under short ids."""
+class Evidence(BaseModel):
+    """One request's evidence: what the LLM may choose and cite, under short ids. Built once
+    per recommendation (the graph's ``explain`` node) and read by the recommender and the
+    judge, so both see the same text."""
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     shortlist: Shortlist
     candidates: list[Candidate]
-    facts: dict[str, ShapFact] = field(default_factory=dict)  # "f1" -> fact
-    runs: dict[str, SimilarRun] = field(default_factory=dict)  # "r1" -> run
+    facts: dict[str, ShapFact] = Field(default_factory=dict)  # "f1" -> fact
+    runs: dict[str, SimilarRun] = Field(default_factory=dict)  # "r1" -> run
 
     def facts_of(self, candidate_id: str) -> list[str]:
         return [fid for fid, f in self.facts.items() if f.candidate_id == candidate_id]
@@ -232,7 +235,7 @@ def render_evidence(
     if len(chosen) == 1:  # runs of the candidate's own model first (a stable reordering)
         pool = sorted(pool, key=lambda r: r.model != chosen[0].model)
     runs = {f"r{i + 1}": r for i, r in enumerate(pool)}
-    return Evidence(name, shortlist, list(chosen), facts, runs)
+    return Evidence(name=name, shortlist=shortlist, candidates=list(chosen), facts=facts, runs=runs)
 
 
 # ----------------------------------------------------------------- the answer's grammar
@@ -395,8 +398,18 @@ def grounded(number: Number, evidence: list[float], *, transform: bool = True) -
 
 
 def evidence_values(ev: Evidence, shortlist: Shortlist) -> list[float]:
-    """Every number the LLM saw, plus the raw values behind the rendered ones."""
-    values = [n.value for n in numbers_in(scrub(ev.text, identifiers(shortlist)))]
+    """Every number the LLM saw, plus the raw values behind the rendered ones and every
+    shortlisted candidate's and fact's numbers as the evidence renders them (the LLM may
+    have been shown only the top candidates)."""
+    rendered = [ev.text]
+    for c in shortlist.candidates:
+        rendered.append(
+            f"{hp_text(dict(hp_values(c.hyperparameters)))}; {pct(c.predicted_accuracy)} "
+            f"{pct(c.accuracy_low)} {pct(c.accuracy_high)}; {seconds(c.predicted_seconds)}"
+        )
+    rendered += [short_fact(f) for f in shortlist.facts]
+    text = "\n".join(rendered)
+    values = [n.value for n in numbers_in(scrub(text, identifiers(shortlist)))]
     for c in shortlist.candidates:
         values += [c.predicted_accuracy, c.accuracy_low, c.accuracy_high, c.score]
         if c.predicted_seconds is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from metallmix.agents.attribution import claim_problems, confidence_problems, misattributions
 from metallmix.agents.evidence import (
     MAX_SIMILAR,
+    Evidence,
     citations,
     dataset_line,
     evidence_values,
@@ -53,8 +54,12 @@ def hard_checks(
     *,
     known_run_ids: set[str] | None = None,
     space: SearchSpace | None = None,
+    evidence: Evidence | None = None,
 ) -> tuple[dict[str, bool], list[str]]:
-    """Every code check by name, and a message per failure (empty when all pass)."""
+    """Every code check by name, and a message per failure (empty when all pass).
+
+    ``evidence`` is what the recommender was shown (the graph's state); without it, the
+    whole shortlist's evidence is rendered here."""
     checks: dict[str, bool] = {}
     failures: list[str] = []
 
@@ -104,7 +109,7 @@ def hard_checks(
     ]
     check("no_missing_field", not missing, f"missing fields: {', '.join(missing)}")
 
-    ev = render_evidence(rec.dataset, shortlist)
+    ev = evidence if evidence is not None else render_evidence(rec.dataset, shortlist)
     allowed = evidence_values(ev, shortlist)
     ids = [*identifiers(shortlist), *(known_run_ids or ())]
     written = numbers_in(scrub(text, ids))
@@ -217,6 +222,7 @@ def judge(
     draft_error: str | None = None,
     known_run_ids: set[str] | None = None,
     space: SearchSpace | None = None,
+    evidence: Evidence | None = None,
     seed: int = 0,
     max_tokens: int = MAX_TOKENS,
 ) -> Judgement:
@@ -232,7 +238,9 @@ def judge(
             critique=reason,
         )
         return Judgement(verdict, [])
-    checks, failures = hard_checks(rec, shortlist, known_run_ids=known_run_ids, space=space)
+    checks, failures = hard_checks(
+        rec, shortlist, known_run_ids=known_run_ids, space=space, evidence=evidence
+    )
     checks = {"schema": True, **checks}
     scores: JudgeScores | None = None
     llm_error: str | None = None

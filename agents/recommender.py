@@ -192,18 +192,16 @@ class Draft:
 
 def recommend_once(
     llm: ChatLLM,
-    dataset: str,
-    shortlist: Shortlist,
+    ev: Evidence,
     *,
     attempt: int,
     critique: str | None = None,
     seed: int = 0,
     max_tokens: int = MAX_TOKENS,
-    choose: Choose = "llm",
 ) -> Draft:
-    """One recommender attempt. An unusable answer is returned as ``error``, not raised:
-    the judge turns it into a critique and the graph decides whether to retry."""
-    ev = evidence_for(dataset, shortlist, choose)
+    """One recommender attempt over ``ev`` (:func:`evidence_for`). An unusable answer is
+    returned as ``error``, not raised: the judge turns it into a critique and the graph
+    decides whether to retry."""
     messages = recommender_messages(ev, critique)
     try:
         answer = llm.chat_json(

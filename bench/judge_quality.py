@@ -258,7 +258,7 @@ def lodo_choice(model: str, kb_spec: str, limit: int | None, seed: int = 0) -> l
     """Per held-out dataset: regret of the meta-learner's top-1 and of the LLM's pick."""
     import numpy as np
 
-    from metallmix.agents.recommender import recommend_once
+    from metallmix.agents.recommender import evidence_for, recommend_once
     from metallmix.agents.runtime.llm import load_llm
     from metallmix.benchmarks.lodo import load_kb_records, regret_and_rank
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
@@ -326,7 +326,7 @@ def lodo_choice(model: str, kb_spec: str, limit: int | None, seed: int = 0) -> l
                 similar_runs=index.similar_runs(mf, k=9),
             )
             started = time.perf_counter()
-            draft = recommend_once(llm, dataset, shortlist, attempt=1, choose="llm")
+            draft = recommend_once(llm, evidence_for(dataset, shortlist, "llm"), attempt=1)
             seconds = time.perf_counter() - started
             by_id = {c.candidate_id: i for c, i in zip(cands, picked, strict=True)}
             top1 = by_id["c1"]

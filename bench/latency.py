@@ -73,7 +73,7 @@ def make_cold(cache: Path) -> None:
 
 def one_call(model: str, kb: str, card: Path) -> dict[str, Any]:
     import metallmix
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     started = time.perf_counter()
     rec = metallmix.recommend(card, llm=model, kb=kb, seed=0)
@@ -115,7 +115,7 @@ def cli_call(model: str, card: Path, kb: str | None, env: dict[str, str]) -> dic
     doc = json.loads(out)
     nodes: dict[str, float] = {}
     if doc.get("mlflow_run_id"):
-        from metallmix import tracking
+        from metallmix.tools import tracking
 
         metrics = tracking.client().get_run(doc["mlflow_run_id"]).data.metrics
         nodes = {k[len("latency_") : -2]: v for k, v in metrics.items() if k.startswith("latency_")}

@@ -7,6 +7,7 @@ the opened KB) are resolved through :mod:`metallmix.graphs.resources` and cached
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -15,13 +16,31 @@ from typing import Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
 
+from metallmix.agents.judge import hard_checks
+from metallmix.agents.judge import judge as run_judge
+from metallmix.agents.recommender import evidence_for, fallback_recommendation, recommend_once
+from metallmix.agents.schemas import JudgeVerdict
 from metallmix.errors import DatasetError, KnowledgeBaseError
 from metallmix.graphs.configuration import Configuration
-from metallmix.graphs.resources import get_kb, get_llm, regime_kb_for, space_for
+from metallmix.graphs.recording import log_recommendation
+from metallmix.graphs.resources import get_llm, learner_for, run_kb, space_for
 from metallmix.graphs.state import RecommendationState
-from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.kb.frame import records_to_frame
+from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.meta.explain import global_importance, waterfall
+from metallmix.tools.meta.metalearner import MetaLearner, training_rows
+from metallmix.tools.meta.metric import metric_of_runs
+from metallmix.tools.meta.retrieval import load_or_build
 from metallmix.tools.meta.search_space import SearchSpace
+from metallmix.tools.meta.shortlist import (
+    Retrieved,
+    candidate_rows,
+    explain_shortlist,
+    rank,
+)
+from metallmix.tools.meta.shortlist import retrieve as retrieve_runs
+from metallmix.tools.metafeatures import compute_meta_features
 
 
 class Node(Protocol):
@@ -36,7 +55,7 @@ def timed(name: str) -> Callable[[Node], Node]:
     def decorate(fn: Node) -> Node:
         @wraps(fn)
         def wrapper(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-            import mlflow
+            import mlflow  # slow to import: loaded at the first node, not at graph import
 
             # attempts is incremented by the recommender, so both of one attempt share a number
             key = {
@@ -63,7 +82,9 @@ def _brief(value: Any) -> Any:
     """A small, JSON-friendly view of a state value for a trace span."""
     if hasattr(value, "model_dump"):
         dumped = value.model_dump(mode="json")
-        return {k: v for k, v in dumped.items() if k not in {"facts", "meta_features"}}
+        return {k: v for k, v in dumped.items() if k not in {"facts", "meta_features", "shortlist"}}
+    if isinstance(value, dict):
+        return {k: _brief(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_brief(v) for v in value[:10]]
     return value
@@ -82,8 +103,6 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
             "nothing to recommend for: give 'data' (a dataset path or dataset card) "
             "or 'meta_features'"
         )
-    from metallmix.tools.metafeatures import compute_meta_features
-
     path = Path(state.data).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory; check the dataset path")
@@ -94,8 +113,6 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
 def _name_of(path: Path) -> str:
     if path.suffix.lower() == ".json":
         try:
-            import json
-
             name = json.loads(path.read_text()).get("name")
             if isinstance(name, str) and name:
                 return name
@@ -106,99 +123,110 @@ def _name_of(path: Path) -> str:
 
 @timed("retrieve")
 def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-    """Past runs on the most similar KB datasets (FAISS over meta-features)."""
+    """Past runs on the most similar KB datasets (FAISS over meta-features): the ones the LLM
+    is shown and the ones whose configurations join the shortlist's pool. The KB is read
+    here, once for the whole recommendation."""
     if state.shortlist is not None:
         return {"similar_runs": state.shortlist.similar_runs}
-    from metallmix.tools.meta.retrieval import load_or_build
-
     assert state.meta_features is not None
     cfg = Configuration.from_runnable_config(config)
-    kb = get_kb(cfg)
-    require_runs(kb)
-    _, kb = regime_kb_for(cfg, kb)
-    index = load_or_build(kb)
-    return {"similar_runs": index.similar_runs(state.meta_features, k=9)}
-
-
-def require_runs(kb: KnowledgeBase) -> None:
-    if not kb.run_ids():
-        raise KnowledgeBaseError(
-            f"the knowledge base {kb.location} is empty: nothing to learn from. Import runs "
-            "(`metallmix kb import-quicktune PATH`, `metallmix kb import FILE`) or point "
-            "METALLMIX_KB / --kb at a filled store"
-        )
+    run = run_kb(cfg)
+    snapshot = run.snapshot
+    index = load_or_build(snapshot, records=snapshot.runs, kb_hash=run.kb_hash)
+    found = retrieve_runs(state.meta_features, index)
+    return {
+        "kb_hash": run.kb_hash,
+        "similar_runs": found.shown,
+        "candidate_runs": found.neighbours,
+    }
 
 
 @timed("shortlist")
 def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-    """The meta-learner's scored, diverse shortlist with SHAP facts (skipped when given)."""
+    """The meta-learner's scored, diverse shortlist (skipped when given)."""
     if state.shortlist is not None:
         return {}
-    from metallmix.tools.meta.shortlist import build_shortlist
-
     assert state.meta_features is not None
-    from metallmix.tools.meta.metric import metric_of_runs
-
     cfg = Configuration.from_runnable_config(config)
-    kb = get_kb(cfg)
-    require_runs(kb)
-    regime, kb = regime_kb_for(cfg, kb)
-    result = build_shortlist(
+    run = run_kb(cfg, state.kb_hash)
+    result = rank(
         state.meta_features,
-        kb,
+        learner_for(run, cfg.seed),
+        run.snapshot.runs,
+        Retrieved(shown=state.similar_runs, neighbours=state.candidate_runs),
         n=cfg.n_candidates,
-        space=space_for(cfg, regime),
+        space=space_for(cfg, run.regime),
         seed=cfg.seed,
     )
-    metric, note = metric_of_runs(kb.iter_records())
-    result = result.model_copy(update={"metric": metric, "metric_note": note, "regime": regime})
+    metric, note = metric_of_runs(run.snapshot.runs)
+    result = result.model_copy(update={"metric": metric, "metric_note": note, "regime": run.regime})
     if not result.candidates:
         raise KnowledgeBaseError(
-            f"the meta-learner produced no candidate from the knowledge base {kb.location}; "
-            "import runs first (`metallmix kb import-quicktune` / `metallmix kb import`)"
+            f"the meta-learner produced no candidate from the knowledge base "
+            f"{run.snapshot.location}; import runs first (`metallmix kb import-quicktune` / "
+            "`metallmix kb import`)"
         )
     return {"shortlist": result}
 
 
 @timed("explain")
 def explain(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-    """Turn the shortlist's SHAP facts and similar runs into the evidence both LLMs see."""
-    from metallmix.agents.evidence import render_evidence
-
+    """The shortlist's SHAP facts (skipped when given with them), the numbers of each
+    candidate's waterfall and, for the MLflow record, the KB's global SHAP importance; then
+    the evidence the recommender and the judge both read, built once."""
     assert state.shortlist is not None
-    return {"evidence": render_evidence(state.dataset_name, state.shortlist).text}
+    cfg = Configuration.from_runnable_config(config)
+    result = state.shortlist
+    update: dict[str, Any] = {}
+    if state.kb_hash is not None:  # the shortlist was made here: its meta-learner is at hand
+        run = run_kb(cfg, state.kb_hash)
+        learner = learner_for(run, cfg.seed)
+        if not result.facts:
+            result = result.model_copy(update={"facts": explain_shortlist(learner, result)})
+            update["shortlist"] = result
+        rows = candidate_rows(result)
+        update["waterfalls"] = {
+            c.candidate_id: waterfall(learner, rows.iloc[[i]])
+            for i, c in enumerate(result.candidates)
+        }
+        if cfg.track:
+            update["global_importance"] = global_importance_of(learner, run.snapshot, cfg.seed)
+    update["evidence"] = evidence_for(state.dataset_name, result, cfg.choose)
+    return update
+
+
+def global_importance_of(
+    learner: MetaLearner, kb: KBSnapshot, seed: int, rows: int = 300
+) -> dict[str, float]:
+    """Mean |SHAP| per feature group over (a seeded sample of) the KB's runs, largest first."""
+    frame = training_rows(records_to_frame(kb.runs))
+    frame = frame.sample(n=min(len(frame), rows), random_state=seed)
+    return {str(k): float(v) for k, v in global_importance(learner, frame).items()}
 
 
 @timed("recommender")
 def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """The LLM picks a candidate and explains; hard fields are copied by code."""
-    from metallmix.agents.recommender import recommend_once
-
-    assert state.shortlist is not None
+    assert state.evidence is not None
     cfg = Configuration.from_runnable_config(config)
     attempt = state.attempts + 1
+    llm = get_llm(cfg)
     draft = recommend_once(
-        get_llm(cfg),
-        state.dataset_name,
-        state.shortlist,
-        attempt=attempt,
-        critique=state.critique,
-        seed=cfg.seed,
-        choose=cfg.choose,
+        llm, state.evidence, attempt=attempt, critique=state.critique, seed=cfg.seed
     )
     return {
         "attempts": attempt,
         "draft": draft.recommendation,
         "draft_error": draft.error,
         "exchanges": [draft.exchange.to_dict()],
+        "llm": llm.name,
+        "llm_sha256": llm.sha256,
     }
 
 
 @timed("judge")
 def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Code checks decide; the LLM grades. Passing drafts become the recommendation."""
-    from metallmix.agents.judge import judge as run_judge
-
     assert state.shortlist is not None
     cfg = Configuration.from_runnable_config(config)
     llm = get_llm(cfg) if cfg.judge_with_llm else None
@@ -210,6 +238,7 @@ def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
         draft_error=state.draft_error,
         known_run_ids={r.run_id for r in state.similar_runs},
         space=judged_space(cfg, state.shortlist),
+        evidence=state.evidence,
         seed=cfg.seed,
     )
     update: dict[str, Any] = {"verdicts": [result.verdict], "critique": result.verdict.critique}
@@ -228,17 +257,15 @@ def judged_space(cfg: Configuration, shortlist: Shortlist) -> SearchSpace | None
 @timed("fallback")
 def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Top candidate with a templated explanation, after the last attempt failed."""
-    from metallmix.agents.judge import hard_checks
-    from metallmix.agents.recommender import fallback_recommendation
-    from metallmix.agents.schemas import JudgeVerdict
-
     assert state.shortlist is not None
     cfg = Configuration.from_runnable_config(config)
     llm = get_llm(cfg)
     rec = fallback_recommendation(
         state.dataset_name, state.shortlist, attempts=state.attempts, llm=llm.name, seed=cfg.seed
     )
-    checks, failures = hard_checks(rec, state.shortlist, space=judged_space(cfg, state.shortlist))
+    checks, failures = hard_checks(
+        rec, state.shortlist, space=judged_space(cfg, state.shortlist), evidence=state.evidence
+    )
     verdict = JudgeVerdict(
         attempt=state.attempts + 1,
         passed=not failures,
@@ -246,17 +273,20 @@ def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, An
         checks={"schema": True, **checks},
         critique="templated fallback; checked by code only",
     )
-    return {"recommendation": rec.model_copy(update={"judge": verdict}), "fallback": True}
+    return {
+        "recommendation": rec.model_copy(update={"judge": verdict}),
+        "fallback": True,
+        "llm": llm.name,
+        "llm_sha256": llm.sha256,
+    }
 
 
 @timed("record")
 def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-    """Log the decision (params, metrics, artifacts) as one MLflow run."""
+    """Log the decision (params, metrics, artifacts) as one MLflow run, from the state only."""
     cfg = Configuration.from_runnable_config(config)
     if not cfg.track or state.recommendation is None:
         return {}
-    from metallmix.tracking import log_recommendation
-
     run_id = log_recommendation(
         state, cfg, run_id=(config.get("configurable") or {}).get("mlflow_run_id")
     )

@@ -5,24 +5,30 @@ The API, ``recommend(verify=K)``, the graph's nodes and the benchmarks all resol
 loaded or opened" means the same everywhere. Loading a GGUF takes seconds, so the API starts
 it on a worker thread (:func:`load_llm_in_background`) while features and shortlist run, and
 the node that first needs the model waits for it (:func:`resolve_llm`).
+One recommendation reads its KB once (:func:`run_kb`, in the ``retrieve`` node): the later
+nodes find that snapshot again by its content hash, which the state carries.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
 from metallmix.agents.runtime import llm as runtime_llm
 from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.agents.runtime.weights import resolve_weights
+from metallmix.errors import KnowledgeBaseError
 from metallmix.graphs.configuration import Configuration
 from metallmix.tools.kb.regime import REGIME_SPACE, Regime
 from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
+from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
+from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
 from metallmix.tools.meta.search_space import SPACES, SearchSpace, get_space
 
 # What callers may pass as ``llm=``: a registry name, a profile ('fast', 'default'), a
@@ -104,3 +110,65 @@ def space_for(
         if count > best_count:
             best, best_count = space, count
     return best
+
+
+def require_runs(kb: KnowledgeBase) -> None:
+    if not kb.run_ids():
+        raise KnowledgeBaseError(
+            f"the knowledge base {kb.location} is empty: nothing to learn from. Import runs "
+            "(`metallmix kb import-quicktune PATH`, `metallmix kb import FILE`) or point "
+            "METALLMIX_KB / --kb at a filled store"
+        )
+
+
+@dataclass(frozen=True)
+class RunKB:
+    """The KB one recommendation reads: its compute regime's runs, read and hashed once."""
+
+    regime: Regime
+    snapshot: KBSnapshot
+
+    @property
+    def kb_hash(self) -> str:
+        return self.snapshot.content_hash()
+
+
+_KEEP = 4  # snapshots (and meta-learners) kept per process: a few KBs or regimes in turn
+_RUN_KBS: OrderedDict[str, RunKB] = OrderedDict()
+_LEARNERS: OrderedDict[tuple[str, int], MetaLearner] = OrderedDict()
+
+
+def run_kb(cfg: Configuration, kb_hash: str | None = None) -> RunKB:
+    """The snapshot with content hash ``kb_hash`` when this process holds it, else the
+    configured KB read now (once), restricted to the run's compute regime."""
+    if kb_hash is not None and kb_hash in _RUN_KBS:
+        _RUN_KBS.move_to_end(kb_hash)
+        return _RUN_KBS[kb_hash]
+    kb = get_kb(cfg)
+    everything = KBSnapshot.of(kb)  # the one read of the store
+    require_runs(everything)
+    regime = resolve_regime(everything, cfg.compute, cfg.space, everything.runs)
+    view = regime_kb(everything, regime, everything.runs)
+    snapshot = (
+        everything
+        if view is everything
+        else KBSnapshot(view.iter_records(), view.location, view.layers())
+    )
+    found = RunKB(regime, snapshot)
+    _RUN_KBS[found.kb_hash] = found
+    while len(_RUN_KBS) > _KEEP:
+        _RUN_KBS.popitem(last=False)
+    return found
+
+
+def learner_for(run: RunKB, seed: int) -> MetaLearner:
+    """The meta-learner of ``run``'s snapshot (fitted or loaded once per process)."""
+    key = (run.kb_hash, seed)
+    if key not in _LEARNERS:
+        snapshot = run.snapshot
+        _LEARNERS[key] = fit_or_load(
+            snapshot, MetaLearnerConfig(seed=seed), records=snapshot.runs, kb_hash=run.kb_hash
+        )
+        while len(_LEARNERS) > _KEEP:
+            _LEARNERS.popitem(last=False)
+    return _LEARNERS[key]

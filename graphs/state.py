@@ -12,8 +12,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from metallmix.agents.evidence import Evidence
 from metallmix.agents.schemas import JudgeVerdict, Recommendation
 from metallmix.tools.meta.contracts import Shortlist, SimilarRun
+from metallmix.tools.meta.explain import Waterfall
 from metallmix.tools.metafeatures import MetaFeatures
 
 
@@ -29,9 +31,23 @@ class RecommendationState(BaseModel):
     modality: str | None = None
     dataset_name: str = ""
     meta_features: MetaFeatures | None = None
+    kb_hash: str | None = Field(
+        default=None, description="content hash of the KB snapshot this run reads (retrieve)"
+    )
     similar_runs: list[SimilarRun] = Field(default_factory=list)
+    candidate_runs: list[SimilarRun] = Field(
+        default_factory=list, description="retrieved runs whose configurations join the pool"
+    )
     shortlist: Shortlist | None = None
-    evidence: str = ""
+    evidence: Evidence | None = None
+    waterfalls: dict[str, Waterfall] = Field(
+        default_factory=dict, description="SHAP waterfall numbers per candidate (explain)"
+    )
+    global_importance: dict[str, float] = Field(
+        default_factory=dict, description="mean |SHAP| per feature group over the KB (explain)"
+    )
+    llm: str = ""
+    llm_sha256: str = ""
     attempts: int = 0
     max_attempts: int = Field(default=2, ge=1, description="recommender attempts before fallback")
     critique: str | None = None

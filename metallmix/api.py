@@ -15,13 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from metallmix import config, tracking
+from metallmix import config
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError, DatasetError, MetaLLMiXError
+from metallmix.graphs import recording
+from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.graph import build_graph as build
-from metallmix.graphs.nodes import require_runs
-from metallmix.graphs.resources import KbSpec, LlmSpec, load_llm_in_background, resolve_kb
+from metallmix.graphs.resources import (
+    KbSpec,
+    LlmSpec,
+    load_llm_in_background,
+    require_runs,
+    resolve_kb,
+)
 from metallmix.progress import epoch_printer, node_printer
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.regime import check_regime
 from metallmix.tools.kb.store import KnowledgeBase
@@ -203,7 +211,8 @@ class _Hooks:
         return self.on_node is not None or self.on_shortlist is not None
 
     def __call__(self, node: str, update: Any) -> None:
-        if self.on_shortlist is not None and isinstance(update, dict) and update.get("shortlist"):
+        scored = node == "shortlist" and isinstance(update, dict) and update.get("shortlist")
+        if self.on_shortlist is not None and scored:  # not again when explain adds its facts
             self.on_shortlist(update["shortlist"])
         if self.on_node is not None:
             self.on_node(node)
@@ -234,17 +243,16 @@ def _tracked(
     hooks: Any = None,
 ) -> Recommendation:
     """Run the graph inside an active MLflow run and a root trace span."""
-    import mlflow
+    import mlflow  # slow to import: only for a tracked run
 
-    from metallmix import tracking
-    from metallmix.tools.training.tracking import experiment_id
-
+    experiment = Configuration.from_runnable_config({"configurable": configurable}).experiment
     uri = config.tracking_uri()
-    client = tracking.client(uri)
-    exp_id = experiment_id(client, tracking.EXPERIMENT)
+    exp_id = tracking.experiment_id(tracking.client(uri), experiment)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=exp_id)
-    run_id = tracking.start_run(run_name=inputs.get("dataset_name") or _stem(inputs.get("data")))
+    run_id = recording.start_run(
+        experiment=experiment, run_name=inputs.get("dataset_name") or _stem(inputs.get("data"))
+    )
     configurable = {**configurable, "mlflow_run_id": run_id}
     # Resuming the run makes it "active", which is what links the trace to it; leaving the
     # block marks it FINISHED, or FAILED when the graph raised.
@@ -294,7 +302,7 @@ def validate(
     """
     store = resolve_kb(kb, read_only=False)  # the validated run joins the KB
     dataset = load_dataset(Path(data), modality=modality, seed=seed)
-    nest = tracking.validation_nesting(recommendation)
+    nest = recording.validation_nesting(recommendation)
     hook = None
     if progress:
         hook = epoch_printer(recommendation.hyperparameters.epochs)
@@ -313,5 +321,5 @@ def validate(
         run_name=nest.run_name,
         progress=hook,
     )
-    tracking.link_validation(recommendation, record)
+    recording.link_validation(recommendation, record)
     return record

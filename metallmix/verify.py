@@ -26,11 +26,11 @@ from typing import Any, TypeAlias
 
 from pydantic import ConfigDict
 
-from metallmix import tracking
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError
 from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.resources import KbSpec, LlmSpec, regime_kb_for, resolve_kb, space_for
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Shortlist

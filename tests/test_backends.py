@@ -17,9 +17,9 @@ from test_train_trainer import write_npz
 
 from metallmix.cli import main
 from metallmix.errors import ConfigError
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.training import tracking
 from metallmix.tools.training.backends import (
     LocalBackend,
     Resources,

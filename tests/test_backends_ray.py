@@ -19,9 +19,9 @@ from test_search import TINY as TINY_SEARCH
 from test_train_trainer import write_npz
 
 from metallmix.cli import main
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.training import tracking
 from metallmix.tools.training.backends import RayBackend
 from metallmix.tools.training.build import BUILD_EXPERIMENT, TRIAL_KEY_TAG, build
 from metallmix.tools.training.distributed import (

@@ -610,7 +610,7 @@ def test_unwritable_artifact_folder_fails_before_training(
 ) -> None:
     from test_train_trainer import write_npz
 
-    from metallmix.tools.training import tracking
+    from metallmix.tools import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -86,7 +86,7 @@ def bad_llm(n: int = 8) -> ScriptedLLM:
 
 
 def training_runs() -> list[Any]:
-    from metallmix.tools.training import tracking
+    from metallmix.tools import tracking
 
     client = tracking.client()
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -202,7 +202,7 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
     assert third["datasets"]["tiny"]["methods"] == report["datasets"]["tiny"]["methods"]
 
     # Everything nests under one parent run.
-    from metallmix.tools.training import tracking
+    from metallmix.tools import tracking
 
     client = tracking.client()
     parent = report["mlflow_parent_run_id"]
@@ -261,7 +261,7 @@ def _check_cli(tmp_path: Path, out: str) -> dict[str, Any]:
     table = (results / "compare_tiny.md").read_text()
     assert "| tiny | MetaLLMiX (zero-shot) |" in table and "No-leak check" in table
     assert "4 of 52 KB runs removed" in table
-    from metallmix.tools.training import tracking
+    from metallmix.tools import tracking
 
     parent = tracking.client().get_run(report["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"

@@ -390,7 +390,7 @@ def test_max_attempts_one_skips_regeneration() -> None:
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts() -> None:
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     llm = ScriptedLLM([MISATTRIBUTED, GOOD, SCORES])
     rec = _run(llm, seed=7, track=True)

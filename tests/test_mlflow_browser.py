@@ -147,7 +147,7 @@ def _widen_run_name_column(page: Any) -> None:
 def test_mlflow_ui_shows_the_answer_and_renders_the_report(
     browser: Any, recommendation: Any, tmp_path: Path
 ) -> None:
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     rec = recommendation
     run = tracking.client().get_run(rec.mlflow_run_id)
@@ -207,7 +207,7 @@ def _shortlist_ids(run_id: str) -> list[str]:
     """Candidate ids of the shortlist logged with the run (``shortlist.json``)."""
     import json
 
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     local = tracking.client().download_artifacts(run_id, "shortlist.json")
     return [c["candidate_id"] for c in json.loads(Path(local).read_text())["candidates"]]

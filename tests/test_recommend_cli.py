@@ -61,7 +61,7 @@ def test_recommend_json_is_one_document(
     assert doc["meta_features"]["n_images"] == 5216 and doc["mlflow_run_id"]
     assert "done: record" in out.err  # progress goes to stderr
     assert scripted.remaining == 0
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     client = tracking.client()
     shap = {a.path for a in client.list_artifacts(doc["mlflow_run_id"], "shap")}

@@ -99,7 +99,7 @@ def _check_recommendation(rec: Any, kb: Path) -> None:
 
 
 def _artifacts(run_id: str) -> set[str]:
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     client = tracking.client()
     top = {a.path for a in client.list_artifacts(run_id)}
@@ -108,7 +108,7 @@ def _artifacts(run_id: str) -> set[str]:
 
 def test_real_fast_end_to_end(real: Path) -> None:
     import metallmix
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     rec = metallmix.recommend(card(), llm="fast", kb=real, seed=0)
     _check_recommendation(rec, real)

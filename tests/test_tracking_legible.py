@@ -12,9 +12,10 @@ import pytest
 from test_graph_unit import GOOD, SCORES, make_shortlist  # type: ignore[import-not-found]
 
 import metallmix
-from metallmix import tracking
 from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.errors import DatasetError
+from metallmix.graphs import recording
+from metallmix.tools import tracking
 
 
 def _recommend() -> metallmix.Recommendation:
@@ -68,7 +69,7 @@ def test_a_mistyped_path_fails_before_any_run_exists(tmp_path: Path) -> None:
             progress=False,
         )
     client = tracking.client()
-    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    exp = client.get_experiment_by_name(recording.EXPERIMENT)
     runs = client.search_runs([exp.experiment_id]) if exp is not None else []
     assert not runs, "a bad path left a run behind"
 

@@ -9,10 +9,10 @@ import pytest
 from test_train_trainer import write_npz
 
 from metallmix.errors import ConfigError
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.training import tracking
 from metallmix.tools.training.runner import RECORD_ARTIFACT, run_trial
 
 HP = Hyperparameters(lr=3e-3, epochs=1, image_size=16, batch_size=32, augmentation="light")

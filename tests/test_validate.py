@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 import metallmix
-from metallmix import tracking
 from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.agents.runtime.llm import LLMOutputError
+from metallmix.tools import tracking
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist

@@ -15,12 +15,12 @@ import pytest
 from test_train_trainer import write_npz
 
 from metallmix.errors import ConfigError
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training import tracking
 from metallmix.tools.training.distributed import TrialJob, TrialOutcome
 from metallmix.tools.training.verify import first_rung, run_verify, select
 
@@ -287,7 +287,7 @@ def test_first_rung_comes_from_the_kbs_learning_curves() -> None:
 def test_real_verify_nests_every_run_and_appends_to_the_kb(toy: Path, tmp_path: Path) -> None:
     """Real twin: tiny real training, every run an MLflow run under the verification's run,
     itself under the recommendation's run, and a KB record naming that MLflow run."""
-    from metallmix import tracking as rec_tracking
+    from metallmix.graphs import recording as rec_tracking
 
     parent = rec_tracking.start_run(run_name="toy")
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")

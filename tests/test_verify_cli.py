@@ -49,7 +49,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
 def test_recommend_verify_trains_the_shortlist_and_resumes(
     kb: Path, scripted: ScriptedLLM, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from metallmix import tracking
+    from metallmix.tools import tracking
 
     data = write_npz(tmp_path, "toy")
     before = len(SQLiteKnowledgeBase(kb))

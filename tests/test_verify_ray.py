@@ -14,9 +14,9 @@ import pytest
 from test_train_trainer import write_npz
 from test_verify import cand
 
+from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.training import tracking
 from metallmix.tools.training.backends import RayBackend
 from metallmix.tools.training.distributed import TrialJob, TrialOutcome, execute_trial
 from metallmix.tools.training.verify import run_verify

@@ -46,6 +46,7 @@ from metallmix.benchmarks.compare_report import METHODS, build_report
 from metallmix.benchmarks.lodo import LeakError, best_default
 from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.graphs.resources import LlmSpec, resolve_llm
+from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.regime_view import regime_kb
@@ -60,7 +61,6 @@ from metallmix.tools.meta.search_space import (
 )
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
-from metallmix.tools.training import tracking
 from metallmix.tools.training.runner import run_trial
 from metallmix.tools.training.search import run_search
 from metallmix.tools.training.verify import run_verify

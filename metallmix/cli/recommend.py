@@ -19,8 +19,8 @@ from metallmix.errors import DatasetError, KnowledgeBaseError
 from metallmix.tools.kb.regime import REGIMES
 from metallmix.tools.meta.metric import METRIC_LABEL
 from metallmix.tools.meta.search_space import hp_values
+from metallmix.tools.tracking import ui_hint
 from metallmix.tools.training.backends import make_backend
-from metallmix.tracking import ui_hint
 
 DEMO_CARDS = {
     "isic2018": "isic2018_ham10000.json",

@@ -11,23 +11,26 @@ batch in one transaction.
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import BaseModel, ValidationError
 
+from metallmix import config
 from metallmix.errors import ImportFormatError, KnowledgeBaseError
+from metallmix.tools import tracking
 from metallmix.tools.kb.records import Hyperparameters, RunRecord, Scalar, redact_uri
 from metallmix.tools.kb.tabular import field_kind
 from metallmix.tools.metafeatures import MetaFeatures
 
-KIND_TAG = "metallmix.kind"
-TRAINING_RUN = "training-run"
-RECORD_ARTIFACT = "metallmix/run_record.json"
+KIND_TAG = tracking.KIND_TAG
+TRAINING_RUN = tracking.TRAINING_KIND
+RECORD_ARTIFACT = tracking.RECORD_ARTIFACT
 # Outcome metrics read from a foreign run when present (fractions, seconds, counts).
 OUTCOME_METRICS = (
     "val_accuracy",
@@ -56,9 +59,6 @@ class MlflowImport:
 
 def _check_mlflow_sqlite(path: Path, uri: str) -> None:
     """MLflow adds its tables to any SQLite file it is pointed at; check before it does."""
-    import sqlite3
-    from urllib.parse import quote
-
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
         try:
@@ -260,16 +260,13 @@ def scan_mlflow(
     A store other than ``own_tracking_uri`` (default: this installation's
     ``MLFLOW_TRACKING_URI``) is foreign: its records get source ``mlflow``.
     """
-    from mlflow.entities import ViewType
+    from mlflow.entities import ViewType  # slow to import: only when importing runs
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from metallmix import config
 
     uri = _check_uri(tracking_uri)
     own = own_tracking_uri if own_tracking_uri is not None else config.tracking_uri()
     foreign = _store_key(uri) != _store_key(own)
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking.client(uri)  # the shared client: its store-creation lock included
     result = MlflowImport()
     try:
         experiments = list(

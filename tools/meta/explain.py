@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from metallmix.tools.meta.contracts import ShapFact
 from metallmix.tools.meta.encoding import group_kind
@@ -157,15 +158,17 @@ def plot_bar(importance: pd.Series, path: Path, *, top_k: int = 12) -> Path:
     return path
 
 
-def plot_waterfall(
-    learner: MetaLearner, row: pd.DataFrame, path: Path, *, top_k: int = 10, title: str = ""
-) -> Path:
-    """Waterfall of one candidate: KB base value, largest contributions, prediction (PNG)."""
-    import matplotlib
+class Waterfall(BaseModel):
+    """One candidate's prediction split into its largest SHAP steps (accuracy points), the
+    numbers a waterfall plot draws: computed where the meta-learner is, drawn anywhere."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    base: float
+    labels: list[str]
+    steps: list[float]
 
+
+def waterfall(learner: MetaLearner, row: pd.DataFrame, *, top_k: int = 10) -> Waterfall:
+    """KB base value, the ``top_k`` largest contributions of ``row``'s first row, the rest."""
     table, base = grouped_contributions(learner, row.iloc[:1])
     contributions = table.iloc[0]
     ranked = contributions.reindex(contributions.abs().sort_values(ascending=False).index)
@@ -176,6 +179,24 @@ def plot_waterfall(
     if len(ranked) > top_k:
         labels.append(f"{len(ranked) - top_k} other features")
         steps.append(rest)
+    return Waterfall(base=float(base), labels=labels, steps=steps)
+
+
+def plot_waterfall(
+    learner: MetaLearner, row: pd.DataFrame, path: Path, *, top_k: int = 10, title: str = ""
+) -> Path:
+    """Waterfall of one candidate: KB base value, largest contributions, prediction (PNG)."""
+    return draw_waterfall(waterfall(learner, row, top_k=top_k), path, title=title)
+
+
+def draw_waterfall(data: Waterfall, path: Path, *, title: str = "") -> Path:
+    """The PNG of :func:`waterfall`'s numbers."""
+    import matplotlib  # heavy, and only needed to draw
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base, labels, steps = data.base, data.labels, data.steps
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(steps) + 1.5))
     start = base
     for i, step in enumerate(steps):

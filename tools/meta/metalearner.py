@@ -500,16 +500,19 @@ def fit_or_load(
     exclude_datasets: Iterable[str] | None = None,
     cache: Path | None = None,
     records: list[RunRecord] | None = None,
+    kb_hash: str | None = None,
 ) -> MetaLearner:
     """The meta-learner for the KB's current content: loaded from cache or fitted and cached.
 
     ``exclude_datasets`` drops whole datasets (and their dataset groups) from training, e.g.
     to recommend for a dataset that is itself in the KB without peeking at its runs.
+    ``records`` and ``kb_hash`` (the KB's content and its hash, when already read) spare a
+    read and a hash of the KB.
     """
     cfg = cfg or MetaLearnerConfig()
     excluded = set(exclude_datasets or ())
     all_records = records if records is not None else list(kb.iter_records())
-    kb_hash = kb_content_hash(all_records)
+    kb_hash = kb_hash or kb_content_hash(all_records)
     root = (cache or config.cache_dir()) / "metalearner"
     directory = root / cache_key(kb_hash, cfg, excluded)
     if (directory / "metalearner.json").is_file():

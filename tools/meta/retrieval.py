@@ -360,10 +360,13 @@ def index_dir(kb: KnowledgeBase, kb_hash: str) -> Path:
     return config.cache_dir() / "retrieval" / kb_hash
 
 
-def load_or_build(kb: KnowledgeBase, records: list[RunRecord] | None = None) -> RetrievalIndex:
-    """The index for the KB's current content, rebuilt (and saved) only when it changed."""
+def load_or_build(
+    kb: KnowledgeBase, records: list[RunRecord] | None = None, kb_hash: str | None = None
+) -> RetrievalIndex:
+    """The index for the KB's current content, rebuilt (and saved) only when it changed
+    (``records`` and ``kb_hash``: that content and its hash, when already read)."""
     records = records if records is not None else list(kb.iter_records())
-    kb_hash = kb_content_hash(records)
+    kb_hash = kb_hash or kb_content_hash(records)
     directory = index_dir(kb, kb_hash)
     if (directory / "retrieval.json").is_file():
         try:

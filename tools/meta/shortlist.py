@@ -9,18 +9,18 @@ the best per model first so the agent sees real alternatives, not five near-copi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
-from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
-from metallmix.tools.meta.contracts import Candidate, Shortlist
+from metallmix.tools.kb.snapshot import KBSnapshot
+from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
-from metallmix.tools.meta.metalearner import (
-    MetaLearnerConfig,
-    fit_or_load,
-)
+from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
 from metallmix.tools.meta.retrieval import (
     DatasetScaler,
     RetrievalIndex,
@@ -32,6 +32,8 @@ from metallmix.tools.metafeatures import MetaFeatures
 
 N_SAMPLES = 300
 SIMILAR_DATASETS = 5
+SHOWN_RUNS = 9  # best 3 runs on each of the 3 most similar datasets
+FACTS_PER_CANDIDATE = 4
 RUNS_PER_SIMILAR_DATASET = 5
 # Out-of-range detection: a meta-feature beyond RANGE_SLACK times the KB's range (counts and
 # sizes compare as ratios), or a dataset farther from its nearest KB dataset than any KB
@@ -110,26 +112,43 @@ def _config_key(model: str, hp: Hyperparameters) -> str:
     return json.dumps([model, hp.model_dump(mode="json")], sort_keys=True, default=str)
 
 
+@dataclass(frozen=True)
+class Retrieved:
+    """What retrieval finds for one dataset: ``shown``, the best runs on the 3 most similar
+    KB datasets (the LLM's evidence), and ``neighbours``, the best runs on the 5 most similar
+    (configurations that worked somewhere alike, which join the candidate pool)."""
+
+    shown: list[SimilarRun]
+    neighbours: list[SimilarRun]
+
+
+def retrieve(
+    meta_features: MetaFeatures, index: RetrievalIndex, *, exclude: set[str] | None = None
+) -> Retrieved:
+    """The similar runs a recommendation uses, from one index (``exclude``: hidden datasets)."""
+    return Retrieved(
+        shown=index.similar_runs(meta_features, k=SHOWN_RUNS, exclude=exclude),
+        neighbours=index.similar_runs(
+            meta_features,
+            k=SIMILAR_DATASETS * RUNS_PER_SIMILAR_DATASET,
+            per_dataset=RUNS_PER_SIMILAR_DATASET,
+            n_datasets=SIMILAR_DATASETS,
+            exclude=exclude,
+        ),
+    )
+
+
 def gather_candidates(
-    meta_features: MetaFeatures,
-    index: RetrievalIndex,
+    neighbours: list[SimilarRun],
     space: SearchSpace,
     *,
     seed: int = 0,
     n_samples: int = N_SAMPLES,
-    exclude: set[str] | None = None,
 ) -> list[tuple[str, Hyperparameters, str]]:
-    """(model, hp, origin) from similar runs inside ``space`` plus samples of ``space``."""
+    """(model, hp, origin) from the retrieved runs inside ``space`` plus samples of ``space``."""
     seen: set[str] = set()
     out: list[tuple[str, Hyperparameters, str]] = []
-    similar = index.similar_runs(
-        meta_features,
-        k=SIMILAR_DATASETS * RUNS_PER_SIMILAR_DATASET,
-        per_dataset=RUNS_PER_SIMILAR_DATASET,
-        n_datasets=SIMILAR_DATASETS,
-        exclude=exclude,
-    )
-    for run in similar:
+    for run in neighbours:
         key = _config_key(run.model, run.hyperparameters)
         if key in seen or not space.contains(run.model, run.hyperparameters):
             continue
@@ -171,29 +190,56 @@ def build_shortlist(
     seed: int = 0,
     exclude_datasets: set[str] | None = None,
     n_samples: int = N_SAMPLES,
-    facts_per_candidate: int = 4,
+    facts_per_candidate: int = FACTS_PER_CANDIDATE,
     learner_config: MetaLearnerConfig | None = None,
 ) -> Shortlist:
     """Scored, diverse shortlist with SHAP facts and similar runs: the agent's evidence.
 
+    The graph runs the same steps as separate nodes (:func:`retrieve`, :func:`rank`,
+    :func:`explain_shortlist`); this is them in one call, for the CLI and the benchmarks.
     ``exclude_datasets`` (dataset names or dataset groups) are invisible to the meta-learner
     and to retrieval, e.g. when the user's dataset is itself in the KB.
     """
-    space = space or CPU_ZOO_SPACE
-    records = list(kb.iter_records())
+    snapshot = KBSnapshot.of(kb)
+    records = snapshot.runs
     excluded_names = _excluded_datasets(records, exclude_datasets or set())
     cfg = learner_config or MetaLearnerConfig(seed=seed)
-    learner = fit_or_load(kb, cfg, exclude_datasets=excluded_names, records=records)
+    learner = fit_or_load(
+        kb, cfg, exclude_datasets=excluded_names, records=records, kb_hash=snapshot.content_hash()
+    )
     visible = [r for r in records if r.dataset not in excluded_names]
     index = (
-        load_or_build(kb, records=records) if not excluded_names else RetrievalIndex.build(visible)
+        load_or_build(kb, records=records, kb_hash=snapshot.content_hash())
+        if not excluded_names
+        else RetrievalIndex.build(visible)
     )
-    pool = gather_candidates(
-        meta_features, index, space, seed=seed, n_samples=n_samples, exclude=excluded_names
+    found = retrieve(meta_features, index, exclude=excluded_names)
+    shortlist = rank(
+        meta_features, learner, visible, found, n=n, space=space, seed=seed, n_samples=n_samples
     )
+    facts = explain_shortlist(learner, shortlist, top_k=facts_per_candidate)
+    return shortlist.model_copy(update={"facts": facts})
+
+
+def rank(
+    meta_features: MetaFeatures,
+    learner: MetaLearner,
+    records: list[RunRecord],
+    found: Retrieved,
+    *,
+    n: int = 5,
+    space: SearchSpace | None = None,
+    seed: int = 0,
+    n_samples: int = N_SAMPLES,
+) -> Shortlist:
+    """The ``n`` best-scored, diverse candidates (no SHAP facts yet: see
+    :func:`explain_shortlist`) from the retrieved runs, the portfolio of ``records`` (the
+    KB runs the meta-learner may see) and samples of ``space``."""
+    space = space or CPU_ZOO_SPACE
+    pool = gather_candidates(found.neighbours, space, seed=seed, n_samples=n_samples)
     keys = {_config_key(m, hp) for m, hp, _ in pool}
-    pool += [p for p in portfolio(visible, space) if _config_key(p[0], p[1]) not in keys]
-    ood, ood_reasons = kb_coverage(meta_features, visible)
+    pool += [p for p in portfolio(records, space) if _config_key(p[0], p[1]) not in keys]
+    ood, ood_reasons = kb_coverage(meta_features, records)
     configs = [(m, hp) for m, hp, _ in pool]
     frame = candidates_frame(
         meta_features, configs, pretrained=[space.is_pretrained(m) for m, _ in configs]
@@ -201,7 +247,7 @@ def build_shortlist(
     pred = learner.predict(frame)
     picked = diverse_top([m for m, _ in configs], pred.score, n)
     candidates: list[Candidate] = []
-    for rank, i in enumerate(picked, start=1):
+    for rank_, i in enumerate(picked, start=1):
         model, hp, origin = pool[i]
         seconds = float(pred.seconds[i])
         low, high = float(pred.low[i]), float(pred.high[i])
@@ -209,7 +255,7 @@ def build_shortlist(
             low, high = widen_for_ood(low, high)
         candidates.append(
             Candidate(
-                candidate_id=f"c{rank}",
+                candidate_id=f"c{rank_}",
                 model=model,
                 pretrained=space.is_pretrained(model),
                 hyperparameters=hp,
@@ -221,22 +267,35 @@ def build_shortlist(
                 origin=origin,
             )
         )
-    facts = facts_for_rows(
-        learner,
-        frame.iloc[picked].reset_index(drop=True),
-        [c.candidate_id for c in candidates],
-        top_k=facts_per_candidate,
-    )
-    similar = index.similar_runs(meta_features, k=9, exclude=excluded_names)
     return Shortlist(
         meta_features=meta_features,
         candidates=candidates,
-        facts=facts,
-        similar_runs=similar,
-        kb_hash=str(learner.info.get("kb_hash") or kb_content_hash(records)),
+        similar_runs=found.shown,
+        kb_hash=str(learner.info.get("kb_hash") or ""),
         metalearner_version=learner.version,
         ood=ood,
         ood_reasons=ood_reasons,
+    )
+
+
+def candidate_rows(shortlist: Shortlist) -> pd.DataFrame:
+    """The meta-learner's input rows of the shortlisted candidates, in shortlist order."""
+    return candidates_frame(
+        shortlist.meta_features,
+        [(c.model, c.hyperparameters) for c in shortlist.candidates],
+        pretrained=[c.pretrained for c in shortlist.candidates],
+    )
+
+
+def explain_shortlist(
+    learner: MetaLearner, shortlist: Shortlist, *, top_k: int = FACTS_PER_CANDIDATE
+) -> list[ShapFact]:
+    """The ``top_k`` largest SHAP facts of each shortlisted candidate."""
+    return facts_for_rows(
+        learner,
+        candidate_rows(shortlist),
+        [c.candidate_id for c in shortlist.candidates],
+        top_k=top_k,
     )
 
 

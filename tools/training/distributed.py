@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from metallmix.errors import ConfigError, MetaLLMiXError
+from metallmix.tools import tracking
 from metallmix.tools.datasets.base import Dataset, ImageHeader, ImageReadError, ImageSource
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training import tracking
 from metallmix.tools.training.backends import ExecutionBackend, Resources, WorkerLostError
 from metallmix.tools.training.relay import MlflowRecorder, is_server, rebind, replay
 from metallmix.tools.training.runner import run_trial

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from metallmix.tools import tracking
 from metallmix.tools.kb.records import RunRecord
-from metallmix.tools.training import tracking
 
 
 class MlflowRecorder:

@@ -19,12 +19,12 @@ from typing import Any
 
 from metallmix.atomic import write_text
 from metallmix.config import home_dir
+from metallmix.tools import tracking
 from metallmix.tools.datasets.base import Dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 from metallmix.tools.training import pretrained as pretrained_weights
-from metallmix.tools.training import tracking
 from metallmix.tools.training.trainer import (
     ArraySplits,
     EpochStats,
@@ -35,7 +35,7 @@ from metallmix.tools.training.trainer import (
 )
 
 RECORD_ARTIFACT_DIR = "metallmix"
-RECORD_ARTIFACT = "metallmix/run_record.json"
+RECORD_ARTIFACT = tracking.RECORD_ARTIFACT
 
 
 def load_splits(

@@ -19,6 +19,7 @@ from typing import Any
 
 from metallmix import config
 from metallmix.errors import ConfigError, MetaLLMiXError
+from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset
 from metallmix.tools.kb.records import RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
@@ -30,7 +31,6 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
     make_hyperparameters,
 )
-from metallmix.tools.training import tracking
 from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
 from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.trainer import EpochStats

@@ -45,12 +45,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
 from metallmix.errors import ConfigError
+from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset
 from metallmix.tools.kb.records import RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, hp_values
-from metallmix.tools.training import tracking
 from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
 from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.search import default_storage as search_storage

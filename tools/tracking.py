@@ -1,4 +1,5 @@
-"""MLflow plumbing shared by validation runs, searches and KB builds.
+"""The one home of MLflow plumbing: training, searches, KB builds, the MLflow importer, the
+recommendation graph's record and the benchmarks all go through it.
 
 A client bound to one tracking URI (instead of the ``mlflow`` module's global state) so that
 a recommendation run, its nested validation runs and a parallel KB build never step on each
@@ -8,19 +9,23 @@ other's "active run". Experiments get their artifact root beside the tracking da
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from metallmix import __version__, config
 from metallmix.errors import TrackingError
+from metallmix.tools.kb.records import redact_uri
 
 KIND_TAG = "metallmix.kind"
 TRAINING_KIND = "training-run"
 SEARCH_KIND = "search"
 BUILD_KIND = "kb-build"
+RECORD_ARTIFACT = "metallmix/run_record.json"  # a training run's full RunRecord
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -34,8 +39,6 @@ def artifact_root(tracking_uri: str) -> str | None:
 
 
 def _unusable(uri: str, exc: BaseException | str) -> TrackingError:
-    from metallmix.tools.kb.records import redact_uri
-
     return TrackingError(
         f"MLflow tracking store {redact_uri(uri)} is not usable ({exc}); set "
         "MLFLOW_TRACKING_URI to a writable store, e.g. sqlite:///mlruns/mlflow.db"
@@ -48,7 +51,7 @@ def client(tracking_uri: str | None = None) -> Any:
     A local store that cannot be created or opened is a :class:`TrackingError` here, before
     any training starts, rather than a traceback from inside MLflow.
     """
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # slow to import: only where a client is made
 
     uri = tracking_uri or config.tracking_uri()
     if not uri.startswith("sqlite:///"):
@@ -56,8 +59,6 @@ def client(tracking_uri: str | None = None) -> Any:
     db = Path(uri[len("sqlite:///") :])
     # MLflow creates and migrates a new SQLite store on first use; two processes doing that
     # at once (parallel build shards) collide, so the first use is serialised by a file lock.
-    import fcntl
-
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
         with open(db.parent / f".{db.name}.init-lock", "w") as lock:
@@ -73,8 +74,6 @@ def client(tracking_uri: str | None = None) -> Any:
 def check_artifact_store(mlflow_client: Any, exp_id: str) -> None:
     """Fail before training when the experiment's local artifact folder is not writable
     (afterwards the run's plots and record would be lost with the run marked FAILED)."""
-    from urllib.parse import unquote, urlsplit
-
     location = str(mlflow_client.get_experiment(exp_id).artifact_location or "")
     parts = urlsplit(location)
     if parts.scheme not in ("", "file"):
@@ -121,3 +120,57 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+g{sha}" if sha else __version__
+
+
+def start_run(
+    experiment: str,
+    *,
+    kind: str,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create a running run of ``kind`` in ``experiment`` and return its id (the caller
+    ends it with :func:`end_run`)."""
+    mlflow_client = client(tracking_uri)
+    run = mlflow_client.create_run(
+        experiment_id(mlflow_client, experiment),
+        run_name=run_name,
+        tags={KIND_TAG: kind, "metallmix.code_version": code_version(), **(tags or {})},
+    )
+    return str(run.info.run_id)
+
+
+def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A link the MLflow UI resolves (hash route, relative to the UI's own address)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def resolved_store(tracking_uri: str | None = None) -> str:
+    """The tracking URI with a relative SQLite path made absolute (it is relative to the
+    folder the command ran in, not to the repository)."""
+    uri = tracking_uri or config.tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+def ui_hint(run_id: str, tracking_uri: str | None = None) -> tuple[str, str, str]:
+    """(resolved store, the exact ``mlflow ui`` command for it, the run's URL once it runs)."""
+    store = resolved_store(tracking_uri)
+    command = f"mlflow ui --backend-store-uri {store}"
+    root = artifact_root(store)
+    if root is not None:
+        command += f" --default-artifact-root {Path(root.removeprefix('file://'))}"
+    command += " --host 127.0.0.1 --port 5000"
+    url = "http://127.0.0.1:5000"
+    try:
+        exp_id = client(store).get_run(run_id).info.experiment_id
+        url += "/" + run_link(exp_id, run_id)
+    except Exception:  # the hint must never fail the command that printed the answer
+        pass
+    return store, command, url

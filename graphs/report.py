@@ -15,6 +15,8 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from metallmix.tools.meta.search_space import hp_values
+
 if TYPE_CHECKING:
     from metallmix.agents.schemas import Recommendation
     from metallmix.graphs.state import RecommendationState
@@ -79,8 +81,6 @@ def render(
     global_bar: Path | None = None,
 ) -> str:
     """The HTML page of ``state``'s recommendation (empty string when there is none)."""
-    from metallmix.tools.meta.search_space import hp_values
-
     rec = state.recommendation
     if rec is None:
         return ""

@@ -1,4 +1,6 @@
-"""MLflow records of recommendations: one run per decision, everything needed to audit it.
+"""What the graph's ``record`` node logs: one MLflow run per decision, everything needed to
+audit it, written from the graph's state alone (nothing is loaded or recomputed here; the MLflow
+plumbing itself is :mod:`metallmix.tools.tracking`).
 
 Params say what was decided on (dataset, meta-features, LLM and its sha256, KB and its
 content hash, seed); metrics say how it went (latency per node, judge scores per attempt,
@@ -22,53 +24,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from metallmix import config
+from metallmix.graphs import report
+from metallmix.graphs.configuration import Configuration
+from metallmix.graphs.state import RecommendationState
+from metallmix.tools import tracking
+from metallmix.tools.meta.explain import draw_waterfall, plot_bar
+from metallmix.tools.meta.search_space import hp_values
 
 if TYPE_CHECKING:
     from metallmix.agents.schemas import Recommendation
-    from metallmix.graphs.configuration import Configuration
-    from metallmix.graphs.state import RecommendationState
     from metallmix.tools.kb.records import RunRecord
 
 EXPERIMENT = "metallmix-recommendations"
 KIND = "recommendation"
 
 
-def client(tracking_uri: str | None = None) -> Any:
-    from metallmix.tools.training.tracking import client as make_client
-
-    return make_client(tracking_uri)
-
-
 def start_run(
     *, experiment: str = EXPERIMENT, run_name: str | None = None, tracking_uri: str | None = None
 ) -> str:
     """Create a running recommendation run and return its id (the caller ends it)."""
-    from metallmix.tools.training.tracking import KIND_TAG, code_version, experiment_id
-
-    mlflow_client = client(tracking_uri)
-    exp_id = experiment_id(mlflow_client, experiment)
-    run = mlflow_client.create_run(
-        exp_id,
-        run_name=run_name,
-        tags={KIND_TAG: KIND, "metallmix.code_version": code_version()},
-    )
-    return str(run.info.run_id)
+    return tracking.start_run(experiment, kind=KIND, run_name=run_name, tracking_uri=tracking_uri)
 
 
-def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
-    client(tracking_uri).set_terminated(run_id, status=status)
-
-
-def _params(state: RecommendationState, cfg: Configuration, llm_name: str, sha: str) -> dict:
+def _params(state: RecommendationState, cfg: Configuration) -> dict[str, str]:
     shortlist = state.shortlist
     mf = state.meta_features
     params: dict[str, Any] = {
         "dataset": state.dataset_name,
         "data": state.data or "",
         "modality": mf.modality if mf else "",
-        "llm": llm_name,
-        "llm_sha256": sha,
+        "llm": state.llm,
+        "llm_sha256": state.llm_sha256,
         "kb": _kb_location(cfg),
         "kb_hash": shortlist.kb_hash if shortlist else "",
         "metalearner_version": shortlist.metalearner_version if shortlist else "",
@@ -88,10 +77,7 @@ def recommendation_params(state: RecommendationState) -> dict[str, Any]:
     rec = state.recommendation
     if rec is None:
         return {}
-    from metallmix.report import metric_levels
-    from metallmix.tools.meta.search_space import hp_values
-
-    metric, chance, majority = metric_levels(rec, state.meta_features)
+    metric, chance, majority = report.metric_levels(rec, state.meta_features)
     out: dict[str, Any] = {
         "rec.model": rec.model,
         "rec.pretrained": rec.pretrained,
@@ -204,8 +190,6 @@ def shortlist_table(state: RecommendationState) -> str:
     """The shortlist as a Markdown table (also readable as plain text in the MLflow UI)."""
     if state.shortlist is None:
         return ""
-    from metallmix.tools.meta.search_space import hp_values
-
     rows = [
         "| id | model | predicted acc | interval | seconds | score | origin | hyperparameters |",
         "|---|---|---|---|---|---|---|---|",
@@ -252,7 +236,7 @@ def _write_artifacts(state: RecommendationState, folder: Path) -> None:
         dump("shortlist.md", shortlist_table(state))
         dump("shortlist.json", state.shortlist.model_dump(mode="json"))
     dump("retrieved_runs.json", [r.model_dump(mode="json") for r in state.similar_runs])
-    dump("evidence.md", state.evidence)
+    dump("evidence.md", state.evidence.text if state.evidence is not None else "")
     dump("judge/verdicts.json", [v.model_dump(mode="json") for v in state.verdicts])
     dump("llm/exchanges.json", state.exchanges)
     for ex in state.exchanges:
@@ -262,59 +246,36 @@ def _write_artifacts(state: RecommendationState, folder: Path) -> None:
         dump(f"{stem}_raw.txt", str(ex.get("raw", "")))
 
 
-def shap_plots(state: RecommendationState, cfg: Configuration, folder: Path) -> list[Path]:
-    """SHAP waterfall of the recommended candidate, from the same (cached) meta-learner that
-    scored the shortlist; nothing when the shortlist came from elsewhere."""
-    rec, shortlist = state.recommendation, state.shortlist
-    if rec is None or shortlist is None or state.meta_features is None:
+def shap_plots(state: RecommendationState, folder: Path) -> list[Path]:
+    """The SHAP waterfall of the recommended candidate and the KB's global importance, drawn
+    from what the ``explain`` node computed; nothing when it computed none."""
+    rec = state.recommendation
+    if rec is None:
         return []
-    from metallmix.graphs.resources import get_kb
-    from metallmix.tools.meta.encoding import candidates_frame
-    from metallmix.tools.meta.explain import plot_waterfall
-    from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
-
-    kb = get_kb(cfg)
-    if not kb.run_ids():
-        return []
-    learner = fit_or_load(kb, MetaLearnerConfig(seed=cfg.seed))
-    if learner.version != shortlist.metalearner_version:
-        return []
-    row = candidates_frame(
-        state.meta_features, [(rec.model, rec.hyperparameters)], pretrained=rec.pretrained
-    )
-    path = folder / "shap" / f"waterfall_{rec.candidate_id}.png"
-    paths = [plot_waterfall(learner, row, path, title=f"{rec.candidate_id}: {rec.model}")]
-    paths.append(global_bar(learner, kb, folder / "shap" / "global_bar.png", seed=cfg.seed))
+    paths: list[Path] = []
+    data = state.waterfalls.get(rec.candidate_id)
+    if data is not None:
+        path = folder / "shap" / f"waterfall_{rec.candidate_id}.png"
+        paths.append(draw_waterfall(data, path, title=f"{rec.candidate_id}: {rec.model}"))
+    if state.global_importance:
+        importance = pd.Series(state.global_importance)  # largest first, as computed
+        paths.append(plot_bar(importance, folder / "shap" / "global_bar.png"))
     return paths
-
-
-def global_bar(learner: Any, kb: Any, path: Path, *, seed: int = 0, rows: int = 300) -> Path:
-    """Mean |SHAP| per feature group over (a sample of) the KB's runs."""
-    from metallmix.tools.kb.frame import records_to_frame
-    from metallmix.tools.meta.explain import global_importance, plot_bar
-    from metallmix.tools.meta.metalearner import training_rows
-
-    frame = training_rows(records_to_frame(kb.iter_records()))
-    frame = frame.sample(n=min(len(frame), rows), random_state=seed)
-    return plot_bar(global_importance(learner, frame), path)
 
 
 def log_recommendation(
     state: RecommendationState, cfg: Configuration, *, run_id: str | None = None
 ) -> str:
-    """Log ``state`` into ``run_id`` (left running) or into a new, finished run."""
-    from mlflow.entities import Metric, Param
-
-    from metallmix import report
-    from metallmix.graphs.resources import get_llm
+    """Log ``state`` into ``run_id`` (left running) or into a new, finished run of
+    ``cfg.experiment``."""
+    from mlflow.entities import Metric, Param  # slow to import: only when a run is logged
 
     own_run = run_id is None
     if run_id is None:
         run_id = start_run(experiment=cfg.experiment, run_name=state.dataset_name or None)
-    mlflow_client = client()
+    mlflow_client = tracking.client()
     try:
-        llm = get_llm(cfg)
-        params = _params(state, cfg, llm.name, llm.sha256)
+        params = _params(state, cfg)
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v, step in _metrics(state)]
         mlflow_client.log_batch(
@@ -332,7 +293,7 @@ def log_recommendation(
             _write_artifacts(state, Path(tmp))
             plots: list[Path] = []
             try:
-                plots = shap_plots(state, cfg, Path(tmp))
+                plots = shap_plots(state, Path(tmp))
             except Exception as exc:  # a missing picture must not lose the decision's record
                 mlflow_client.set_tag(run_id, "metallmix.shap_plot_error", str(exc)[:500])
             if rec is not None:
@@ -343,10 +304,10 @@ def log_recommendation(
             mlflow_client.log_artifacts(run_id, tmp)
     except BaseException:
         if own_run:
-            end_run(run_id, "FAILED")
+            tracking.end_run(run_id, "FAILED")
         raise
     if own_run:
-        end_run(run_id)
+        tracking.end_run(run_id)
     return run_id
 
 
@@ -359,11 +320,6 @@ class Nesting:
     tags: dict[str, str]
 
 
-def run_link(experiment_id: str, run_id: str) -> str:
-    """A link the MLflow UI resolves (hash route, relative to the UI's own address)."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def validation_nesting(rec: Recommendation, tracking_uri: str | None = None) -> Nesting:
     """Same experiment as the recommendation's run, a readable name and a link back.
 
@@ -373,7 +329,7 @@ def validation_nesting(rec: Recommendation, tracking_uri: str | None = None) -> 
     name = f"validate {rec.model} on {rec.dataset}"
     if not rec.mlflow_run_id:
         return Nesting("metallmix-validation", name, {})
-    mlflow_client = client(tracking_uri)
+    mlflow_client = tracking.client(tracking_uri)
     try:
         parent = mlflow_client.get_run(rec.mlflow_run_id)
     except Exception:  # recorded in another store: train anyway, say where it came from
@@ -382,9 +338,10 @@ def validation_nesting(rec: Recommendation, tracking_uri: str | None = None) -> 
         )
     exp_id = parent.info.experiment_id
     experiment = mlflow_client.get_experiment(exp_id).name
+    link = tracking.run_link(exp_id, rec.mlflow_run_id)
     note = (
         f"Validation training of the recommendation "
-        f"[{parent.info.run_name or rec.mlflow_run_id}]({run_link(exp_id, rec.mlflow_run_id)}): "
+        f"[{parent.info.run_name or rec.mlflow_run_id}]({link}): "
         f"{rec.summary()}"
     )
     return Nesting(
@@ -401,7 +358,7 @@ def link_validation(
     child = record.provenance.mlflow_run_id
     if not rec.mlflow_run_id or not child:
         return
-    mlflow_client = client(tracking_uri)
+    mlflow_client = tracking.client(tracking_uri)
     if record.outcomes.val_accuracy is not None:
         mlflow_client.log_metric(
             rec.mlflow_run_id, "validated_accuracy", record.outcomes.val_accuracy
@@ -412,32 +369,5 @@ def link_validation(
         )
     exp_id = mlflow_client.get_run(child).info.experiment_id
     mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validation_run_id", child)
-    mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validation_run", run_link(exp_id, child))
-
-
-def resolved_store(tracking_uri: str | None = None) -> str:
-    """The tracking URI with a relative SQLite path made absolute (it is relative to the
-    folder the command ran in, not to the repository)."""
-    uri = tracking_uri or config.tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
-
-
-def ui_hint(run_id: str, tracking_uri: str | None = None) -> tuple[str, str, str]:
-    """(resolved store, the exact ``mlflow ui`` command for it, the run's URL once it runs)."""
-    from metallmix.tools.training.tracking import artifact_root
-
-    store = resolved_store(tracking_uri)
-    command = f"mlflow ui --backend-store-uri {store}"
-    root = artifact_root(store)
-    if root is not None:
-        command += f" --default-artifact-root {Path(root.removeprefix('file://'))}"
-    command += " --host 127.0.0.1 --port 5000"
-    url = "http://127.0.0.1:5000"
-    try:
-        exp_id = client(store).get_run(run_id).info.experiment_id
-        url += "/" + run_link(exp_id, run_id)
-    except Exception:  # the hint must never fail the command that printed the answer
-        pass
-    return store, command, url
+    link = tracking.run_link(exp_id, child)
+    mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validation_run", link)
