@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ from metallmix.agents.schemas import JudgeVerdict
 from metallmix.errors import DatasetError, KnowledgeBaseError
 from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.recording import log_recommendation
-from metallmix.graphs.resources import get_llm, learner_for, run_kb, space_for
+from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.snapshot import KBSnapshot
@@ -178,9 +179,9 @@ def explain(state: RecommendationState, config: RunnableConfig) -> dict[str, Any
     cfg = Configuration.from_runnable_config(config)
     result = state.shortlist
     update: dict[str, Any] = {}
-    if state.kb_hash is not None:  # the shortlist was made here: its meta-learner is at hand
-        run = run_kb(cfg, state.kb_hash)
-        learner = learner_for(run, cfg.seed)
+    run = _shortlist_kb(state, cfg)
+    learner = learner_for(run, cfg.seed) if run is not None else None
+    if run is not None and learner is not None and learner.version == result.metalearner_version:
         if not result.facts:
             result = result.model_copy(update={"facts": explain_shortlist(learner, result)})
             update["shortlist"] = result
@@ -193,6 +194,21 @@ def explain(state: RecommendationState, config: RunnableConfig) -> dict[str, Any
             update["global_importance"] = global_importance_of(learner, run.snapshot, cfg.seed)
     update["evidence"] = evidence_for(state.dataset_name, result, cfg.choose)
     return update
+
+
+def _shortlist_kb(state: RecommendationState, cfg: Configuration) -> RunKB | None:
+    """The KB snapshot the shortlist was scored on: this run's (in memory); for a shortlist
+    given as input, read only for the record's plots and only when it is the same content."""
+    if state.kb_hash is not None:
+        return run_kb(cfg, state.kb_hash)
+    shortlist = state.shortlist
+    if not cfg.track or shortlist is None or not shortlist.kb_hash:
+        return None
+    try:
+        run = run_kb(replace(cfg, compute=shortlist.regime or cfg.compute), shortlist.kb_hash)
+    except KnowledgeBaseError:  # e.g. an empty KB: the answer needs no plot
+        return None
+    return run if run.kb_hash == shortlist.kb_hash else None
 
 
 def global_importance_of(

@@ -200,6 +200,8 @@ def test_shortlist_node_uses_the_regimes_space_and_runs(
     kb = SQLiteKnowledgeBase(mixed_kb)
     config: Any = {"configurable": {"kb_instance": kb, "compute": compute, "track": False}}
     state = RecommendationState(meta_features=ISIC, dataset_name="ISIC")
+    found = nodes.retrieve(state, config)  # the shortlist scores what retrieval found
+    state = state.model_copy(update={k: v for k, v in found.items() if k != "timings"})
     shortlist = nodes.shortlist(state, config)["shortlist"]
     assert shortlist.regime == compute
     assert shortlist.candidates and all(c.model in models for c in shortlist.candidates)
