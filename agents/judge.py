@@ -24,14 +24,17 @@ from metallmix.agents.attribution import claim_problems, confidence_problems, mi
 from metallmix.agents.evidence import (
     MAX_SIMILAR,
     Evidence,
+    candidate_line,
     citations,
     dataset_line,
     evidence_values,
+    fact_lines,
     grounded,
     identifiers,
     numbers_in,
     pct,
     render_evidence,
+    run_line,
     scrub,
 )
 from metallmix.agents.recommender import Exchange
@@ -174,8 +177,6 @@ def hard_checks(
 def judge_evidence(rec: Recommendation, shortlist: Shortlist) -> str:
     """Only what the answer is about (the chosen candidate, its SHAP facts, the runs it
     cites): a short prompt keeps the judge fast on a small CPU."""
-    from metallmix.agents.evidence import candidate_line, fact_lines, run_line
-
     lines = [dataset_line(rec.dataset, shortlist)]
     cand = shortlist.candidate(rec.candidate_id)
     if cand is not None:

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metallmix.tools.kb.records import Hyperparameters
+from metallmix.tools.meta import metric as m
 from metallmix.tools.metafeatures import MetaFeatures
 
 Confidence = Literal["low", "medium", "high"]
@@ -121,8 +122,6 @@ class Recommendation(BaseModel):
 
     @model_validator(mode="after")
     def _fill_metric_fields(self) -> Recommendation:
-        from metallmix.tools.meta import metric as m
-
         if self.expected_score is None:
             self.expected_score = self.expected_accuracy
         if self.score_low is None:
@@ -146,8 +145,6 @@ class Recommendation(BaseModel):
 
     def summary(self) -> str:
         """One line for logs and the CLI: the prediction in its metric, beside the baselines."""
-        from metallmix.tools.meta.metric import METRIC_LABEL
-
         score = self.expected_score if self.expected_score is not None else self.expected_accuracy
         low = self.score_low if self.score_low is not None else self.accuracy_low
         high = self.score_high if self.score_high is not None else self.accuracy_high
@@ -159,7 +156,7 @@ class Recommendation(BaseModel):
         where = f", {self.compute.upper()}" if self.compute else ""
         return (
             f"{self.model} ({'pretrained' if self.pretrained else 'from scratch'}{where}) "
-            f"expected {METRIC_LABEL.get(self.metric, self.metric)} {score:.1%} "
+            f"expected {m.METRIC_LABEL.get(self.metric, self.metric)} {score:.1%} "
             f"[{low:.1%}, {high:.1%}]"
             + (f" - {', '.join(baselines)}" if baselines else "")
             + f", confidence {self.confidence}{' (fallback)' if self.fallback else ''}"
