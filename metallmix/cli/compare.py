@@ -14,6 +14,8 @@ from rich.console import Console
 from metallmix.cli.bench import bench_app
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.errors import ConfigError
+from metallmix.tools.datasets import load_dataset
+from metallmix.tools.training.backends import make_backend
 
 
 def _ints(text: str | None, option: str) -> list[int] | None:
@@ -83,8 +85,6 @@ def compare(
         run_compare,
     )
     from metallmix.benchmarks.compare_report import markdown_table, write_results
-    from metallmix.tools.datasets import load_dataset
-    from metallmix.tools.training.backends import make_backend
 
     settings = CompareSettings(
         budget=budget,

@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from metallmix.cli.output import JsonOption, emit, progress, stderr
-from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.datasets import load_dataset
+from metallmix.tools.datasets.card import DatasetCard, read_card, write_card
+from metallmix.tools.metafeatures import (
+    MetaFeatures,
+    card_from_dataset,
+    compute_meta_features,
+    meta_feature_steps,
+)
 
 _LABELS = {
     "n_images": "training images",
@@ -54,14 +61,6 @@ def features(
     as_json: bool = JsonOption,
 ) -> None:
     """Meta-features of a dataset's training split (or of a dataset card)."""
-    from metallmix.tools.datasets import load_dataset
-    from metallmix.tools.datasets.card import DatasetCard, read_card, write_card
-    from metallmix.tools.metafeatures import (
-        card_from_dataset,
-        compute_meta_features,
-        meta_feature_steps,
-    )
-
     result: dict[str, Any] = {"path": str(path)}
     card: DatasetCard
     mf: MetaFeatures

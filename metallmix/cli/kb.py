@@ -8,9 +8,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metallmix import config
 from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.errors import KnowledgeBaseError
+from metallmix.tools.kb.download import QUICKTUNE_ARCHIVE_SHA256, download_quicktune
+from metallmix.tools.kb.mlflow_import import scan_mlflow
+from metallmix.tools.kb.quicktune import read_quicktune
 from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.kb.regime import REGIME_DESCRIPTION
 from metallmix.tools.kb.store import AddResult, open_kb
+from metallmix.tools.kb.tabular import check_format, export_records, import_csv, read_records
 
 kb_app = typer.Typer(help="Inspect and grow the knowledge base.", no_args_is_help=True)
 
@@ -22,8 +29,6 @@ KbOption = typer.Option(
 @kb_app.command("info")
 def info(kb: Path | None = KbOption, as_json: bool = JsonOption) -> None:
     """Counts of runs per source, compute regime, status and dataset."""
-    from metallmix.tools.kb.regime import REGIME_DESCRIPTION
-
     store = open_kb(kb, read_only=True)
     summary = store.info()
 
@@ -92,8 +97,6 @@ def import_quicktune_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import the public Quick-Tune meta-dataset (idempotent: re-running inserts nothing)."""
-    from metallmix.tools.kb.quicktune import read_quicktune
-
     store = open_kb(kb)
     source = read_quicktune(root)
     chosen = source.select(datasets.split(",") if datasets else None)
@@ -131,8 +134,6 @@ def import_csv_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import runs from a CSV (source 'csv' unless a source column says otherwise)."""
-    from metallmix.tools.kb.tabular import import_csv
-
     records = import_csv(file)
     result = _add_all(kb, records, f"{len(records)} runs from {file.name}")
     _report(result, {"file": str(file), "rows": len(records)}, as_json, str(file))
@@ -145,8 +146,6 @@ def import_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import an export (.csv or .parquet) back, record for record."""
-    from metallmix.tools.kb.tabular import read_records
-
     records = read_records(file)
     result = _add_all(kb, records, f"{len(records)} runs from {file.name}")
     _report(result, {"file": str(file), "rows": len(records)}, as_json, str(file))
@@ -161,8 +160,6 @@ def export_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Export the knowledge base (all fields, lossless) to CSV or Parquet."""
-    from metallmix.tools.kb.tabular import check_format, export_records
-
     check_format(file)
     store = open_kb(kb, read_only=True)
     records = store.records(source=source, dataset=dataset)
@@ -180,8 +177,6 @@ def remove_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Delete runs by id in one transaction (e.g. a record that no longer validates)."""
-    from metallmix.errors import KnowledgeBaseError
-
     store = open_kb(kb, read_only=True)  # a mistyped --kb must not create a file
     present = store.run_ids()
     missing = [r for r in run_ids if r not in present]
@@ -207,9 +202,6 @@ def import_mlflow_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import training runs from an MLflow tracking store."""
-    from metallmix import config
-    from metallmix.tools.kb.mlflow_import import scan_mlflow
-
     uri = tracking_uri or config.tracking_uri()
     with progress(f"reading MLflow runs from {uri}", None) as advance:
         scan = scan_mlflow(uri, list(experiment) if experiment else None, on_run=advance)
@@ -251,9 +243,6 @@ def download_quicktune_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Download and unpack the public Quick-Tune meta-dataset (needs the network)."""
-    from metallmix.tools.kb.download import QUICKTUNE_ARCHIVE_SHA256, download_quicktune
-    from metallmix.tools.kb.quicktune import read_quicktune
-
     with progress(f"downloading Quick-Tune {version}", None) as advance:
         result = download_quicktune(version, dest, url, sha256, force=force, on_bytes=advance)
     summary: dict[str, object] = {

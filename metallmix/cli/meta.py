@@ -10,11 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metallmix import config
 from metallmix.cli.output import JsonOption, emit, stderr
-from metallmix.errors import ConfigError, KnowledgeBaseError
+from metallmix.errors import ConfigError, DatasetError, KnowledgeBaseError
 from metallmix.tools.kb.records import Scalar
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
-from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.meta.search_space import get_space, make_hyperparameters
+from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 
 meta_app = typer.Typer(
     help="Meta-learner predictions, SHAP facts, similar runs and shortlists.",
@@ -71,9 +74,6 @@ def _meta_features(
 
 
 def _features_of(data: Path, modality: str | None) -> MetaFeatures:
-    from metallmix.errors import DatasetError
-    from metallmix.tools.metafeatures import compute_meta_features
-
     if not data.exists():
         raise DatasetError(f"{data}: no such file or directory; check the dataset path")
     if data.suffix.lower() == ".json":  # a meta-features document rather than a card?
@@ -113,8 +113,6 @@ def space(
     as_json: bool = JsonOption,
 ) -> None:
     """Show a search space (models and hyperparameter ranges)."""
-    from metallmix.tools.meta.search_space import get_space
-
     chosen = get_space(name)
 
     def render(console: Console) -> None:
@@ -138,7 +136,7 @@ def fit(
     as_json: bool = JsonOption,
 ) -> None:
     """Fit (or load from cache) the meta-learner for the KB's current content."""
-    from metallmix import config
+    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
     from metallmix.tools.meta.metalearner import OBJECTIVES, MetaLearnerConfig, fit_or_load
 
     if objective is not None and objective not in OBJECTIVES:
@@ -174,10 +172,10 @@ def predict(
     as_json: bool = JsonOption,
 ) -> None:
     """Predict accuracy (with a 10-90% band) and cost of one configuration, with SHAP facts."""
+    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
     from metallmix.tools.meta.encoding import candidates_frame
     from metallmix.tools.meta.explain import facts_for_rows
     from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
-    from metallmix.tools.meta.search_space import make_hyperparameters
 
     store = open_kb(kb, read_only=True)
     mf, excluded = _meta_features(store, features, like)
@@ -220,6 +218,7 @@ def similar(
     as_json: bool = JsonOption,
 ) -> None:
     """The most similar KB datasets and their best runs (FAISS over meta-features)."""
+    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
     from metallmix.tools.meta.retrieval import RetrievalIndex, load_or_build
 
     store = open_kb(kb, read_only=True)
@@ -272,7 +271,7 @@ def shortlist(
     as_json: bool = JsonOption,
 ) -> None:
     """A scored, diverse shortlist with SHAP facts: what the recommender chooses from."""
-    from metallmix.tools.meta.search_space import get_space
+    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
     from metallmix.tools.meta.shortlist import build_shortlist
 
     store = open_kb(kb, read_only=True)
@@ -316,8 +315,8 @@ def shortlist(
 def _write_plots(
     store: KnowledgeBase, result: object, folder: Path, seed: int, excluded: set[str]
 ) -> list[Path]:
+    # start-up time: pandas and the meta-learner stack load only for the plots
     from metallmix.tools.kb.frame import records_to_frame
-    from metallmix.tools.meta.contracts import Shortlist
     from metallmix.tools.meta.encoding import candidates_frame
     from metallmix.tools.meta.explain import global_importance, plot_bar, plot_waterfall
     from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load, training_rows

@@ -15,10 +15,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metallmix.cli.kb import kb_app
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.errors import ConfigError
+from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
+from metallmix.tools.meta.search_space import get_space, make_hyperparameters
+from metallmix.tools.training.backends import Resources, make_backend
+from metallmix.tools.training.runner import run_trial
+from metallmix.tools.training.search import SAMPLERS, run_search
+from metallmix.tools.training.trainer import FeatureCache
 
 KbOption = typer.Option(
     None, "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
@@ -52,8 +59,6 @@ RetriesOption = typer.Option(
 
 def _backend(name: str, address: str | None, workers: int) -> Any:
     """None for the plain in-process path (unchanged behaviour), else an ExecutionBackend."""
-    from metallmix.tools.training.backends import make_backend
-
     if name == "local" and not workers and not address:
         return None
     backend = make_backend(name, address=address, workers=workers or None)
@@ -72,8 +77,6 @@ def read_config(path: Path, model: str | None = None) -> tuple[str, Hyperparamet
     recommendation or a KB record carries), the same under ``"recommendation"``, or a flat
     ``{"model": ..., "lr": ..., ...}``; ``--model`` overrides the file's model.
     """
-    from metallmix.tools.meta.search_space import make_hyperparameters
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -155,9 +158,6 @@ def validate_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Train one configuration, log it to MLflow and append it to the knowledge base."""
-    from metallmix.tools.datasets import load_dataset
-    from metallmix.tools.training.runner import run_trial
-
     chosen, hp = read_config(config_file, model)
     if pretrained is None:
         pretrained = _config_pretrained(config_file)
@@ -222,18 +222,12 @@ def search_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Random-search or TPE baseline: an Optuna study, one MLflow run per trial, resumable."""
-    from metallmix.tools.datasets import load_dataset
-    from metallmix.tools.meta.search_space import get_space
-    from metallmix.tools.training.search import SAMPLERS, run_search
-
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     dataset = load_dataset(data, modality=modality, seed=seed)
     backend = _backend(backend_name, address, workers)
     backend_kwargs: dict[str, Any] = {}
     if backend is not None:
-        from metallmix.tools.training.backends import Resources
-
         backend_kwargs = {
             "backend": backend,
             "parallel": parallel,
@@ -319,6 +313,7 @@ def build_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Build a KB from real runs on the datasets and derived tasks (resumable by trial key)."""
+    # start-up time: pandas loads only for this verb
     from metallmix.tools.training.build import (
         build,
         default_tasks_for,
@@ -326,7 +321,6 @@ def build_command(
         learning_plan,
         resolve_sources,
     )
-    from metallmix.tools.training.trainer import FeatureCache
 
     try:
         index, count = (int(p) for p in shard.split("/"))
@@ -364,8 +358,6 @@ def build_command(
     backend = _backend(backend_name, address, workers)
     backend_kwargs: dict[str, Any] = {}
     if backend is not None:
-        from metallmix.tools.training.backends import Resources
-
         backend_kwargs = {
             "backend": backend,
             "max_retries": max_retries,
@@ -424,8 +416,6 @@ def build_command(
 
 
 def register(app: typer.Typer) -> None:
-    from metallmix.cli.kb import kb_app
-
     app.command("validate")(validate_command)
     app.command("search")(search_command)
     kb_app.command("build")(build_command)
