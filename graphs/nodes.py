@@ -26,6 +26,7 @@ from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.recording import log_recommendation
 from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
 from metallmix.graphs.state import RecommendationState
+from metallmix.graphs.tracing import node_span
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.meta.contracts import Shortlist
@@ -51,26 +52,24 @@ class Node(Protocol):
 
 
 def timed(name: str) -> Callable[[Node], Node]:
-    """Record the node's wall time under ``timings``; inside a trace, add a span for it."""
+    """Record the node's wall time under ``timings`` and give the call its trace span
+    (graphs/tracing: under the API's root span or a served run's own)."""
 
     def decorate(fn: Node) -> Node:
         @wraps(fn)
         def wrapper(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-            import mlflow  # slow to import: loaded at the first node, not at graph import
-
             # attempts is incremented by the recommender, so both of one attempt share a number
             key = {
                 "recommender": f"recommender_{state.attempts + 1}",
                 "judge": f"judge_{state.attempts}",
             }.get(name, name)
             started = time.perf_counter()
-            if mlflow.get_current_active_span() is None:
-                # Not inside a traced recommend() (an untracked run, Studio): no trace.
+            with node_span(key, name, state, config) as trace:
                 update = fn(state, config)
-            else:
-                with mlflow.start_span(name=key) as span:
-                    update = fn(state, config)
-                    span.set_outputs({k: _brief(v) for k, v in update.items()})
+                if trace.span is not None:
+                    trace.span.set_outputs({k: _brief(v) for k, v in update.items()})
+                trace.result = update
+            update.update(trace.update)
             update["timings"] = {key: time.perf_counter() - started}
             return update
 
@@ -303,8 +302,11 @@ def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]
     cfg = Configuration.from_runnable_config(config)
     if not cfg.track or state.recommendation is None:
         return {}
+    # the API's run, or the one graphs/tracing opened for a served run; else a new one
     run_id = log_recommendation(
-        state, cfg, run_id=(config.get("configurable") or {}).get("mlflow_run_id")
+        state,
+        cfg,
+        run_id=(config.get("configurable") or {}).get("mlflow_run_id") or state.mlflow_run_id,
     )
     return {
         "mlflow_run_id": run_id,

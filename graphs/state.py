@@ -59,6 +59,9 @@ class RecommendationState(BaseModel):
     timings: Annotated[dict[str, float], merge_dicts] = Field(default_factory=dict)
     fallback: bool = False
     mlflow_run_id: str | None = None
+    trace_id: str | None = Field(
+        default=None, description="MLflow trace of a run not started by the API (graphs/tracing)"
+    )
 
 
 class RecommendationInput(BaseModel):

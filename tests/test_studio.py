@@ -63,6 +63,9 @@ def _weights_cache() -> Path:
     return user if (user / "llm").is_dir() else config.cache_dir()
 
 
+SERVER: dict[str, str] = {}  # what the studio fixture's server was started with
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = shutil.which("langgraph", path=str(Path(sys.executable).parent)) or shutil.which(
@@ -86,6 +89,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere / 'mlflow.db'}",
         "PYTHONUNBUFFERED": "1",
     }
+    SERVER["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
     log_path = elsewhere / "studio.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
@@ -229,6 +233,17 @@ def test_studio_streams_every_node_of_a_real_run(studio: str) -> None:
         assert rec["candidate_id"].startswith("c") and rec["candidate_id"][1:].isdigit()
     assert rec["llm"] == "qwen2.5-coder-0.5b"
     assert final["mlflow_run_id"], "the Studio run was not recorded in MLflow"
+    # the same trace spans as an API run, linked to that run (graphs/tracing.py)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(SERVER["tracking_uri"])
+    run = client.get_run(final["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id)
+    assert len(traces) == 1, "the Studio run left no MLflow trace"
+    names = {s.name for s in traces[0].data.spans}
+    expected = {"recommend", "features", "retrieve", "shortlist", "explain", "recommender_1"}
+    assert expected | {"judge_1", "record"} <= names
 
 
 def _form_page(schemas: dict[str, Any], error: str) -> str:
