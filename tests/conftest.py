@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cases import BAD_CHOICE
 
 from metallmix import config
+from metallmix.agents.runtime.fake import ScriptedLLM
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,27 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path} (set METALLMIX_SHARED to its location)")
     return path
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> Path:
+    """A small synthetic KB (4 datasets x 20 runs, seed 2) on disk."""
+    from metallmix.benchmarks.synthetic import synthetic_records
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    path = tmp_path / "kb.sqlite"
+    SQLiteKnowledgeBase(path).add(synthetic_records(4, 20, seed=2))
+    return path
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
+    """Every model load returns one scripted LLM whose two answers the code checks reject,
+    so a recommendation ends in the deterministic fallback on a real shortlist."""
+    llm = ScriptedLLM([BAD_CHOICE, BAD_CHOICE])
+
+    def fake_load(name: Any = None, **_: Any) -> ScriptedLLM:
+        return llm
+
+    monkeypatch.setattr("metallmix.agents.runtime.llm.load_llm", fake_load)
+    return llm

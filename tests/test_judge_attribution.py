@@ -10,6 +10,7 @@ covered in ``test_graph_unit.py`` and its real twin in ``test_recommend_real.py`
 from __future__ import annotations
 
 import pytest
+from cases import BREAST_MF
 
 from metallmix.agents.attribution import confidence_problems, misattributions
 from metallmix.agents.judge import hard_checks
@@ -17,19 +18,8 @@ from metallmix.agents.recommender import fallback_recommendation, from_candidate
 from metallmix.agents.schemas import Recommendation
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
-from metallmix.tools.metafeatures import MetaFeatures
 
-MF = MetaFeatures(
-    n_images=546,
-    n_classes=2,
-    imbalance_ratio=2.7,
-    resolution_h=28,
-    resolution_w=28,
-    channels=1,
-    class_size_mean=273,
-    modality="breast ultrasound",
-    images_per_class=273,
-)
+MF = BREAST_MF
 HP = Hyperparameters(
     lr=0.00101,
     batch_size=64,

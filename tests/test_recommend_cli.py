@@ -13,39 +13,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from metallmix.agents.runtime.fake import ScriptedLLM
-from metallmix.agents.schemas import LLMChoice
 from metallmix.cli import main
-
-# Grammar-shaped, but its words carry an invented number: rejected by code, never graded.
-BAD = LLMChoice(
-    candidate_id="c1", facts=["f1"], runs=["r1"], rationale="It surely reaches 99.9% accuracy."
-)
-
-
-@pytest.fixture
-def kb(tmp_path: Path) -> Path:
-    from metallmix.benchmarks.synthetic import synthetic_records
-    from metallmix.tools.kb.store import SQLiteKnowledgeBase
-
-    path = tmp_path / "kb.sqlite"
-    SQLiteKnowledgeBase(path).add(synthetic_records(4, 20, seed=2))
-    return path
-
-
-@pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
-    llm = ScriptedLLM([BAD, BAD])
-
-    def fake_load(name: Any = None, **_: Any) -> ScriptedLLM:
-        return llm
-
-    monkeypatch.setattr("metallmix.agents.runtime.llm.load_llm", fake_load)
-    return llm
 
 
 def test_recommend_json_is_one_document(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cases import TOY_MF
 from test_train_trainer import write_npz
 
 from metallmix.errors import ConfigError
@@ -20,19 +21,10 @@ from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
-from metallmix.tools.metafeatures import MetaFeatures
 from metallmix.tools.training.distributed import TrialJob, TrialOutcome
 from metallmix.tools.training.verify import first_rung, run_verify, select
 
-MF = MetaFeatures(
-    n_images=40,
-    n_classes=2,
-    resolution_h=16,
-    resolution_w=16,
-    channels=1,
-    class_size_mean=20,
-    images_per_class=20,
-)
+MF = TOY_MF
 
 
 @pytest.fixture(scope="module")

@@ -9,40 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cases import TOY_MF
 from test_train_trainer import write_npz
 
 from metallmix.agents.runtime.fake import ScriptedLLM
-from metallmix.agents.schemas import LLMChoice
 from metallmix.cli import main
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-
-# Grammar-shaped, but its words carry an invented number: rejected by code, never graded.
-BAD = LLMChoice(
-    candidate_id="c1", facts=["f1"], runs=["r1"], rationale="It surely reaches 99.9% accuracy."
-)
-
-
-@pytest.fixture
-def kb(tmp_path: Path) -> Path:
-    from metallmix.benchmarks.synthetic import synthetic_records
-
-    path = tmp_path / "kb.sqlite"
-    SQLiteKnowledgeBase(path).add(synthetic_records(4, 20, seed=2))
-    return path
-
-
-@pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
-    llm = ScriptedLLM([BAD, BAD])
-
-    def fake_load(name: Any = None, **_: Any) -> ScriptedLLM:
-        return llm
-
-    monkeypatch.setattr("metallmix.agents.runtime.llm.load_llm", fake_load)
-    return llm
 
 
 @pytest.mark.slow
@@ -95,16 +69,7 @@ def test_recommend_verify_trains_the_shortlist_and_resumes(
 def test_verify_needs_a_dataset(kb: Path, scripted: ScriptedLLM) -> None:
     import metallmix
     from metallmix.errors import ConfigError
-    from metallmix.tools.metafeatures import MetaFeatures
 
-    mf = MetaFeatures(
-        n_images=40,
-        n_classes=2,
-        resolution_h=16,
-        resolution_w=16,
-        channels=1,
-        class_size_mean=20,
-        images_per_class=20,
-    )
+    mf = TOY_MF
     with pytest.raises(ConfigError, match="dataset path"):
         metallmix.recommend(mf, verify=2, kb=kb)
