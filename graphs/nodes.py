@@ -204,7 +204,10 @@ def _shortlist_kb(state: RecommendationState, cfg: Configuration) -> RunKB | Non
     if not cfg.track or shortlist is None or not shortlist.kb_hash:
         return None
     try:
-        run = run_kb(replace(cfg, compute=shortlist.regime or cfg.compute), shortlist.kb_hash)
+        regime = shortlist.regime  # None: scored on the whole KB (build_shortlist directly)
+        run = run_kb(
+            replace(cfg, compute=regime or cfg.compute), shortlist.kb_hash, whole=regime is None
+        )
     except KnowledgeBaseError:  # e.g. an empty KB: the answer needs no plot
         return None
     return run if run.kb_hash == shortlist.kb_hash else None

@@ -138,9 +138,10 @@ _RUN_KBS: OrderedDict[str, RunKB] = OrderedDict()
 _LEARNERS: OrderedDict[tuple[str, int], MetaLearner] = OrderedDict()
 
 
-def run_kb(cfg: Configuration, kb_hash: str | None = None) -> RunKB:
+def run_kb(cfg: Configuration, kb_hash: str | None = None, *, whole: bool = False) -> RunKB:
     """The snapshot with content hash ``kb_hash`` when this process holds it, else the
-    configured KB read now (once), restricted to the run's compute regime."""
+    configured KB read now (once), restricted to the run's compute regime (``whole``: not
+    restricted, for a shortlist scored on the whole KB)."""
     if kb_hash is not None and kb_hash in _RUN_KBS:
         _RUN_KBS.move_to_end(kb_hash)
         return _RUN_KBS[kb_hash]
@@ -148,7 +149,7 @@ def run_kb(cfg: Configuration, kb_hash: str | None = None) -> RunKB:
     everything = KBSnapshot.of(kb)  # the one read of the store
     require_runs(everything)
     regime = resolve_regime(everything, cfg.compute, cfg.space, everything.runs)
-    view = regime_kb(everything, regime, everything.runs)
+    view = everything if whole else regime_kb(everything, regime, everything.runs)
     snapshot = (
         everything
         if view is everything
