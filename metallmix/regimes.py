@@ -41,7 +41,7 @@ def regime_shortlist(
     """The scored shortlist for ``data`` from the ``compute`` regime's runs and space,
     carrying that regime's metric (as the graph's shortlist node makes it)."""
     regime: Regime = check_regime(compute)
-    store = resolve_kb(kb, read_only=False)
+    store = resolve_kb(kb, read_only=True)
     if counts_by_regime(store.iter_records())[regime] == 0:
         raise KnowledgeBaseError(
             f"the knowledge base {store.location} holds no {regime} run "
