@@ -331,3 +331,62 @@ def test_verify_against_random_search_uses_the_first_k_trials() -> None:
     assert vs["balanced_at_least_rs"] is True and vs["time_at_most_rs_at_k"] is True
     methods["metallmix+verify"]["config_seconds"] = 151.0
     assert _verify_vs_rs(methods, 5)["time_at_most_rs_at_k"] is False
+
+
+def test_majority_class_floor_and_zero_shot_bar(tmp_path: Path) -> None:
+    """The majority-class row (balanced accuracy 1/k, accuracy = its test share) and issue
+    12's bar (zero-shot within 1 pt of RS's balanced accuracy, in < 1/10 of its time) are
+    computed, not copied: ranking is by balanced accuracy, where plain accuracy differs."""
+    from metallmix.benchmarks.compare import majority_baseline
+    from metallmix.benchmarks.compare_report import build_report, markdown_table
+    from metallmix.tools.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    labels = {
+        s: np.array([0] * n0 + [1] * n1)
+        for s, n0, n1 in (("train", 30, 10), ("val", 6, 2), ("test", 12, 4))
+    }
+    arrays = {
+        f"{s}_images": rng.integers(0, 255, (len(y), 8, 8), dtype=np.uint8)
+        for s, y in labels.items()
+    }
+    np.savez(tmp_path / "imb.npz", **arrays, **{f"{s}_labels": y for s, y in labels.items()})
+    floor = majority_baseline(load_dataset(tmp_path / "imb.npz"))
+    assert floor["label"] == 0 and floor["test_accuracy"] == pytest.approx(0.75)
+    assert floor["test_balanced_accuracy"] == pytest.approx(0.5)
+
+    def run(acc: float, bal: float, **extra: Any) -> dict[str, Any]:
+        return {"test_accuracy": acc, "test_balanced_accuracy": bal, **extra}
+
+    pieces = {
+        "d/metallmix/recommendation": {"seconds": 40.0, "shortlist_seconds": 2.0, "model": "m"},
+        "d/metallmix/s0": run(0.70, 0.74),
+        "d/random/s0": run(0.80, 0.745, search_seconds=300.0, model="r", trials=[]),
+        "d/tpe/s0": run(0.80, 0.60, search_seconds=300.0, model="t"),
+        "d/best-default/config": {"seconds": 0.1, "model": "b"},
+        "d/best-default/s0": run(0.76, 0.55),
+        "d/metallmix+verify/s0": run(0.72, 0.70, config_seconds=50.0, model="v"),
+    }
+    state = {
+        "pieces": pieces,
+        "settings": {
+            "seeds": [0],
+            "budget": 10,
+            "verify": 5,
+            "epoch_cap": 5,
+            "max_train_images": None,
+            "max_val_images": None,
+            "models": None,
+            "image_sizes": None,
+            "threads": None,
+        },
+    }
+    report = build_report(state, ["d"], {"d": floor})
+    entry = report["datasets"]["d"]
+    assert entry["ranked_by"] == "test_balanced_accuracy_mean"
+    assert entry["best"] == ["random"] and "metallmix" in entry["within_1pt"]  # not by accuracy
+    bar = entry["zero_shot_vs_rs"]
+    assert bar["within_1pt_of_rs"] is True
+    assert bar["pick_under_tenth"] is True and bar["answer_under_tenth"] is False
+    table = markdown_table(report)
+    assert "| d | majority class | 50.0 | 75.0 |" in table

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from mlflow.entities import Metric, Param
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -726,7 +727,8 @@ def run_compare(
         with tempfile.TemporaryDirectory(prefix="metallmix-compare-") as tmp:
             for dataset in datasets:
                 _compare_one(run, dataset, records, Path(tmp), parent)
-        report = build_report(state.data, [d.name for d in datasets])
+        baselines = {d.name: majority_baseline(d) for d in datasets}
+        report = build_report(state.data, [d.name for d in datasets], baselines)
         report["kb_snapshot"] = str(snapshot)
         report["kb_source"] = state.data.get("kb_source")
         report["mlflow_parent_run_id"] = parent
@@ -737,6 +739,24 @@ def run_compare(
             run.client.set_terminated(parent, status=status)
         raise
     return report
+
+
+def majority_baseline(dataset: Dataset) -> dict[str, Any]:
+    """Always answering the training split's largest class, scored on the test split: the
+    floor a trained model must clear (balanced accuracy 1/k, accuracy the class's share)."""
+    train = dataset.split("train").labels
+    test = dataset.split("test").labels
+    values, counts = np.unique(train, return_counts=True)
+    label = int(values[int(np.argmax(counts))])
+    classes = np.unique(np.concatenate([train, test]))
+    recalls = [float(np.mean(test[test == c] == label)) for c in classes if np.any(test == c)]
+    names = list(dataset.class_names)
+    return {
+        "label": label,
+        "label_name": names[label] if label < len(names) else None,
+        "test_accuracy": float(np.mean(test == label)) if len(test) else None,
+        "test_balanced_accuracy": float(np.mean(recalls)) if recalls else None,
+    }
 
 
 def _compare_one(
