@@ -14,9 +14,13 @@ from metallmix.tools.datasets.base import (
     DEFAULT_MAX_BAD_FRACTION,
     Dataset,
     ImageHeader,
+    LoadOptions,
     Split,
     stratified_sample,
 )
+from metallmix.tools.datasets.folder import load_folder
+from metallmix.tools.datasets.manifest import load_manifest
+from metallmix.tools.datasets.npz import load_npz
 
 __all__ = [
     "DEFAULT_MAX_BAD_FRACTION",
@@ -47,28 +51,14 @@ def load_dataset(
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory; check the dataset path")
-    options = {
-        "modality": modality,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "max_bad_fraction": max_bad_fraction,
-    }
-    if not 0.0 <= max_bad_fraction <= 1.0:
-        raise DatasetError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    options = LoadOptions(modality, seed, val_fraction, test_fraction, max_bad_fraction)
     suffix = path.suffix.lower()
     if path.is_dir():
-        from metallmix.tools.datasets.folder import load_folder
-
-        return load_folder(path, **options)  # type: ignore[arg-type]
+        return load_folder(path, options)
     if suffix == ".npz":
-        from metallmix.tools.datasets.npz import load_npz
-
-        return load_npz(path, **options)  # type: ignore[arg-type]
+        return load_npz(path, options)
     if suffix == ".csv":
-        from metallmix.tools.datasets.manifest import load_manifest
-
-        return load_manifest(path, **options)  # type: ignore[arg-type]
+        return load_manifest(path, options)
     if suffix == ".json":
         raise DatasetError(
             f"{path}: a JSON file is a dataset card or sidecar, which holds no images; "

@@ -412,38 +412,53 @@ def check_usable(dataset: Dataset) -> None:
         )
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """The choices every loader takes, whatever the format (see ``load_dataset``)."""
+
+    modality: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise DatasetError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
 def build_splits(
     source: ImageSource,
     labels: np.ndarray,
     assigned: dict[str, np.ndarray] | None,
-    *,
-    seed: int,
-    val_fraction: float,
-    test_fraction: float,
-    max_bad_fraction: float,
+    options: LoadOptions,
+    elsewhere: Iterable[str] = (),
 ) -> dict[str, Split]:
     """Splits over one source. ``assigned`` maps split names to positions the storage already
     fixes; without it everything is split. Missing val/test are carved from train, seeded and
-    stratified, so a dataset always offers all three."""
+    stratified, so a dataset always offers all three; ``elsewhere`` names the splits another
+    source provides (an archive's own val/test), which are not carved."""
     labels = np.asarray(labels, dtype=np.int64)
     if not assigned:
         assigned = {}
-        parts = stratified_partition(labels, val_fraction, test_fraction, seed)
+        parts = stratified_partition(
+            labels, options.val_fraction, options.test_fraction, options.seed
+        )
     else:
         parts = {name: np.asarray(pos, dtype=np.int64) for name, pos in assigned.items()}
-        missing = [name for name in ("val", "test") if name not in parts]
+        missing = [n for n in ("val", "test") if n not in parts and n not in set(elsewhere)]
         if missing and "train" in parts and len(parts["train"]):
             train = parts["train"]
             carved = stratified_partition(
                 labels[train],
-                val_fraction if "val" in missing else 0.0,
-                test_fraction if "test" in missing else 0.0,
-                seed,
+                options.val_fraction if "val" in missing else 0.0,
+                options.test_fraction if "test" in missing else 0.0,
+                options.seed,
             )
             for name in [*missing, "train"]:
                 parts[name] = train[carved[name]]
     return {
-        name: Split(name, labels[parts[name]], source, parts[name], max_bad_fraction)
+        name: Split(name, labels[parts[name]], source, parts[name], options.max_bad_fraction)
         for name in SPLIT_NAMES
         if name in parts
     }

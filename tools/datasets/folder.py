@@ -12,14 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from metallmix.errors import DatasetError
-from metallmix.tools.datasets.base import (
-    DEFAULT_MAX_BAD_FRACTION,
-    Dataset,
-    build_splits,
-    check_usable,
-)
+from metallmix.tools.datasets.base import Dataset, LoadOptions, build_splits
 from metallmix.tools.datasets.files import FileImages, class_sort_key, is_image_file, list_images
-from metallmix.tools.datasets.sidecar import provenance, read_sidecar, resolve_modality
+from metallmix.tools.datasets.sidecar import described_dataset, read_sidecar
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -39,17 +34,9 @@ def _classes_of(folder: Path) -> dict[str, list[Path]]:
     return {d.name: list_images(d) for d in _visible_dirs(folder)}
 
 
-def load_folder(
-    root: Path,
-    *,
-    modality: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-) -> Dataset:
+def load_folder(root: Path, options: LoadOptions) -> Dataset:
     """Load an ImageFolder tree; splits without a folder are carved from train (seeded)."""
-    sidecar, sidecar_file = read_sidecar(root)
+    sidecar = read_sidecar(root)
     subdirs = _visible_dirs(root)
     split_dirs = {SPLIT_DIRS[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_DIRS}
     per_split: dict[str, dict[str, list[Path]]]
@@ -100,19 +87,14 @@ def load_folder(
         source,
         np.asarray(labels, dtype=np.int64),
         {k: np.asarray(v, dtype=np.int64) for k, v in assigned.items()} or None,
-        seed=seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        max_bad_fraction=max_bad_fraction,
+        options,
     )
-    dataset = Dataset(
+    return described_dataset(
+        root,
+        sidecar,
+        options,
         name=root.resolve().name,
         class_names=class_names,
         splits=splits,
-        modality=resolve_modality(modality, sidecar),
-        source_info=provenance(sidecar, sidecar_file, root),
-        path=root,
         format="folder",
     )
-    check_usable(dataset)
-    return dataset

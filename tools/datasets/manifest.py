@@ -10,18 +10,14 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from metallmix.errors import DatasetError
-from metallmix.tools.datasets.base import (
-    DEFAULT_MAX_BAD_FRACTION,
-    Dataset,
-    build_splits,
-    check_usable,
-)
+from metallmix.tools.datasets.base import Dataset, LoadOptions, build_splits
 from metallmix.tools.datasets.files import FileImages, class_sort_key
-from metallmix.tools.datasets.sidecar import provenance, read_sidecar, resolve_modality
+from metallmix.tools.datasets.sidecar import described_dataset, read_sidecar
 
 REQUIRED_COLUMNS = ("path", "label")
 MAX_LISTED = 20  # rows with paths outside the manifest folder named in the summary
@@ -68,18 +64,10 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def load_manifest(
-    path: Path,
-    *,
-    modality: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-) -> Dataset:
+def load_manifest(path: Path, options: LoadOptions) -> Dataset:
     """Load a CSV manifest; without a split column (or for splits it never names) the data
     is split seeded and stratified."""
-    sidecar, sidecar_file = read_sidecar(path)
+    sidecar = read_sidecar(path)
     rows = _read_rows(path)
     if not rows:
         raise DatasetError(f"{path}: the manifest lists no images; add rows path,label[,split]")
@@ -134,30 +122,11 @@ def load_manifest(
                         f"{origins[p]}: label {raw_labels[p]!r} ({name}) never occurs in the "
                         "train rows; add training images of that class"
                     )
-    dataset = Dataset(
-        name=path.stem,
-        class_names=class_names,
-        splits=build_splits(
-            FileImages(paths, origins),
-            labels,
-            assigned,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            max_bad_fraction=max_bad_fraction,
-        ),
-        modality=resolve_modality(modality, sidecar),
-        source_info=provenance(sidecar, sidecar_file, path),
-        path=path,
-        format="csv",
-    )
+    notes: dict[str, Any] = {}
     if outside:
         # Allowed (shared image stores are common) but listed, so a manifest from someone
         # else cannot quietly read files from anywhere on this machine.
-        dataset.source_info["outside_manifest_folder"] = {
-            "count": len(outside),
-            "rows": outside[:MAX_LISTED],
-        }
+        notes["outside_manifest_folder"] = {"count": len(outside), "rows": outside[:MAX_LISTED]}
         log.warning(
             "%s: %d image path(s) lie outside the manifest's folder %s (first: %s)",
             path,
@@ -165,5 +134,13 @@ def load_manifest(
             resolved_base,
             outside[0],
         )
-    check_usable(dataset)
-    return dataset
+    return described_dataset(
+        path,
+        sidecar,
+        options,
+        name=path.stem,
+        class_names=class_names,
+        splits=build_splits(FileImages(paths, origins), labels, assigned, options),
+        format="csv",
+        notes=notes,
+    )

@@ -17,18 +17,17 @@ import numpy as np
 
 from metallmix.errors import DatasetError
 from metallmix.tools.datasets.base import (
-    DEFAULT_MAX_BAD_FRACTION,
     SPLIT_NAMES,
     Dataset,
     ImageHeader,
     ImageReadError,
     ImageSource,
+    LoadOptions,
     Split,
-    check_usable,
+    build_splits,
     normalize_image,
-    stratified_partition,
 )
-from metallmix.tools.datasets.sidecar import provenance, read_sidecar, resolve_modality
+from metallmix.tools.datasets.sidecar import described_dataset, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +147,9 @@ def _load_labels(path: Path, data: Any, key: str, n_images: int) -> np.ndarray:
     return labels
 
 
-def load_npz(
-    path: Path,
-    *,
-    modality: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-) -> Dataset:
+def load_npz(path: Path, options: LoadOptions) -> Dataset:
     """Load a MedMNIST-style ``.npz``; missing val/test pairs are carved from train (seeded)."""
-    sidecar, sidecar_file = read_sidecar(path)
+    sidecar = read_sidecar(path)
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -187,7 +178,7 @@ def load_npz(
             labels[name] = _load_labels(path, data, lab_key, len(sources[name]))
 
     notes: list[str] = []
-    class_names = sidecar.get("class_names")
+    class_names = sidecar[0].get("class_names")
     max_label = max((int(v.max()) for v in labels.values() if len(v)), default=-1)
     if isinstance(class_names, list) and class_names:
         class_names = [str(c) for c in class_names]
@@ -219,41 +210,22 @@ def load_npz(
         else:
             class_names = [str(i) for i in range(max_label + 1)]
 
-    splits: dict[str, Split] = {}
-    train_source = sources["train"]
+    # Train is one source; the splits the archive lacks are carved from it (seeded).
     train_labels = labels["train"]
-    carve = [name for name in ("val", "test") if name not in sources]
-    train_positions = np.arange(len(train_labels))
-    if carve and len(train_labels):
-        parts = stratified_partition(
-            train_labels,
-            val_fraction if "val" in carve else 0.0,
-            test_fraction if "test" in carve else 0.0,
-            seed,
-        )
-        train_positions = parts["train"]
-        for name in carve:
-            splits[name] = Split(
-                name, train_labels[parts[name]], train_source, parts[name], max_bad_fraction
-            )
-    splits["train"] = Split(
-        "train", train_labels[train_positions], train_source, train_positions, max_bad_fraction
-    )
+    whole_train = {"train": np.arange(len(train_labels))}
+    splits = build_splits(sources["train"], train_labels, whole_train, options, elsewhere=sources)
     for name, source in sources.items():
         if name != "train":
             splits[name] = Split(
-                name, labels[name], source, np.arange(len(source)), max_bad_fraction
+                name, labels[name], source, np.arange(len(source)), options.max_bad_fraction
             )
-    dataset = Dataset(
+    return described_dataset(
+        path,
+        sidecar,
+        options,
         name=path.stem,
         class_names=class_names,
         splits={name: splits[name] for name in SPLIT_NAMES if name in splits},
-        modality=resolve_modality(modality, sidecar),
-        source_info=provenance(sidecar, sidecar_file, path),
-        path=path,
         format="npz",
+        notes={"notes": notes} if notes else None,
     )
-    if notes:
-        dataset.source_info["notes"] = notes
-    check_usable(dataset)
-    return dataset

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from metallmix.errors import DatasetError
+from metallmix.tools.datasets.base import Dataset, LoadOptions, Split, check_usable
 
 
 def sidecar_path(path: Path) -> Path | None:
@@ -67,3 +68,33 @@ def resolve_modality(explicit: str | None, data: dict[str, Any]) -> str:
         if isinstance(value, str) and value.strip():
             return value.strip()
     return "unknown"
+
+
+def described_dataset(
+    path: Path,
+    sidecar: tuple[dict[str, Any], Path | None],
+    options: LoadOptions,
+    *,
+    name: str,
+    class_names: list[str],
+    splits: dict[str, Split],
+    format: str,
+    notes: dict[str, Any] | None = None,
+) -> Dataset:
+    """Every loader's last step: the dataset with its sidecar's modality and provenance.
+
+    ``sidecar`` is what :func:`read_sidecar` gave the loader; ``notes`` join the provenance
+    (``source_info``); the result is checked usable.
+    """
+    data, found = sidecar
+    dataset = Dataset(
+        name=name,
+        class_names=class_names,
+        splits=splits,
+        modality=resolve_modality(options.modality, data),
+        source_info={**provenance(data, found, path), **(notes or {})},
+        path=path,
+        format=format,
+    )
+    check_usable(dataset)
+    return dataset

@@ -39,7 +39,7 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
 )
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
+from metallmix.tools.training.backends import ExecutionBackend, Resources
 from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.runner import compute_meta_features
 from metallmix.tools.training.trainer import FeatureCache
@@ -461,13 +461,13 @@ def build(
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(f"shard index {index} is not in 0..{count - 1}")
-    backend = backend or LocalBackend(0)
     uri = tracking_uri or config.tracking_uri()
     runner = TrialRunner(
         backend,
         kb=kb,
         tracking_uri=uri,
-        resources=resources or Resources(num_cpus=float(threads or 1)),
+        resources=resources,
+        threads=threads,
         max_retries=max_retries,
         trial_fn=trial_fn,
         feature_cache=feature_cache or FeatureCache(),

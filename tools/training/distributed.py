@@ -37,7 +37,12 @@ from metallmix.tools.datasets.base import Dataset, ImageHeader, ImageReadError, 
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training.backends import ExecutionBackend, Resources, WorkerLostError
+from metallmix.tools.training.backends import (
+    ExecutionBackend,
+    LocalBackend,
+    Resources,
+    WorkerLostError,
+)
 from metallmix.tools.training.relay import MlflowRecorder, is_server, rebind, replay
 from metallmix.tools.training.runner import run_trial
 from metallmix.tools.training.trainer import EpochStats, FeatureCache
@@ -262,17 +267,21 @@ NextJob = Callable[[], tuple[Any, TrialJob, Any] | None]
 class TrialRunner:
     """Keeps up to ``width`` trials in flight on a backend, retries lost workers, commits.
 
+    ``backend=None`` runs the trials in this process; ``resources`` default to ``threads``
+    CPUs per trial.
+
     A bug in a worker (any exception but :class:`WorkerLostError`) stops new submissions;
     trials in flight are still committed, then the error is raised.
     """
 
     def __init__(
         self,
-        backend: ExecutionBackend,
+        backend: ExecutionBackend | None,
         *,
         kb: KnowledgeBase | None,
         tracking_uri: str,
-        resources: Resources,
+        resources: Resources | None = None,
+        threads: int | None = 1,
         max_retries: int = 2,
         trial_fn: TrialFn | None = None,
         feature_cache: FeatureCache | None = None,
@@ -280,9 +289,10 @@ class TrialRunner:
     ) -> None:
         if max_retries < 0:
             raise ConfigError(f"--max-retries cannot be negative, got {max_retries}")
+        backend = backend or LocalBackend(0)
         self.backend = backend
         self.tracking_uri = tracking_uri
-        self.resources = resources
+        self.resources = resources or Resources(num_cpus=float(threads or 1))
         self.max_retries = max_retries
         self.direct = is_server(tracking_uri) or not backend.remote
         # In this process the default trial is a plain recorded run: it writes the KB

@@ -31,7 +31,7 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
     make_hyperparameters,
 )
-from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
+from metallmix.tools.training.backends import ExecutionBackend, Resources
 from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.trainer import EpochStats
 
@@ -305,10 +305,11 @@ def run_search(
     parent, client = opened.parent_run_id, opened.client
 
     runner = TrialRunner(
-        backend or LocalBackend(0),
+        backend,
         kb=kb,
         tracking_uri=uri,
-        resources=resources or Resources(num_cpus=float(threads or 1)),
+        resources=resources,
+        threads=threads,
         max_retries=max_retries,
         trial_fn=trial_fn,
         progress=progress,

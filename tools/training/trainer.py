@@ -794,29 +794,32 @@ def _set_test(result: TrainResult, test: Evaluation) -> None:
 
 def _run_epochs(
     config: TrainConfig,
+    data: ArraySplits,
+    trained: Any,
     *,
-    train_y: Any,
-    loss_fn: Callable[[Any, Any], Any],
-    optimizer: Any,
-    scheduler: Any,
-    generator: Any,
-    batch: int,
     train_mode: Callable[[], Any],
-    forward: Callable[[Any], Any],
+    forward: Callable[[Any, Any], Any],
     validate: Callable[[Any], Evaluation],
-    state_dict: Callable[[], dict[str, Any]],
     progress: ProgressFn | None,
     min_batch: int = 1,
 ) -> tuple[Literal["ok", "diverged"], str, _BestEpoch, list[EpochStats]]:
     """The one epoch loop of the network and the probe: shuffle, step, validate, stop early.
 
-    ``forward(indices)`` gives the training logits of a batch, ``validate(order)`` the
-    validation evaluation after the epoch (``order`` is the epoch's shuffle). The generator
-    is drawn in the same order as ever (one permutation per epoch, then whatever
-    ``forward`` draws), so seeded runs stay identical.
+    ``trained`` is the module whose parameters are optimised (and whose best weights are
+    kept). ``forward(indices, generator)`` gives the training logits of a batch,
+    ``validate(order)`` the validation evaluation after the epoch (``order`` is the epoch's
+    shuffle). The seeded generator is drawn in the same order as ever (one permutation per
+    epoch, then whatever ``forward`` draws), so seeded runs stay identical.
     """
     import torch  # heavy: torch loads only when something trains
 
+    train_y_np = np.asarray(data.train_y, dtype=np.int64)
+    train_y = torch.from_numpy(train_y_np)
+    loss_fn = _loss_fn(config, train_y_np, int(data.n_classes or 0))
+    optimizer = _optimizer(config, trained)
+    scheduler = _scheduler(config, optimizer)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = min(config.batch_size, len(train_y))
     history: list[EpochStats] = []
     best = _BestEpoch(config.early_stopping_patience)
     status: Literal["ok", "diverged"] = "ok"
@@ -832,7 +835,7 @@ def _run_epochs(
             if len(idx) < min_batch and seen > 0:
                 continue
             yb = train_y[idx]
-            logits = forward(idx)
+            logits = forward(idx, generator)
             loss = loss_fn(logits, yb)
             if not torch.isfinite(loss):
                 status, message = "diverged", f"non-finite loss in epoch {epoch}"
@@ -855,7 +858,7 @@ def _run_epochs(
         history.append(stats)
         if progress is not None:
             progress(stats)
-        if best.update(epoch, val, state_dict):
+        if best.update(epoch, val, trained.state_dict):
             message = f"early stop after epoch {epoch} (best {best.epoch})"
             break
     return status, message, best, history
@@ -869,20 +872,13 @@ def _train_network(
     n_trainable: int,
 ) -> TrainResult:
     """Gradient training of the (partly frozen) network on augmented batches."""
-    import torch  # heavy: torch loads only when something trains
 
     n_classes = int(data.n_classes or 0)
     size = config.image_size
     train_x = _to_tensor(data.train_x, size)
     val_x = _to_tensor(data.val_x, size)
     mean, std = _normaliser(config, model, train_x)
-    train_y_np = np.asarray(data.train_y, dtype=np.int64)
-    train_y = torch.from_numpy(train_y_np)
     val_y = np.asarray(data.val_y, dtype=np.int64)
-    loss_fn = _loss_fn(config, train_y_np, n_classes)
-    optimizer = _optimizer(config, model)
-    scheduler = _scheduler(config, optimizer)
-    generator = torch.Generator().manual_seed(config.seed)
     batch = min(config.batch_size, len(train_x))
     started = time.perf_counter()
     try:  # fail fast (before any training) when the image size is too small
@@ -904,18 +900,13 @@ def _train_network(
 
     status, message, best, history = _run_epochs(
         config,
-        train_y=train_y,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        generator=generator,
-        batch=batch,
+        data,
+        model,
         train_mode=train_mode,
-        forward=lambda idx: model(
+        forward=lambda idx, generator: model(
             (_augment(train_x[idx], config.augmentation, generator) - mean) / std
         ),
         validate=validate,
-        state_dict=model.state_dict,
         progress=progress,
         min_batch=2,  # batch-norm cannot train on one image
     )
@@ -982,14 +973,7 @@ def _train_probe(
     head = torch.nn.Sequential(
         torch.nn.Dropout(config.dropout), torch.nn.Linear(train_f.shape[1], n_classes)
     )
-    train_y_np = np.asarray(data.train_y, dtype=np.int64)
-    train_y = torch.from_numpy(train_y_np)
     val_y = np.asarray(data.val_y, dtype=np.int64)
-    loss_fn = _loss_fn(config, train_y_np, n_classes)
-    optimizer = _optimizer(config, head)
-    scheduler = _scheduler(config, optimizer)
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = min(config.batch_size, len(train_f))
     x_train = (train_f - f_mean) / f_std
     x_val = (val_f - f_mean) / f_std
 
@@ -1000,16 +984,11 @@ def _train_probe(
 
     status, message, best, history = _run_epochs(
         config,
-        train_y=train_y,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        generator=generator,
-        batch=batch,
+        data,
+        head,
         train_mode=head.train,
-        forward=lambda idx: head(x_train[idx]),
+        forward=lambda idx, generator: head(x_train[idx]),
         validate=validate,
-        state_dict=head.state_dict,
         progress=progress,
     )
     backbone = sum(p.numel() for p in model.parameters())

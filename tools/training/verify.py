@@ -51,7 +51,7 @@ from metallmix.tools.kb.records import RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, hp_values
-from metallmix.tools.training.backends import ExecutionBackend, LocalBackend, Resources
+from metallmix.tools.training.backends import ExecutionBackend, Resources
 from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.search import default_storage as search_storage
 from metallmix.tools.training.search import distributions, open_study
@@ -610,10 +610,11 @@ def run_verify(
     resumed_runs = len(ledger.done)
     estimate = _Estimator(chosen, ledger)
     runner = TrialRunner(
-        backend or LocalBackend(0),
+        backend,
         kb=kb,
         tracking_uri=uri,
-        resources=resources or Resources(num_cpus=float(threads or 1)),
+        resources=resources,
+        threads=threads,
         max_retries=max_retries,
         trial_fn=trial_fn,
     )
