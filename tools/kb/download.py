@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from metallmix import config
 from metallmix.errors import ImportFormatError, KnowledgeBaseError
 from metallmix.tools.kb.quicktune import QUICKTUNE_VERSIONS, TABLE, read_quicktune
 
@@ -56,8 +57,6 @@ class DownloadResult:
 
 
 def default_dest() -> Path:
-    from metallmix import config
-
     return config.cache_dir() / "quicktune"
 
 

@@ -74,6 +74,7 @@ def regime_of(record: RunRecord) -> Regime:
         return "gpu"
     if record.source == "own":
         return "cpu"
+    # at call time: search_space imports kb.records, whose package (kb/__init__) imports this
     from metallmix.tools.meta.search_space import CPU_ZOO_MODELS, QUICKTUNE_MODELS
 
     if record.model in QUICKTUNE_MODELS and record.model not in CPU_ZOO_MODELS:

@@ -31,8 +31,10 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
+from metallmix import config
 from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.records import KB_SCHEMA_VERSION, RunRecord
+from metallmix.tools.kb.regime import counts_by_regime, counts_by_source_and_regime
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +155,6 @@ class KnowledgeBase(ABC):
         return kb_content_hash(self.iter_records())
 
     def info(self) -> KBInfo:
-        from metallmix.tools.kb.regime import counts_by_regime, counts_by_source_and_regime
-
         records = list(self.iter_records())
         return KBInfo(
             total=len(records),
@@ -580,8 +580,6 @@ def open_kb(
     ``read_only`` (every command that only reads) never creates a file or folder and never
     writes to an existing one: a mistyped path is an error, not a new empty KB.
     """
-    from metallmix import config
-
     value = str(spec) if spec is not None else config.kb_uri()
     if value:
         if value.startswith("sqlite:///"):
