@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.metafeatures import MetaFeatures
 
-ENCODING_VERSION = 2  # 2: optional meta-features (config-only), completed runs only
+# 2: optional meta-features (config-only), completed runs only
+# 3: meta-features on the one log scale retrieval also uses (scale_meta_feature)
+ENCODING_VERSION = 3
 OTHER = "__other__"
 MAX_CATEGORIES = 32
 
@@ -101,9 +103,25 @@ def model_params_m(name: str) -> float:
     return MODEL_PARAMS_M.get(name.split(".")[0], float("nan"))
 
 
-# Numeric columns and their scale. Trees do not care about monotone transforms, but SHAP
-# plots, retrieval and people read these scales.
-_LOG10 = {"hp_lr", "hp_weight_decay", "mf_n_images", "mf_images_per_class", "mf_class_size_mean"}
+# Meta-features that span orders of magnitude (counts, sizes, ratios) are read on one log
+# scale, log10(1 + x), by the meta-learner (and so SHAP), retrieval and the nearest-dataset
+# baseline alike. Trees do not care about monotone transforms; distances and people do.
+LOG_META_FEATURES = frozenset(
+    {
+        "n_images",
+        "n_classes",
+        "imbalance_ratio",
+        "class_size_mean",
+        "class_size_std",
+        "class_size_min",
+        "class_size_max",
+        "images_per_class",
+        "resolution_h",
+        "resolution_w",
+    }
+)
+# Hyperparameters on a log scale (the meta-learner's columns).
+_LOG10 = {"hp_lr", "hp_weight_decay"}
 _LOG2 = {"hp_batch_size"}
 _SKIP = {"mf_version", "hp_x_opt_betas"}
 # Meta-features and core hyperparameters are always encoded, even when constant in the KB
@@ -164,7 +182,16 @@ def _isnan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def scale_meta_feature(name: str, value: float) -> float:
+    """The one scaling of a meta-feature's value (``name`` as in :class:`MetaFeatures`)."""
+    if name in LOG_META_FEATURES and not math.isnan(value):
+        return math.log10(max(value, 0.0) + 1.0)
+    return value
+
+
 def _scaled(name: str, values: np.ndarray) -> np.ndarray:
+    if name.startswith("mf_") and name[3:] in LOG_META_FEATURES:
+        return np.log10(np.maximum(values, 0.0) + 1.0)  # NaN (unknown) stays NaN
     with np.errstate(divide="ignore", invalid="ignore"):
         if name in _LOG10:
             out = np.log10(np.where(values > 0, values, np.nan))
@@ -173,14 +200,6 @@ def _scaled(name: str, values: np.ndarray) -> np.ndarray:
         if name in _LOG2:
             return np.log2(np.where(values > 0, values, np.nan))
     return values
-
-
-def scale_label(name: str) -> str:
-    if name in _LOG10:
-        return "log10"
-    if name in _LOG2:
-        return "log2"
-    return "linear"
 
 
 class FeatureEncoder(BaseModel):

@@ -31,23 +31,11 @@ from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, SQLiteKnowledgeBase, kb_content_hash
 from metallmix.tools.meta.contracts import SimilarRun
-from metallmix.tools.meta.encoding import model_arch, model_params_m
+from metallmix.tools.meta.encoding import model_arch, model_params_m, scale_meta_feature
 from metallmix.tools.metafeatures import MetaFeatures
 
 RETRIEVAL_VERSION = 1
 INDEX_FILES = ("datasets.faiss", "runs.faiss")  # each checked against the sidecar sha256
-_LOG_FEATURES = {
-    "n_images",
-    "n_classes",
-    "imbalance_ratio",
-    "class_size_mean",
-    "class_size_std",
-    "class_size_min",
-    "class_size_max",
-    "images_per_class",
-    "resolution_h",
-    "resolution_w",
-}
 _DATASET_FEATURES = [
     "n_images",
     "n_classes",
@@ -69,13 +57,10 @@ MODALITY_WEIGHT = 1.5
 
 def _raw_vector(mf: MetaFeatures) -> np.ndarray:
     values = mf.numeric()
-    out = []
-    for name in _DATASET_FEATURES:
-        v = values.get(name, math.nan)
-        if name in _LOG_FEATURES and not math.isnan(v):
-            v = math.log10(max(v, 0.0) + 1.0)
-        out.append(v)
-    return np.asarray(out, dtype=float)
+    return np.asarray(
+        [scale_meta_feature(name, values.get(name, math.nan)) for name in _DATASET_FEATURES],
+        dtype=float,
+    )
 
 
 def config_vector(model: str, hp: Hyperparameters, pretrained: bool) -> np.ndarray:
