@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
 from metallmix.api import recommend
-from metallmix.atomic import write_text
+from metallmix.atomic import atomic_path, write_text
 from metallmix.benchmarks.compare_report import METHODS, build_report
 from metallmix.benchmarks.lodo import LeakError, best_default
 from metallmix.errors import ConfigError, KnowledgeBaseError
@@ -162,19 +162,16 @@ def snapshot_kb(source: Path, dest: Path) -> Path:
         raise KnowledgeBaseError(
             f"--kb {source}: no such file; give a KB .sqlite file (default: the shipped KB)"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True)
-    try:
-        out = sqlite3.connect(tmp)
+    with atomic_path(dest, suffix=".sqlite") as tmp:
+        src = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True)
         try:
-            src.backup(out)
+            out = sqlite3.connect(tmp)
+            try:
+                src.backup(out)
+            finally:
+                out.close()
         finally:
-            out.close()
-    finally:
-        src.close()
-    os.replace(tmp, dest)
+            src.close()
     return dest
 
 
