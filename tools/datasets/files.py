@@ -33,7 +33,7 @@ _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N",
 def _pydicom() -> Any:
     """pydicom, or a clear instruction when the ``dicom`` extra is not installed."""
     try:
-        import pydicom
+        import pydicom  # optional extra: only DICOM files need it
     except ImportError as exc:
         raise DatasetError(
             "DICOM files found but pydicom is not installed; "

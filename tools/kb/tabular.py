@@ -139,7 +139,7 @@ def export_records(records: Iterable[RunRecord], path: Path) -> int:
             for record in rows:
                 writer.writerow([_csv_cell(_value(record, c), c.kind) for c in cols])
     else:
-        import pyarrow as pa
+        import pyarrow as pa  # heavy: only Parquet export needs it
         import pyarrow.parquet as pq
 
         arrow_types = {
@@ -282,7 +282,7 @@ def _read_csv(
 def _read_parquet(
     path: Path, defaults: dict[str, Any], required: Iterable[str]
 ) -> list[tuple[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy: only Parquet import needs it
 
     try:
         table = pq.read_table(path)

@@ -202,7 +202,7 @@ class RayBackend(ExecutionBackend):
         runtime_env: dict[str, Any] | None = None,
     ) -> None:
         try:
-            import ray
+            import ray  # optional extra: only --backend ray needs it
         except ImportError:
             raise ConfigError(
                 "--backend ray needs Ray: pip install 'metallmix[ray]' (or pip install ray)"
@@ -273,7 +273,7 @@ class RayBackend(ExecutionBackend):
         return list(ready)
 
     def result(self, handle: Any) -> Any:
-        from ray import exceptions as rex
+        from ray import exceptions as rex  # optional extra, as ray
 
         lost = (
             rex.WorkerCrashedError,

@@ -131,8 +131,8 @@ def map_state_dict(source: dict[str, Any], target: dict[str, Any]) -> OrderedDic
 
 def imagenet_state_dict(model: str) -> OrderedDict[str, Any]:
     """The verified ImageNet state dict of ``model`` in timm's naming (1000 classes, RGB)."""
-    import timm
-    import torch
+    import timm  # heavy: timm and torch load only when weights are loaded
+    import torch  # heavy: as timm
 
     path = weights_path(model)
     verify(model, path)

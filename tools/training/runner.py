@@ -83,7 +83,7 @@ def _plot_curve(result: TrainResult, path: Path) -> None:
     import matplotlib  # heavy: matplotlib loads only when a run's plots are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: after matplotlib.use("Agg"), which must come first
 
     epochs = [h.epoch for h in result.history]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -112,7 +112,7 @@ def _plot_confusion(result: TrainResult, class_names: list[str], path: Path) -> 
     import matplotlib  # heavy: matplotlib loads only when a run's plots are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: after matplotlib.use("Agg"), which must come first
 
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     if result.confusion is None:
