@@ -32,6 +32,7 @@ from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.resources import KbSpec, LlmSpec, regime_kb_for, resolve_kb, space_for
 from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
+from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.metric import metric_of_runs
@@ -120,6 +121,8 @@ def recommend_verified(
     path = Path(data).expanduser()
     dataset = load_dataset(path, modality=modality, seed=seed)
     store = resolve_kb(kb, read_only=False)  # verified runs join the KB
+    # Read once: the shortlist, the zero-shot answer and the trials' KB priors see one content.
+    snapshot = KBSnapshot.of(store)
     settings = {
         "data": str(path.resolve()),
         "kb": _spec(kb if not isinstance(kb, KnowledgeBase) else store.location),
@@ -139,7 +142,7 @@ def recommend_verified(
             # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
             cfg = Configuration(space=space, kb_instance=store, seed=seed, compute="cpu")
             mf = compute_meta_features(path, modality=modality)
-            regime, regime_store = regime_kb_for(cfg, store)
+            regime, regime_store = regime_kb_for(cfg, snapshot)
             shortlist = build_shortlist(
                 mf,
                 regime_store,
@@ -151,7 +154,7 @@ def recommend_verified(
             shortlist = shortlist.model_copy(
                 update={"metric": metric, "metric_note": note, "regime": regime}
             )
-        rec = zero_shot(shortlist, store, dataset.name)
+        rec = zero_shot(shortlist, snapshot, dataset.name)
         candidates = list(shortlist.candidates)
     owned = backend is None or isinstance(backend, str)
     engine: ExecutionBackend = (
@@ -166,7 +169,7 @@ def recommend_verified(
             seed=seed,
             budget_seconds=budget_minutes * 60 if budget_minutes is not None else None,
             first_rung_epochs=first_rung_epochs,
-            kb_records=list(store.iter_records()),
+            kb_records=snapshot.runs,
             storage=storage,
             study_name=study_name,
             kb=store,
