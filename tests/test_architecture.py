@@ -31,9 +31,6 @@ CORE = (
     "metallmix.atomic",
     "metallmix.prompts",
 )
-# Issue 16 is removing these; an entry that no longer occurs fails too, so the list only shrinks.
-PENDING_UPWARD: set[tuple[str, str]] = set()
-PENDING_CYCLES: set[tuple[str, ...]] = set()
 LAYERS = {"core": 0, "tools": 1, "agents": 2, "graphs": 3, "top": 4}
 
 
@@ -129,13 +126,7 @@ def test_dependencies_point_one_way() -> None:
         # a package's __init__ may re-export its own submodules
         if layer(e.target) > layer(e.source) and not e.target.startswith(e.source + ".")
     ]
-    upward = [
-        f"{e.path.relative_to(ROOT)}:{e.line}: {e.source} imports {e.target}"
-        for e in found
-        if (e.source, e.target) not in PENDING_UPWARD
-    ]
-    gone = PENDING_UPWARD - {(e.source, e.target) for e in found}
-    assert not gone, f"fixed, remove from PENDING_UPWARD: {sorted(gone)}"
+    upward = [f"{e.path.relative_to(ROOT)}:{e.line}: {e.source} imports {e.target}" for e in found]
     assert not upward, "imports against tools <- agents <- graphs <- API/CLI:\n" + "\n".join(upward)
 
 
@@ -197,8 +188,5 @@ def test_no_import_cycles() -> None:
             continue
         graph.setdefault(e.source, set()).add(e.target)
         graph.setdefault(e.target, set())
-    found = find_cycles(graph)
-    gone = PENDING_CYCLES - {tuple(c) for c in found}
-    assert not gone, f"fixed, remove from PENDING_CYCLES: {sorted(gone)}"
-    cycles = [c for c in found if tuple(c) not in PENDING_CYCLES]
+    cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
