@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cases import BREAST_MF
 
 from metallmix.agents.evidence import Number, grounded, numbers_in, scrub
 from metallmix.agents.judge import hard_checks
@@ -19,19 +20,8 @@ from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.agents.schemas import JudgeScores, LLMChoice, Recommendation
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
-from metallmix.tools.metafeatures import MetaFeatures
 
-MF = MetaFeatures(
-    n_images=546,
-    n_classes=2,
-    imbalance_ratio=2.7,
-    resolution_h=28,
-    resolution_w=28,
-    channels=1,
-    class_size_mean=273,
-    modality="ultrasound",
-    images_per_class=273,
-)
+MF = BREAST_MF.model_copy(update={"modality": "ultrasound"})
 
 
 def make_shortlist() -> Shortlist:
