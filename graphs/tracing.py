@@ -12,6 +12,7 @@ names (``recommend``, ``features`` ... ``recommender_1``, ``judge_1`` ... ``reco
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,11 +65,10 @@ def _served_root(
         with _LOCK:
             return _OPEN.get(state.trace_id), {}
     uri = settings.tracking_uri()
-    mlflow_client = tracking.client(uri)
+    exp_id = tracking.experiment_id(tracking.client(uri), cfg.experiment)  # as api._tracked
     run_id = recording.start_run(
         experiment=cfg.experiment, run_name=state.dataset_name or None, tracking_uri=uri
     )
-    exp_id = mlflow_client.get_run(run_id).info.experiment_id
     mlflow.set_tracking_uri(uri)
     root = mlflow.start_span_no_context(
         name=ROOT_SPAN,
@@ -120,8 +120,11 @@ def node_span(
     try:
         yield trace
     except BaseException:
-        span.end(status="ERROR")
-        _finish(opened, failed=True)
+        # closing the trace and run must never replace the node's own error
+        with contextlib.suppress(Exception):
+            span.end(status="ERROR")
+        with contextlib.suppress(Exception):
+            _finish(opened, failed=True)
         raise
     span.end()
     if node == FINAL_NODE:
