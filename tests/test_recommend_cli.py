@@ -54,6 +54,20 @@ def test_demo_renders_explanation_and_where_to_look(
     assert "[run synthetic:" in flat  # the cited run id survives rich markup
 
 
+def test_cli_exports_traces_synchronously_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from metallmix.cli import SYNC_TRACE_EXPORT
+
+    name = SYNC_TRACE_EXPORT[0]
+    monkeypatch.delenv(name, raising=False)
+    assert main(["--version"]) == 0
+    assert os.environ[name] == "false"
+    monkeypatch.setenv(name, "true")  # the user's own choice wins
+    assert main(["--version"]) == 0
+    assert os.environ[name] == "true"
+
+
 def test_missing_dataset_exits_2_with_one_line(
     kb: Path, scripted: ScriptedLLM, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -107,3 +121,13 @@ def test_real_demo_subprocess(kb: Path, tmp_path: Path) -> None:
     assert (doc["baseline_warning"] is not None) == near
     assert [o["compute"] for o in doc["other_regimes"]] == ["gpu"]
     assert "no gpu run" in doc["other_regimes"][0]["unavailable"]  # synthetic KB: CPU runs only
+    # the CLI exports its trace synchronously: complete once the process has exited
+    import mlflow
+
+    run = mlflow.get_run(doc["mlflow_run_id"])
+    traces = mlflow.search_traces(
+        locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list"
+    )
+    assert len(traces) == 1
+    names = {span.name for span in traces[0].data.spans}
+    assert {"recommend", "features", "shortlist", "recommender_1", "judge_1", "record"} <= names
