@@ -191,6 +191,8 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
     )
     check_report(report)
     assert "tiny/metallmix/recommendation" in resumed and "tiny/metallmix/s0" in resumed
+    load = report["load"]  # every piece keeps the machine load it ran under
+    assert load["pieces_with_load"] == load["pieces"] > 0 and load["min"] >= 0
     runs = training_runs()
     assert len(runs) == N_TRAININGS
     again = report["datasets"]["tiny"]["methods"]["metallmix"]["per_seed"][0]
@@ -367,6 +369,8 @@ def test_majority_class_floor_and_zero_shot_bar(tmp_path: Path) -> None:
         "d/best-default/s0": run(0.76, 0.55),
         "d/metallmix+verify/s0": run(0.72, 0.70, config_seconds=50.0, model="v"),
     }
+    for i, key in enumerate(k for k in pieces if k != "d/tpe/s0"):  # one piece from an old state
+        pieces[key] |= {"load_average": 1.0 + i, "cpus": 2}
     state = {
         "pieces": pieces,
         "settings": {
@@ -390,3 +394,12 @@ def test_majority_class_floor_and_zero_shot_bar(tmp_path: Path) -> None:
     assert bar["pick_under_tenth"] is True and bar["answer_under_tenth"] is False
     table = markdown_table(report)
     assert "| d | majority class | 50.0 | 75.0 |" in table
+    assert report["load"] == {
+        "min": 1.0,
+        "median": 3.5,
+        "max": 6.0,
+        "pieces_with_load": 6,
+        "pieces": 7,
+        "cpus": [2],
+    }
+    assert "median 3.50, range 1.00-6.00, on 2 CPUs; 1 pieces have no record." in table

@@ -340,6 +340,8 @@ class _Run:
         return str(run.info.run_id)
 
     def done(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        # Every time in the report is wall time on a shared machine: keep the load it ran under.
+        value = {**value, "load_average": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
         self.state.put(key, value)
         if self.on_piece is not None:
             self.on_piece(key, value)

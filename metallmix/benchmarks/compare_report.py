@@ -163,6 +163,27 @@ def build_report(
         "overall": overall,
         "complete": complete,
         "n_datasets": len(names),
+        "load": load_summary(pieces, names),
+    }
+
+
+def load_summary(pieces: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The 1-minute load average recorded as each piece of ``names`` finished: the times in
+    the report are wall times, comparable only when the machine's load was alike."""
+    loads = [
+        float(v["load_average"])
+        for k, v in pieces.items()
+        if k.split("/", 1)[0] in names and isinstance(v, dict) and "load_average" in v
+    ]
+    counted = [k for k in pieces if k.split("/", 1)[0] in names]
+    cpus = {v.get("cpus") for v in pieces.values() if isinstance(v, dict) and v.get("cpus")}
+    return {
+        "min": min(loads) if loads else None,
+        "median": statistics.median(loads) if loads else None,
+        "max": max(loads) if loads else None,
+        "pieces_with_load": len(loads),
+        "pieces": len(counted),
+        "cpus": sorted(cpus),
     }
 
 
@@ -257,6 +278,18 @@ def _x(value: float | None) -> str:
     return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
 
 
+def _load_line(load: dict[str, Any] | None) -> str:
+    if not load or load.get("median") is None:
+        return "Machine load: not recorded (state written before pieces kept their load)."
+    cpus = "/".join(str(c) for c in load.get("cpus") or []) or "?"
+    line = (
+        f"Machine load (1-min average as each piece finished): median {load['median']:.2f}, "
+        f"range {load['min']:.2f}-{load['max']:.2f}, on {cpus} CPUs"
+    )
+    missing = load["pieces"] - load["pieces_with_load"]
+    return line + (f"; {missing} pieces have no record." if missing else ".")
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """Per-dataset rows and an overall table (accuracies in %, times in seconds)."""
     s = report["settings"]
@@ -268,6 +301,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         "Methods are ranked by test balanced accuracy (**best**, or ≤1 pt of it); the majority "
         "class row is the floor any model must clear (balanced accuracy 1/k).",
+        "",
+        _load_line(report.get("load")),
         "",
         "| dataset | method | test balanced acc % (mean ± std) | test acc % | time to config (s) "
         "| final training (s) | config time vs MetaLLMiX | training time vs MetaLLMiX | config |",
