@@ -130,7 +130,7 @@ def test_learning_plan_mixes_probes_scratch_and_last_stages_inside_the_space() -
     pretrained = [t for t in trials if t.pretrained]
     assert 0.2 <= len(pretrained) / len(trials) <= 0.8
     finetunes = {t.hp.extra.get("finetune") for t in pretrained}
-    assert finetunes == {"linear_probe", "last_stages"}
+    assert finetunes == {"linear_probe", "last_stages", "full"}
     assert all(CPU_ZOO_SPACE.is_pretrained(t.model) == t.pretrained for t in trials)
     for trial in trials:
         assert CPU_ZOO_SPACE.contains(trial.model, trial.hp), trial
@@ -140,6 +140,11 @@ def test_learning_plan_mixes_probes_scratch_and_last_stages_inside_the_space() -
     # asking for more probes keeps the first ones (a larger plan resumes a smaller one)
     more = learning_plan(LEARNING_TASKS, probes_per_task=12)
     assert {t.key for t in trials} < {t.key for t in more}
+    # full fine-tunes came later: adding them kept every earlier trial key
+    before = learning_plan(LEARNING_TASKS, full_per_task=0)
+    assert {t.key for t in before} < {t.key for t in trials}
+    full = [t for t in trials if t.hp.extra.get("finetune") == "full"]
+    assert full and all(t.task.train_limit or t.task.source == "breastmnist" for t in full)
 
 
 def test_a_trial_recorded_meanwhile_by_another_process_is_skipped(
@@ -179,6 +184,8 @@ def test_cli_kb_build_json(
     assert result["tasks"] == ["toy/n1000"]
     assert main([*args[:-1], "--shard", "3"]) == 2
     assert "--shard" in capsys.readouterr().err
+    assert main([*args[:-1], "--kind", "some"]) == 2
+    assert "--kind must be one of all, pretrained, scratch, full" in capsys.readouterr().err
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "metallmix" / "data" / "kb.sqlite"

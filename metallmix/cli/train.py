@@ -274,6 +274,9 @@ def search_command(
     emit(result.to_dict(), as_json, render)
 
 
+BUILD_KINDS = ("all", "pretrained", "scratch", "full")
+
+
 def build_command(
     datasets: list[Path] = typer.Option(
         ..., "--datasets", help="Source datasets (repeat, or a shell glob after one flag)."
@@ -288,8 +291,13 @@ def build_command(
     last_stages_per_task: int = typer.Option(
         1, "--last-stages-per-task", min=0, help="Last-stages fine-tunes per small task."
     ),
+    full_per_task: int = typer.Option(
+        2, "--full-per-task", min=0, help="Full fine-tunes of EfficientNet-Lite per small task."
+    ),
     kind: str = typer.Option(
-        "all", "--kind", help="Run only 'pretrained' or 'scratch' trials (two processes)."
+        "all",
+        "--kind",
+        help="Run only 'pretrained', 'scratch' or 'full' (full fine-tunes) trials.",
     ),
     feature_cache: Path | None = typer.Option(
         None, "--feature-cache", help="Folder keeping frozen-backbone features across runs."
@@ -327,17 +335,20 @@ def build_command(
     except ValueError:
         raise ConfigError(f"--shard must look like i/n (e.g. 0/2), got {shard!r}") from None
     sources = resolve_sources([*datasets, *(extra or [])])
-    if kind not in ("all", "pretrained", "scratch"):
-        raise ConfigError(f"--kind must be all, pretrained or scratch, got {kind!r}")
+    if kind not in BUILD_KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(BUILD_KINDS)}, got {kind!r}")
     tasks = default_tasks_for(sources)
     trials = learning_plan(
         tasks,
         scratch_per_task=configs_per_task,
         probes_per_task=probes_per_task,
         last_stages_per_task=last_stages_per_task,
+        full_per_task=full_per_task,
         seed=seed,
     )
-    if kind != "all":
+    if kind == "full":
+        trials = [t for t in trials if t.hp.extra.get("finetune") == "full"]
+    elif kind != "all":
         trials = [t for t in trials if t.pretrained == (kind == "pretrained")]
     store = open_kb(kb)
     already = done_keys(store)

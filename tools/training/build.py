@@ -133,6 +133,29 @@ LAST_STAGES_SPACE: SearchSpace = PROBE_SPACE.model_copy(
 )
 LAST_STAGES_MAX_TRAIN = 600
 
+# Full fine-tuning of EfficientNet-Lite0/1 on the same small tasks, at 64-128 px, 3-8 epochs
+# with early stopping, AdamW at the small learning rates full fine-tuning needs. The recommender's
+# space offers ``full``; without such runs in the KB the meta-learner can never predict it,
+# though random search finds it best on several medical datasets (issue 12's comparison).
+FULL_SPACE: SearchSpace = PROBE_SPACE.model_copy(
+    update={
+        "name": "cpu-zoo-build-full",
+        "models": ["efficientnet_lite0", "efficientnet_lite1"],
+        "params": {
+            **_PROBE_COMMON,
+            "finetune": Choice(values=["full"]),
+            "optimizer": Choice(values=["adamw"]),
+            "augmentation": Choice(values=["none", "light"]),
+            "epochs": IntRange(low=3, high=8),
+            "lr": FloatRange(low=1e-4, high=3e-3, log=True),
+        },
+        "model_params": {
+            "efficientnet_lite0": {"image_size": Choice(values=[64, 96, 128])},
+            "efficientnet_lite1": {"image_size": Choice(values=[64, 96, 128])},
+        },
+    }
+)
+
 
 class TaskSpec(BaseModel):
     """One meta-training task: a source dataset, optionally narrowed and downsampled."""
@@ -290,15 +313,18 @@ def learning_plan(
     scratch_per_task: int = 4,
     probes_per_task: int = 9,
     last_stages_per_task: int = 1,
+    full_per_task: int = 2,
     seed: int = 0,
     small_tasks: set[str] | None = None,
 ) -> list[Trial]:
-    """The learning regime's trials: probes, from-scratch runs and (small tasks) last stages.
+    """The learning regime's trials: probes, from-scratch runs and (small tasks) last-stages
+    and full fine-tunes.
 
     Seeded like :func:`plan` and interleaved task by task, pretrained probes first in each
     round (they are cheapest), so a partial build covers every task with both kinds.
-    ``small_tasks`` names the tasks cheap enough for last-stages fine-tuning (default: those
-    with a ``train_limit`` of at most :data:`LAST_STAGES_MAX_TRAIN`, and breastmnist).
+    ``small_tasks`` names the tasks cheap enough for fine-tuning (default: those with a
+    ``train_limit`` of at most :data:`LAST_STAGES_MAX_TRAIN`, and breastmnist). Each kind
+    draws from its own seed, so adding a kind (or more of one) keeps every earlier trial key.
     """
     tasks = list(tasks)
     if small_tasks is None:
@@ -319,7 +345,8 @@ def learning_plan(
             Trial(task, m, _fit_size(m, hp), seed + i)
             for i, (m, hp) in enumerate(SCRATCH_SPACE.sample(scratch_per_task, seed=base + 2))
         ]
-        last = []
+        last: list[Trial] = []
+        full: list[Trial] = []
         if task.name in small_tasks:
             last = [
                 Trial(task, m, hp, seed + 200 + i, pretrained=True)
@@ -327,9 +354,13 @@ def learning_plan(
                     LAST_STAGES_SPACE.sample(last_stages_per_task, seed=base + 3)
                 )
             ]
+            full = [
+                Trial(task, m, hp, seed + 300 + i, pretrained=True)
+                for i, (m, hp) in enumerate(FULL_SPACE.sample(full_per_task, seed=base + 4))
+            ]
         # one task's trials in the order: probe, scratch, probe, probe, scratch, ...
         mixed: list[Trial] = []
-        queues = [probes, scratch, last]
+        queues = [probes, scratch, last, full]
         weights = [len(q) for q in queues]
         while any(queues):
             for q, w in zip(queues, weights, strict=True):
