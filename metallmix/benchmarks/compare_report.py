@@ -170,19 +170,16 @@ def build_report(
 def load_summary(pieces: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The 1-minute load average recorded as each piece of ``names`` finished: the times in
     the report are wall times, comparable only when the machine's load was alike."""
-    loads = [
-        float(v["load_average"])
-        for k, v in pieces.items()
-        if k.split("/", 1)[0] in names and isinstance(v, dict) and "load_average" in v
-    ]
-    counted = [k for k in pieces if k.split("/", 1)[0] in names]
-    cpus = {v.get("cpus") for v in pieces.values() if isinstance(v, dict) and v.get("cpus")}
+    mine = [v for k, v in pieces.items() if k.split("/", 1)[0] in names]
+    recorded = [v for v in mine if isinstance(v, dict) and "load_average" in v]
+    loads = [float(v["load_average"]) for v in recorded]
+    cpus = {v["cpus"] for v in recorded if v.get("cpus")}
     return {
         "min": min(loads) if loads else None,
         "median": statistics.median(loads) if loads else None,
         "max": max(loads) if loads else None,
         "pieces_with_load": len(loads),
-        "pieces": len(counted),
+        "pieces": len(mine),
         "cpus": sorted(cpus),
     }
 
