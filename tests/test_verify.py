@@ -76,8 +76,9 @@ FIVE = [cand(i + 1, lr=lr, score=1 - i / 10) for i, lr in enumerate(TABLE)]
 
 
 def fake_trial(job: TrialJob, data: object, *, sleep_per_epoch: float = 0.0) -> TrialOutcome:
-    """A 'trained' run whose validation accuracy comes from TABLE."""
-    epochs = int(job.hp.epochs or 0)
+    """A 'trained' run whose validation accuracy comes from TABLE (a first rung pauses the
+    full schedule after ``stop_after`` epochs)."""
+    epochs = int(job.stop_after or job.hp.epochs or 0)
     first, final = TABLE[float(job.hp.lr or 0)]
     if sleep_per_epoch:
         time.sleep(sleep_per_epoch * epochs)
@@ -151,6 +152,38 @@ def test_successive_halving_promotes_the_better_half(toy: Path, tmp_path: Path) 
     study = optuna.load_study(study_name="v", storage=f"sqlite:///{storage}")
     full = [t for t in study.get_trials() if t.user_attrs.get("rung") == 1]
     assert all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in full)
+
+
+def test_the_first_rung_pauses_the_full_schedule_and_promotion_continues_it(
+    toy: Path, tmp_path: Path
+) -> None:
+    jobs: list[TrialJob] = []
+
+    def seen(job: TrialJob, data: object) -> TrialOutcome:
+        jobs.append(job)
+        return fake_trial(job, data)
+
+    storage = tmp_path / "studies.sqlite"
+    run_verify(
+        load_dataset(toy),
+        FIVE,
+        zero_shot_id="c1",
+        k=5,
+        first_rung_epochs=1,
+        storage=storage,
+        study_name="p",
+        trial_fn=seen,
+    )
+    rung0 = {j.tags["metallmix.candidate"]: j for j in jobs if j.tags["metallmix.rung"] == "0"}
+    rung1 = {j.tags["metallmix.candidate"]: j for j in jobs if j.tags["metallmix.rung"] == "1"}
+    # Every run trains the candidate's own schedule (4 epochs); the first rung pauses at 1.
+    assert all(j.hp.epochs == 4 and j.stop_after == 1 for j in rung0.values())
+    # A promoted candidate continues from its own first-rung checkpoint, to the end.
+    assert sorted(rung1) == ["c2", "c3"]
+    for cid, job in rung1.items():
+        assert job.stop_after is None and job.checkpoint == rung0[cid].checkpoint
+    assert len({j.checkpoint for j in rung0.values()}) == 5
+    assert Path(str(rung0["c1"].checkpoint)).parent == tmp_path / "verify-checkpoints" / "p"
 
 
 def test_optunas_pruner_alone_would_promote_the_first_trial() -> None:
@@ -318,8 +351,15 @@ def test_real_verify_nests_every_run_and_appends_to_the_kb(toy: Path, tmp_path: 
     assert all(r.data.tags["metallmix.kind"] == "training-run" for r in children)
     records = {r.provenance.mlflow_run_id: r for r in kb.iter_records()}
     assert set(records) == {r.mlflow_run_id for r in runs}
-    for r in runs:
-        assert records[r.mlflow_run_id].hyperparameters.epochs == r.epochs
+    for r in runs:  # each run is its candidate's configuration, trained r.epochs of 2
+        record = records[r.mlflow_run_id]
+        assert record.hyperparameters.epochs == 2 and record.outcomes.epochs_run == r.epochs
+        # the first rung is a paused snapshot (not learnt as a final score), the rest complete
+        assert record.outcomes.completed == (r.epochs == 2)
+    final = next(records[c.runs[1].mlflow_run_id] for c in result.candidates if len(c.runs) == 2)
+    assert final.provenance.notes["resumed_epochs"] == 1  # continued, not retrained
+    assert len(final.outcomes.learning_curve) == 2  # the whole curve, paused part included
+    assert not (tmp_path / "verify-checkpoints" / "real").exists()  # complete: removed
     # Resumed: nothing is retrained.
     again = run_verify(load_dataset(toy), three, **args)  # type: ignore[arg-type]
     assert again.runs_this_time == 0 and len(kb) == 4 and again.winner_id == result.winner_id

@@ -45,6 +45,7 @@ OUTCOME_METRICS = (
     "train_seconds",
     "seconds_per_epoch",
     "epochs_run",
+    "epoch_budget",
 )
 
 
@@ -174,8 +175,9 @@ def _reconstruct(run: Any, client: Any, tracking_uri: str) -> RunRecord | str:
     if len(balanced) > 1:
         ordered = sorted(balanced, key=lambda m: (m.step, m.timestamp))
         outcomes["balanced_learning_curve"] = [m.value for m in ordered]
-    if "epochs_run" in outcomes:
-        outcomes["epochs_run"] = int(outcomes["epochs_run"])
+    for key in ("epochs_run", "epoch_budget"):  # logged as floats, counted in epochs
+        if key in outcomes:
+            outcomes[key] = int(outcomes[key])
     data: dict[str, Any] = {
         "run_id": f"mlflow:{run_id}",
         "source": "mlflow",

@@ -27,6 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from metallmix.tools.training.backends import (
     Resources,
     WorkerLostError,
 )
+from metallmix.tools.training.checkpoint import Checkpoint
 from metallmix.tools.training.relay import MlflowRecorder, is_server, rebind, replay
 from metallmix.tools.training.runner import run_trial
 from metallmix.tools.training.trainer import EpochStats, FeatureCache
@@ -139,6 +141,10 @@ class TrialJob:
     tags: dict[str, str] = field(default_factory=dict)
     pretrained: bool = False
     live_metrics: bool = True
+    # Successive halving: pause after ``stop_after`` epochs, saving to ``checkpoint`` (a path
+    # the worker can reach), or (``stop_after=None``) continue the run paused there.
+    checkpoint: str | None = None
+    stop_after: int | None = None
 
 
 @dataclass
@@ -195,6 +201,11 @@ def execute_trial(
             pretrained=job.pretrained,
             feature_cache=feature_cache,
             live_metrics=job.live_metrics,
+            checkpoint=(
+                Checkpoint(Path(job.checkpoint), stop_after=job.stop_after)
+                if job.checkpoint is not None
+                else None
+            ),
         )
     except MetaLLMiXError as exc:
         error = str(exc)

@@ -25,6 +25,7 @@ from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, Ru
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 from metallmix.tools.training import pretrained as pretrained_weights
+from metallmix.tools.training.checkpoint import Checkpoint
 from metallmix.tools.training.trainer import (
     ArraySplits,
     EpochStats,
@@ -162,6 +163,7 @@ def run_trial(
     mlflow_client: Any | None = None,
     feature_cache: FeatureCache | None = None,
     live_metrics: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> RunRecord:
     """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
 
@@ -173,6 +175,9 @@ def run_trial(
     ``feature_cache`` shares frozen-backbone features between linear-probe runs.
     ``live_metrics=False`` logs the per-epoch metrics in one batch at the end (same history,
     far fewer tracking-store writes: what a many-run build wants).
+    ``checkpoint`` pauses the run after some epochs and/or continues a paused one
+    (successive halving): a paused run is recorded as a low-fidelity snapshot of ``hp``
+    (``epochs_run < epoch_budget``), which the meta-learner does not learn final scores from.
     """
     config = TrainConfig.from_hyperparameters(
         model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
@@ -265,7 +270,9 @@ def run_trial(
                 progress(stats)
 
         pending: list[Any] = []
-        result = train(config, data, progress=on_epoch, feature_cache=feature_cache)
+        result = train(
+            config, data, progress=on_epoch, feature_cache=feature_cache, checkpoint=checkpoint
+        )
         for i in range(0, len(pending), 900):  # MLflow takes at most 1000 metrics per batch
             mlflow.log_batch(run_id, metrics=pending[i : i + 900])
         outcomes = Outcomes(
@@ -276,6 +283,7 @@ def run_trial(
             train_seconds=result.train_seconds,
             seconds_per_epoch=_finite(result.seconds_per_epoch),
             epochs_run=result.epochs_run,
+            epoch_budget=config.epochs if result.paused else None,
             learning_curve=result.learning_curve,
             val_balanced_accuracy=_finite(result.val_balanced_accuracy),
             test_balanced_accuracy=_finite(result.balanced_accuracy),
@@ -309,6 +317,7 @@ def run_trial(
                         else None,
                         "threads": threads,
                         "message": result.message or None,
+                        "resumed_epochs": result.resumed_epochs or None,
                         **{k: v for k, v in (tags or {}).items() if k.startswith("metallmix.")},
                     }.items()
                     if v is not None
@@ -340,6 +349,7 @@ def run_trial(
             "train_seconds": outcomes.train_seconds,
             "seconds_per_epoch": outcomes.seconds_per_epoch,
             "epochs_run": float(result.epochs_run),
+            "epoch_budget": outcomes.epoch_budget,  # only a paused run has one
         }
         mlflow.log_batch(
             run_id,

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from metallmix.atomic import atomic_path
 from metallmix.errors import ConfigError, DatasetError, ModelUnavailableError
 from metallmix.tools.kb.records import Hyperparameters
+from metallmix.tools.training import checkpoint as checkpoints
 from metallmix.tools.training import pretrained as pretrained_weights
+from metallmix.tools.training.checkpoint import Checkpoint
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
@@ -212,6 +214,9 @@ class TrainResult:
     n_trainable: int = 0
     feature_seconds: float | None = None
     features_cached: bool = False
+    paused: bool = False  # stopped at a checkpoint before its last epoch (to continue)
+    # epochs restored from a checkpoint rather than trained by this call
+    resumed_epochs: int = 0
 
     @property
     def learning_curve(self) -> list[float]:
@@ -693,13 +698,17 @@ def train(
     *,
     progress: ProgressFn | None = None,
     feature_cache: FeatureCache | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``data``; the reported metrics are those of the best epoch.
 
     The validation split's balanced accuracy picks the best epoch and drives early stopping;
     the test split is evaluated once, with the best weights. A non-finite loss ends the run
     as ``diverged``. ``finetune='linear_probe'`` (pretrained models) trains a linear head on
-    frozen features, taken from ``feature_cache`` when already computed.
+    frozen features, taken from ``feature_cache`` when already computed. ``checkpoint``
+    continues a paused run of this configuration and/or pauses it after some epochs
+    (:mod:`~metallmix.tools.training.checkpoint`): what successive halving promotes goes on
+    instead of starting over.
     """
     import torch  # heavy: torch loads only when something trains
 
@@ -713,9 +722,11 @@ def train(
         pretrained = config.pretrained or config.weights is not None
         finetune = config.finetune if pretrained else "full"
         if finetune == "linear_probe":
-            return _train_probe(config, data, model, progress, feature_cache or FEATURE_CACHE)
+            return _train_probe(
+                config, data, model, progress, feature_cache or FEATURE_CACHE, checkpoint
+            )
         n_trainable = _freeze(model, finetune)
-        return _train_network(config, data, model, progress, n_trainable)
+        return _train_network(config, data, model, progress, n_trainable, checkpoint)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -761,15 +772,18 @@ def _result(
     n_parameters: int,
     n_trainable: int,
     n_train: int,
+    loop: _Loop | None = None,
 ) -> TrainResult:
     val = best.val
+    restored = loop.restored if loop is not None else 0
+    before = sum(h.seconds for h in history[:restored])  # trained by the paused run
     return TrainResult(
         status=status,
         val_accuracy=val.accuracy if val is not None else None,
         test_accuracy=None,
         macro_f1=None,
         balanced_accuracy=None,
-        train_seconds=time.perf_counter() - started,
+        train_seconds=time.perf_counter() - started + before,
         seconds_per_epoch=(sum(h.seconds for h in history) / len(history)) if history else None,
         epochs_run=len(history),
         best_epoch=best.epoch,
@@ -781,6 +795,8 @@ def _result(
         val_balanced_accuracy=val.balanced_accuracy if val is not None else None,
         val_macro_f1=val.macro_f1 if val is not None else None,
         val_macro_auc=val.auc if val is not None else None,
+        paused=loop.paused if loop is not None else False,
+        resumed_epochs=restored,
     )
 
 
@@ -790,6 +806,38 @@ def _set_test(result: TrainResult, test: Evaluation) -> None:
     result.balanced_accuracy = test.balanced_accuracy
     result.macro_auc = test.auc
     result.confusion = test.confusion
+
+
+@dataclass
+class _Loop:
+    """How the epoch loop ended: status, message, best epoch, history, and checkpointing."""
+
+    status: Literal["ok", "diverged"]
+    message: str
+    best: _BestEpoch
+    history: list[EpochStats]
+    paused: bool = False
+    restored: int = 0  # leading epochs of ``history`` that came from a checkpoint
+
+
+def _rng_states(generator: Any) -> dict[str, Any]:
+    import torch  # heavy: torch loads only when something trains
+
+    return {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(generator: Any, states: dict[str, Any]) -> None:
+    import torch  # heavy: torch loads only when something trains
+
+    generator.set_state(states["generator"])
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
 
 
 def _run_epochs(
@@ -802,14 +850,18 @@ def _run_epochs(
     validate: Callable[[Any], Evaluation],
     progress: ProgressFn | None,
     min_batch: int = 1,
-) -> tuple[Literal["ok", "diverged"], str, _BestEpoch, list[EpochStats]]:
+    checkpoint: Checkpoint | None = None,
+) -> _Loop:
     """The one epoch loop of the network and the probe: shuffle, step, validate, stop early.
 
     ``trained`` is the module whose parameters are optimised (and whose best weights are
     kept). ``forward(indices, generator)`` gives the training logits of a batch,
     ``validate(order)`` the validation evaluation after the epoch (``order`` is the epoch's
     shuffle). The seeded generator is drawn in the same order as ever (one permutation per
-    epoch, then whatever ``forward`` draws), so seeded runs stay identical.
+    epoch, then whatever ``forward`` draws), so seeded runs stay identical. With a
+    ``checkpoint`` the loop first restores a paused state of this run (weights, optimiser,
+    schedule, best epoch, history, every random stream: the continuation equals an
+    uninterrupted run) and saves its state when it pauses or ends.
     """
     import torch  # heavy: torch loads only when something trains
 
@@ -820,11 +872,36 @@ def _run_epochs(
     scheduler = _scheduler(config, optimizer)
     generator = torch.Generator().manual_seed(config.seed)
     batch = min(config.batch_size, len(train_y))
-    history: list[EpochStats] = []
-    best = _BestEpoch(config.early_stopping_patience)
-    status: Literal["ok", "diverged"] = "ok"
-    message = ""
-    for epoch in range(1, config.epochs + 1):
+    loop = _Loop("ok", "", _BestEpoch(config.early_stopping_patience), [])
+    best, history = loop.best, loop.history
+    key = ""
+    finished = False
+    if checkpoint is not None:
+        key = checkpoints.fingerprint(
+            config.model_dump(mode="json"), train_y_np, tuple(data.train_x.shape)
+        )
+        state = checkpoints.load(checkpoint.path, key=key)
+        if state is not None:
+            trained.load_state_dict(state["trained"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state["scheduler"] is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            _set_rng_states(generator, state["rng"])
+            best.score, best.epoch = state["best_score"], state["best_epoch"]
+            best.state, best.val = state["best_state"], state["best_val"]
+            history.extend(state["history"])
+            loop.status, loop.message = state["status"], state["message"]
+            loop.restored = len(history)
+            finished = bool(state["finished"])
+            if progress is not None:  # the continued run's record carries the whole curve
+                for stats in history:
+                    progress(stats)
+    stop_after = checkpoint.stop_after if checkpoint is not None else None
+    first = len(history) + 1
+    if not finished and stop_after is not None and len(history) >= stop_after:
+        finished = True  # a retried first rung: its pause is already saved, nothing to train
+        loop.paused = True
+    for epoch in range(first, 0 if finished else config.epochs + 1):
         epoch_start = time.perf_counter()
         train_mode()
         order = torch.randperm(len(train_y), generator=generator)
@@ -838,7 +915,7 @@ def _run_epochs(
             logits = forward(idx, generator)
             loss = loss_fn(logits, yb)
             if not torch.isfinite(loss):
-                status, message = "diverged", f"non-finite loss in epoch {epoch}"
+                loop.status, loop.message = "diverged", f"non-finite loss in epoch {epoch}"
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -846,22 +923,51 @@ def _run_epochs(
             total_loss += float(loss.detach()) * len(idx)
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(idx)
-        if status == "diverged":
+        if loop.status == "diverged":
+            finished = True
             break
         if scheduler is not None:
             scheduler.step()
         val = validate(order)
         if not val.finite:
-            status, message = "diverged", f"non-finite validation output in epoch {epoch}"
+            loop.status = "diverged"
+            loop.message = f"non-finite validation output in epoch {epoch}"
+            finished = True
             break
         stats = _stats(epoch, total_loss, correct, seen, val, lr, epoch_start)
         history.append(stats)
         if progress is not None:
             progress(stats)
         if best.update(epoch, val, trained.state_dict):
-            message = f"early stop after epoch {epoch} (best {best.epoch})"
+            loop.message = f"early stop after epoch {epoch} (best {best.epoch})"
+            finished = True
             break
-    return status, message, best, history
+        if stop_after is not None and epoch >= stop_after and epoch < config.epochs:
+            loop.paused = True
+            loop.message = f"paused after epoch {epoch} of {config.epochs} (checkpoint saved)"
+            break
+    else:
+        finished = not loop.paused
+    if checkpoint is not None and stop_after is not None and len(history) > loop.restored:
+        checkpoints.save(
+            checkpoint.path,
+            {
+                "trained": trained.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": _rng_states(generator),
+                "best_score": best.score,
+                "best_epoch": best.epoch,
+                "best_state": best.state,
+                "best_val": best.val,
+                "history": history,
+                "status": loop.status,
+                "message": loop.message,
+                "finished": finished,
+            },
+            key=key,
+        )
+    return loop
 
 
 def _train_network(
@@ -870,6 +976,7 @@ def _train_network(
     model: Any,
     progress: ProgressFn | None,
     n_trainable: int,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Gradient training of the (partly frozen) network on augmented batches."""
 
@@ -898,7 +1005,7 @@ def _train_network(
         _recalibrate_batchnorm(model, (train_x[calib] - mean) / std, max(batch, 64))
         return evaluate(_predict(model, (val_x - mean) / std, max(batch, 128)), val_y, n_classes)
 
-    status, message, best, history = _run_epochs(
+    loop = _run_epochs(
         config,
         data,
         model,
@@ -909,16 +1016,19 @@ def _train_network(
         validate=validate,
         progress=progress,
         min_batch=2,  # batch-norm cannot train on one image
+        checkpoint=checkpoint,
     )
+    best = loop.best
     result = _result(
-        status,
-        message,
+        loop.status,
+        loop.message,
         best,
-        history,
+        loop.history,
         started,
         sum(p.numel() for p in model.parameters()),
         n_trainable,
         len(train_x),
+        loop,
     )
     if best.state is not None and data.test_x is not None and data.test_y is not None:
         model.load_state_dict(best.state)
@@ -934,6 +1044,7 @@ def _train_probe(
     model: Any,
     progress: ProgressFn | None,
     cache: FeatureCache,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """A linear head (with dropout) on frozen, cached backbone features.
 
@@ -982,7 +1093,7 @@ def _train_probe(
         with torch.inference_mode():
             return evaluate(head(x_val).float(), val_y, n_classes)
 
-    status, message, best, history = _run_epochs(
+    loop = _run_epochs(
         config,
         data,
         head,
@@ -990,15 +1101,26 @@ def _train_probe(
         forward=lambda idx, generator: head(x_train[idx]),
         validate=validate,
         progress=progress,
+        checkpoint=checkpoint,
     )
+    best = loop.best
     backbone = sum(p.numel() for p in model.parameters())
     head_params = sum(p.numel() for p in head.parameters())
     result = _result(
-        status, message, best, history, head_start, backbone, head_params, len(train_f)
+        loop.status,
+        loop.message,
+        best,
+        loop.history,
+        head_start,
+        backbone,
+        head_params,
+        len(train_f),
+        loop,
     )
     # Cost as a user would pay it: extraction (measured, or estimated at the measured rate
     # when the features were cached) plus the head's training.
-    result.train_seconds = feature_seconds + (time.perf_counter() - head_start)
+    restored = sum(h.seconds for h in loop.history[: loop.restored])  # the paused run's
+    result.train_seconds = feature_seconds + (time.perf_counter() - head_start) + restored
     result.feature_seconds = feature_seconds
     result.features_cached = cached
     if best.state is not None and "test" in splits and data.test_y is not None:

@@ -20,10 +20,16 @@ compete with their predecessors, so "the better half continues" would not hold
 (``tests/test_verify.py`` shows it on Optuna itself). Here every candidate finishes a rung
 before anyone is promoted.
 
-Each rung is a complete, recorded training run whose hyperparameters say what it trained
-(``epochs = r0`` for the first rung), so every run the loop appends to the KB is true as
-recorded. The price: a promoted candidate trains its full schedule from scratch, repeating
-``r0`` epochs (the trainer has no checkpoint to resume from).
+Each candidate trains under its full schedule (a cosine decays over all its epochs). Its
+first-rung run pauses after ``r0`` epochs and saves a checkpoint
+(:mod:`~metallmix.tools.training.checkpoint`); a promoted candidate *continues* from there
+to its full epochs, exactly as an uninterrupted run would, so promotion costs only the
+remaining epochs. Both are recorded runs whose records say what they are: the first rung a
+low-fidelity snapshot (``epochs_run = r0 < epoch_budget``, which the meta-learner does not
+learn final scores from), the continuation a complete run (its learning curve whole, its
+cost the paused part plus the rest). A worker that cannot see the checkpoint (another
+machine) trains the full run from scratch: same result, more time. Checkpoints live beside
+the study (``verify-checkpoints/<study>/``) and are removed once the study is complete.
 
 Every run is one Optuna trial (user attributes ``candidate_id`` and ``rung``). A killed
 run is left RUNNING; the next invocation fails it and re-queues the same configuration
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -110,8 +117,8 @@ def first_rung(records: Sequence[RunRecord], full_epochs: int, *, eta: int = ETA
     by_dataset: dict[str, list[list[float]]] = {}
     for record in records:
         curve = _curve(record)
-        if record.status != "ok" or len(curve) < 2:
-            continue
+        if record.status != "ok" or len(curve) < 2 or not record.outcomes.completed:
+            continue  # a paused or multi-fidelity snapshot has no final value to rank by
         by_dataset.setdefault(record.dataset, []).append(curve)
     best_mean: tuple[int, float, int] | None = None
     for epoch in range(1, cap + 1):
@@ -300,6 +307,11 @@ def default_study_name(
 
 def default_storage() -> Path:
     return search_storage()
+
+
+def checkpoint_dir(storage: Path, study_name: str) -> Path:
+    """Where a study's paused first-rung runs wait for promotion: beside its storage."""
+    return Path(storage).parent / "verify-checkpoints" / study_name
 
 
 def load_plan(storage: Path | None, study_name: str) -> dict[str, Any] | None:
@@ -608,6 +620,7 @@ def run_verify(
 
     ledger = _Ledger(study)
     resumed_runs = len(ledger.done)
+    checkpoints = checkpoint_dir(opened.storage_path, name)
     estimate = _Estimator(chosen, ledger)
     runner = TrialRunner(
         backend,
@@ -635,7 +648,15 @@ def run_verify(
             nonlocal stopped
             while todo:
                 cid, rg, epochs = todo.pop(0)
-                cost = estimate(cid, epochs)
+                full = _full_epochs(by_id[cid])
+                ckpt = checkpoints / f"{cid}.pt"
+                paused = ledger.done.get((cid, 0))
+                restored = (
+                    paused.epochs
+                    if rg == 1 and paused is not None and paused.state == "done" and ckpt.is_file()
+                    else 0
+                )
+                cost = estimate(cid, epochs - restored)
                 pending = sum(s[0] for s in started.values())
                 if (
                     budget_seconds is not None
@@ -659,7 +680,8 @@ def run_verify(
                         params, user_attrs={"candidate_id": cid, "rung": rg}, skip_if_exists=False
                     )
                     trial = study.ask({n: dists[n] for n in params})
-                hp = by_id[cid].hyperparameters.model_copy(update={"epochs": epochs})
+                trial.set_user_attr("schedule_epochs", full)
+                hp = by_id[cid].hyperparameters.model_copy(update={"epochs": full})
                 job = TrialJob(
                     key=f"{name}#{trial.number}",
                     model=by_id[cid].model,
@@ -673,6 +695,8 @@ def run_verify(
                     max_val_images=max_val_images,
                     parent_run_id=verify_run,
                     pretrained=by_id[cid].pretrained or space.is_pretrained(by_id[cid].model),
+                    checkpoint=str(ckpt),
+                    stop_after=epochs if epochs < full else None,
                     tags={
                         "metallmix.study": name,
                         "metallmix.trial": str(trial.number),
@@ -769,6 +793,8 @@ def run_verify(
     )
     _log_summary(client, verify_run, result)
     client.set_terminated(verify_run, status="FINISHED")
+    if result.complete:  # nothing left to continue; an unfinished study keeps them
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return result
 
 
