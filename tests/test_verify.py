@@ -359,7 +359,7 @@ def test_real_verify_nests_every_run_and_appends_to_the_kb(toy: Path, tmp_path: 
     final = next(records[c.runs[1].mlflow_run_id] for c in result.candidates if len(c.runs) == 2)
     assert final.provenance.notes["resumed_epochs"] == 1  # continued, not retrained
     assert len(final.outcomes.learning_curve) == 2  # the whole curve, paused part included
-    assert not (tmp_path / "verify-checkpoints" / "real").exists()  # complete: removed
+    assert not (tmp_path / "verify-checkpoints").exists()  # complete: removed
     # Resumed: nothing is retrained.
     again = run_verify(load_dataset(toy), three, **args)  # type: ignore[arg-type]
     assert again.runs_this_time == 0 and len(kb) == 4 and again.winner_id == result.winner_id

@@ -38,6 +38,7 @@ run is left RUNNING; the next invocation fails it and re-queues the same configu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -795,6 +796,8 @@ def run_verify(
     client.set_terminated(verify_run, status="FINISHED")
     if result.complete:  # nothing left to continue; an unfinished study keeps them
         shutil.rmtree(checkpoints, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the shared folder, once no study uses it
+            checkpoints.parent.rmdir()
     return result
 
 
