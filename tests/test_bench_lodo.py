@@ -150,3 +150,60 @@ def test_scores_against_completed_runs_only() -> None:
     rows = [r for r in result.rows if r.dataset == "synth02"]
     assert rows and all(r.n_configs == len(held) for r in rows)
     assert all(r.best_accuracy == max(h.outcomes.val_accuracy or 0 for h in held) for r in rows)
+
+
+def test_ground_truth_is_the_score_the_product_optimises() -> None:
+    """Runs that recorded validation balanced accuracy are scored by it (the medical metric
+    the meta-learner learns), not by plain accuracy, which favours the majority class."""
+    records = _records()
+    rng = np.random.default_rng(3)
+    balanced = [
+        r.model_copy(
+            update={
+                "outcomes": r.outcomes.model_copy(
+                    update={"val_balanced_accuracy": float(rng.uniform(0.2, 0.9))}
+                )
+            }
+        )
+        for r in records
+    ]
+    result = lodo.run_lodo(balanced, n_estimators=10, max_depth=3, intervals=False)
+    for dataset in {"synth02", "synth03"}:
+        held = [r for r in balanced if r.dataset == dataset]
+        rows = [r for r in result.rows if r.dataset == dataset]
+        assert rows and all(row.best_accuracy == max(h.score or 0 for h in held) for row in rows)
+        assert max(h.score or 0 for h in held) != max(h.outcomes.val_accuracy or 0 for h in held)
+
+
+def test_each_regime_learns_from_its_own_runs_as_the_product_does() -> None:
+    """A KB mixing CPU runs and Quick-Tune (GPU) runs: a held-out CPU group is predicted by a
+    learner fitted on CPU runs only (one meta-learner per regime), unless told otherwise."""
+    cpu = _records()
+    gpu = [
+        r.model_copy(
+            update={
+                "run_id": f"qt-{r.run_id}",
+                "source": "quicktune",
+                "dataset": f"qt-{r.dataset}",
+                "dataset_group": f"qt-{r.dataset}",
+            }
+        )
+        for r in synthetic_records(3, 12, seed=9)
+    ]
+    per = lodo.run_lodo([*cpu, *gpu], objectives=("raw",), n_estimators=10, max_depth=3)
+    gpu_groups = {r.dataset_group for r in gpu}
+    for fold in per.folds:
+        train_groups = set(fold["train_groups"])  # type: ignore[arg-type]
+        if fold["group"] in gpu_groups:
+            assert train_groups <= gpu_groups
+        else:
+            assert not train_groups & gpu_groups
+    one = lodo.run_lodo(
+        [*cpu, *gpu], objectives=("raw",), n_estimators=10, max_depth=3, per_regime=False
+    )
+    assert any(set(f["train_groups"]) & gpu_groups for f in one.folds if f["group"] == "origin")  # type: ignore[arg-type]
+    # The only group of a regime has nobody to learn from: skipped and said so.
+    lone = [r for r in gpu if r.dataset_group == gpu[0].dataset_group]
+    alone = lodo.run_lodo([*cpu, *lone], objectives=("raw",), n_estimators=10, max_depth=3)
+    skipped = [f for f in alone.folds if "skipped" in f]
+    assert [f["group"] for f in skipped] == [lone[0].dataset_group]

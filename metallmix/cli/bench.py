@@ -49,6 +49,12 @@ def lodo(
     ),
     n_estimators: int = typer.Option(300, "--trees", min=1, help="XGBoost trees per model."),
     max_depth: int = typer.Option(5, "--depth", min=1, help="XGBoost tree depth."),
+    one_learner: bool = typer.Option(
+        False,
+        "--one-learner",
+        help="Fit one meta-learner on every compute regime's runs (the product fits one per "
+        "regime, and so does LODO by default).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Leave-one-dataset-out on completed runs: the product's pick vs config-only and baselines."""
@@ -76,6 +82,7 @@ def lodo(
             n_estimators=n_estimators,
             max_depth=max_depth,
             on_fold=lambda _g: advance(1),
+            per_regime=not one_learner,
         )
     paths = write_results(result, out, name or _results_name(spec))
     stderr.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -87,6 +94,7 @@ def lodo(
         "seconds": result.seconds,
         "load_average": result.load_average,
         "default_method": result.default_method,
+        "per_regime": not one_learner,
         "n_runs": result.n_runs,
         "n_partial_runs_ignored": result.n_partial_runs,
         "summary": summary.to_dict(orient="records"),

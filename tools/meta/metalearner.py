@@ -228,6 +228,10 @@ class MetaLearner:
         cfg = cfg or MetaLearnerConfig()
         frame = data if isinstance(data, pd.DataFrame) else records_to_frame(data)
         rows = training_rows(frame)
+        if "run_id" in rows:  # one canonical order: the same KB content gives the same learner
+            # however its store happens to return the runs (XGBoost's row subsampling and the
+            # encoder's category order both follow row order)
+            rows = rows.sort_values("run_id", kind="stable").reset_index(drop=True)
         if len(rows) < MIN_TRAINING_ROWS:
             raise KnowledgeBaseError(
                 f"the knowledge base has {len(rows)} usable runs (status ok, completed, with a "
