@@ -66,6 +66,16 @@ def test_fit_is_deterministic_for_a_seed(records) -> None:  # type: ignore[no-un
     assert np.array_equal(a.score, b.score) and np.array_equal(a.high, b.high)
 
 
+def test_fit_does_not_depend_on_the_order_runs_are_read(records) -> None:  # type: ignore[no-untyped-def]
+    """The same KB content gives the same learner whatever order its store returns the runs
+    in (XGBoost's row subsampling and the encoder's categories would follow row order)."""
+    cfg = MetaLearnerConfig(seed=3, **SMALL)
+    frame = records_to_frame(records)
+    a = MetaLearner.fit(records, cfg).predict(frame)
+    b = MetaLearner.fit(list(reversed(records)), cfg).predict(frame)
+    assert np.array_equal(a.score, b.score) and np.array_equal(a.high, b.high)
+
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_save_load_round_trip(records, tmp_path: Path, objective: str) -> None:  # type: ignore[no-untyped-def]
     frame = records_to_frame(records)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from test_train_pretrained import probe_splits
 from test_train_trainer import splits, tiny
 
 from metallmix.tools.training.checkpoint import Checkpoint
-from metallmix.tools.training.trainer import ArraySplits, TrainConfig, TrainResult, train
+from metallmix.tools.training.trainer import TrainConfig, TrainResult, train
 
 
 def _same(a: TrainResult, b: TrainResult) -> None:
@@ -89,12 +89,7 @@ def test_stop_after_must_be_positive(tmp_path: Path) -> None:
 
 def test_linear_probe_pauses_and_continues(tmp_path: Path) -> None:
     pytest.importorskip("timm")
-    rng = np.random.default_rng(0)
-    labels = np.arange(24) % 2
-    images = rng.integers(0, 40, size=(24, 32, 32), dtype=np.int64)
-    images[labels == 1, 8:24, 8:24] += 200
-    images = np.clip(images, 0, 255).astype(np.uint8)
-    data = ArraySplits(images, labels, images[:12], labels[:12], images[12:], labels[12:])
+    data = probe_splits()
     config = TrainConfig(
         model="efficientnet_lite0",
         pretrained=True,

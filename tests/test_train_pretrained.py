@@ -102,14 +102,19 @@ def test_imagenet_head_is_loaded_and_stable() -> None:
     assert torch.equal(model.classifier.bias, raw["_fc.bias"])
 
 
-def test_linear_probe_on_cached_features_trains_and_reuses_the_cache() -> None:
+def probe_splits() -> ArraySplits:
+    """24 grey 32 px images, class 1 with a bright square; val and test are halves of them."""
     rng = np.random.default_rng(0)
     n = 24
     labels = np.arange(n) % 2
     images = rng.integers(0, 40, size=(n, 32, 32), dtype=np.int64)
     images[labels == 1, 8:24, 8:24] += 200
     images = np.clip(images, 0, 255).astype(np.uint8)
-    data = ArraySplits(images, labels, images[:12], labels[:12], images[12:], labels[12:])
+    return ArraySplits(images, labels, images[:12], labels[:12], images[12:], labels[12:])
+
+
+def test_linear_probe_on_cached_features_trains_and_reuses_the_cache() -> None:
+    data = probe_splits()
     cache = FeatureCache()
     config = TrainConfig(
         model="efficientnet_lite0",

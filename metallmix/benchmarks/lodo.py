@@ -146,13 +146,14 @@ def folds(
     ``per_regime``: train only on the held-out group's compute regime, as the product does.
     """
     groups = sorted({r.dataset_group for r in records})
+    regime = [regime_of(r) for r in records]  # once, not once per fold
     for group in groups:
         test = [r for r in records if r.dataset_group == group]
-        regimes = {regime_of(r) for r in test}
+        held = {regime_of(r) for r in test}
         train = [
             r
-            for r in records
-            if r.dataset_group != group and (not per_regime or regime_of(r) in regimes)
+            for r, g in zip(records, regime, strict=True)
+            if r.dataset_group != group and (not per_regime or g in held)
         ]
         assert_no_leak(group, train, test)
         yield group, train, test
