@@ -212,3 +212,52 @@ def test_contributions_are_the_shap_libraries_tree_shap(records) -> None:  # typ
     assert base == pytest.approx(float(np.ravel(explainer.expected_value)[0]), abs=1e-5)
     raw = learner.accuracy_booster.predict(xgb.DMatrix(learner.matrix(frame), missing=np.nan))
     np.testing.assert_allclose(values.sum(axis=1) + base, raw, atol=1e-4)
+
+
+def test_default_ensemble_is_diverse_members_settings_and_bags() -> None:
+    """The product's pick rule: targets x (with, without meta-features) x tree settings x bags."""
+    from metallmix.tools.meta.metalearner import parse_member, score_members
+
+    cfg = MetaLearnerConfig()
+    members = score_members(cfg)
+    assert len(members) == len(cfg.members) * len(cfg.tree_settings) * cfg.bags
+    assert len(set(members)) == len(members)
+    assert parse_member("co-normalized@d3#1") == ("co-normalized", "d3", 1)
+    assert parse_member("rank") == ("rank", None, 0)
+    shapes = {cfg.xgb_params("reg:squarederror", t)["max_depth"] for t in cfg.tree_settings}
+    assert len(shapes) > 1  # not one tree shape copied
+    # the dataset-blind twin has exactly as many members (fair compute), none 'co-'-named
+    blind = score_members(cfg.model_copy(update={"use_meta_features": False}))
+    assert len(blind) == len(members) and not any(m.startswith("co-") for m in blind)
+    with pytest.raises(ValueError, match="distinct names"):
+        score_members(cfg.model_copy(update={"tree_settings": cfg.tree_settings[:1] * 2}))
+
+
+def test_tree_setting_overrides_only_what_it_sets() -> None:
+    from metallmix.tools.meta.metalearner import TreeSetting
+
+    cfg = MetaLearnerConfig(subsample=0.7)
+    own = cfg.xgb_params("reg:squarederror")
+    deep = cfg.xgb_params("reg:squarederror", TreeSetting(name="x", max_depth=9))
+    assert deep["max_depth"] == 9 and deep["subsample"] == 0.7 == own["subsample"]
+    thin = cfg.xgb_params("reg:squarederror", TreeSetting(name="y", max_depth=2, subsample=0.5))
+    assert thin["subsample"] == 0.5
+
+
+def test_ensemble_members_round_trip_through_save(records, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every member booster (names with '@' and '#') is saved and loaded back, same scores."""
+    from metallmix.tools.meta.metalearner import TreeSetting
+
+    cfg = MetaLearnerConfig(
+        n_estimators=20,
+        bags=2,
+        tree_settings=(TreeSetting(name="a", max_depth=2), TreeSetting(name="b", max_depth=4)),
+    )
+    learner = MetaLearner.fit(records, cfg)
+    assert len(learner.score_boosters) == len(cfg.members) * 2 * 2
+    loaded = MetaLearner.load(learner.save(tmp_path / "m"))
+    frame = records_to_frame(records[:12])
+    np.testing.assert_allclose(loaded.predict(frame).score, learner.predict(frame).score)
+    members = learner.member_scores(frame)
+    # seeds differ between bags: the two bags of one member are different fits
+    assert not np.array_equal(members["normalized@b#0"], members["normalized@b#1"])

@@ -249,11 +249,6 @@ def nearest_dataset_best(train: Sequence[RunRecord], test: Sequence[RunRecord]) 
     return max(runs, key=lambda r: (r.score or 0.0, r.run_id))
 
 
-def ensemble_member_objectives() -> set[str]:
-    """Single objectives that are first-bag members of the default ensemble."""
-    return {m for m in MetaLearnerConfig().members if not m.startswith("co-")}
-
-
 def lodo_config(
     objective: Objective, seed: int, n_estimators: int, max_depth: int, *, blind: bool = False
 ) -> MetaLearnerConfig:
@@ -336,18 +331,8 @@ def run_lodo(
         )
     started = time.perf_counter()
     rows: list[FoldResult] = []
-    # The ensemble's first-bag members are exactly the single-objective learners (same data,
-    # target and seed), so single objectives asked for beside it are read off its members
-    # instead of being fitted again.
-    derived = (
-        {o for o in objectives if o in ensemble_member_objectives()}
-        if "ensemble" in objectives
-        else set()
-    )
     methods: dict[str, MetaLearnerConfig] = {
-        f"metalearner-{o}": lodo_config(o, seed, n_estimators, max_depth)
-        for o in objectives
-        if o not in derived
+        f"metalearner-{o}": lodo_config(o, seed, n_estimators, max_depth) for o in objectives
     }
     if config_only:
         methods[CONFIG_ONLY] = lodo_config(
@@ -422,10 +407,6 @@ def run_lodo(
             scored: dict[str, np.ndarray] = {}
             for name, learner in learners.items():
                 scored[name] = learner.predict(frame).score
-                if name == f"metalearner-{DEFAULT_OBJECTIVE}" and derived:
-                    members = learner.member_scores(frame)
-                    for o in derived:
-                        scored[f"metalearner-{o}"] = members[f"{o}#0"]
             for name, scores in sorted(scored.items()):
                 pick = int(np.argmax(scores))
                 regret, rank = regret_and_rank(true, pick)
@@ -468,6 +449,8 @@ def run_lodo(
             "max_depth": max_depth,
             "objectives": list(objectives),
             "members": list(MetaLearnerConfig().members),
+            "tree_settings": [t.model_dump() for t in MetaLearnerConfig().tree_settings],
+            "bags": MetaLearnerConfig().bags,
             "completed_runs_only": True,
             "per_regime": per_regime,
             "ground_truth": "RunRecord.score (val balanced accuracy where recorded)",

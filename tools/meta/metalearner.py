@@ -40,14 +40,40 @@ from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
 Objective = Literal["raw", "normalized", "rank", "percentile", "ensemble"]
 OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile", "ensemble")
 SINGLE_OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile")
-# The product's pick rule, chosen by the LODO benchmark over seeds 0-2 on Quick-Tune (README
-# "Meta-learner"; bench/results/lodo_*): one XGBoost per target is noise-dominated (the
-# winning objective flips with the seed), so the default ranks candidates by the mean
-# within-pool percentile of several members. The pairwise 'rank' member was dropped (it made
-# most of the catastrophic picks); the per-dataset percentile target is robust to one
-# collapsed run; 'normalized' is bagged over two seeds.
+# The product's pick rule, chosen by the LODO benchmark over seeds 0-2 on Quick-Tune and on
+# the shipped KB (README "Meta-learner"; bench/results/lodo_*). One XGBoost's top-1 pick is
+# noise-dominated: with a dozen training datasets the winning target, tree depth or seed flips
+# from run to run and single picks can land on a configuration that barely learned. So the
+# default ranks candidates by the mean within-pool percentile of a *diverse* ensemble: two
+# per-dataset targets (normalised and percentile) x with and without meta-features x five
+# tree settings x two seeds (40 boosters). The dataset-blind ('co-') half shrinks the pick
+# toward what is good everywhere; the meta-feature half moves it where the data says so.
+# Averaging over tree settings is what removed the catastrophic picks (max regret 0.99 ->
+# 0.28 on Quick-Tune); bagging seeds alone did not.
 DEFAULT_OBJECTIVE: Objective = "ensemble"
-DEFAULT_MEMBERS: tuple[str, ...] = ("raw", "normalized", "normalized", "percentile")
+DEFAULT_MEMBERS: tuple[str, ...] = ("normalized", "percentile", "co-normalized", "co-percentile")
+DEFAULT_BAGS = 2
+
+
+class TreeSetting(BaseModel):
+    """One ensemble member's tree shape; unset fields inherit :class:`MetaLearnerConfig`'s."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]+$")
+    max_depth: int = Field(ge=1)
+    min_child_weight: float | None = Field(default=None, ge=0)
+    subsample: float | None = Field(default=None, gt=0, le=1)
+    colsample_bytree: float | None = Field(default=None, gt=0, le=1)
+
+
+DEFAULT_TREE_SETTINGS: tuple[TreeSetting, ...] = (
+    TreeSetting(name="d5", max_depth=5),
+    TreeSetting(name="d3", max_depth=3, min_child_weight=5),
+    TreeSetting(name="d2", max_depth=2),
+    TreeSetting(name="d4s", max_depth=4, subsample=0.5, colsample_bytree=0.5),
+    TreeSetting(name="d6", max_depth=6, min_child_weight=3),
+)
 MIN_TRAINING_ROWS = 8
 MIN_COST_ROWS = 8
 # Target coverage of the 10-90% interval, and the held-out folds that calibrate it.
@@ -79,21 +105,36 @@ class MetaLearnerConfig(BaseModel):
         default=DEFAULT_MEMBERS,
         description="ensemble members: a single objective, 'co-' prefixed = without meta-features",
     )
-    bags: int = Field(default=1, ge=1, description="seeds per ensemble member")
+    bags: int = Field(default=DEFAULT_BAGS, ge=1, description="seeds per ensemble member")
+    tree_settings: tuple[TreeSetting, ...] = Field(
+        default=DEFAULT_TREE_SETTINGS,
+        min_length=1,
+        description="tree shapes each ensemble member is fitted with (ensemble only)",
+    )
 
-    def xgb_params(self, objective: str) -> dict[str, object]:
+    def xgb_params(self, objective: str, setting: TreeSetting | None = None) -> dict[str, object]:
+        """XGBoost parameters; ``setting`` overrides the tree shape of one ensemble member."""
+
+        def pick(field: str, default: float) -> float:
+            value = None if setting is None else getattr(setting, field)
+            return default if value is None else float(value)
+
         return {
             "objective": objective,
             "tree_method": "hist",
-            "max_depth": self.max_depth,
+            "max_depth": self.max_depth if setting is None else setting.max_depth,
             "eta": self.learning_rate,
-            "subsample": self.subsample,
-            "colsample_bytree": self.colsample_bytree,
-            "min_child_weight": self.min_child_weight,
+            "subsample": pick("subsample", self.subsample),
+            "colsample_bytree": pick("colsample_bytree", self.colsample_bytree),
+            "min_child_weight": pick("min_child_weight", self.min_child_weight),
             "nthread": self.nthread,
             "seed": self.seed,
             "verbosity": 0,
         }
+
+    def tree_setting(self, name: str) -> TreeSetting | None:
+        """The named tree setting (``None`` for the config's own shape)."""
+        return next((t for t in self.tree_settings if t.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -170,11 +211,17 @@ def _member_target(name: str) -> str:
 
 
 def score_members(cfg: MetaLearnerConfig) -> tuple[str, ...]:
-    """The ranking models this configuration fits ('' when the accuracy model ranks)."""
+    """The ranking models this configuration fits ('' when the accuracy model ranks).
+
+    Ensemble members are named ``<target>@<tree setting>#<bag>``, e.g. ``co-normalized@d3#1``.
+    """
     if cfg.objective != "ensemble":
         return ("",) if cfg.objective == "raw" else (cfg.objective,)
+    names = [t.name for t in cfg.tree_settings]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tree settings need distinct names, got {names}")
     # without meta-features every member is blind already; a repeated member is another
-    # seed of it (a bag): 'normalized' twice -> normalized#0, normalized#1
+    # seed of it (a bag): 'normalized' twice -> normalized@d5#0 .. #3
     members = [m if cfg.use_meta_features else _member_target(m) for m in cfg.members]
     out: list[str] = []
     seen: dict[str, int] = {}
@@ -184,10 +231,20 @@ def score_members(cfg: MetaLearnerConfig) -> tuple[str, ...]:
                 f"ensemble member {m!r}: choose from {', '.join(SINGLE_OBJECTIVES)} "
                 "(optionally prefixed 'co-')"
             )
-        for _ in range(cfg.bags):
-            out.append(f"{m}#{seen.get(m, 0)}")
-            seen[m] = seen.get(m, 0) + 1
+        for setting in names:
+            key = f"{m}@{setting}"
+            for _ in range(cfg.bags):
+                out.append(f"{key}#{seen.get(key, 0)}")
+                seen[key] = seen.get(key, 0) + 1
     return tuple(out)
+
+
+def parse_member(member: str) -> tuple[str, str | None, int]:
+    """``'co-normalized@d3#1'`` -> ``('co-normalized', 'd3', 1)``; single objectives have no
+    setting and bag 0."""
+    head, _, bag = member.partition("#")
+    name, _, setting = head.partition("@")
+    return name, setting or None, int(bag or 0)
 
 
 class MetaLearner:
@@ -257,12 +314,14 @@ class MetaLearner:
         for member in score_members(cfg):
             if not member:
                 continue
-            name, _, bag = member.partition("#")
+            name, setting, bag = parse_member(member)
             target = _member_target(name)
             cols = blind if name.startswith("co-") else None
-            params = cfg.xgb_params("reg:squarederror")
-            params["seed"] = cfg.seed + 1000 * int(bag or 0)
-            if target == "raw" and cols is None and params["seed"] == cfg.seed:
+            params = cfg.xgb_params(
+                "reg:squarederror", cfg.tree_setting(setting) if setting else None
+            )
+            params["seed"] = cfg.seed + 1000 * bag
+            if target == "raw" and cols is None and params == cfg.xgb_params("reg:squarederror"):
                 scores[member] = accuracy  # the very same fit: reuse it
             elif target == "raw":
                 scores[member] = train(params, acc, cols)
@@ -436,8 +495,8 @@ class MetaLearner:
 
 
 def _file_name(booster: str) -> str:
-    """'score-co-rank#0' -> 'score-co-rank-0' (no '#' in file names)."""
-    return booster.replace("#", "-")
+    """'score-co-rank@d3#0' -> 'score-co-rank-d3-0' (no '#' or '@' in file names)."""
+    return booster.replace("#", "-").replace("@", "-")
 
 
 def conformal_margin(
