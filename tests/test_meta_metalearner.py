@@ -230,7 +230,7 @@ def test_default_ensemble_is_diverse_members_settings_and_bags() -> None:
     blind = score_members(cfg.model_copy(update={"use_meta_features": False}))
     assert len(blind) == len(members) and not any(m.startswith("co-") for m in blind)
     with pytest.raises(ValueError, match="distinct names"):
-        score_members(cfg.model_copy(update={"tree_settings": cfg.tree_settings[:1] * 2}))
+        MetaLearnerConfig(tree_settings=cfg.tree_settings[:1] * 2)
 
 
 def test_tree_setting_overrides_only_what_it_sets() -> None:

@@ -448,9 +448,9 @@ def run_lodo(
             "n_estimators": n_estimators,
             "max_depth": max_depth,
             "objectives": list(objectives),
-            "members": list(MetaLearnerConfig().members),
-            "tree_settings": [t.model_dump() for t in MetaLearnerConfig().tree_settings],
-            "bags": MetaLearnerConfig().bags,
+            **MetaLearnerConfig().model_dump(
+                mode="json", include={"members", "tree_settings", "bags"}
+            ),
             "completed_runs_only": True,
             "per_regime": per_regime,
             "ground_truth": "RunRecord.score (val balanced accuracy where recorded)",

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metallmix import config
 from metallmix.atomic import atomic_dir
@@ -112,21 +112,29 @@ class MetaLearnerConfig(BaseModel):
         description="tree shapes each ensemble member is fitted with (ensemble only)",
     )
 
+    @model_validator(mode="after")
+    def _distinct_tree_settings(self) -> MetaLearnerConfig:
+        """Members are named after their tree setting, so two settings cannot share a name."""
+        names = [t.name for t in self.tree_settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tree settings need distinct names, got {names}")
+        return self
+
     def xgb_params(self, objective: str, setting: TreeSetting | None = None) -> dict[str, object]:
         """XGBoost parameters; ``setting`` overrides the tree shape of one ensemble member."""
-
-        def pick(field: str, default: float) -> float:
-            value = None if setting is None else getattr(setting, field)
-            return default if value is None else float(value)
-
+        shape: dict[str, object] = {
+            "max_depth": self.max_depth,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+        }
+        if setting is not None:
+            shape.update(setting.model_dump(exclude={"name"}, exclude_none=True))
         return {
             "objective": objective,
             "tree_method": "hist",
-            "max_depth": self.max_depth if setting is None else setting.max_depth,
             "eta": self.learning_rate,
-            "subsample": pick("subsample", self.subsample),
-            "colsample_bytree": pick("colsample_bytree", self.colsample_bytree),
-            "min_child_weight": pick("min_child_weight", self.min_child_weight),
+            **shape,
             "nthread": self.nthread,
             "seed": self.seed,
             "verbosity": 0,
@@ -217,9 +225,7 @@ def score_members(cfg: MetaLearnerConfig) -> tuple[str, ...]:
     """
     if cfg.objective != "ensemble":
         return ("",) if cfg.objective == "raw" else (cfg.objective,)
-    names = [t.name for t in cfg.tree_settings]
-    if len(set(names)) != len(names):
-        raise ValueError(f"tree settings need distinct names, got {names}")
+    names = [t.name for t in cfg.tree_settings]  # distinct: checked by the config
     # without meta-features every member is blind already; a repeated member is another
     # seed of it (a bag): 'normalized' twice -> normalized@d5#0 .. #3
     members = [m if cfg.use_meta_features else _member_target(m) for m in cfg.members]
