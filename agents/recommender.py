@@ -231,23 +231,31 @@ def recommend_once(
 
 
 def fallback_recommendation(
-    dataset: str, shortlist: Shortlist, *, attempts: int, llm: str, seed: int
+    dataset: str,
+    shortlist: Shortlist,
+    *,
+    attempts: int,
+    llm: str,
+    seed: int,
+    llm_error: str | None = None,
 ) -> Recommendation:
     """The top-scored candidate, its largest SHAP facts and the closest strong past run,
-    rendered by the same code as an LLM answer, with a templated rationale."""
+    rendered by the same code as an LLM answer, with a templated rationale. ``llm_error``:
+    the LLM failed outright (crash, timeout) rather than being rejected by the judge."""
     top = best_candidate(shortlist)
     ev = evidence_for(dataset, shortlist, "top1")
     runs = list(ev.runs.values())
     scored = [r for r in runs if r.val_accuracy is not None]
     cited = [max(scored, key=lambda r: r.val_accuracy or 0.0)] if scored else runs[:1]
-    return from_candidate(
+    why = "the LLM failed" if llm_error else "the LLM's answers were rejected"
+    rec = from_candidate(
         top,
         dataset=dataset,
         shortlist=shortlist,
         facts=top_facts(shortlist, top.candidate_id, 2),
         runs=cited,
         rationale=(
-            "This explanation is templated because the LLM's answers were rejected: this is "
+            f"This explanation is templated because {why}: this is "
             "the candidate with the best meta-learner score in the shortlist"
         ),
         attempts=attempts,
@@ -256,3 +264,4 @@ def fallback_recommendation(
         fallback=True,
         shown_runs=runs,
     )
+    return rec.model_copy(update={"llm_error": llm_error}) if llm_error else rec

@@ -87,7 +87,15 @@ class Recommendation(BaseModel):
     cited_runs: list[str] = Field(default_factory=list, description="KB run ids cited")
     cited_facts: list[str] = Field(default_factory=list, description="SHAP fact sentences cited")
     rationale: str = Field(default="", description="the LLM's own words (no numbers by design)")
-    fallback: bool = Field(default=False, description="True: templated, the LLM failed twice")
+    fallback: bool = Field(
+        default=False,
+        description="True: templated; the LLM's answers were rejected twice, or it failed",
+    )
+    llm_error: str | None = Field(
+        default=None,
+        description="why the LLM gave no answer (its process died, timed out or could not "
+        "load); set only on a fallback",
+    )
     attempts: int = Field(default=1, ge=0, description="recommender attempts made")
     judge: JudgeVerdict | None = None
     meta_features: MetaFeatures | None = None

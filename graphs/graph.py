@@ -1,5 +1,6 @@
 """The recommendation graph: features -> retrieve -> shortlist -> explain -> recommender ->
-judge -> (record | one more recommender attempt | fallback -> record).
+judge -> (record | one more recommender attempt | fallback -> record); a recommender or
+judge whose LLM died, hung or could not load goes straight to the fallback.
 
 ``graph`` is the compiled graph LangGraph Studio loads (``langgraph.json`` names the module
 ``metallmix.graphs.graph``, so it loads from any folder once the package is installed);
@@ -79,7 +80,7 @@ def build_graph(*, internal_inputs: bool = False, surface_errors: bool | None = 
     builder.add_edge("retrieve", "shortlist")
     builder.add_edge("shortlist", "explain")
     builder.add_edge("explain", "recommender")
-    builder.add_edge("recommender", "judge")
+    builder.add_conditional_edges("recommender", nodes.after_recommender, ["judge", "fallback"])
     builder.add_conditional_edges("judge", nodes.after_judge, ["record", "recommender", "fallback"])
     builder.add_edge("fallback", "record")
     builder.add_edge("record", END)

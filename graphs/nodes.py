@@ -20,8 +20,9 @@ from langchain_core.runnables import RunnableConfig
 from metallmix.agents.judge import hard_checks
 from metallmix.agents.judge import judge as run_judge
 from metallmix.agents.recommender import evidence_for, fallback_recommendation, recommend_once
+from metallmix.agents.runtime.isolated import LLMProcessError
 from metallmix.agents.schemas import JudgeVerdict
-from metallmix.errors import DatasetError, KnowledgeBaseError
+from metallmix.errors import DatasetError, KnowledgeBaseError, ModelUnavailableError
 from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.recording import log_recommendation
 from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
@@ -222,16 +223,30 @@ def global_importance_of(
     return {str(k): float(v) for k, v in global_importance(learner, frame).items()}
 
 
+# The LLM's own failures: its process died or hung (LLMProcessError) or the model could not
+# be loaded after the run started (ModelUnavailableError). They cost the LLM's part only: the
+# graph goes on to the deterministic fallback with the reason in ``llm_error``.
+LLM_FAILURES: tuple[type[Exception], ...] = (LLMProcessError, ModelUnavailableError)
+
+
+def llm_failure(exc: Exception) -> dict[str, Any]:
+    """The state update that sends the run to the fallback, saying why."""
+    return {"llm_error": str(exc)}
+
+
 @timed("recommender")
 def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """The LLM picks a candidate and explains; hard fields are copied by code."""
     assert state.evidence is not None
     cfg = Configuration.from_runnable_config(config)
     attempt = state.attempts + 1
-    llm = get_llm(cfg)
-    draft = recommend_once(
-        llm, state.evidence, attempt=attempt, critique=state.critique, seed=cfg.seed
-    )
+    try:
+        llm = get_llm(cfg)
+        draft = recommend_once(
+            llm, state.evidence, attempt=attempt, critique=state.critique, seed=cfg.seed
+        )
+    except LLM_FAILURES as exc:
+        return {"attempts": attempt, **llm_failure(exc)}
     return {
         "attempts": attempt,
         "draft": draft.recommendation,
@@ -247,18 +262,21 @@ def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Code checks decide; the LLM grades. Passing drafts become the recommendation."""
     assert state.shortlist is not None
     cfg = Configuration.from_runnable_config(config)
-    llm = get_llm(cfg) if cfg.judge_with_llm else None
-    result = run_judge(
-        llm,
-        state.draft,
-        state.shortlist,
-        attempt=state.attempts,
-        draft_error=state.draft_error,
-        known_run_ids={r.run_id for r in state.similar_runs},
-        space=judged_space(cfg, state.shortlist),
-        evidence=state.evidence,
-        seed=cfg.seed,
-    )
+    try:
+        llm = get_llm(cfg) if cfg.judge_with_llm else None
+        result = run_judge(
+            llm,
+            state.draft,
+            state.shortlist,
+            attempt=state.attempts,
+            draft_error=state.draft_error,
+            known_run_ids={r.run_id for r in state.similar_runs},
+            space=judged_space(cfg, state.shortlist),
+            evidence=state.evidence,
+            seed=cfg.seed,
+        )
+    except LLM_FAILURES as exc:
+        return llm_failure(exc)
     update: dict[str, Any] = {"verdicts": [result.verdict], "critique": result.verdict.critique}
     if result.exchanges:
         update["exchanges"] = [e.to_dict() for e in result.exchanges]
@@ -277,9 +295,14 @@ def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     """Top candidate with a templated explanation, after the last attempt failed."""
     assert state.shortlist is not None
     cfg = Configuration.from_runnable_config(config)
-    llm = get_llm(cfg)
+    name, sha = llm_identity(state, cfg)
     rec = fallback_recommendation(
-        state.dataset_name, state.shortlist, attempts=state.attempts, llm=llm.name, seed=cfg.seed
+        state.dataset_name,
+        state.shortlist,
+        attempts=state.attempts,
+        llm=name,
+        seed=cfg.seed,
+        llm_error=state.llm_error,
     )
     checks, failures = hard_checks(
         rec, state.shortlist, space=judged_space(cfg, state.shortlist), evidence=state.evidence
@@ -294,9 +317,23 @@ def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     return {
         "recommendation": rec.model_copy(update={"judge": verdict}),
         "fallback": True,
-        "llm": llm.name,
-        "llm_sha256": llm.sha256,
+        "llm": name,
+        "llm_sha256": sha,
     }
+
+
+def llm_identity(state: RecommendationState, cfg: Configuration) -> tuple[str, str]:
+    """The model's name and sha256 for the record, without loading it (the fallback must not
+    wait on, or restart, an LLM that just failed)."""
+    if state.llm:
+        return state.llm, state.llm_sha256
+    if state.llm_error is None:
+        try:
+            llm = get_llm(cfg)
+            return llm.name, llm.sha256
+        except LLM_FAILURES:
+            pass
+    return str(cfg.llm or "default"), ""
 
 
 @timed("record")
@@ -317,8 +354,15 @@ def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]
     }
 
 
+def after_recommender(state: RecommendationState) -> str:
+    """To the judge, unless the LLM failed outright (then straight to the fallback)."""
+    return "fallback" if state.llm_error else "judge"
+
+
 def after_judge(state: RecommendationState) -> str:
     """Done when the judge passed; one more attempt while under the cap; else fallback."""
+    if state.llm_error:
+        return "fallback"
     if state.recommendation is not None:
         return "record"
     if state.attempts < state.max_attempts:

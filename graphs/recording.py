@@ -148,6 +148,8 @@ def verdict_text(state: RecommendationState) -> str:
     rec = state.recommendation
     if rec is None:
         return "no recommendation"
+    if rec.fallback and state.llm_error:
+        return f"fallback: the LLM failed ({state.llm_error[:200]})"
     if rec.fallback:
         return f"fallback after {rec.attempts} rejected attempt(s)"
     return f"passed on attempt {rec.judge.attempt if rec.judge else rec.attempts}"
@@ -288,6 +290,8 @@ def log_recommendation(
             mlflow_client.update_run(run_id, name=name)
             mlflow_client.set_tag(run_id, "metallmix.model", rec.model)
             mlflow_client.set_tag(run_id, "metallmix.verdict", verdict_text(state))
+            if state.llm_error:  # the LLM died, hung or did not load: the answer is templated
+                mlflow_client.set_tag(run_id, "metallmix.llm_error", state.llm_error[:5000])
             mlflow_client.set_tag(run_id, "mlflow.note.content", description(state))
         with tempfile.TemporaryDirectory(prefix="metallmix-rec-") as tmp:
             _write_artifacts(state, Path(tmp))

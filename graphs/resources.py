@@ -54,12 +54,13 @@ _LOADER: ThreadPoolExecutor | None = None
 
 def load_llm_in_background(llm: LlmSpec, seed: int = 0) -> ChatLLM | Future[ChatLLM]:
     """A loaded model as it is; a name or path loaded into llama.cpp on a worker thread
-    (pass the Future on; :func:`resolve_llm` waits for it). A ``.gguf`` path that does not
-    exist fails at once, before any other work."""
+    (pass the Future on; :func:`resolve_llm` waits for it). A ``.gguf`` path the user names
+    is checked at once (exists, GGUF header whole, hashed), before any other work, so a
+    corrupt or foreign file fails in seconds with a specific error."""
     if llm is not None and not isinstance(llm, str | os.PathLike):
         return llm
-    if llm is not None and str(llm).endswith(".gguf") and not Path(llm).expanduser().exists():
-        resolve_weights(llm)  # raises the standard "not found" message
+    if llm is not None and (str(llm).endswith(".gguf") or Path(llm).expanduser().is_file()):
+        resolve_weights(llm)  # the "not found" / header / hash errors, before the shortlist
     global _LOADER
     if _LOADER is None:
         _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metallmix-llm")

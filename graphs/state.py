@@ -58,6 +58,9 @@ class RecommendationState(BaseModel):
     exchanges: Annotated[list[dict[str, Any]], operator.add] = Field(default_factory=list)
     timings: Annotated[dict[str, float], merge_dicts] = Field(default_factory=dict)
     fallback: bool = False
+    llm_error: str | None = Field(
+        default=None, description="the LLM died, timed out or failed to load: go to fallback"
+    )
     mlflow_run_id: str | None = None
     trace_id: str | None = Field(
         default=None, description="MLflow trace of a run not started by the API (graphs/tracing)"

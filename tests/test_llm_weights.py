@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from gguf_files import tiny_gguf
 
 from metallmix.agents.runtime import registry as llm_registry
 from metallmix.agents.runtime import weights as llm_weights
@@ -18,9 +19,8 @@ from metallmix.errors import ModelUnavailableError
 
 
 def _payload(n: int = 300_000, seed: int = 1) -> bytes:
-    """GGUF magic then deterministic bytes: enough for several read chunks per part."""
-    body = hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1)
-    return b"GGUF" + body[: n - 4]
+    """A valid GGUF header then deterministic bytes: enough for several read chunks."""
+    return tiny_gguf(n, seed)
 
 
 class FakeModel:
@@ -156,7 +156,7 @@ def test_full_check_catches_corruption_the_cheap_check_cannot(fake: FakeModel) -
     path = resolve_weights(fake.spec.name).path
     stat = path.stat()
     data = bytearray(fake.data)
-    data[100] ^= 0xFF
+    data[-100] ^= 0xFF  # in the tensor data: the header stays whole
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime
     assert llm_weights.verify_file(path, fake.spec) == fake.spec.sha256  # marker trusted
@@ -188,12 +188,12 @@ def test_resolution_order_path_env_cache_package(
         assert found.name == fake.spec.name  # recognised by its hash despite the file name
 
     # An env file with another name does not hijack an explicitly named model.
-    other = fake.write_copy(tmp_path / "other.gguf", b"GGUF other model")
+    other = fake.write_copy(tmp_path / "other.gguf", tiny_gguf(4096, seed=7))
     monkeypatch.setenv("METALLMIX_LLM_PATH", str(other))
     assert resolve_weights(fake.spec.name).source == "cache"
     unknown = resolve_weights(None)
     assert (unknown.source, unknown.name, unknown.spec) == ("env", "other", None)
-    assert unknown.sha256 == hashlib.sha256(b"GGUF other model").hexdigest()
+    assert unknown.sha256 == hashlib.sha256(tiny_gguf(4096, seed=7)).hexdigest()
 
 
 def test_default_and_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,7 +224,7 @@ def test_missing_gguf_errors_say_how_to_get_one(fake: FakeModel, tmp_path: Path)
 
 def test_official_file_name_with_wrong_bytes_is_refused(fake: FakeModel, tmp_path: Path) -> None:
     bad = fake.write_copy(tmp_path / fake.spec.filename, fake.data[:-10])
-    with pytest.raises(ModelUnavailableError, match="truncated or a different model"):
+    with pytest.raises(ModelUnavailableError, match="truncated"):
         resolve_weights(bad)
 
 

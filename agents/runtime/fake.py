@@ -106,3 +106,48 @@ class ScriptedLLM:
             seed=seed,
         )
         return parse_json_output(raw, schema)
+
+
+class FaultyEngine:
+    """A stand-in engine for the LLM's child process (:mod:`metallmix.agents.runtime.worker`),
+    for isolation tests only: it answers ``answer`` after ``delay`` seconds, or kills its own
+    process with ``crash`` (a signal name such as ``SIGSEGV``) on call number ``crash_on``,
+    like a native fault in llama.cpp would. The real twin kills the real model's child."""
+
+    def __init__(
+        self,
+        *,
+        answer: str = "ok",
+        delay: float = 0.0,
+        crash: str | None = None,
+        crash_on: int = 1,
+        load_delay: float = 0.0,
+        **_: Any,
+    ) -> None:
+        import time
+
+        time.sleep(load_delay)
+        self.answer, self.delay, self.crash, self.crash_on = answer, delay, crash, crash_on
+        self.calls = 0
+        self.last_usage: dict[str, float] = {}
+        self.load_seconds = load_delay
+        self.info = {"engine": "FaultyEngine"}
+
+    def complete(
+        self,
+        messages: list[dict[str, str]],
+        response_format: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> tuple[str, str]:
+        import os
+        import signal
+        import time
+
+        self.calls += 1
+        if self.crash and self.calls >= self.crash_on:
+            os.kill(os.getpid(), getattr(signal, self.crash))
+        time.sleep(self.delay)
+        self.last_usage = {"completion_tokens": 1.0, "seconds": self.delay}
+        return self.answer, "stop"

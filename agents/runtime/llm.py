@@ -1,8 +1,10 @@
 """The local LLM behind the recommender and the judge: llama.cpp on the CPU, no cloud.
 
 Nodes code against :class:`ChatLLM`, so unit tests can swap in
-:class:`metallmix.agents.runtime.fake.ScriptedLLM` while production uses :class:`LocalLLM`.
-Weights are resolved and sha256-verified by :mod:`metallmix.agents.runtime.weights` before
+:class:`metallmix.agents.runtime.fake.ScriptedLLM` while production uses :class:`LocalLLM`
+inside a child process (:class:`~metallmix.agents.runtime.isolated.IsolatedLLM`), so that a
+native fault in llama.cpp never takes the caller's answer down. Weights are resolved,
+sha256-verified and their GGUF header checked (:mod:`metallmix.agents.runtime.gguf`) before
 llama.cpp sees them; loaded models are cached per process so a second recommendation is warm.
 """
 
@@ -96,6 +98,97 @@ def schema_for(schema: type[BaseModel]) -> dict[str, Any]:
     return schema.model_json_schema()
 
 
+def build_info() -> str:
+    """What the installed llama.cpp was compiled with (``llama_print_system_info``), e.g.
+    ``CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | ...``."""
+    import llama_cpp
+
+    return str(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
+
+
+def compiled_features(info: str) -> set[str]:
+    """The instruction sets a build uses, from :func:`build_info`'s text."""
+    found = set()
+    for part in info.replace("\n", "|").split("|"):
+        name, _, value = part.rpartition("=")
+        name = name.split(":")[-1].strip()
+        if name and value.strip() == "1":
+            found.add(name)
+    return found
+
+
+# Instruction sets a build may use -> the /proc/cpuinfo flag the CPU must show for them.
+_CPU_FLAGS = {
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "FMA": "fma",
+    "F16C": "f16c",
+    "BMI2": "bmi2",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AVX_VNNI": "avx_vnni",
+    "AMX_INT8": "amx_int8",
+}
+
+
+def missing_cpu_features(info: str, cpuinfo: str | None = None) -> list[str]:
+    """Instruction sets the build uses that this CPU lacks (empty off Linux/x86, where
+    ``/proc/cpuinfo`` has no x86 flags line)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            break
+    if not flags:
+        return []
+    used = compiled_features(info)
+    return sorted(f for f in used if f in _CPU_FLAGS and _CPU_FLAGS[f] not in flags)
+
+
+def use_extra_buffers(info: str) -> bool:
+    """Whether llama.cpp may place weights in its extra buffer types (weight repacking).
+
+    On a build with AMX kernels (a native build on Sapphire Rapids or newer) the AMX buffer
+    type is one of them, and it crashes in ``ggml_backend_amx_mul_mat``; there they are off.
+    Elsewhere they are on: they hold the repacked weights that make AVX2/NEON matmuls
+    faster. ``METALLMIX_LLM_EXTRA_BUFTS=0/1`` overrides.
+    """
+    value = os.environ.get("METALLMIX_LLM_EXTRA_BUFTS", "").strip().lower()
+    if value in {"0", "off", "false", "no"}:
+        return False
+    if value in {"1", "on", "true", "yes"}:
+        return True
+    return not any(f.startswith("AMX") for f in compiled_features(info))
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Any:
+    """llama-cpp-python builds its model parameters inside ``Llama.__init__`` from
+    ``llama_model_default_params`` and has no argument for ``use_extra_bufts``; this sets it
+    on the defaults for the duration of one load (the child loads one model at a time)."""
+    import llama_cpp.llama_cpp as lib
+
+    stock = lib.llama_model_default_params
+
+    def params() -> Any:
+        found = stock()
+        found.use_extra_bufts = use_extra_bufts
+        return found
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = stock
+
+
 def thread_setting() -> int | None:
     """``METALLMIX_LLM_THREADS``: a positive integer, or ``auto``/unset for :func:`auto_threads`."""
     value = os.environ.get("METALLMIX_LLM_THREADS", "").strip().lower()
@@ -183,15 +276,26 @@ class LocalLLM:
         self.last_usage: dict[str, float] = {}
         self._lock = threading.Lock()
         started = time.perf_counter()
-        try:
-            self._llama = Llama(
-                model_path=str(self.path),
-                n_ctx=n_ctx,
-                n_threads=self._n_threads,
-                n_threads_batch=self._n_threads,
-                seed=seed,
-                verbose=False,
+        system = build_info()
+        missing = missing_cpu_features(system)
+        if missing:
+            raise ModelUnavailableError(
+                f"the installed llama.cpp uses {', '.join(missing)}, which this CPU lacks: "
+                "rebuild it for this machine with `make install NATIVE=1` (or "
+                "scripts/build_llama.sh --native)"
             )
+        self.extra_buffers = use_extra_buffers(system)
+        self.info = {"build": system.strip(), "extra_buffers": self.extra_buffers}
+        try:
+            with _model_params(self.extra_buffers):
+                self._llama = Llama(
+                    model_path=str(self.path),
+                    n_ctx=n_ctx,
+                    n_threads=self._n_threads,
+                    n_threads_batch=self._n_threads,
+                    seed=seed,
+                    verbose=False,
+                )
         except ValueError as exc:  # llama.cpp reports unreadable files as ValueError
             raise ModelUnavailableError(
                 f"llama.cpp could not load {self.path}: {exc}; "
@@ -234,7 +338,7 @@ class LocalLLM:
         text, finish = self._complete(messages, response_format, max_tokens, temperature, seed)
         return parse_json_output(text, schema, truncated=finish == "length")
 
-    def _complete(
+    def complete(
         self,
         messages: list[dict[str, str]],
         response_format: dict[str, Any] | None,
@@ -243,7 +347,17 @@ class LocalLLM:
         seed: int,
     ) -> tuple[str, str]:
         """One chat completion; records the raw text and prompt/generation timings."""
-        _check_messages(messages)
+        return self._complete(messages, response_format, max_tokens, temperature, seed)
+
+    def _complete(
+        self,
+        messages: list[dict[str, str]],
+        response_format: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> tuple[str, str]:
+        check_messages(messages)
         import llama_cpp
 
         with self._lock:
@@ -644,7 +758,7 @@ def _install_fast_grammar(llm: LocalLLM) -> None:
     setattr(llama, "_init_sampler", init_sampler)  # noqa: B010
 
 
-def _check_messages(messages: list[dict[str, str]]) -> None:
+def check_messages(messages: list[dict[str, str]]) -> None:
     """Catch malformed prompts here, with a message, rather than deep inside llama.cpp."""
     if not messages:
         raise MetaLLMiXError("no messages given to the LLM: pass at least one user message")
@@ -657,8 +771,17 @@ def _check_messages(messages: list[dict[str, str]]) -> None:
             )
 
 
-_LOADED: dict[tuple[str, int | None, int], LocalLLM] = {}
+_LOADED: dict[tuple[str, int | None, int, bool], ChatLLM] = {}
 _LOADED_LOCK = threading.Lock()
+
+
+def isolation_setting() -> bool:
+    """``METALLMIX_LLM_ISOLATION``: ``process`` (default) runs llama.cpp in a child process;
+    ``none`` runs it in this process (faster to debug, but a native crash takes it down)."""
+    value = os.environ.get("METALLMIX_LLM_ISOLATION", "process").strip().lower()
+    if value not in {"process", "none"}:
+        raise MetaLLMiXError(f"METALLMIX_LLM_ISOLATION={value!r} is not 'process' or 'none'")
+    return value == "process"
 
 
 def load_llm(
@@ -668,7 +791,8 @@ def load_llm(
     n_ctx: int = 4096,
     seed: int = 0,
     allow_download: bool | None = None,
-) -> LocalLLM:
+    isolated: bool | None = None,
+) -> Any:
     """A loaded, verified local LLM; reused within the process per (file, threads, n_ctx).
 
     ``threads`` None means ``METALLMIX_LLM_THREADS``, else "auto": each call uses as many
@@ -677,30 +801,58 @@ def load_llm(
 
     ``name_or_path``: a registry name (``qwen2.5-coder-1.5b``), a profile (``default``,
     ``fast``), a ``.gguf`` path, or None for ``METALLMIX_LLM`` / the bundled default.
+
+    ``isolated`` (default: ``METALLMIX_LLM_ISOLATION``, i.e. yes) runs the model in a child
+    process (:class:`~metallmix.agents.runtime.isolated.IsolatedLLM`) with bounded waits;
+    ``False`` gives the in-process :class:`LocalLLM`. The GGUF header is checked first
+    either way, so a corrupt file fails in seconds with a specific error.
     """
     from metallmix.agents.runtime.weights import resolve_weights
 
     weights: ResolvedWeights = resolve_weights(name_or_path, allow_download=allow_download)
+    isolate = isolation_setting() if isolated is None else isolated
     setting = threads or thread_setting()
-    key = (str(weights.path.resolve()), setting, n_ctx)
+    key = (str(weights.path.resolve()), setting, n_ctx, isolate)
     with _LOADED_LOCK:
         llm = _LOADED.get(key)
         if llm is None:
-            llm = LocalLLM(
-                weights.path,
-                name=weights.name,
-                sha256=weights.sha256,
-                threads=setting,
-                n_ctx=n_ctx,
-                seed=seed,
-            )
+            if isolate:
+                from metallmix.agents.runtime.isolated import IsolatedLLM
+
+                kwargs = {"name": weights.name, "sha256": weights.sha256, "threads": setting}
+                llm = IsolatedLLM(
+                    weights.path,
+                    name=weights.name,
+                    sha256=weights.sha256,
+                    engine_kwargs={
+                        "path": str(weights.path),
+                        **kwargs,
+                        "n_ctx": n_ctx,
+                        "seed": seed,
+                    },
+                )
+            else:
+                llm = LocalLLM(
+                    weights.path,
+                    name=weights.name,
+                    sha256=weights.sha256,
+                    threads=setting,
+                    n_ctx=n_ctx,
+                    seed=seed,
+                )
             _LOADED[key] = llm
     return llm
 
 
 def unload_all() -> None:
-    """Drop the process-wide model cache (frees memory; used by benchmarks for cold loads)."""
+    """Drop the process-wide model cache (frees memory, ends LLM child processes; used by
+    benchmarks for cold loads)."""
     with _LOADED_LOCK:
         for llm in _LOADED.values():
-            llm._llama.close()
+            if isinstance(llm, LocalLLM):
+                llm._llama.close()
+            else:
+                close = getattr(llm, "close", None)
+                if close is not None:
+                    close()
         _LOADED.clear()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metallmix.agents.runtime.gguf import inspect_gguf
 from metallmix.agents.runtime.registry import (
     ModelSpec,
     canonical_name,
@@ -148,16 +149,9 @@ def file_sha256(path: Path, on_bytes: ByteCallback | None = None) -> str:
 
 
 def _check_gguf(path: Path) -> None:
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise ModelUnavailableError(f"cannot read LLM weights {path}: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
-        raise ModelUnavailableError(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): "
-            "give a llama.cpp .gguf model file"
-        )
+    """The header check of :func:`~metallmix.agents.runtime.gguf.inspect_gguf`, before any
+    byte is hashed: a corrupt or foreign file fails in well under a second."""
+    inspect_gguf(path)
 
 
 def verify_file(

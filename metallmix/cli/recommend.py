@@ -155,7 +155,9 @@ def judge_line(rec: Any) -> str:
     parts = [f"judge: {verdict}", grade, f"attempts: {rec.attempts}"]
     if v.failures:
         parts.append("failed: " + "; ".join(v.failures))
-    if rec.fallback:
+    if rec.fallback and rec.llm_error:
+        parts.append(f"fallback: the LLM failed ({rec.llm_error}), templated explanation")
+    elif rec.fallback:
         parts.append("fallback: the LLM's answers were rejected, templated explanation")
     return "; ".join(parts)
 
