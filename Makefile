@@ -6,15 +6,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metallmix-installed
 PYTEST_ARGS ?=
+# NATIVE=1 (or METALLMIX_LLM_NATIVE=1) builds llama.cpp for this machine's CPU only; the default
+# is a portable build that runs on any CPU of this architecture (scripts/build_llama.sh).
+NATIVE ?= $(or $(METALLMIX_LLM_NATIVE),0)
 
-.PHONY: install demo test lint typecheck studio mlflow-ui bench-lodo kb-quicktune clean
+.PHONY: install llm-build demo test lint typecheck studio mlflow-ui bench-lodo kb-quicktune clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/build_llama.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	NATIVE=$(NATIVE) bash scripts/build_llama.sh $(BIN)/python
 	$(BIN)/python -m pip install -e ".[all]"
 	@touch $(STAMP)
 
 install: $(STAMP)
+ifeq ($(NATIVE),1)
+	NATIVE=1 bash scripts/build_llama.sh $(BIN)/python
+endif
+
+# (Re)install llama-cpp-python alone: `make llm-build` (portable) or `make llm-build NATIVE=1`.
+llm-build:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	NATIVE=$(NATIVE) bash scripts/build_llama.sh $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/metallmix demo

@@ -8,7 +8,14 @@ decode-only tok/s from llama.cpp's own counters, and effective tok/s including t
 grammar's per-token sampling cost, which is what a caller waits for. The 1-minute load
 average is printed because the figures scale with how busy the cores are.
 
+The engine is measured in this process by default (``--isolation none``: the stock-sampler
+comparison needs it); ``--isolation process`` measures it behind the child-process boundary
+the product uses. The llama.cpp build (``llama_print_system_info``) and whether the extra
+buffer types (weight repacking) were on are printed with the figures, so a portable and a
+native build, or ``METALLMIX_LLM_EXTRA_BUFTS=0`` and ``=1``, can be compared.
+
     python bench/latency_llm.py [--models fast default] [--threads 2] [--max-tokens 160]
+        [--isolation none|process]
 """
 
 from __future__ import annotations
@@ -22,7 +29,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from metallmix.agents.runtime.llm import LocalLLM, load_llm, thread_setting, unload_all
+from metallmix.agents.runtime.llm import (
+    ChatLLM,
+    build_info,
+    load_llm,
+    thread_setting,
+    unload_all,
+    use_extra_buffers,
+)
 from metallmix.agents.runtime.weights import resolve_weights
 
 CANDIDATES = ["resnet18", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "vit_tiny"]
@@ -64,7 +78,7 @@ def prompt(nonce: str) -> list[dict[str, str]]:
     ]
 
 
-def call(llm: LocalLLM, messages: list[dict[str, str]], max_tokens: int, grammar: bool) -> dict:
+def call(llm: ChatLLM, messages: list[dict[str, str]], max_tokens: int, grammar: bool) -> dict:
     started = time.perf_counter()
     if grammar:
         llm.chat_json(messages, BenchRecommendation, max_tokens=max_tokens)
@@ -87,24 +101,26 @@ def call(llm: LocalLLM, messages: list[dict[str, str]], max_tokens: int, grammar
     }
 
 
-def bench_model(name: str, threads: int | None, max_tokens: int) -> dict[str, Any]:
+def bench_model(name: str, threads: int | None, max_tokens: int, isolated: bool) -> dict[str, Any]:
     unload_all()
     started = time.perf_counter()
     weights = resolve_weights(name)
     resolve_s = time.perf_counter() - started
     started = time.perf_counter()
-    llm = load_llm(name, threads=threads)
+    llm = load_llm(name, threads=threads, isolated=isolated)
     cold_load_s = time.perf_counter() - started
     started = time.perf_counter()
-    again = load_llm(name, threads=threads)
+    again = load_llm(name, threads=threads, isolated=isolated)
     warm_load_s = time.perf_counter() - started
     assert again is llm
     messages = prompt(uuid.uuid4().hex[:8])
     cold = call(llm, messages, max_tokens, grammar=True)
     warm = call(llm, messages, max_tokens, grammar=True)
-    llm.fast_grammar = False  # llama-cpp-python's own sampler chain, for comparison
-    stock = call(llm, messages, max_tokens, grammar=True)
-    llm.fast_grammar = True
+    stock = None
+    if not isolated:  # llama-cpp-python's own sampler chain, for comparison (in-process only)
+        llm.fast_grammar = False
+        stock = call(llm, messages, max_tokens, grammar=True)
+        llm.fast_grammar = True
     plain = call(llm, prompt(uuid.uuid4().hex[:8]), max_tokens, grammar=False)
     return {
         "model": weights.name,
@@ -126,12 +142,18 @@ def main() -> None:
         help="pin threads (default: auto)",
     )
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--isolation", choices=["none", "process"], default="none")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
     threads = args.threads or thread_setting()
     load_before = os.getloadavg()[0]
-    results = [bench_model(name, threads, args.max_tokens) for name in args.models]
+    isolated = args.isolation == "process"
+    results = [bench_model(name, threads, args.max_tokens, isolated) for name in args.models]
+    system = build_info()
     report = {
+        "build": system.strip(),
+        "extra_buffers": use_extra_buffers(system),
+        "isolation": args.isolation,
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "loadavg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
@@ -140,6 +162,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
+    print(f"llama.cpp build: {report['build']}")
+    print(f"extra buffer types: {report['extra_buffers']}; isolation: {args.isolation}")
     print(
         f"threads={threads or 'auto'} cpus={report['cpu_count']} load average (1 min) "
         f"{report['loadavg_1min']['before']} -> {report['loadavg_1min']['after']}"
@@ -160,6 +184,8 @@ def main() -> None:
             ("json stock", r["json_call"]["warm_stock_sampler"]),
             ("plain", r["plain_call"]),
         ):
+            if c is None:
+                continue
             print(
                 f"{r['model']:20} {label:10} {c['seconds']:>6} {c['prompt_tokens']:>7} "
                 f"{c['prompt_eval_tokens']:>6} {c['prompt_tok_s']!s:>8} "

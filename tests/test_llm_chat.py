@@ -208,7 +208,7 @@ def test_real_answer_does_not_depend_on_thread_count() -> None:
 @pytest.mark.real
 @pytest.mark.usefixtures("real")
 def test_real_fast_grammar_sampling_gives_the_stock_answer() -> None:
-    llm = load_llm("fast")
+    llm = load_llm("fast", isolated=False)  # the engine itself: its sampler is switched here
     raws = []
     for fast in (True, False):
         llm.fast_grammar = fast
