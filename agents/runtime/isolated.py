@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from metallmix.agents.runtime.chat import check_messages, parse_json_output, schema_for
 from metallmix.errors import MetaLLMiXError, ModelUnavailableError
 
 M = TypeVar("M", bound=BaseModel)
@@ -274,8 +275,6 @@ class IsolatedLLM:
         seed: int,
     ) -> tuple[str, str]:
         """One completion in the child: (text, finish reason)."""
-        from metallmix.agents.runtime.llm import check_messages
-
         check_messages(messages)
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
@@ -317,8 +316,6 @@ class IsolatedLLM:
         temperature: float = 0.0,
         seed: int = 0,
     ) -> M:
-        from metallmix.agents.runtime.llm import parse_json_output, schema_for
-
         response_format = {"type": "json_object", "schema": schema_for(schema)}
         text, finish = self.complete(messages, response_format, max_tokens, temperature, seed)
         return parse_json_output(text, schema, truncated=finish == "length")

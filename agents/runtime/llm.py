@@ -11,17 +11,34 @@ llama.cpp sees them; loaded models are cached per process so a second recommenda
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from metallmix.agents.runtime.chat import (
+    ChatLLM,
+    LLMOutputError,
+    check_messages,
+    parse_json_output,
+    schema_for,
+)
 from metallmix.atomic import write_bytes
 from metallmix.errors import MetaLLMiXError, ModelUnavailableError
+
+__all__ = [
+    "ChatLLM",
+    "LLMOutputError",
+    "LocalLLM",
+    "check_messages",
+    "load_llm",
+    "parse_json_output",
+    "schema_for",
+    "unload_all",
+]
 
 if TYPE_CHECKING:
     from metallmix.agents.runtime.weights import ResolvedWeights
@@ -32,70 +49,6 @@ DEFAULT_THREADS = 2
 # llama.cpp keeps the KV state of earlier prompts here, so the judge re-reading the
 # recommender's context (same system prompt, same facts) skips most of the prompt eval.
 PROMPT_CACHE_BYTES = 512 << 20
-
-
-class LLMOutputError(MetaLLMiXError):
-    """The model answered, but not with what was asked (invalid JSON, wrong fields, cut off).
-
-    ``raw`` keeps the model's text so it can be logged to MLflow and shown to the user.
-    """
-
-    def __init__(self, message: str, raw: str) -> None:
-        super().__init__(message)
-        self.raw = raw
-
-
-@runtime_checkable
-class ChatLLM(Protocol):
-    """What an agent node needs from a language model."""
-
-    name: str
-    sha256: str
-    last_raw: str
-    last_usage: dict[str, float]
-
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int = 512,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> str: ...
-
-    def chat_json(
-        self,
-        messages: list[dict[str, str]],
-        schema: type[M],
-        *,
-        max_tokens: int = 768,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> M: ...
-
-
-def parse_json_output(raw: str, schema: type[M], *, truncated: bool = False) -> M:
-    """Validate the model's text against ``schema``; LLMOutputError carries the raw text.
-
-    Shared by the real and the scripted model so both fail the same way on the same text.
-    """
-    snippet = raw if len(raw) <= 300 else raw[:300] + "..."
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "<root>"
-        hint = " (the answer hit max_tokens and was cut off: raise max_tokens)" if truncated else ""
-        raise LLMOutputError(
-            f"the LLM's answer is not a valid {schema.__name__}{hint}: "
-            f"{where}: {first.get('msg', exc)}; raw answer: {snippet!r}",
-            raw,
-        ) from exc
-
-
-def schema_for(schema: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema llama.cpp turns into a grammar, so output is valid JSON by construction."""
-    return schema.model_json_schema()
 
 
 def build_info() -> str:
@@ -756,19 +709,6 @@ def _install_fast_grammar(llm: LocalLLM) -> None:
         return stock(**kw)
 
     setattr(llama, "_init_sampler", init_sampler)  # noqa: B010
-
-
-def check_messages(messages: list[dict[str, str]]) -> None:
-    """Catch malformed prompts here, with a message, rather than deep inside llama.cpp."""
-    if not messages:
-        raise MetaLLMiXError("no messages given to the LLM: pass at least one user message")
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in {"system", "user", "assistant"} or not isinstance(content, str):
-            raise MetaLLMiXError(
-                f"message {i} is {json.dumps(message)[:120]}: each message needs a role "
-                "(system, user or assistant) and a string content"
-            )
 
 
 _LOADED: dict[tuple[str, int | None, int, bool], ChatLLM] = {}
