@@ -20,7 +20,7 @@ Only the help changes: the parameters parse exactly as before (``tests/test_cli_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
@@ -42,8 +42,11 @@ class _TidyOption(TyperOption):
         elif desc.is_path:
             shown = "PATH"
         else:
-            bare = self.bare_type()
-            shown = _TYPE_NAMES.get(bare, bare.upper())
+            annotation = desc.annotation
+            if desc.is_list:  # a repeatable option: name the type of one value
+                (annotation,) = get_args(annotation)
+            bare = self._bare_type(annotation)
+            shown = "PATH" if bare in ("Path", "PosixPath") else _TYPE_NAMES.get(bare, bare.upper())
         return shown + ("..." if self.nargs != 1 else "")
 
 
