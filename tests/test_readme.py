@@ -42,7 +42,9 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 MARKER = re.compile(r"^<!--\s*readme-test:\s*(\w+)\s*(?:\((.+)\))?\s*-->\s*$")
 RUNNABLE = {"bash", "python"}
 ALLOWED = RUNNABLE | {"text"}
-TIMEOUT_S = {"fast": 120, "slow": 900}
+# Seconds per block. A slow block runs the local LLM in fresh processes (cold start each time):
+# ~20 s per command on an idle 2-core machine, several minutes each at load 15-20.
+TIMEOUT_S = {"fast": 300, "slow": 1700}
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _params() -> list[object]:
         if block.mode == "skip":
             marks.append(pytest.mark.skip(reason=f"README: {block.reason}"))
         elif block.mode == "slow":
-            marks += [pytest.mark.slow, pytest.mark.real]
+            marks += [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(1800)]
         out.append(pytest.param(block, marks=marks, id=f"line{block.line}-{block.language}"))
     return out
 
