@@ -1,7 +1,7 @@
 """Run-time settings of the graph: the run's context (LangGraph 1.x) and ``configurable``.
 
 :class:`Context` is the graph's ``context_schema``: the form LangGraph Studio shows (``llm``,
-``kb``, ``seed``, ``n_candidates``...), sent by Studio and the SDK as plain values. The
+``kb``, ``seed``, ``n_candidates``, ``compute``...), sent by Studio and the SDK as plain values. The
 Python API passes the same names, plus live objects (``llm_instance``, ``kb_instance``) so a
 loaded model is reused, in ``config["configurable"]``; both are read, ``configurable`` wins.
 """
@@ -33,6 +33,13 @@ class Context:
     space: Annotated[
         str | None,
         Field(description="search space: 'cpu-zoo' or 'quicktune' (empty: from the KB)"),
+    ] = None
+    compute: Annotated[
+        Literal["cpu", "gpu"] | None,
+        Field(
+            description="your compute: 'cpu' (small models trained on a CPU) or 'gpu' "
+            "(fine-tune a pretrained model); empty: gpu when torch sees CUDA, else cpu"
+        ),
     ] = None
     judge_with_llm: Annotated[
         bool, Field(description="let the LLM grade the answer after the code checks")

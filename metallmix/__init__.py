@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it (dynamic), CHANGELOG.md names it
 
 _LAZY = {
     "MetaFeatures": ("metallmix.tools.metafeatures", "MetaFeatures"),

@@ -159,7 +159,9 @@ def test_studio_shows_short_forms_for_input_and_configuration(studio: str) -> No
     got = asyncio.run(schemas())
     for key in ("config_schema", "context_schema"):
         props = set((got.get(key) or {}).get("properties") or {})
-        assert {"llm", "kb", "seed", "n_candidates"} <= props, f"{key}: {props}"
+        assert {"llm", "kb", "seed", "n_candidates", "compute", "choose"} <= props, (
+            f"{key}: {props}"
+        )
     inputs = set(got["input_schema"]["properties"])
     assert len(inputs) <= 4 and {"data", "meta_features", "modality"} <= inputs, inputs
     assert "recommendation" in got["output_schema"]["properties"]

@@ -15,6 +15,7 @@ import sys
 
 import typer
 
+from metallmix.cli.help_format import TidyHelpGroup
 from metallmix.errors import MetaLLMiXError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=TidyHelpGroup,  # help shows --flag, --compute [cpu|gpu|auto], PATH: see help_format
 )
 
 

@@ -50,7 +50,9 @@ def _fmt(value: Any) -> str:
 
 
 def features(
-    path: Path = typer.Argument(..., help="Dataset (.npz, .csv manifest, folder) or card (.json)."),
+    path: Path = typer.Argument(
+        ..., metavar="DATA", help="Dataset (.npz, .csv manifest, folder) or card (.json)."
+    ),
     modality: str | None = typer.Option(
         None, "--modality", help="Imaging modality (overrides the sidecar or card)."
     ),

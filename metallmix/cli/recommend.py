@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -38,11 +38,17 @@ KbOption = typer.Option(
 )
 SeedOption = typer.Option(0, "--seed", help="Seed of the shortlist sampler and the LLM.")
 ComputeOption = typer.Option(
-    None,
+    "auto",
     "--compute",
     help="Your compute: 'cpu' (small models we train on a CPU) or 'gpu' (fine-tune a "
-    "pretrained timm model, Quick-Tune runs). Default: gpu when torch sees CUDA, else cpu.",
+    "pretrained timm model, Quick-Tune runs); 'auto': gpu when torch sees CUDA, else cpu.",
 )
+Compute = Literal["cpu", "gpu", "auto"]
+
+
+def _regime(compute: Compute) -> str | None:
+    """The API's ``compute``: ``None`` lets it pick the machine's regime."""
+    return None if compute == "auto" else compute
 
 
 def example_card(name: str) -> Path:
@@ -163,7 +169,9 @@ def judge_line(rec: Any) -> str:
 
 
 def recommend_cmd(
-    path: Path = typer.Argument(..., help="Dataset (.npz, folder, .csv manifest) or card JSON."),
+    path: Path = typer.Argument(
+        ..., metavar="DATA", help="Dataset (.npz, folder, .csv manifest) or card JSON."
+    ),
     modality: str | None = typer.Option(None, "--modality", help="Imaging modality override."),
     llm: str | None = LlmOption,
     kb: Path | None = KbOption,
@@ -193,12 +201,12 @@ def recommend_cmd(
         None, "--max-train-images", min=10, help="--verify: seeded training subsample."
     ),
     study: str | None = typer.Option(None, "--study", help="--verify: Optuna study name."),
-    compute: str | None = ComputeOption,
+    compute: Compute = ComputeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend a model and hyperparameters for a dataset, with the reasons."""
     if verify is None:
-        rec = _run(path, modality, llm, kb, seed, no_judge_llm, compute)
+        rec = _run(path, modality, llm, kb, seed, no_judge_llm, _regime(compute))
     else:
         engine = make_backend(backend, address=address, workers=workers or None)
         try:
@@ -209,7 +217,7 @@ def recommend_cmd(
                 kb,
                 seed,
                 no_judge_llm,
-                compute,
+                _regime(compute),
                 verify={
                     "verify": verify,
                     "budget_minutes": budget_minutes,
@@ -233,14 +241,14 @@ def demo_cmd(
     llm: str | None = LlmOption,
     kb: Path | None = KbOption,
     seed: int = SeedOption,
-    compute: str | None = ComputeOption,
+    compute: Compute = ComputeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend for a public medical dataset described by a card shipped in the package,
     then show what the other compute regime's runs suggest (shortlist only, no LLM)."""
     card = example_card(example)
     stderr.print(f"demo: recommending for the bundled card {card.name}")
-    rec = _run(card, None, llm, kb, seed, False, compute)
+    rec = _run(card, None, llm, kb, seed, False, _regime(compute))
     others = _other_regimes(card, rec, kb, seed)
     doc = {**rec.model_dump(mode="json"), "other_regimes": others}
 
