@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # is a portable build that runs on any CPU of this architecture (scripts/build_llama.sh).
 NATIVE ?= $(or $(METALLMIX_LLM_NATIVE),0)
 
-.PHONY: install llm-build demo test lint typecheck studio mlflow-ui bench-lodo kb-quicktune clean
+.PHONY: install llm-build demo test lint typecheck docs docs-pages studio mlflow-ui bench-lodo kb-quicktune clean
 
 $(STAMP): pyproject.toml scripts/build_llama.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/python scripts/typecheck.py
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Regenerate the benchmark pages and the CLI reference after a benchmark rerun or a CLI change.
+docs-pages: $(STAMP)
+	$(BIN)/python bench/make_pages.py
+	$(BIN)/python scripts/make_cli_reference.py
 
 studio: $(STAMP)
 	$(BIN)/langgraph dev --host 127.0.0.1 --port 2024 --no-browser
