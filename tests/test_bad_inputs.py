@@ -528,28 +528,68 @@ def test_archive_with_too_many_entries_is_refused(
     assert sorted(p.name for p in dest.rglob("*")) == []
 
 
-def test_tampered_faiss_file_is_never_read_by_faiss(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("tamper", ["flipped byte", "consistent plant", "old faiss format"])
+def test_a_tampered_or_planted_retrieval_index_is_never_used(
+    tamper: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No FAISS reader ever sees a file (it trusts its input), and a saved index is used only
+    when it matches the KB's own content: a changed byte fails its sha256, a planted folder
+    whose sidecar vouches for other vectors is caught against the KB's records, and an old
+    folder of FAISS binaries is rebuilt, never read."""
+    import json
+
     import faiss
+    import numpy as np
     from test_kb_tabular import make_record
 
-    from metallmix.errors import KnowledgeBaseError
-    from metallmix.tools.meta.retrieval import RetrievalIndex
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.meta import retrieval
 
-    records = [make_record(f"r:{i}", dataset=f"d{i % 3}") for i in range(6)]
-    folder = RetrievalIndex.build(records).save(tmp_path / "index")
-    runs = folder / "runs.faiss"
-    blob = bytearray(runs.read_bytes())
-    blob[-1] ^= 0xFF
-    runs.write_bytes(bytes(blob))
-    read: list[str] = []
-    monkeypatch.setattr(faiss, "read_index", lambda *a, **k: read.append("read_index"))
-    monkeypatch.setattr(faiss, "deserialize_index", lambda *a, **k: read.append("deserialize"))
-    with pytest.raises(KnowledgeBaseError, match="sha256"):
-        RetrievalIndex.load(folder)
-    assert read.count("read_index") + read.count("deserialize") <= 1  # datasets.faiss only
-    assert "runs.faiss" not in " ".join(read)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    kb.add([make_record(f"r:{i}", dataset=f"d{i % 3}") for i in range(6)])
+    first = retrieval.load_or_build(kb)
+    folder = retrieval.index_dir(kb, first.kb_hash)
+    runs = folder / "runs.npy"
+    if tamper == "flipped byte":
+        blob = bytearray(runs.read_bytes())
+        blob[-1] ^= 0xFF
+        runs.write_bytes(bytes(blob))
+    elif tamper == "consistent plant":  # other vectors, and a sidecar that vouches for them
+        vectors = np.load(runs)
+        planted = np.random.default_rng(0).normal(size=vectors.shape).astype(np.float32)
+        np.save(runs, planted / np.linalg.norm(planted, axis=1, keepdims=True))
+        sidecar = json.loads((folder / "retrieval.json").read_text())
+        sidecar["sha256"]["runs.npy"] = _digest(runs)
+        (folder / "retrieval.json").write_text(json.dumps(sidecar))
+    else:
+        for name in ("datasets.npy", "runs.npy"):
+            (folder / name).unlink()
+        (folder / "runs.faiss").write_bytes(b"\x00" * 64)
+        sidecar = json.loads((folder / "retrieval.json").read_text())
+        (folder / "retrieval.json").write_text(json.dumps({**sidecar, "version": 1}))
+    readers: list[str] = []
+    for name in ("read_index", "deserialize_index"):
+        monkeypatch.setattr(faiss, name, lambda *a, _n=name, **k: readers.append(_n))
+    built: list[int] = []
+    real_build = retrieval.RetrievalIndex.build.__func__  # type: ignore[attr-defined]
+
+    def counting_build(cls: type, records: list[object], kb_hash: str | None = None) -> object:
+        built.append(len(records))
+        return real_build(cls, records, kb_hash)
+
+    monkeypatch.setattr(retrieval.RetrievalIndex, "build", classmethod(counting_build))
+    again = retrieval.load_or_build(kb)
+    assert readers == [], readers  # no FAISS reader ran on a file
+    assert built == [6]  # the saved index was refused and rebuilt from the KB
+    mf = kb.get("r:0").meta_features  # type: ignore[union-attr]
+    assert again.similar_datasets(mf, 3) == first.similar_datasets(mf, 3)
+    hits = again.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
+    assert [h.run_id for h in hits] == [
+        h.run_id for h in first.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
+    ]
+    built.clear()
+    retrieval.load_or_build(kb)  # the rebuilt index is saved and now used as it is
+    assert built == [] and readers == []
 
 
 def test_empty_kb_error_names_real_commands(
