@@ -585,7 +585,8 @@ def test_a_tampered_or_planted_retrieval_index_is_never_used(
     assert again.similar_datasets(mf, 3) == first.similar_datasets(mf, 3)
     hits = again.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
     assert [h.run_id for h in hits] == [
-        h.run_id for h in first.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
+        h.run_id
+        for h in first.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
     ]
     built.clear()
     retrieval.load_or_build(kb)  # the rebuilt index is saved and now used as it is

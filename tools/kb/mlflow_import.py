@@ -99,7 +99,16 @@ def _check_uri(tracking_uri: str) -> str:
     elif parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else uri
         if not Path(path).is_dir():
-            raise KnowledgeBaseError(f"MLflow store {uri} is not an existing folder")
+            raise KnowledgeBaseError(f"MLflow store {redact_uri(uri)} is not an existing folder")
+        # MLflow 3.17 refuses to read a file store ("filesystem tracking backend is in
+        # maintenance mode"): say so and how to migrate, instead of its traceback.
+        folder = Path(path).expanduser().resolve()
+        raise KnowledgeBaseError(
+            f"{uri} is an MLflow file store (a folder of runs), which MLflow 3.17 no longer "
+            "reads; migrate it to SQLite first: `mlflow migrate-filestore --source "
+            f"{folder} --target sqlite:///{folder.parent / 'mlflow.db'}`, then run `metallmix "
+            f"kb import-mlflow --tracking-uri sqlite:///{folder.parent / 'mlflow.db'}`"
+        )
     return uri
 
 

@@ -430,7 +430,18 @@ def _value(record: RunRecord) -> tuple[float, str]:
 
 
 def _tell_record(study: Any, trial: Any, record: RunRecord) -> None:
-    """Complete ``trial`` with a recorded run: its value, curve and links to MLflow and KB."""
+    """Complete ``trial`` with a recorded run: its value, curve and links to MLflow and KB.
+    A diverged run is a failed trial (its reason kept): it has no score to rank by."""
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a verification runs
+
+    if record.status != "ok":
+        trial.set_user_attr("mlflow_run_id", record.provenance.mlflow_run_id)
+        trial.set_user_attr("record_id", record.run_id)
+        trial.set_user_attr("status", record.status)
+        message = record.provenance.notes.get("message") or "non-finite loss"
+        trial.set_user_attr("error", f"training {record.status}: {message}"[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        return
     value, metric = _value(record)
     out = record.outcomes
     for key, attr in (
@@ -787,7 +798,8 @@ def run_verify(
                 else:
                     _tell_record(study, trial, record)
                 frozen = study.get_trials(deepcopy=False)[trial.number]
-                result = _run_from_trial(frozen, "done" if record is not None else "failed")
+                done = frozen.state == TrialState.COMPLETE
+                result = _run_from_trial(frozen, "done" if done else "failed")
                 ledger.done[(cid, rg)] = result
                 runs_now += 1
                 if on_run is not None:
