@@ -145,6 +145,7 @@ def recommend(
                 max_attempts=max_attempts,
                 track=track,
                 on_node=on_node,
+                progress=progress,
             )
 
         return recommend_verified(
