@@ -29,7 +29,7 @@ from metallmix.graphs.resources import (
     require_runs,
     resolve_kb,
 )
-from metallmix.progress import epoch_printer, node_printer
+from metallmix.progress import epoch_printer, node_printer, wait_lines
 from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.regime import check_regime
@@ -107,7 +107,8 @@ def recommend(
     candidate); None keeps the graph's default. ``on_shortlist`` is called with the scored
     shortlist as soon as it exists, before the LLM has answered.
 
-    ``progress`` prints one line per finished graph node on stderr (``progress=False``: silent).
+    ``progress`` prints one line per finished graph node on stderr, and lines every 2 s
+    while the meta-learner is fitted for new KB content (``progress=False``: silent).
     ``on_node(name)`` is your own hook, called with each node's name as it finishes
     (``features``, ``retrieve``, ``shortlist``, ``explain``, ``recommender``, ``judge``,
     ``fallback``, ``record``; the recommender and judge once per attempt), e.g. to drive a
@@ -199,9 +200,10 @@ def recommend(
         **({"choose": choose} if choose else {}),
     )
     hooks = _Hooks(on_node, on_shortlist)
-    if not track:
-        return _result(_invoke(inputs, configurable, hooks))
-    return _tracked(inputs, configurable, hooks)
+    with wait_lines(progress):  # the meta-learner fit's lines follow ``progress`` too
+        if not track:
+            return _result(_invoke(inputs, configurable, hooks))
+        return _tracked(inputs, configurable, hooks)
 
 
 class _Hooks:

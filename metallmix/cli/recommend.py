@@ -16,6 +16,7 @@ from metallmix.agents.evidence import pct, ranked_candidates, seconds
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.cli.verify import render_verification, run_printer
 from metallmix.errors import EXIT_NOT_RECORDED, DatasetError, KnowledgeBaseError
+from metallmix.progress import wait_lines
 from metallmix.tools.kb.regime import REGIMES
 from metallmix.tools.meta.metric import METRIC_LABEL
 from metallmix.tools.meta.search_space import hp_values
@@ -86,20 +87,21 @@ def _run(
         if verify is not None:
             options = {**verify.get("verify_options", {}), "on_run": run_printer(advance)}
             extra = {**verify, "verify_options": options}
-        return recommend(
-            path,
-            progress=False,  # the bar above is the CLI's progress display
-            modality=modality,
-            llm=llm,
-            kb=kb,
-            seed=seed,
-            judge_with_llm=not no_judge_llm,
-            on_node=on_node,
-            compute=compute,
-            on_shortlist=print_shortlist,
-            track=track,
-            **extra,
-        )
+        with wait_lines(True):  # long waits inside a node (the meta-learner fit) still print
+            return recommend(
+                path,
+                progress=False,  # the bar above is the CLI's progress display
+                modality=modality,
+                llm=llm,
+                kb=kb,
+                seed=seed,
+                judge_with_llm=not no_judge_llm,
+                on_node=on_node,
+                compute=compute,
+                on_shortlist=print_shortlist,
+                track=track,
+                **extra,
+            )
 
 
 def print_shortlist(shortlist: Any) -> None:

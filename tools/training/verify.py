@@ -606,6 +606,7 @@ def run_verify(
         raise ConfigError(f"--budget-minutes must be positive, got {budget_seconds / 60:g}")
     wall_start = time.perf_counter()
     uri = tracking_uri or config.tracking_uri()
+    tracking.check_writable_store(uri)  # before any study or run is made
     client = tracking.client(uri)
     name = study_name or default_study_name(dataset.name, k, seed)
     opened = open_study(
