@@ -36,15 +36,6 @@ class TrackingError(MetaLLMiXError):
     """The MLflow tracking store (database or artifact folder) cannot be used."""
 
 
-class TrackingFailedError(MetaLLMiXError):
-    """The answer exists but recording it in MLflow failed; ``result`` holds the answer.
-
-    Raised only where a caller asked for the failure to be an error; the API returns the
-    answer with ``tracking_error`` set instead, and the CLI prints it and exits with
-    :data:`EXIT_NOT_RECORDED`.
-    """
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM turned into an interrupt (the CLI installs the handler), so every ``finally``
     and every "close the MLflow run as KILLED" path runs exactly as on Ctrl-C."""

@@ -318,9 +318,9 @@ class RetrievalIndex:
                     raise KnowledgeBaseError(
                         f"retrieval index file {directory / name} is not a float32 matrix"
                     )
-                index = VectorIndex(int(vectors.shape[1]))
-                index.index.add(vectors)  # saved normalised: added as they are
-                loaded.append(index)
+                vector_index = VectorIndex(int(vectors.shape[1]))
+                vector_index.index.add(vectors)  # saved normalised: added as they are
+                loaded.append(vector_index)
             dindex, rindex = loaded
             index = cls(
                 DatasetScaler.model_validate(sidecar["scaler"]),
