@@ -274,7 +274,7 @@ def test_a_fit_says_what_it_does_how_far_and_how_long(
 
     monkeypatch.setattr(progress, "WAIT_EVERY_S", 0.0)
     store = SQLiteKnowledgeBase(kb, read_only=True)
-    cfg = MetaLearnerConfig(seed=0)
+    cfg = MetaLearnerConfig(**SMALL)  # a few boosters: the lines, not the ensemble, matter
     fit_or_load(store, cfg, cache=tmp_path / "cache")
     lines = [line for line in capsys.readouterr().err.splitlines() if "meta-learner" in line]
     assert lines[0].startswith("[metallmix] fitting the meta-learner on 80 KB runs")
