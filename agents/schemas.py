@@ -102,6 +102,11 @@ class Recommendation(BaseModel):
     llm: str = ""
     seed: int = 0
     mlflow_run_id: str | None = None
+    tracking_error: str | None = Field(
+        default=None,
+        description="why recording this answer in MLflow failed (the answer itself stands); "
+        "the CLI exits 3",
+    )
     ood: bool = Field(
         default=False,
         description="the dataset is outside what the KB covers: interval widened, confidence low",

@@ -44,6 +44,7 @@ from metallmix.tools.meta.shortlist import (
 )
 from metallmix.tools.meta.shortlist import retrieve as retrieve_runs
 from metallmix.tools.metafeatures import compute_meta_features
+from metallmix.tools.tracking import redact_text
 
 
 class Node(Protocol):
@@ -338,16 +339,27 @@ def llm_identity(state: RecommendationState, cfg: Configuration) -> tuple[str, s
 
 @timed("record")
 def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-    """Log the decision (params, metrics, artifacts) as one MLflow run, from the state only."""
+    """Log the decision (params, metrics, artifacts) as one MLflow run, from the state only.
+
+    Tracking never costs the answer: a failure to log (read-only artifacts, a full disk, a
+    store gone away) is kept on the recommendation as ``tracking_error`` and the graph ends
+    normally; the caller reports it (the CLI exits 3).
+    """
     cfg = Configuration.from_runnable_config(config)
     if not cfg.track or state.recommendation is None:
         return {}
     # the API's run, or the one graphs/tracing opened for a served run; else a new one
-    run_id = log_recommendation(
-        state,
-        cfg,
-        run_id=(config.get("configurable") or {}).get("mlflow_run_id") or state.mlflow_run_id,
-    )
+    given = (config.get("configurable") or {}).get("mlflow_run_id") or state.mlflow_run_id
+    try:
+        run_id = log_recommendation(state, cfg, run_id=given)
+    except Exception as exc:  # MLflow, SQLAlchemy, OS errors alike
+        reason = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:500]
+        return {
+            "mlflow_run_id": given,
+            "recommendation": state.recommendation.model_copy(
+                update={"mlflow_run_id": given, "tracking_error": reason}
+            ),
+        }
     return {
         "mlflow_run_id": run_id,
         "recommendation": state.recommendation.model_copy(update={"mlflow_run_id": run_id}),

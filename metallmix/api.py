@@ -10,6 +10,7 @@ trace of the graph; ``validate`` trains the recommendation and nests its run und
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from metallmix.graphs.resources import (
     require_runs,
     resolve_kb,
 )
-from metallmix.progress import epoch_printer, node_printer
+from metallmix.progress import epoch_printer, node_printer, wait_lines
 from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.regime import check_regime
@@ -106,7 +107,8 @@ def recommend(
     candidate); None keeps the graph's default. ``on_shortlist`` is called with the scored
     shortlist as soon as it exists, before the LLM has answered.
 
-    ``progress`` prints one line per finished graph node on stderr (``progress=False``: silent).
+    ``progress`` prints one line per finished graph node on stderr, and lines every 2 s
+    while the meta-learner is fitted for new KB content (``progress=False``: silent).
     ``on_node(name)`` is your own hook, called with each node's name as it finishes
     (``features``, ``retrieve``, ``shortlist``, ``explain``, ``recommender``, ``judge``,
     ``fallback``, ``record``; the recommender and judge once per attempt), e.g. to drive a
@@ -120,6 +122,11 @@ def recommend(
     the same call resumes it. ``verify_options`` go to
     :func:`metallmix.verify.recommend_verified` (``max_train_images``, ``threads``, ...).
     """
+    if verify is None and budget_minutes is not None:
+        raise ConfigError(
+            "budget_minutes only applies with verify=K (training the top K candidates); "
+            "pass verify or drop budget_minutes"
+        )
     if verify is not None:
         if data is None or isinstance(data, MetaFeatures):
             raise ConfigError("verify needs a dataset path to train on, not only meta-features")
@@ -139,6 +146,7 @@ def recommend(
                 max_attempts=max_attempts,
                 track=track,
                 on_node=on_node,
+                progress=progress,
             )
 
         return recommend_verified(
@@ -192,9 +200,10 @@ def recommend(
         **({"choose": choose} if choose else {}),
     )
     hooks = _Hooks(on_node, on_shortlist)
-    if not track:
-        return _result(_invoke(inputs, configurable, hooks))
-    return _tracked(inputs, configurable, hooks)
+    with wait_lines(progress):  # the meta-learner fit's lines follow ``progress`` too
+        if not track:
+            return _result(_invoke(inputs, configurable, hooks))
+        return _tracked(inputs, configurable, hooks)
 
 
 class _Hooks:
@@ -242,11 +251,19 @@ def _tracked(
     configurable: dict[str, Any],
     hooks: Any = None,
 ) -> Recommendation:
-    """Run the graph inside an active MLflow run and a root trace span."""
+    """Run the graph inside an active MLflow run and a root trace span.
+
+    The store must be writable before any work starts (a read-only ``mlflow.db`` is a
+    one-line :class:`~metallmix.errors.TrackingError` here, not after the LLM answered).
+    From then on tracking never costs the answer: a failure to log or to close the run is
+    put on the result as ``tracking_error``. Ctrl-C or SIGTERM close the run as KILLED (and
+    its trace with an error), any other error as FAILED.
+    """
     import mlflow  # slow to import: only for a tracked run
 
     experiment = Configuration.from_runnable_config({"configurable": configurable}).experiment
     uri = config.tracking_uri()
+    tracking.check_writable_store(uri)
     exp_id = tracking.experiment_id(tracking.client(uri), experiment)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=exp_id)
@@ -254,18 +271,44 @@ def _tracked(
         experiment=experiment, run_name=inputs.get("dataset_name") or _stem(inputs.get("data"))
     )
     configurable = {**configurable, "mlflow_run_id": run_id}
-    # Resuming the run makes it "active", which is what links the trace to it; leaving the
-    # block marks it FINISHED, or FAILED when the graph raised.
-    with mlflow.start_run(run_id=run_id):
-        try:
-            with mlflow.start_span(name="recommend") as span:
-                span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-                final = _invoke(inputs, configurable, hooks)
-                result = _result(final)
-                span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
-        finally:
-            mlflow.flush_trace_async_logging()
+    # Resuming the run makes it "active", which is what links the trace to it.
+    mlflow.start_run(run_id=run_id)
+    try:
+        with mlflow.start_span(name="recommend") as span:
+            span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
+            final = _invoke(inputs, configurable, hooks)
+            result = _result(final)
+            span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
+        _close(mlflow, "KILLED")
+        raise
+    except BaseException:
+        _close(mlflow, "FAILED")
+        raise
+    status = "FAILED" if result.tracking_error else "FINISHED"
+    problem = _close(mlflow, status, run_id=run_id, note=result.tracking_error)
+    if problem and not result.tracking_error:
+        result = result.model_copy(update={"tracking_error": problem})
     return result
+
+
+def _close(
+    mlflow: Any, status: str, *, run_id: str | None = None, note: str | None = None
+) -> str | None:
+    """End the active run with ``status``; never raises (returns the reason it failed)."""
+    reason: str | None = None
+    with contextlib.suppress(Exception):  # a lost trace must not cost the answer
+        mlflow.flush_trace_async_logging()
+    if run_id is not None and note:
+        with contextlib.suppress(Exception):  # the store that failed the record may fail too
+            tracking.client().set_tag(run_id, "metallmix.tracking_error", note)
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        reason = tracking.redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:500]
+        with contextlib.suppress(Exception):  # leave no active run behind in this process
+            mlflow.tracking.fluent._active_run_stack.get().clear()
+    return reason
 
 
 def _stem(data: Any) -> str | None:

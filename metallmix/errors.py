@@ -34,3 +34,20 @@ class ConfigError(MetaLLMiXError):
 
 class TrackingError(MetaLLMiXError):
     """The MLflow tracking store (database or artifact folder) cannot be used."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt (the CLI installs the handler), so every ``finally``
+    and every "close the MLflow run as KILLED" path runs exactly as on Ctrl-C."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+#: CLI exit code: the answer was printed (and, with ``--json``, returned) but recording it
+#: in MLflow failed; the one-line reason is on stderr. Distinct from 1 (no answer),
+#: 2 (usage or input error) and 130 (Ctrl-C).
+EXIT_NOT_RECORDED = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143

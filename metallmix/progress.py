@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 NODE_TEXT = {
@@ -61,3 +63,61 @@ def epoch_printer(epochs: int | None, stream: TextIO | None = None) -> Callable[
         )
 
     return hook
+
+
+# --- long waits inside a step (a meta-learner fit): "what, how far, about how long" ------
+
+#: Whether wait lines print: None (not decided: print), True (the CLI asks for them beside
+#: its own display), False (``recommend(progress=False)``: silent).
+WAIT_LINES: ContextVar[bool | None] = ContextVar("metallmix_wait_lines", default=None)
+WAIT_EVERY_S = 2.0  # a silent wait longer than this reads as a hang
+
+
+@contextmanager
+def wait_lines(enabled: bool) -> Iterator[None]:
+    """Turn wait lines on or off for the block (unless an outer caller already decided)."""
+    token = WAIT_LINES.set(enabled) if WAIT_LINES.get() is None or enabled else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            WAIT_LINES.reset(token)
+
+
+class WaitReporter:
+    """Lines for one long step of ``total`` parts: the first at once (what, how many, a
+    rough estimate when one is known), then at most one every :data:`WAIT_EVERY_S` seconds
+    with the parts done and the time left extrapolated from the parts so far."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        *,
+        unit: str = "parts",
+        estimate_s: float | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.what, self.total, self.unit, self.stream = what, max(1, total), unit, stream
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+        self.enabled = WAIT_LINES.get() is not False
+        if self.enabled:
+            guess = f", about {estimate_s:.0f} s" if estimate_s else ""
+            _write(stream, f"{what}: {self.total} {unit}{guess} ...")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < WAIT_EVERY_S or self.done >= self.total:
+            return
+        self.last = now
+        left = (now - self.start) / self.done * (self.total - self.done)
+        _write(
+            self.stream,
+            f"{self.what}: {self.done}/{self.total} {self.unit}, about {left:.0f} s left",
+        )
+
+    def finish(self) -> None:
+        if self.enabled and time.perf_counter() - self.start >= WAIT_EVERY_S:
+            _write(self.stream, f"{self.what}: done ({time.perf_counter() - self.start:.1f} s)")

@@ -45,6 +45,7 @@ from metallmix.tools.training.verify import (
     default_study_name,
     load_plan,
     run_verify,
+    select,
 )
 
 __all__ = ["VerifiedRecommendation", "ZeroShot", "recommend_verified"]
@@ -85,6 +86,15 @@ def _spec(value: Any) -> str:
     return type(value).__name__
 
 
+def _top(shortlist: Shortlist) -> str:
+    """The best-scored candidate's id (any member will do to count distinct ones)."""
+    return (
+        max(shortlist.candidates, key=lambda c: c.score).candidate_id
+        if shortlist.candidates
+        else ""
+    )
+
+
 def recommend_verified(
     data: str | os.PathLike[str],
     zero_shot: ZeroShot,
@@ -119,6 +129,12 @@ def recommend_verified(
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
     path = Path(data).expanduser()
+    if path.suffix.lower() == ".json":  # how compute_meta_features tells a card
+        raise ConfigError(
+            f"--verify trains the candidates on the images, and {path} is a dataset card "
+            "(meta-features only, no images); give the dataset itself (.npz, image folder "
+            "or CSV manifest), or drop --verify for a zero-shot answer from the card"
+        )
     dataset = load_dataset(path, modality=modality, seed=seed)
     store = resolve_kb(kb, read_only=False)  # verified runs join the KB
     # Read once: the shortlist, the zero-shot answer and the trials' KB priors see one content.
@@ -154,6 +170,14 @@ def recommend_verified(
             shortlist = shortlist.model_copy(
                 update={"metric": metric, "metric_note": note, "regime": regime}
             )
+        found = shortlist.candidates
+        distinct = len(select(found, len(found), _top(shortlist))) if found else 0
+        if k > distinct:
+            raise ConfigError(
+                f"--verify {k} asks for more candidates than there are: the shortlist holds "
+                f"{distinct} distinct configuration(s) for this dataset and search space; "
+                f"use --verify {distinct} or fewer"
+            )
         rec = zero_shot(shortlist, snapshot, dataset.name)
         candidates = list(shortlist.candidates)
     owned = backend is None or isinstance(backend, str)
@@ -184,9 +208,16 @@ def recommend_verified(
     finally:
         if owned:
             engine.close()
+    problem = rec.tracking_error or result.tracking_error
     if rec.mlflow_run_id:
-        _log_on_recommendation(rec.mlflow_run_id, result)
-    return VerifiedRecommendation(**rec.model_dump(), verification=result)
+        try:  # the verified answer is known: tracking must not cost it
+            _log_on_recommendation(rec.mlflow_run_id, result)
+        except Exception as exc:
+            problem = problem or tracking.redact_text(
+                f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            )
+    fields = {**rec.model_dump(), "tracking_error": problem}
+    return VerifiedRecommendation(**fields, verification=result)
 
 
 def _log_on_recommendation(run_id: str, result: VerifyResult) -> None:

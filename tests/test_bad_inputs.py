@@ -83,6 +83,15 @@ USAGE_CASES = {
     "missing argument": UsageCase(["kb", "import-csv"], "Missing argument"),
     "seed not an int": UsageCase(["features", "x.npz", "--seed", "abc"], "'--seed'"),
     "recommend seed": UsageCase(["recommend", "x.npz", "--seed", "abc"], "'--seed'"),
+    "budget without verify": UsageCase(
+        ["recommend", "x.npz", "--budget-minutes", "4"], "only applies with --verify"
+    ),
+    "study without verify": UsageCase(
+        ["recommend", "x.npz", "--study", "S"], "only applies with --verify"
+    ),
+    "no-track with verify": UsageCase(
+        ["recommend", "x.npz", "--verify", "2", "--no-track"], "cannot be combined with --verify"
+    ),
 }
 
 
@@ -135,6 +144,8 @@ def _csv_with(path: Path, **cells: str) -> Path:
 
 
 BAD_CELLS = {
+    "pixel mean 300": ({"mf_pixel_mean": "300"}, ("mf_pixel_mean", "[0, 1]")),
+    "zero images": ({"mf_n_images": "0"}, ("mf_n_images", "at least 2")),
     "inf resolution": ({"mf_resolution_h": "inf"}, ("mf_resolution_h", "not a finite number")),
     "NaN in curve": (
         {"out_learning_curve": "[0.5, 7.0, NaN]"},
@@ -257,13 +268,26 @@ def test_read_only_commands_leave_the_shipped_kb_byte_identical(
 def test_read_only_command_on_wal_kb_leaves_no_wal_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Each command succeeds (it really read the KB) and leaves the database byte-identical
+    with no -wal/-shm files; ``meta similar`` may only add its retrieval cache folder."""
+    from test_kb_tabular import make_record
+
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
     folder = tmp_path / "kb"
     kb = _kb_with(folder / "kb.sqlite", "a:1")  # written by a writer: WAL mode
+    SQLiteKnowledgeBase(kb).add([make_record("b:1", dataset="other/x", dataset_group="other")])
     assert kb.read_bytes()[18] == 2
-    before = snapshot([folder])
-    for argv in (["kb", "info"], ["meta", "similar"]):
-        result = run_cli([*argv, "--kb", str(kb)], capsys)
-        assert snapshot([folder]) == before, (argv, result.err)
+    before = kb.read_bytes()
+    listing = sorted(p.name for p in folder.iterdir())
+    for argv in (["kb", "info"], ["meta", "similar", "--like", "other/x"]):
+        result = run_cli([*argv, "--kb", str(kb), "--json"], capsys)
+        assert result.code == 0, (argv, result.err)
+        assert result.out.strip().startswith("{"), (argv, result.out)
+        assert kb.read_bytes() == before, argv
+        now = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".retrieval"))
+        assert now == listing, (argv, now)
+    assert "breastmnist/sub200" in result.out  # meta similar found the other dataset
 
 
 @pytest.mark.parametrize("verb", [["kb", "info"], ["kb", "export", "{tmp}/out.csv"]])
@@ -306,6 +330,34 @@ def test_locked_kb_is_a_clear_error(
     assert snapshot([kb]) == before
 
 
+def test_kb_held_exclusively_by_another_process_is_a_quick_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's exclusive transaction on a rollback-journal KB: read commands say it
+    is locked (after the short reader wait), not that the file is no knowledge base."""
+    import sqlite3
+
+    from metallmix.tools.kb import store
+
+    monkeypatch.setattr(store, "READER_BUSY_TIMEOUT_S", 0.5)
+    kb = _kb_with(tmp_path / "kb.sqlite", "a:1")
+    conn = sqlite3.connect(kb)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    holder = sqlite3.connect(kb, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE meta SET value = value")
+        result = run_cli(["kb", "info", "--kb", str(kb)], capsys)
+        similar = run_cli(["meta", "similar", "--like", "x", "--kb", str(kb)], capsys)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for outcome in (result, similar):
+        assert_clean_error(outcome, None, "is locked by another process", str(kb))
+        assert "not a MetaLLMiX knowledge base" not in outcome.err
+
+
 # Read-only files: root ignores permission bits, so as root the files are made immutable
 # (chattr +i, which binds root too); elsewhere the write bits are removed.
 
@@ -317,15 +369,27 @@ def read_only(*paths: Path) -> Iterator[None]:
     import subprocess
 
     as_root = os.geteuid() == 0
+
+    def cannot(reason: str) -> None:
+        # Not a silent skip: a read-only case that cannot be set up fails, unless the run
+        # says explicitly that it accepts skipping them.
+        if os.environ.get("METALLMIX_SKIP_READONLY_TESTS") == "1":
+            pytest.skip(f"{reason} (METALLMIX_SKIP_READONLY_TESTS=1)")
+        pytest.fail(
+            f"{reason}: this read-only case cannot run; run the tests as a non-root user, "
+            "install chattr (e2fsprogs) with CAP_LINUX_IMMUTABLE, or set "
+            "METALLMIX_SKIP_READONLY_TESTS=1 to skip these cases on purpose"
+        )
+
     if as_root and shutil.which("chattr") is None:
-        pytest.skip("running as root without chattr: cannot make a file read-only")
+        cannot("running as root without chattr: cannot make a file read-only")
     done: list[Path] = []
     try:
         for path in paths:
             if as_root:
                 proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
                 if proc.returncode != 0:
-                    pytest.skip(f"chattr +i not permitted here: {proc.stderr.decode().strip()}")
+                    cannot(f"chattr +i not permitted here: {proc.stderr.decode().strip()}")
             else:
                 path.chmod(0o555 if path.is_dir() else 0o444)
             done.append(path)
@@ -528,28 +592,69 @@ def test_archive_with_too_many_entries_is_refused(
     assert sorted(p.name for p in dest.rglob("*")) == []
 
 
-def test_tampered_faiss_file_is_never_read_by_faiss(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("tamper", ["flipped byte", "consistent plant", "old faiss format"])
+def test_a_tampered_or_planted_retrieval_index_is_never_used(
+    tamper: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No FAISS reader ever sees a file (it trusts its input), and a saved index is used only
+    when it matches the KB's own content: a changed byte fails its sha256, a planted folder
+    whose sidecar vouches for other vectors is caught against the KB's records, and an old
+    folder of FAISS binaries is rebuilt, never read."""
+    import json
+
     import faiss
+    import numpy as np
     from test_kb_tabular import make_record
 
-    from metallmix.errors import KnowledgeBaseError
-    from metallmix.tools.meta.retrieval import RetrievalIndex
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.meta import retrieval
 
-    records = [make_record(f"r:{i}", dataset=f"d{i % 3}") for i in range(6)]
-    folder = RetrievalIndex.build(records).save(tmp_path / "index")
-    runs = folder / "runs.faiss"
-    blob = bytearray(runs.read_bytes())
-    blob[-1] ^= 0xFF
-    runs.write_bytes(bytes(blob))
-    read: list[str] = []
-    monkeypatch.setattr(faiss, "read_index", lambda *a, **k: read.append("read_index"))
-    monkeypatch.setattr(faiss, "deserialize_index", lambda *a, **k: read.append("deserialize"))
-    with pytest.raises(KnowledgeBaseError, match="sha256"):
-        RetrievalIndex.load(folder)
-    assert read.count("read_index") + read.count("deserialize") <= 1  # datasets.faiss only
-    assert "runs.faiss" not in " ".join(read)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    kb.add([make_record(f"r:{i}", dataset=f"d{i % 3}") for i in range(6)])
+    first = retrieval.load_or_build(kb)
+    folder = retrieval.index_dir(kb, first.kb_hash)
+    runs = folder / "runs.npy"
+    if tamper == "flipped byte":
+        blob = bytearray(runs.read_bytes())
+        blob[-1] ^= 0xFF
+        runs.write_bytes(bytes(blob))
+    elif tamper == "consistent plant":  # other vectors, and a sidecar that vouches for them
+        vectors = np.load(runs)
+        planted = np.random.default_rng(0).normal(size=vectors.shape).astype(np.float32)
+        np.save(runs, planted / np.linalg.norm(planted, axis=1, keepdims=True))
+        sidecar = json.loads((folder / "retrieval.json").read_text())
+        sidecar["sha256"]["runs.npy"] = _digest(runs)
+        (folder / "retrieval.json").write_text(json.dumps(sidecar))
+    else:
+        for name in ("datasets.npy", "runs.npy"):
+            (folder / name).unlink()
+        (folder / "runs.faiss").write_bytes(b"\x00" * 64)
+        sidecar = json.loads((folder / "retrieval.json").read_text())
+        (folder / "retrieval.json").write_text(json.dumps({**sidecar, "version": 1}))
+    readers: list[str] = []
+    for name in ("read_index", "deserialize_index"):
+        monkeypatch.setattr(faiss, name, lambda *a, _n=name, **k: readers.append(_n))
+    built: list[int] = []
+    real_build = retrieval.RetrievalIndex.build.__func__  # type: ignore[attr-defined]
+
+    def counting_build(cls: type, records: list[object], kb_hash: str | None = None) -> object:
+        built.append(len(records))
+        return real_build(cls, records, kb_hash)
+
+    monkeypatch.setattr(retrieval.RetrievalIndex, "build", classmethod(counting_build))
+    again = retrieval.load_or_build(kb)
+    assert readers == [], readers  # no FAISS reader ran on a file
+    assert built == [6]  # the saved index was refused and rebuilt from the KB
+    mf = kb.get("r:0").meta_features  # type: ignore[union-attr]
+    assert again.similar_datasets(mf, 3) == first.similar_datasets(mf, 3)
+    hits = again.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
+    assert [h.run_id for h in hits] == [
+        h.run_id
+        for h in first.runs_like(mf, "resnet18", kb.get("r:0").hyperparameters)  # type: ignore[union-attr]
+    ]
+    built.clear()
+    retrieval.load_or_build(kb)  # the rebuilt index is saved and now used as it is
+    assert built == [] and readers == []
 
 
 def test_empty_kb_error_names_real_commands(
@@ -676,3 +781,354 @@ def test_logging_failure_after_training_keeps_the_result(
         saved = isolated_workspace / "unlogged-runs" / f"{record.run_id}.json"
         assert RunRecord.model_validate_json(saved.read_text()) == record
         assert str(saved) in caplog.text
+
+
+# --- 6. interrupts: one line, exit 130 (Ctrl-C) / 143 (SIGTERM), stores consistent ---------
+
+
+INTERRUPTED_VERBS = {
+    "kb info": ["kb", "info", "--kb", "{kb}"],
+    "kb import-csv": ["kb", "import-csv", "{tmp}/runs.csv", "--kb", "{kb}"],
+    "meta fit": ["meta", "fit", "--kb", "{kb}"],
+    "meta similar": ["meta", "similar", "--like", "x", "--kb", "{kb}"],
+    "recommend": ["recommend", "{tmp}/card.json", "--kb", "{kb}"],
+}
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("argv", INTERRUPTED_VERBS.values(), ids=list(INTERRUPTED_VERBS))
+def test_a_signal_ends_every_verb_with_one_line_and_its_exit_code(
+    argv: list[str],
+    signame: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signal arrives while the verb opens its KB (every verb does, early)."""
+    import os
+    import signal
+
+    from metallmix.cli.recommend import example_card
+    from metallmix.tools.kb import store
+
+    kb = _kb_with(tmp_path / "kb.sqlite", "a:1")
+    _csv_with(tmp_path / "runs.csv")
+    (tmp_path / "card.json").write_text(example_card("chest-xray").read_text())
+    real_init = store.SQLiteKnowledgeBase.__init__
+
+    def interrupted_init(self: object, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), getattr(signal, signame))
+
+    monkeypatch.setattr(store.SQLiteKnowledgeBase, "__init__", interrupted_init)
+    before = snapshot([kb])
+    result = run_cli([a.format(kb=kb, tmp=tmp_path) for a in argv], capsys)
+    code, word = (130, "interrupted (Ctrl-C)") if signame == "SIGINT" else (143, "terminated")
+    assert_clean_error(result, code, word, "re-run the same command")
+    assert snapshot([kb]) == before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or signame == "SIGINT"
+
+
+def test_sigterm_closes_the_recommendation_run_as_killed(
+    kb: Path,
+    scripted: object,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM in the middle of the graph: exit 143, the MLflow run KILLED (not RUNNING for
+    ever), and its trace ended with an error."""
+    import os
+    import signal
+
+    from mlflow import MlflowClient
+
+    from metallmix import config
+    from metallmix.cli.recommend import example_card
+
+    def terminated(shortlist: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("metallmix.cli.recommend.print_shortlist", terminated)
+    result = run_cli(["recommend", str(example_card("chest-xray")), "--kb", str(kb)], capsys)
+    assert_clean_error(result, 143, "terminated")
+    client = MlflowClient(tracking_uri=config.tracking_uri())
+    exp = client.get_experiment_by_name("metallmix-recommendations")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    traces = client.search_traces(locations=[exp.experiment_id])
+    assert traces and all(t.info.state.value == "ERROR" for t in traces)
+
+
+class _InterruptingKB:
+    """A KB that receives SIGINT right after its ``n``-th write has committed: the moment
+    where a run is in the KB and not yet in the Optuna study."""
+
+    def __init__(self, inner: object, n: int) -> None:
+        self.inner, self.n, self.writes = inner, n, 0
+
+    def add(self, records: object) -> object:
+        import os
+        import signal
+
+        out = self.inner.add(records)  # type: ignore[attr-defined]
+        self.writes += 1
+        if self.writes == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("at_write", [1, 3])
+def test_sigint_during_verify_leaves_kb_and_study_agreeing(at_write: int, tmp_path: Path) -> None:
+    """Ctrl-C between a run's KB row and its Optuna trial, then the same command again:
+    KB rows = distinct runs = completed trials (issue 25: 7 rows for 6 runs before)."""
+    import optuna
+    from test_train_trainer import write_npz
+    from test_verify import FIVE, fake_trial
+
+    from metallmix.tools.datasets import load_dataset
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.training.verify import run_verify
+
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    storage = tmp_path / "studies.sqlite"
+    data = load_dataset(write_npz(tmp_path))
+    args = dict(zero_shot_id="c1", k=4, first_rung_epochs=1, storage=storage, study_name="S")
+    with pytest.raises(KeyboardInterrupt):
+        run_verify(data, FIVE, kb=_InterruptingKB(kb, at_write), trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    assert len(kb) == at_write  # the interrupted run reached the KB
+    result = run_verify(data, FIVE, kb=kb, trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    assert result.complete and result.recovered == 1 and result.retried == 0
+    study = optuna.load_study(study_name="S", storage=f"sqlite:///{storage}")
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    keys = [
+        (r.provenance.notes["metallmix.candidate"], r.provenance.notes["metallmix.rung"])
+        for r in kb.iter_records()
+    ]
+    assert len(keys) == len(set(keys)) == len(done) == 6  # 4 first rungs + 2 promoted
+    assert {t.user_attrs["record_id"] for t in done} == kb.run_ids()
+    again = run_verify(data, FIVE, kb=kb, trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    assert again.runs_this_time == 0 and len(kb) == 6
+
+
+# --- 7. tracking never costs the answer -------------------------------------------------
+
+
+def test_read_only_artifacts_still_print_the_recommendation(
+    kb: Path,
+    scripted: object,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from mlflow import MlflowClient
+
+    from metallmix.cli.recommend import example_card
+    from metallmix.tools import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.experiment_id(tracking.client(uri), "metallmix-recommendations")
+    artifacts = tmp_path / "mlruns" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    argv = ["recommend", str(example_card("chest-xray")), "--kb", str(kb), "--json"]
+    with read_only(artifacts):
+        result = run_cli(argv, capsys)
+    assert_clean_error(result, 3, "answer given but not recorded in MLflow")
+    doc = json.loads(result.out)
+    assert doc["model"] and doc["tracking_error"]
+    run = MlflowClient(tracking_uri=uri).get_run(doc["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "metallmix.tracking_error" in run.data.tags
+
+
+def test_no_track_records_nothing(
+    kb: Path,
+    scripted: object,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from metallmix.cli.recommend import example_card
+
+    db = tmp_path / "untouched" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    argv = ["recommend", str(example_card("chest-xray")), "--kb", str(kb), "--json", "--no-track"]
+    result = run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert doc["model"] and doc["mlflow_run_id"] is None and doc["tracking_error"] is None
+    assert not db.parent.exists()
+
+
+@pytest.mark.parametrize("verb", ["recommend", "validate"])
+def test_read_only_mlflow_db_is_one_line_before_any_work(
+    verb: str,
+    kb: Path,
+    scripted: object,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_train_trainer import write_npz
+
+    from metallmix.cli.recommend import example_card
+    from metallmix.tools import tracking
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.experiment_id(tracking.client(uri), "metallmix-validation")
+    if verb == "recommend":
+        argv = ["recommend", str(example_card("chest-xray")), "--kb", str(kb)]
+    else:
+        data = write_npz(tmp_path)
+        argv = ["validate", "--data", str(data), "--config", str(_train_config(tmp_path))]
+        argv.append("--no-kb")
+    before = snapshot([db.parent])
+    with read_only(db):
+        result = run_cli(argv, capsys)
+    assert_clean_error(result, None, "cannot be written", "read-only")
+    assert "epoch" not in result.err.lower() and "done: features" not in result.err
+    assert snapshot([db.parent]) == before
+
+
+def test_credentials_are_stripped_from_every_printed_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metallmix.tools import tracking
+
+    uri = "https://alice:s3cret@mlflow.example.org/?token=abc"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    seen: list[str] = []
+
+    def offline(given: str | None = None) -> object:  # no network in tests
+        seen.append(str(given))
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(tracking, "client", offline)
+    store, command, url = tracking.ui_hint("0123")
+    shown = " ".join((store, command, url, tracking.resolved_store()))
+    assert "s3cret" not in shown and "alice" not in shown and "abc" not in shown
+    assert "mlflow.example.org" in store
+    assert seen == [uri]  # the real URI is still what connects
+    message = tracking.redact_text(f"cannot reach {uri}: refused")
+    assert "s3cret" not in message and "mlflow.example.org" in message
+
+
+# --- 8. nothing unpickles a planted file ---------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["none", "forged"])
+def test_a_planted_checkpoint_runs_nothing(header: str, tmp_path: Path) -> None:
+    """A pickle that would run code when loaded, where a verify checkpoint lives: with no
+    header it is ignored before torch reads it; with a forged header (right fingerprint and
+    sha256) torch's weights-only reader refuses it. Either way the run starts from scratch."""
+    import json
+    import pickle
+
+    from metallmix.tools.training import checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (open, (str(marker), "w"))
+
+    planted = tmp_path / "verify-checkpoints" / "S" / "c1.pt"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(pickle.dumps({"format": 2, "fingerprint": "k", "x": Payload()}))
+    if header == "forged":
+        digest = _digest(planted)
+        checkpoint.header_path(planted).write_text(
+            json.dumps({"format": checkpoint.FORMAT, "fingerprint": "k", "sha256": digest})
+        )
+    assert checkpoint.load(planted, key="k") is None
+    assert not marker.exists()
+
+
+# --- 9. weak cases: each a specific error or a documented behaviour ------------------------
+
+
+def test_diverged_validation_exits_1_and_is_never_a_score(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from test_train_trainer import write_npz
+
+    from metallmix.tools.kb.frame import records_to_frame
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.meta.metalearner import training_rows
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": "lcnet_050", "lr": 1e30, "epochs": 2, "image_size": 16}))
+    kb = tmp_path / "kb.sqlite"
+    argv = ["validate", "--data", str(write_npz(tmp_path)), "--config", str(cfg), "--kb", str(kb)]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, 1, "training diverged", "lower the learning rate")
+    records = list(SQLiteKnowledgeBase(kb, read_only=True).iter_records())
+    assert [r.status for r in records] == ["diverged"]
+    assert training_rows(records_to_frame(records)).empty
+
+
+def test_mlflow_file_store_import_explains_the_migration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mlruns"
+    (folder / "0").mkdir(parents=True)
+    (folder / "0" / "meta.yaml").write_text("name: Default\n")
+    kb = tmp_path / "kb.sqlite"
+    for uri in (str(folder), folder.as_uri()):
+        argv = ["kb", "import-mlflow", "--tracking-uri", uri, "--kb", str(kb)]
+        result = run_cli(argv, capsys)
+        assert_clean_error(result, None, "MLflow 3.17", "mlflow migrate-filestore", "sqlite:///")
+    assert not kb.exists()
+
+
+@pytest.mark.parametrize("case", ["more than the candidates", "a card"])
+def test_verify_requests_it_cannot_honour_are_refused_before_training(
+    case: str, kb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_train_trainer import write_npz
+
+    from metallmix.cli.recommend import example_card
+
+    if case == "a card":
+        argv = ["recommend", str(example_card("chest-xray")), "--verify", "2"]
+        needles: tuple[str, ...] = ("dataset card", "drop --verify")
+    else:
+        argv = ["recommend", str(write_npz(tmp_path)), "--verify", "1000"]
+        needles = ("--verify 1000 asks for more candidates than there are", "or fewer")
+    result = run_cli([*argv, "--kb", str(kb), "--compute", "cpu"], capsys)
+    assert_clean_error(result, None, *needles)
+    assert "verify: c" not in result.err  # nothing trained
+
+
+def test_import_quicktune_from_a_missing_folder_creates_no_kb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb = tmp_path / "new" / "kb.sqlite"
+    argv = ["kb", "import-quicktune", str(tmp_path / "nope"), "--kb", str(kb)]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, str(tmp_path / "nope"))
+    assert not kb.exists() and not kb.parent.exists()
+
+
+def test_archive_errors_name_the_users_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zipfile
+
+    archive = tmp_path / "qt_metadataset.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("extended/table.csv", "not,a,quick-tune,table\n1,2,3,4\n")
+    dest = tmp_path / "dest"
+    argv = ["kb", "download-quicktune", "--url", str(archive), "--dest", str(dest)]
+    result = run_cli(argv, capsys)
+    assert_clean_error(result, None, str(archive))
+    assert ".quicktune-" not in result.err  # no deleted temp path

@@ -261,3 +261,27 @@ def test_ensemble_members_round_trip_through_save(records, tmp_path: Path) -> No
     members = learner.member_scores(frame)
     # seeds differ between bags: the two bags of one member are different fits
     assert not np.array_equal(members["normalized@b#0"], members["normalized@b#1"])
+
+
+def test_a_fit_says_what_it_does_how_far_and_how_long(
+    kb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold fit can take minutes on a busy machine: it announces itself with the boosters
+    to fit and an estimate, then reports progress; a cached load and ``wait_lines(False)``
+    (``recommend(progress=False)``) print nothing."""
+    from metallmix import progress
+    from metallmix.tools.meta.metalearner import booster_count, fit_or_load
+
+    monkeypatch.setattr(progress, "WAIT_EVERY_S", 0.0)
+    store = SQLiteKnowledgeBase(kb, read_only=True)
+    cfg = MetaLearnerConfig(**SMALL)  # a few boosters: the lines, not the ensemble, matter
+    fit_or_load(store, cfg, cache=tmp_path / "cache")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "meta-learner" in line]
+    assert lines[0].startswith("[metallmix] fitting the meta-learner on 80 KB runs")
+    assert f"{booster_count(cfg)} boosters, about" in lines[0]
+    assert any("boosters, about" in line and "s left" in line for line in lines[1:])
+    fit_or_load(store, cfg, cache=tmp_path / "cache")  # cached: no wait, no line
+    assert "meta-learner" not in capsys.readouterr().err
+    with progress.wait_lines(False):
+        fit_or_load(store, cfg, cache=tmp_path / "other")
+    assert "meta-learner" not in capsys.readouterr().err

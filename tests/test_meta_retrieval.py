@@ -53,9 +53,9 @@ def test_index_persists_beside_the_kb_and_rebuilds_on_change(tmp_path: Path) -> 
     directory = index_dir(kb, first.kb_hash)
     assert directory == tmp_path / "kb.sqlite.retrieval"
     assert sorted(p.name for p in directory.iterdir()) == [
-        "datasets.faiss",
+        "datasets.npy",
         "retrieval.json",
-        "runs.faiss",
+        "runs.npy",
     ]
     again = load_or_build(kb)
     assert again.kb_hash == first.kb_hash and len(again.run_index) == 12

@@ -137,6 +137,35 @@ def meta_features_from_counts(
     )
 
 
+def range_problems(mf: MetaFeatures) -> list[str]:
+    """Values no real training split has, by meta-feature name: the bounds a dataset card
+    enforces (:class:`~metallmix.tools.datasets.card.DatasetCard`), applied to imported
+    meta-features (a KB row from a CSV or another tracker) before they can mislead the
+    meta-learner. Empty when every value is plausible."""
+    from metallmix.tools.datasets.card import MAX_IMAGE_SIDE
+
+    out: list[str] = []
+    if mf.n_images < 2:
+        out.append(f"mf_n_images: {mf.n_images} training images (a split needs at least 2)")
+    if mf.n_classes < 2:
+        out.append(f"mf_n_classes: {mf.n_classes} (classification needs at least 2 classes)")
+    for name in ("resolution_h", "resolution_w"):
+        value = getattr(mf, name)
+        if value > MAX_IMAGE_SIDE:
+            out.append(f"mf_{name}: {value:g} px (at most {MAX_IMAGE_SIDE})")
+    if mf.channels not in (1, 3):
+        out.append(f"mf_channels: {mf.channels} (1 for greyscale or 3 for colour)")
+    for name in ("pixel_mean", "pixel_std"):
+        value = getattr(mf, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            out.append(f"mf_{name}: {value:g} (intensities are scaled to [0, 1])")
+    if mf.n_images >= 1 and mf.images_per_class > mf.n_images:
+        out.append(
+            f"mf_images_per_class: {mf.images_per_class:g} exceeds mf_n_images {mf.n_images}"
+        )
+    return out
+
+
 def _from_card(card: DatasetCard, modality: str | None) -> MetaFeatures:
     return meta_features_from_counts(
         card.counts(),

@@ -28,6 +28,13 @@ BUILD_KIND = "kb-build"
 RECORD_ARTIFACT = "metallmix/run_record.json"  # a training run's full RunRecord
 
 
+def redact_text(text: str) -> str:
+    """``text`` with every URI's credentials stripped (error messages quote store URIs)."""
+    import re
+
+    return re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_uri(m[0]) or "", text)
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Where a new experiment stores artifacts: ``<db folder>/artifacts`` for SQLite stores."""
     if tracking_uri.startswith("sqlite:///"):
@@ -69,6 +76,30 @@ def client(tracking_uri: str | None = None) -> Any:
     except Exception as exc:  # OSError, SQLAlchemy and MLflow errors alike
         raise _unusable(uri, exc) from exc
     return mlflow_client
+
+
+def check_writable_store(tracking_uri: str | None = None) -> None:
+    """Fail before any work when a local SQLite tracking store cannot be written (a read-only
+    ``mlflow.db`` or folder): opening and reading it works, the first write would fail with
+    a traceback after minutes of work. Checked with ``os.access`` (which also sees ``chattr
+    +i``), so nothing is written to find out."""
+    uri = tracking_uri or config.tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    folder = db.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if db.exists() and not os.access(db, os.W_OK):
+        problem = f"the database file {db} is read-only"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"its folder {folder} is not writable (SQLite writes a journal beside it)"
+    else:
+        return
+    raise TrackingError(
+        f"MLflow tracking store {redact_uri(uri)} cannot be written: {problem}; fix its "
+        "permissions, point MLFLOW_TRACKING_URI at a writable store, or pass --no-track"
+    )
 
 
 def check_artifact_store(mlflow_client: Any, exp_id: str) -> None:
@@ -150,26 +181,29 @@ def run_link(experiment_id: str, run_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def resolved_store(tracking_uri: str | None = None) -> str:
+def resolved_store(tracking_uri: str | None = None, *, redact: bool = True) -> str:
     """The tracking URI with a relative SQLite path made absolute (it is relative to the
-    folder the command ran in, not to the repository)."""
+    folder the command ran in, not to the repository) and, unless ``redact=False``, without
+    credentials (``user:password@``, ``?token=``): this is what gets printed."""
     uri = tracking_uri or config.tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return (redact_uri(uri) or uri) if redact else uri
 
 
 def ui_hint(run_id: str, tracking_uri: str | None = None) -> tuple[str, str, str]:
-    """(resolved store, the exact ``mlflow ui`` command for it, the run's URL once it runs)."""
+    """(resolved store, the exact ``mlflow ui`` command for it, the run's URL once it runs);
+    credentials are stripped from the store and the command (add your own back)."""
+    real = resolved_store(tracking_uri, redact=False)
     store = resolved_store(tracking_uri)
     command = f"mlflow ui --backend-store-uri {store}"
-    root = artifact_root(store)
+    root = artifact_root(real)
     if root is not None:
         command += f" --default-artifact-root {Path(root.removeprefix('file://'))}"
     command += " --host 127.0.0.1 --port 5000"
     url = "http://127.0.0.1:5000"
     try:
-        exp_id = client(store).get_run(run_id).info.experiment_id
+        exp_id = client(real).get_run(run_id).info.experiment_id
         url += "/" + run_link(exp_id, run_id)
     except Exception:  # the hint must never fail the command that printed the answer
         pass

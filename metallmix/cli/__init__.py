@@ -4,6 +4,8 @@ Each verb group lives in its own module and registers itself on :data:`app`. ``m
 turns user errors (:class:`~metallmix.errors.MetaLLMiXError`) into a one-line reason and
 a non-zero exit instead of a traceback, and usage errors (unknown option or command,
 missing argument, a value of the wrong type) into click's usage message and exit 2.
+Ctrl-C ends every verb with one line and exit 130; SIGTERM is turned into the same
+interrupt (so open MLflow runs are closed as KILLED) and exits 143.
 typer >= 0.29 bundles its own copy of click (``typer._click``) whose exceptions are not
 ``click.ClickException``, so both families are caught (typer is pinned in pyproject.toml).
 """
@@ -12,15 +14,29 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
 from metallmix.cli.help_format import TidyHelpGroup
-from metallmix.errors import MetaLLMiXError
+from metallmix.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_RECORDED,
+    EXIT_TERMINATED,
+    MetaLLMiXError,
+    Terminated,
+)
+
+EXIT_CODES_HELP = (
+    f"Exit codes: 0 success; 1 failure (no answer); 2 usage or input error; "
+    f"{EXIT_NOT_RECORDED} answer given but not recorded in MLflow (the reason is the last "
+    f"line on stderr); {EXIT_INTERRUPTED} Ctrl-C; {EXIT_TERMINATED} SIGTERM."
+)
 
 app = typer.Typer(
     name="metallmix",
-    help="Zero-shot model and hyperparameter recommender for image classification.",
+    help="Zero-shot model and hyperparameter recommender for image classification.\n\n"
+    + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -100,26 +116,72 @@ def _click_exceptions() -> tuple[type[Exception], ...]:
 SYNC_TRACE_EXPORT = ("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
 
 
+_SIGNAL: list[int] = []  # the signal that interrupted this run, when one did
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _SIGNAL.append(signum)
+    raise Terminated(signum)
+
+
+def _interrupted() -> int:
+    """One line for an interrupt, and its exit code (130 Ctrl-C, 143 SIGTERM)."""
+    if _SIGNAL:
+        print(
+            f"error: terminated (signal {_SIGNAL[-1]}); finished work is kept, re-run the "
+            "same command to continue",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
+    print(
+        "error: interrupted (Ctrl-C); finished work is kept, re-run the same command to continue",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _install_sigterm() -> Any:
+    """SIGTERM raises :class:`Terminated` in the main thread (returns the old handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    import signal
+
     os.environ.setdefault(*SYNC_TRACE_EXPORT)
+    _SIGNAL.clear()
+    previous = _install_sigterm()
     try:
-        app(args=argv, prog_name="metallmix", standalone_mode=False)
+        code = app(args=argv, prog_name="metallmix", standalone_mode=False)
     except MetaLLMiXError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # raised outside click's own handler
+        return _interrupted()
     except (typer.Exit, SystemExit) as exc:  # pragma: no cover - click internals
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        return int(code or 0)
     except typer.Abort:
-        print("error: aborted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as exc:  # click usage errors: usage line, hint, "Error: ..."; exit 2
         if isinstance(exc, _click_exceptions()):
             exc.show()  # type: ignore[attr-defined]
             return int(getattr(exc, "exit_code", 1))
         raise
-    return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    # typer's click turns KeyboardInterrupt into Exit(130) and, outside standalone mode,
+    # returns the code instead of raising it
+    code = int(code) if isinstance(code, int) and not isinstance(code, bool) else 0
+    if code == EXIT_INTERRUPTED:
+        return _interrupted()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

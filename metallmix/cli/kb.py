@@ -97,9 +97,10 @@ def import_quicktune_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import the public Quick-Tune meta-dataset (idempotent: re-running inserts nothing)."""
-    store = open_kb(kb)
+    # The folder first: a mistyped path must not leave an empty KB file behind.
     source = read_quicktune(root)
     chosen = source.select(datasets.split(",") if datasets else None)
+    store = open_kb(kb)  # before the long read: a locked or read-only KB fails now
     with progress(f"reading Quick-Tune {source.version}", source.count(chosen)) as advance:
         records = source.records(chosen, on_record=advance)
     stderr.print(f"writing {len(records)} runs to {store.location}")

@@ -15,7 +15,8 @@ from rich.table import Table
 from metallmix.agents.evidence import pct, ranked_candidates, seconds
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.cli.verify import render_verification, run_printer
-from metallmix.errors import DatasetError, KnowledgeBaseError
+from metallmix.errors import EXIT_NOT_RECORDED, DatasetError, KnowledgeBaseError
+from metallmix.progress import wait_lines
 from metallmix.tools.kb.regime import REGIMES
 from metallmix.tools.meta.metric import METRIC_LABEL
 from metallmix.tools.meta.search_space import hp_values
@@ -37,6 +38,12 @@ KbOption = typer.Option(
     None, "--kb", help="Knowledge-base file (default: METALLMIX_KB or the layered default)."
 )
 SeedOption = typer.Option(0, "--seed", help="Seed of the shortlist sampler and the LLM.")
+NoTrackOption = typer.Option(
+    False,
+    "--no-track",
+    help="Do not record the recommendation in MLflow (no run, no trace). Without it, a "
+    "failure to record still prints the answer and exits 3.",
+)
 ComputeOption = typer.Option(
     "auto",
     "--compute",
@@ -67,6 +74,7 @@ def _run(
     no_judge_llm: bool,
     compute: str | None = None,
     verify: dict[str, Any] | None = None,
+    track: bool = True,
 ) -> Any:
     """One recommendation under one progress display (a line per finished graph node);
     ``verify`` (``recommend``'s verify arguments) adds a line per training run."""
@@ -85,19 +93,21 @@ def _run(
         if verify is not None:
             options = {**verify.get("verify_options", {}), "on_run": run_printer(advance)}
             extra = {**verify, "verify_options": options}
-        return recommend(
-            path,
-            progress=False,  # the bar above is the CLI's progress display
-            modality=modality,
-            llm=llm,
-            kb=kb,
-            seed=seed,
-            judge_with_llm=not no_judge_llm,
-            on_node=on_node,
-            compute=compute,
-            on_shortlist=print_shortlist,
-            **extra,
-        )
+        with wait_lines(True):  # long waits inside a node (the meta-learner fit) still print
+            return recommend(
+                path,
+                progress=False,  # the bar above is the CLI's progress display
+                modality=modality,
+                llm=llm,
+                kb=kb,
+                seed=seed,
+                judge_with_llm=not no_judge_llm,
+                on_node=on_node,
+                compute=compute,
+                on_shortlist=print_shortlist,
+                track=track,
+                **extra,
+            )
 
 
 def print_shortlist(shortlist: Any) -> None:
@@ -202,12 +212,40 @@ def recommend_cmd(
     ),
     study: str | None = typer.Option(None, "--study", help="--verify: Optuna study name."),
     compute: Compute = ComputeOption,
+    no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Recommend a model and hyperparameters for a dataset, with the reasons."""
+    """Recommend a model and hyperparameters for a dataset, with the reasons.
+
+    Exit 3: the answer is printed but recording it in MLflow failed (the last line says why).
+    """
     if verify is None:
-        rec = _run(path, modality, llm, kb, seed, no_judge_llm, _regime(compute))
+        given = {
+            "--budget-minutes": budget_minutes is not None,
+            "--backend": backend != "local",
+            "--address": address is not None,
+            "--workers": workers != 0,
+            "--threads": threads is not None,
+            "--max-train-images": max_train_images is not None,
+            "--study": study is not None,
+        }
+        for option, used in given.items():
+            if used:
+                raise typer.BadParameter(
+                    "only applies with --verify K (training the top K candidates); add "
+                    "--verify or drop it",
+                    param_hint=f"'{option}'",
+                )
+        rec = _run(
+            path, modality, llm, kb, seed, no_judge_llm, _regime(compute), track=not no_track
+        )
     else:
+        if no_track:
+            raise typer.BadParameter(
+                "cannot be combined with --verify: verification trains recorded runs (MLflow "
+                "and the KB are where they go); drop one of the two",
+                param_hint="'--no-track'",
+            )
         engine = make_backend(backend, address=address, workers=workers or None)
         try:
             rec = _run(
@@ -228,10 +266,22 @@ def recommend_cmd(
                         "threads": threads,
                     },
                 },
+                track=not no_track,
             )
         finally:
             engine.close()
     emit(rec.model_dump(mode="json"), as_json, lambda console: render(rec, console))
+    not_recorded(rec)
+
+
+def not_recorded(rec: Any) -> None:
+    """After the answer is out: one line and exit 3 when MLflow did not record it."""
+    problem = getattr(rec, "tracking_error", None)
+    if problem:
+        stderr.print(
+            escape(f"error: answer given but not recorded in MLflow: {problem}"), soft_wrap=True
+        )
+        raise typer.Exit(EXIT_NOT_RECORDED)
 
 
 def demo_cmd(
@@ -242,13 +292,14 @@ def demo_cmd(
     kb: Path | None = KbOption,
     seed: int = SeedOption,
     compute: Compute = ComputeOption,
+    no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend for a public medical dataset described by a card shipped in the package,
     then show what the other compute regime's runs suggest (shortlist only, no LLM)."""
     card = example_card(example)
     stderr.print(f"demo: recommending for the bundled card {card.name}")
-    rec = _run(card, None, llm, kb, seed, False, _regime(compute))
+    rec = _run(card, None, llm, kb, seed, False, _regime(compute), track=not no_track)
     others = _other_regimes(card, rec, kb, seed)
     doc = {**rec.model_dump(mode="json"), "other_regimes": others}
 
@@ -258,6 +309,7 @@ def demo_cmd(
             render_regime(other, console)
 
     emit(doc, as_json, show)
+    not_recorded(rec)
 
 
 def _other_regimes(card: Path, rec: Any, kb: Path | None, seed: int) -> list[dict[str, Any]]:

@@ -13,11 +13,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from metallmix.cli.kb import kb_app
 from metallmix.cli.output import JsonOption, emit, progress, stderr
-from metallmix.errors import ConfigError
+from metallmix.errors import EXIT_NOT_RECORDED, ConfigError
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
@@ -193,6 +194,30 @@ def validate_command(
         console.print(table)
 
     emit(result, as_json, render)
+    finish_line(record)
+
+
+def finish_line(record: RunRecord) -> None:
+    """After the result is out: one line and a non-zero exit when the run diverged (exit 1:
+    recorded as ``diverged``, never learned from as a score) or was not recorded in MLflow
+    (exit 3: the result is kept in the KB or as JSON, the line says where)."""
+    if record.status != "ok":
+        message = record.provenance.notes.get("message") or "non-finite loss"
+        stderr.print(
+            escape(
+                f"error: training {record.status} ({message}); recorded as status "
+                f"'{record.status}' (the meta-learner never learns a score from it): lower the "
+                "learning rate or check the data"
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    problem = record.provenance.notes.get("mlflow_logging_error")
+    if problem:
+        stderr.print(
+            escape(f"error: result given but not recorded in MLflow: {problem}"), soft_wrap=True
+        )
+        raise typer.Exit(EXIT_NOT_RECORDED)
 
 
 def search_command(

@@ -213,9 +213,18 @@ def download_quicktune(
         digest, size = fetch(source, archive, expected, on_bytes, on_size)
         unpacked = work / "unpacked"
         unpacked.mkdir()
-        extract(archive, unpacked)
-        folder = find_version(unpacked, version)
-        read_quicktune(folder)  # the whole layout validates before it is put in place
+        try:
+            extract(archive, unpacked)
+            folder = find_version(unpacked, version)
+            read_quicktune(folder)  # the whole layout validates before it is put in place
+        except (KnowledgeBaseError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+            # Name the user's archive, not the temp copy that is deleted on the way out.
+            text = str(exc).replace(str(unpacked) + os.sep, f"{source}: ")
+            text = text.replace(str(unpacked), source).replace(str(archive), source)
+            kind = type(exc) if isinstance(exc, KnowledgeBaseError) else ImportFormatError
+            if kind is ImportFormatError and not isinstance(exc, KnowledgeBaseError):
+                text = f"{source} is a damaged archive ({text}); download it again"
+            raise kind(text) from exc
         if final.exists():
             trash = work / "previous"
             os.replace(final, trash)

@@ -26,7 +26,7 @@ from metallmix.errors import ImportFormatError, KnowledgeBaseError
 from metallmix.tools import tracking
 from metallmix.tools.kb.records import Hyperparameters, RunRecord, Scalar, redact_uri
 from metallmix.tools.kb.tabular import field_kind
-from metallmix.tools.metafeatures import MetaFeatures
+from metallmix.tools.metafeatures import MetaFeatures, range_problems
 
 KIND_TAG = tracking.KIND_TAG
 TRAINING_RUN = tracking.TRAINING_KIND
@@ -99,7 +99,16 @@ def _check_uri(tracking_uri: str) -> str:
     elif parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else uri
         if not Path(path).is_dir():
-            raise KnowledgeBaseError(f"MLflow store {uri} is not an existing folder")
+            raise KnowledgeBaseError(f"MLflow store {redact_uri(uri)} is not an existing folder")
+        # MLflow 3.17 refuses to read a file store ("filesystem tracking backend is in
+        # maintenance mode"): say so and how to migrate, instead of its traceback.
+        folder = Path(path).expanduser().resolve()
+        raise KnowledgeBaseError(
+            f"{uri} is an MLflow file store (a folder of runs), which MLflow 3.17 no longer "
+            "reads; migrate it to SQLite first: `mlflow migrate-filestore --source "
+            f"{folder} --target sqlite:///{folder.parent / 'mlflow.db'}`, then run `metallmix "
+            f"kb import-mlflow --tracking-uri sqlite:///{folder.parent / 'mlflow.db'}`"
+        )
     return uri
 
 
@@ -305,13 +314,18 @@ def scan_mlflow(
                 run_id = run.info.run_id
                 tagged = run.data.tags.get(KIND_TAG) == TRAINING_RUN
                 if tagged and _has_record_artifact(client, run_id):
-                    result.records.append(_from_artifact(run, client, uri, foreign, Path(scratch)))
+                    outcome = _from_artifact(run, client, uri, foreign, Path(scratch))
                 else:
                     outcome = _reconstruct(run, client, uri)
-                    if isinstance(outcome, RunRecord):
-                        result.records.append(outcome)
-                    else:
-                        result.skipped.append((run_id, outcome))
+                implausible = (
+                    range_problems(outcome.meta_features) if isinstance(outcome, RunRecord) else []
+                )
+                if implausible:  # the bounds a dataset card enforces
+                    outcome = "meta-features out of range: " + "; ".join(implausible[:3])
+                if isinstance(outcome, RunRecord):
+                    result.records.append(outcome)
+                else:
+                    result.skipped.append((run_id, outcome))
                 if on_run is not None:
                     on_run(1)
     except MlflowException as exc:

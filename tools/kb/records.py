@@ -52,18 +52,29 @@ def check_fraction(value: Any) -> Any:
     return value
 
 
+_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "auth", "sig")
+
+
 def redact_uri(uri: str | None) -> str | None:
-    """The URI without ``user:password@`` (tokens must not be copied into KB records)."""
-    if not uri or "@" not in uri:
+    """The URI without ``user:password@`` nor secret query values (``?token=...``): tokens
+    must not be copied into KB records nor printed."""
+    if not uri or ("@" not in uri and "?" not in uri):
         return uri
     try:
         parts = urlsplit(uri)
     except ValueError:
         return uri
-    if not parts.netloc or "@" not in parts.netloc:
+    host = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = parts.query
+    if query:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            f"{k}{eq}{'***' if eq and any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v}"
+            for k, eq, v in pairs
+        )
+    if host == parts.netloc and query == parts.query:
         return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
 
 
 class Hyperparameters(BaseModel):

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0  # how long a command waits for another writer before giving up
+# A reader waits less: a writer's exclusive phase is a commit (milliseconds), so seconds of
+# "busy" mean another process holds the file; say so instead of looking hung.
+READER_BUSY_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,11 @@ CREATE INDEX IF NOT EXISTS runs_dataset ON runs(dataset);
 """
 
 
+def _is_lock_error(exc: BaseException) -> bool:
+    lowered = str(exc).lower()
+    return "locked" in lowered or "busy" in lowered
+
+
 class SQLiteKnowledgeBase(KnowledgeBase):
     """The embedded default store: a single SQLite file."""
 
@@ -287,10 +295,11 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     def _explain(self, exc: sqlite3.Error, action: str) -> KnowledgeBaseError:
         text = str(exc)
         lowered = text.lower()
-        if "locked" in lowered or "busy" in lowered:
+        if _is_lock_error(exc):
+            waited = READER_BUSY_TIMEOUT_S if self.read_only or action == "read" else BUSY_TIMEOUT_S
             return KnowledgeBaseError(
                 f"knowledge base {self.path} is locked by another process (waited "
-                f"{BUSY_TIMEOUT_S:g} s); wait for the other import or training run to finish "
+                f"{waited:g} s); wait for the other import or training run to finish "
                 "and retry"
             )
         if "readonly" in lowered or "read-only" in lowered:
@@ -341,7 +350,7 @@ class SQLiteKnowledgeBase(KnowledgeBase):
         self._reader_created_wal = not wal.exists()
         uri = f"file:{quote(str(self.path))}?{flags}"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(uri, uri=True, timeout=READER_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise self._explain(exc, "open") from exc
         return conn
@@ -382,6 +391,8 @@ class SQLiteKnowledgeBase(KnowledgeBase):
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
+            if _is_lock_error(exc):
+                raise self._explain(exc, "read") from exc
             raise KnowledgeBaseError(
                 f"{self.path} is not a MetaLLMiX knowledge base ({exc}); "
                 "choose another file with METALLMIX_KB or --kb"
@@ -403,6 +414,8 @@ class SQLiteKnowledgeBase(KnowledgeBase):
         try:
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
+            if _is_lock_error(exc):
+                raise self._explain(exc, "read") from exc
             raise KnowledgeBaseError(
                 f"{self.path} is not a MetaLLMiX knowledge base ({exc}); "
                 "choose another file with METALLMIX_KB"

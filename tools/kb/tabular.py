@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from metallmix.atomic import atomic_path
 from metallmix.errors import ImportFormatError, KnowledgeBaseError
 from metallmix.tools.kb.records import KB_SCHEMA_VERSION, RunRecord
+from metallmix.tools.metafeatures import range_problems
 
 Kind = Literal["str", "int", "float", "bool", "datetime", "json"]
 
@@ -222,10 +223,17 @@ def _assemble(values: dict[str, Any], cols: dict[str, Column]) -> dict[str, Any]
 
 def _validate(path: Path, where: str, data: dict[str, Any]) -> RunRecord:
     try:
-        return RunRecord.model_validate(data)
+        record = RunRecord.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{_column_of(err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise ImportFormatError(f"{path} {where}: invalid run ({problems})") from exc
+    implausible = range_problems(record.meta_features)
+    if implausible:
+        raise ImportFormatError(
+            f"{path} {where}: meta-features out of range ({'; '.join(implausible[:5])}); "
+            "fix the row (a dataset card enforces the same bounds)"
+        )
+    return record
 
 
 def _column_of(loc: tuple[Any, ...]) -> str:

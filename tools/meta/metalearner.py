@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from metallmix import config
 from metallmix.atomic import atomic_dir
 from metallmix.errors import KnowledgeBaseError, ModelUnavailableError
+from metallmix.progress import WaitReporter
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
@@ -285,10 +286,16 @@ class MetaLearner:
     # ---------------------------------------------------------------- fitting
     @classmethod
     def fit(
-        cls, data: pd.DataFrame | Iterable[RunRecord], cfg: MetaLearnerConfig | None = None
+        cls,
+        data: pd.DataFrame | Iterable[RunRecord],
+        cfg: MetaLearnerConfig | None = None,
+        *,
+        on_booster: Callable[[int], None] | None = None,
     ) -> MetaLearner:
-        """Fit on KB rows (a ``records_to_frame`` frame or records); completed runs only."""
+        """Fit on KB rows (a ``records_to_frame`` frame or records); completed runs only.
+        ``on_booster(n)`` is called as boosters finish (:func:`booster_count` in all)."""
         cfg = cfg or MetaLearnerConfig()
+        tick = on_booster or (lambda n: None)
         frame = data if isinstance(data, pd.DataFrame) else records_to_frame(data)
         rows = training_rows(frame)
         if "run_id" in rows:  # one canonical order: the same KB content gives the same learner
@@ -313,7 +320,9 @@ class MetaLearner:
             params: dict[str, object], label: np.ndarray, cols: np.ndarray | None = None
         ) -> xgb.Booster:
             dm = xgb.DMatrix(x if cols is None else x[:, cols], label=label, missing=np.nan)
-            return xgb.train(params, dm, num_boost_round=n_rounds)
+            booster = xgb.train(params, dm, num_boost_round=n_rounds)
+            tick(1)
+            return booster
 
         accuracy = train(cfg.xgb_params("reg:squarederror"), acc)
         scores: dict[str, xgb.Booster] = {}
@@ -329,6 +338,7 @@ class MetaLearner:
             params["seed"] = cfg.seed + 1000 * bag
             if target == "raw" and cols is None and params == cfg.xgb_params("reg:squarederror"):
                 scores[member] = accuracy  # the very same fit: reuse it
+                tick(1)
             elif target == "raw":
                 scores[member] = train(params, acc, cols)
             elif target == "normalized":
@@ -342,6 +352,7 @@ class MetaLearner:
                 dm = xgb.DMatrix(xs, label=normalized_target(rows)[order], qid=codes)
                 params["objective"] = "rank:pairwise"
                 scores[member] = xgb.train(params, dm, num_boost_round=n_rounds)
+                tick(1)
         quantile: xgb.Booster | None = None
         margin = 0.0
         if cfg.with_uncertainty:
@@ -349,6 +360,7 @@ class MetaLearner:
             params["quantile_alpha"] = list(cfg.quantiles)
             quantile = train(params, acc)
             margin = conformal_margin(x, acc, rows["dataset_group"].to_numpy(), params, cfg)
+            tick(CONFORMAL_FOLDS)
         cost: xgb.Booster | None = None
         seconds = rows.get("out_train_seconds")
         if cfg.with_cost and seconds is not None:
@@ -357,6 +369,7 @@ class MetaLearner:
             if has.sum() >= MIN_COST_ROWS:
                 dm = xgb.DMatrix(x[has], label=np.log(sec[has]), missing=np.nan)
                 cost = xgb.train(cfg.xgb_params("reg:squarederror"), dm, num_boost_round=n_rounds)
+        tick(1)
         info: dict[str, object] = {
             "n_rows": len(rows),
             "n_partial_runs_ignored": int(
@@ -562,6 +575,20 @@ def cache_key(kb_hash: str, cfg: MetaLearnerConfig, exclude: Iterable[str] = ())
     return f"{kb_hash}-{ENCODING_VERSION}-{cfg.seed}-{tag}"
 
 
+# A rough prior for the first line, before any booster has finished (a whole first
+# recommendation took 31.6 s on an idle 2-core box, issue 25); the next lines extrapolate
+# from the boosters done. Measured here at load 19: 856 s for the 2,833-run shipped KB,
+# which the later lines tracked (their estimate settled after a dozen boosters).
+FIT_SECONDS_PER_1K_RUNS = 9.0
+
+
+def booster_count(cfg: MetaLearnerConfig) -> int:
+    """Boosters a fit trains (what its progress counts): accuracy, the score members that
+    need their own fit, the quantile model and its conformal folds, the cost model."""
+    own = sum(1 for member in score_members(cfg) if member)
+    return 1 + own + (1 + CONFORMAL_FOLDS if cfg.with_uncertainty else 0) + 1
+
+
 def fit_or_load(
     kb: KnowledgeBase,
     cfg: MetaLearnerConfig | None = None,
@@ -593,7 +620,15 @@ def fit_or_load(
         except ModelUnavailableError:
             pass  # stale or damaged cache: refit below
     kept = [r for r in all_records if r.dataset not in excluded and r.dataset_group not in excluded]
-    learner = MetaLearner.fit(records_to_frame(kept), cfg)
+    # Minutes on a busy machine, seconds on an idle one: say what it is and how far it got.
+    report = WaitReporter(
+        f"fitting the meta-learner on {len(kept)} KB runs (once per KB content, then cached)",
+        booster_count(cfg),
+        unit="boosters",
+        estimate_s=FIT_SECONDS_PER_1K_RUNS * max(1, len(kept)) / 1000,
+    )
+    learner = MetaLearner.fit(records_to_frame(kept), cfg, on_booster=report.advance)
+    report.finish()
     learner.info["kb_hash"] = kb_hash
     learner.info["excluded"] = sorted(excluded)
     learner.save(directory)

@@ -5,15 +5,21 @@ modality, a constant bias so an "average" dataset is not a zero vector), L2-norm
 FAISS's inner product is the cosine similarity. Runs are embedded as their dataset's vector
 plus a down-weighted description of the configuration, so "runs like this one" also works.
 
-The index is saved with ``faiss.write_index`` (FAISS's own binary format) and a JSON
-sidecar, never pickled; it is rebuilt whenever the KB content hash changes. It lives beside
-a writable SQLite KB (``<kb>.sqlite.retrieval/``) and in the cache otherwise.
+The index is saved as its raw vectors (``.npy``, read with ``allow_pickle=False``) and a
+JSON sidecar: no FAISS reader (which trusts its input) and no unpickler ever sees a file on
+disk; the exact ``IndexFlatIP`` is rebuilt from the vectors in memory (milliseconds). A saved
+index is used only for the KB content it was built from: the sidecar's KB hash, run ids
+and datasets must equal the KB's own, and the vectors of every dataset and of a sample of
+runs are recomputed from the KB's records and must match, so a planted folder can neither
+run code nor steer retrieval unnoticed. It is rebuilt whenever the KB content hash changes.
+It lives beside a writable SQLite KB (``<kb>.sqlite.retrieval/``) and in the cache otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -34,8 +40,9 @@ from metallmix.tools.meta.contracts import SimilarRun
 from metallmix.tools.meta.encoding import model_arch, model_params_m, scale_meta_feature
 from metallmix.tools.metafeatures import MetaFeatures
 
-RETRIEVAL_VERSION = 1
-INDEX_FILES = ("datasets.faiss", "runs.faiss")  # each checked against the sidecar sha256
+RETRIEVAL_VERSION = 2  # 1: FAISS binaries (never read now)
+INDEX_FILES = ("datasets.npy", "runs.npy")  # each checked against the sidecar sha256
+SPOT_CHECK_RUNS = 64  # run vectors recomputed from the KB when a saved index is loaded
 _DATASET_FEATURES = [
     "n_images",
     "n_classes",
@@ -140,6 +147,13 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+    def vectors(self) -> np.ndarray:
+        """The stored (normalised) vectors, one row per entry."""
+        n = int(self.index.ntotal)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self.index.reconstruct_n(0, n), dtype=np.float32)
 
 
 class RetrievalIndex:
@@ -259,8 +273,8 @@ class RetrievalIndex:
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            faiss.write_index(self.dataset_index.index, str(tmp / "datasets.faiss"))
-            faiss.write_index(self.run_index.index, str(tmp / "runs.faiss"))
+            for name, index in zip(INDEX_FILES, (self.dataset_index, self.run_index), strict=True):
+                np.save(tmp / name, index.vectors(), allow_pickle=False)
             sidecar = {
                 "format": "metallmix-retrieval",
                 "version": RETRIEVAL_VERSION,
@@ -278,8 +292,9 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, directory: Path) -> RetrievalIndex:
-        """Load a saved index; each ``.faiss`` file is read once, its bytes checked against
-        the sidecar's sha256, and only then handed to FAISS (whose reader trusts its input)."""
+        """Load a saved index: each ``.npy`` file's bytes are checked against the sidecar's
+        sha256, then parsed by numpy without pickles; FAISS only gets vectors in memory.
+        Check it against the KB with :meth:`verify_against` before use."""
         directory = Path(directory)
         try:
             sidecar = json.loads((directory / "retrieval.json").read_text())
@@ -298,20 +313,59 @@ class RetrievalIndex:
                         f"retrieval index file {directory / name} does not match the sha256 in "
                         "its sidecar (changed or damaged); delete the folder to rebuild"
                     )
-                loaded.append(faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8)))
+                vectors = np.load(io.BytesIO(blob), allow_pickle=False)
+                if vectors.ndim != 2 or vectors.dtype != np.float32:
+                    raise KnowledgeBaseError(
+                        f"retrieval index file {directory / name} is not a float32 matrix"
+                    )
+                vector_index = VectorIndex(int(vectors.shape[1]))
+                vector_index.index.add(vectors)  # saved normalised: added as they are
+                loaded.append(vector_index)
             dindex, rindex = loaded
-        except (OSError, ValueError, RuntimeError, AttributeError) as exc:
+            index = cls(
+                DatasetScaler.model_validate(sidecar["scaler"]),
+                [str(d) for d in sidecar["datasets"]],
+                dindex,
+                [str(r) for r in sidecar["run_ids"]],
+                rindex,
+                str(sidecar["kb_hash"]),
+            )
+        except (OSError, ValueError, RuntimeError, AttributeError, KeyError, TypeError) as exc:
             raise KnowledgeBaseError(
                 f"cannot read the retrieval index in {directory}: {exc}; delete it to rebuild"
             ) from exc
-        return cls(
-            DatasetScaler.model_validate(sidecar["scaler"]),
-            list(sidecar["datasets"]),
-            VectorIndex(dindex.d, dindex),
-            list(sidecar["run_ids"]),
-            VectorIndex(rindex.d, rindex),
-            str(sidecar["kb_hash"]),
+        if len(index.datasets) != len(dindex) or len(index.run_ids) != len(rindex):
+            raise KnowledgeBaseError(
+                f"retrieval index {directory} names other rows than it holds; delete it"
+            )
+        return index
+
+    def verify_against(self, records: Sequence[RunRecord], kb_hash: str) -> None:
+        """Raise :class:`KnowledgeBaseError` unless this saved index is the one the KB's own
+        content gives: same content hash, run ids, datasets, and the same vectors for every
+        dataset and for a sample of runs (recomputed from the records, not read from disk)."""
+        by_id = {r.run_id: r for r in records}
+        datasets = sorted({r.dataset for r in records})
+        if self.kb_hash != kb_hash or self.run_ids != sorted(by_id) or self.datasets != datasets:
+            raise KnowledgeBaseError("the saved retrieval index was built from other KB content")
+        stored = self.dataset_index.vectors()
+        first: dict[str, MetaFeatures] = {}
+        for r in records:
+            first.setdefault(r.dataset, r.meta_features)
+        fresh = _normalise(np.vstack([self.scaler.embed(first[d]) for d in datasets]))
+        if not np.allclose(stored, fresh, atol=1e-5):
+            raise KnowledgeBaseError("the saved retrieval index's dataset vectors differ")
+        if not self.run_ids:
+            return
+        rng = np.random.default_rng(int(hashlib.sha256(kb_hash.encode()).hexdigest()[:8], 16))
+        picks = rng.choice(
+            len(self.run_ids), min(SPOT_CHECK_RUNS, len(self.run_ids)), replace=False
         )
+        runs = self.run_index.vectors()
+        for i in sorted(int(p) for p in picks):
+            want = _normalise(run_vector(self.scaler, by_id[self.run_ids[i]])[None, :])[0]
+            if not np.allclose(runs[i], want, atol=1e-5):
+                raise KnowledgeBaseError("the saved retrieval index's run vectors differ")
 
 
 def run_vector(scaler: DatasetScaler, record: RunRecord) -> np.ndarray:
@@ -356,9 +410,9 @@ def load_or_build(
     if (directory / "retrieval.json").is_file():
         try:
             index = RetrievalIndex.load(directory)
-            if index.kb_hash == kb_hash:
-                index.attach(records)
-                return index
+            index.verify_against(records, kb_hash)
+            index.attach(records)
+            return index
         except KnowledgeBaseError:
             pass
     index = RetrievalIndex.build(records, kb_hash)

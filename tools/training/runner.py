@@ -207,8 +207,9 @@ def run_trial(
     # A caller-supplied client (a relay that records calls on a Ray worker) replaces it.
     mlflow = mlflow_client if mlflow_client is not None else tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(mlflow, experiment)
-    if mlflow_client is None:
-        tracking.check_artifact_store(mlflow, exp_id)  # before training, not after
+    if mlflow_client is None:  # before training, not after
+        tracking.check_writable_store(tracking_uri)
+        tracking.check_artifact_store(mlflow, exp_id)
     run_tags = {
         tracking.KIND_TAG: tracking.TRAINING_KIND,
         "metallmix.dataset_group": group,

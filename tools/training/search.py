@@ -289,6 +289,7 @@ def run_search(
     if parallel is not None and parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel}")
     uri = tracking_uri or config.tracking_uri()
+    tracking.check_writable_store(uri)  # before any study or run is made
     opened = open_study(
         dataset.name,
         sampler=sampler,

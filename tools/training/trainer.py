@@ -880,7 +880,11 @@ def _run_epochs(
         key = checkpoints.fingerprint(
             config.model_dump(mode="json"), train_y_np, tuple(data.train_x.shape)
         )
-        state = checkpoints.load(checkpoint.path, key=key)
+        state = checkpoints.load(
+            checkpoint.path,
+            key=key,
+            classes={"EpochStats": EpochStats, "Evaluation": Evaluation},
+        )
         if state is not None:
             trained.load_state_dict(state["trained"])
             optimizer.load_state_dict(state["optimizer"])

@@ -249,6 +249,14 @@ class VerifyResult(BaseModel):
     retried: int = Field(default=0, description="killed runs re-queued on start-up")
     mlflow_run_id: str | None = None
     parent_run_id: str | None = None
+    recovered: int = Field(
+        default=0,
+        description="runs found in the KB but not in the study (an interrupt "
+        "between the two writes), completed from the KB instead of trained again",
+    )
+    tracking_error: str | None = Field(
+        default=None, description="why the verification's summary is not in MLflow"
+    )
 
     def candidate(self, candidate_id: str) -> CandidateResult | None:
         return next((c for c in self.candidates if c.candidate_id == candidate_id), None)
@@ -420,6 +428,60 @@ def _value(record: RunRecord) -> tuple[float, str]:
 
 # ----------------------------------------------------------------------------- running
 
+
+def _tell_record(study: Any, trial: Any, record: RunRecord) -> None:
+    """Complete ``trial`` with a recorded run: its value, curve and links to MLflow and KB.
+    A diverged run is a failed trial (its reason kept): it has no score to rank by."""
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a verification runs
+
+    if record.status != "ok":
+        trial.set_user_attr("mlflow_run_id", record.provenance.mlflow_run_id)
+        trial.set_user_attr("record_id", record.run_id)
+        trial.set_user_attr("status", record.status)
+        message = record.provenance.notes.get("message") or "non-finite loss"
+        trial.set_user_attr("error", f"training {record.status}: {message}"[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    value, metric = _value(record)
+    out = record.outcomes
+    for key, attr in (
+        ("mlflow_run_id", record.provenance.mlflow_run_id),
+        ("record_id", record.run_id),
+        ("status", record.status),
+        ("metric", metric),
+        ("val_accuracy", out.val_accuracy),
+        ("test_accuracy", out.test_accuracy),
+        ("test_balanced_accuracy", out.balanced_accuracy),
+        ("train_seconds", out.train_seconds),
+    ):
+        trial.set_user_attr(key, attr)
+    for step, point in enumerate(_curve(record), start=1):
+        trial.report(float(point), step)
+    study.tell(trial, value)
+
+
+def _orphans(kb: KnowledgeBase | None, study: Any, name: str) -> dict[tuple[str, int], RunRecord]:
+    """Runs of study ``name`` that reached the KB but not the study, by (candidate, rung).
+
+    The KB row is written first, then the study is told; an interrupt (Ctrl-C, SIGTERM, a
+    kill) between the two leaves such a run. Training it again would store it twice, so the
+    study is completed from the KB record instead: a run is then in both, never in one.
+    """
+    if kb is None:
+        return {}
+    known = {t.user_attrs.get("record_id") for t in study.get_trials(deepcopy=False)}
+    found: dict[tuple[str, int], RunRecord] = {}
+    for record in kb.iter_records():
+        notes = record.provenance.notes
+        if notes.get("metallmix.study") != name or record.run_id in known:
+            continue
+        cid, rung = notes.get("metallmix.candidate"), notes.get("metallmix.rung")
+        if cid is None or rung is None:
+            continue
+        found.setdefault((str(cid), int(str(rung))), record)
+    return found
+
+
 OnRun = Callable[[str, int, RunResult], None]
 
 
@@ -544,6 +606,7 @@ def run_verify(
         raise ConfigError(f"--budget-minutes must be positive, got {budget_seconds / 60:g}")
     wall_start = time.perf_counter()
     uri = tracking_uri or config.tracking_uri()
+    tracking.check_writable_store(uri)  # before any study or run is made
     client = tracking.client(uri)
     name = study_name or default_study_name(dataset.name, k, seed)
     opened = open_study(
@@ -606,7 +669,10 @@ def run_verify(
         for c in chosen
         for rg, e in ((0, min(r0, _full_epochs(c))), (1, _full_epochs(c)))
     }
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    stale = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    orphans = _orphans(kb, study, name) if stale else {}
+    recovered = 0
+    for frozen in stale:
         fixed = dict(frozen.system_attrs.get("fixed_params", {}))
         match = table.get(_key(fixed))
         if match is None or match in waiting:
@@ -617,6 +683,14 @@ def run_verify(
         trial = study.ask({n: dists[n] for n in fixed if n in dists})
         trial.set_user_attr("candidate_id", match[0])
         trial.set_user_attr("rung", match[1])
+        orphan = orphans.pop(match, None)
+        if orphan is not None:  # trained and stored before the interrupt: not again
+            trial.set_user_attr("epochs", int(fixed.get("epochs", 0)))
+            trial.set_user_attr("seconds", orphan.outcomes.train_seconds)
+            trial.set_user_attr("note", "completed from its KB record after an interrupt")
+            _tell_record(study, trial, orphan)
+            recovered += 1
+            continue
         waiting[match] = trial
 
     ledger = _Ledger(study)
@@ -723,25 +797,10 @@ def run_verify(
                     trial.set_user_attr("error", str(reason)[:1000])
                     study.tell(trial, state=TrialState.FAIL)
                 else:
-                    value, metric = _value(record)
-                    out = record.outcomes
-                    for key, attr in (
-                        ("mlflow_run_id", record.provenance.mlflow_run_id),
-                        ("record_id", record.run_id),
-                        ("status", record.status),
-                        ("metric", metric),
-                        ("val_accuracy", out.val_accuracy),
-                        ("test_accuracy", out.test_accuracy),
-                        ("test_balanced_accuracy", out.balanced_accuracy),
-                        ("train_seconds", out.train_seconds),
-                    ):
-                        trial.set_user_attr(key, attr)
-                    curve = _curve(record)
-                    for step, point in enumerate(curve, start=1):
-                        trial.report(float(point), step)
-                    study.tell(trial, value)
+                    _tell_record(study, trial, record)
                 frozen = study.get_trials(deepcopy=False)[trial.number]
-                result = _run_from_trial(frozen, "done" if record is not None else "failed")
+                done = frozen.state == TrialState.COMPLETE
+                result = _run_from_trial(frozen, "done" if done else "failed")
                 ledger.done[(cid, rg)] = result
                 runs_now += 1
                 if on_run is not None:
@@ -749,9 +808,19 @@ def run_verify(
         except Exception as exc:  # a bug: its run is left RUNNING, retried on the next start
             fatal = exc
 
+    def run_rung_or_stop(jobs: list[tuple[str, int, int]]) -> None:
+        """Ctrl-C / SIGTERM: the run in training is KILLED by the trainer, left RUNNING in
+        the study (re-queued by the next start), and the verification's run is KILLED."""
+        try:
+            run_rung(jobs)
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                client.set_terminated(verify_run, status="KILLED")
+            raise
+
     # Rung 0: every candidate, r0 epochs (its full epochs when those are fewer).
     rung0 = [(c.candidate_id, 0, min(r0, _full_epochs(c))) for c in chosen]
-    run_rung(rung0)
+    run_rung_or_stop(rung0)
     scored = [
         (ledger.done[(cid, 0)].value or 0.0, -i, cid)
         for i, (cid, _, _) in enumerate(rung0)
@@ -763,7 +832,7 @@ def run_verify(
         rung1 = [
             (cid, 1, _full_epochs(by_id[cid])) for cid in promoted if _full_epochs(by_id[cid]) > r0
         ]
-        run_rung(rung1)
+        run_rung_or_stop(rung1)
     for trial in waiting.values():  # re-queued runs no longer needed (budget, promotion)
         trial.set_user_attr("note", "re-queued run not needed")
         study.tell(trial, state=TrialState.FAIL)
@@ -788,12 +857,17 @@ def run_verify(
         wall=time.perf_counter() - wall_start,
         runs_now=runs_now,
         resumed_runs=resumed_runs,
-        retried=opened.resumed,
+        retried=opened.resumed - recovered,
+        recovered=recovered,
         verify_run=verify_run,
         parent_run_id=parent_run_id,
     )
-    _log_summary(client, verify_run, result)
-    client.set_terminated(verify_run, status="FINISHED")
+    try:  # the answer is known: a tracking failure is reported, never raised
+        _log_summary(client, verify_run, result)
+        client.set_terminated(verify_run, status="FINISHED")
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        result = result.model_copy(update={"tracking_error": tracking.redact_text(problem)})
     if result.complete:  # nothing left to continue; an unfinished study keeps them
         shutil.rmtree(checkpoints, ignore_errors=True)
         with contextlib.suppress(OSError):  # the shared folder, once no study uses it
@@ -822,6 +896,7 @@ def _result(
     retried: int,
     verify_run: str,
     parent_run_id: str | None,
+    recovered: int = 0,
 ) -> VerifyResult:
     results: list[CandidateResult] = []
     for cand in chosen:
@@ -902,6 +977,7 @@ def _result(
         runs_this_time=runs_now,
         runs_resumed=resumed_runs,
         retried=retried,
+        recovered=recovered,
         mlflow_run_id=verify_run,
         parent_run_id=parent_run_id,
     )
