@@ -243,7 +243,8 @@ class Evidence(BaseModel):
             n = len(self.cited(rid))
             runs.append(
                 f"{rid}: {r.model} on {r.dataset}, {run_result(r)}, similarity "
-                f"{r.similarity:.2f}" + (f" ({n} runs, same configuration and score)" if n > 1 else "")
+                f"{r.similarity:.2f}"
+                + (f" ({n} runs, same configuration and score)" if n > 1 else "")
             )
         missing = self.missing_own_runs
         if missing:

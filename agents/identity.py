@@ -202,15 +202,19 @@ def model_mentions(text: str, known: Iterable[str]) -> list[Mention]:
     for m in _TOKEN.finditer(text):
         token = m.group(0).rstrip(".-_/")
         key = model_key(token)
-        if key in keys:
-            out.append(Mention(m.start(), m.start() + len(token), token, key))
-        elif _FAMILY.match(token) and re.search(r"\d", token) and not _is_dataset_like(token):
+        if key in keys or _is_family_name(token):
             out.append(Mention(m.start(), m.start() + len(token), token, key))
     return out
 
 
-def _is_dataset_like(token: str) -> bool:
-    return "mnist" in token.lower()
+def _is_family_name(token: str) -> bool:
+    """A family name with a variant after it ("resnet50", "convnext_tiny", "ViT-B"); a bare
+    family ("ResNet", "ViTs") names no model."""
+    m = _FAMILY.match(token)
+    if m is None or "mnist" in token.lower():
+        return False
+    rest = token[m.end() :]
+    return bool(rest) and (rest[0].isdigit() or (rest[0] in "-_" and len(rest) > 1))
 
 
 _ABBREVIATION = re.compile(r"(?:\b(?:vs|e\.g|i\.e|approx|cf|etc|no)\.)$", re.IGNORECASE)
@@ -325,8 +329,7 @@ def _mode_problems(text: str, chosen: Candidate, spans: list[tuple[int, int]]) -
                     continue
                 own = f"finetune {mode}" if mode else "no finetune mode (trained from scratch)"
                 problems.append(
-                    f"says {m.group(0)!r} but the chosen candidate {chosen.candidate_id} uses "
-                    f"{own}"
+                    f"says {m.group(0)!r} but the chosen candidate {chosen.candidate_id} uses {own}"
                 )
     wrong = _SCRATCH if chosen.pretrained else _PRETRAINED
     for m in wrong.finditer(text):
@@ -519,9 +522,7 @@ def metric_problems(text: str, shortlist: Shortlist) -> list[str]:
                 if not matching:
                     continue
                 word = min(words, key=lambda w: abs(w.start() - number[1]))
-                said = next(
-                    METRIC_PHRASES[int(k[1:])][1] for k, v in word.groupdict().items() if v
-                )
+                said = next(METRIC_PHRASES[int(k[1:])][1] for k, v in word.groupdict().items() if v)
                 split_m = _SPLIT.search(clause[: word.start()])
                 split = split_m.group(1).lower() if split_m else None
                 split = {"val": "validation", "train": None, "training": None}.get(
@@ -532,12 +533,12 @@ def metric_problems(text: str, shortlist: Shortlist) -> list[str]:
                 }
                 owned = [s for s in matching if s.owner & named] or matching
                 fits = [
-                    s
-                    for s in owned
-                    if s.metric == said and (split is None or s.split == split)
+                    s for s in owned if s.metric == said and (split is None or s.split == split)
                 ]
                 if not fits:
-                    right = sorted({f"{s.split} {METRIC_NAMES.get(s.metric, s.metric)}" for s in owned})
+                    right = sorted(
+                        {f"{s.split} {METRIC_NAMES.get(s.metric, s.metric)}" for s in owned}
+                    )
                     problems.append(
                         f"writes {word.group(0)!r} next to {number[2]}, which is "
                         f"{' or '.join(right)}: name the metric the number is in"
@@ -602,7 +603,9 @@ def run_problems(
         if not pool or (not cited and not numbers):
             continue
         run_numbers = [
-            n for n in numbers if any(_score_matches(n[0], v) for r in runs.values() for v in _run_scores(r))
+            n
+            for n in numbers
+            if any(_score_matches(n[0], v) for r in runs.values() for v in _run_scores(r))
         ]
         if not cited and not run_numbers:
             continue
@@ -611,15 +614,11 @@ def run_problems(
             for r in pool
             if (not models or model_key(r.model) in models)
             and (not named_sets or r.dataset in named_sets)
-            and all(
-                any(_score_matches(n[0], v) for v in _run_scores(r)) for n in run_numbers
-            )
+            and all(any(_score_matches(n[0], v) for v in _run_scores(r)) for n in run_numbers)
         ]
         if not fits:
             what = "cited run " + ", ".join(cited) if cited else "the past run it describes"
-            truth = "; ".join(
-                f"{r.run_id}: {r.model} on {r.dataset}" for r in pool[:2] if cited
-            )
+            truth = "; ".join(f"{r.run_id}: {r.model} on {r.dataset}" for r in pool[:2] if cited)
             problems.append(
                 f"describes {what} with a model, dataset or score that is not that run's"
                 + (f" ({truth})" if truth else "")

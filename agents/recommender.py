@@ -154,6 +154,7 @@ def from_candidate(
         metric=shortlist.metric,
         metric_note=shortlist.metric_note,
         compute=shortlist.regime,
+        rank_basis=shortlist.rank_basis,
     )
 
 
