@@ -79,12 +79,13 @@ CONTRAST_WORDS = 5  # at most this many words between the contrast word and the 
 _CLAUSE_BREAK = re.compile(r"[;:.!?]\s")
 # Claims that the chosen candidate ranks above / below the contrasted one.
 _ABOVE = re.compile(
-    r"\b(ahead of|above|over|outranks?|beats?|outperforms?|better than|higher than|"
-    r"more accurate than)\b",
+    r"\b(ahead of|above|over|outranks?|beats?|outperforms?|"
+    r"(?:better|higher|greater|more accurate|stronger)\b[^.;]{0,50}?\bthan)\b",
     re.IGNORECASE,
 )
 _BELOW = re.compile(
-    r"\b(below|behind|worse than|lower than|less accurate than|outranked by)\b", re.IGNORECASE
+    r"\b(below|behind|outranked by|(?:worse|lower|less accurate|weaker)\b[^.;]{0,50}?\bthan)\b",
+    re.IGNORECASE,
 )
 _RANK_WORDS = re.compile(r"\b(rank\w*|meta-learner|ranking|ordered|score[sd]?)\b", re.I)
 _PRED_WORDS = re.compile(r"\b(predict\w*|accura\w*|expected|%)", re.I)
@@ -302,17 +303,18 @@ def identity_problems(
     return list(dict.fromkeys(problems))
 
 
+_RUN_TALK = re.compile(
+    r"\b(?:past|previous|earlier|prior|retrieved|historical|similar|kb|other|one|a|two|three)"
+    r"\s+(?:\w+\s+)?runs?\b|\bruns?\s+(?:of|id|\[|#)|\b(?:reached|achieved|scored|"
+    r"was trained|were trained|in the (?:kb|knowledge base))\b",
+    re.IGNORECASE,
+)
+
+
 def _about_run(sentence: str) -> bool:
-    return bool(
-        citations(sentence)
-        or _SHORT_RUN.search(sentence)
-        or re.search(
-            r"\b(past|previous|earlier|prior|retrieved|historical)\b|\bruns?\b|\breached\b|"
-            r"\bachieved\b|\bscored\b|\bwas trained\b",
-            sentence,
-            re.IGNORECASE,
-        )
-    )
+    """The sentence reports a past run (a citation, a short run id or run words; 'it runs
+    on 64 px inputs' is not one)."""
+    return bool(citations(sentence) or _SHORT_RUN.search(sentence) or _RUN_TALK.search(sentence))
 
 
 def _mode_problems(text: str, chosen: Candidate, spans: list[tuple[int, int]]) -> list[str]:
@@ -395,7 +397,7 @@ def _value_problems(text: str, chosen: Candidate, spans: list[tuple[int, int]]) 
             if isinstance(own, str) or name in ("optimizer", "scheduler", "augmentation"):
                 value = r"([a-z][a-z0-9_]*)\b"
             else:
-                value = _NUMBER_TEXT + r"(?![\w.%x])"
+                value = _NUMBER_TEXT + r"(?![\w%x]|\.\d)"
             for m in re.finditer(pattern + value, text, re.IGNORECASE):
                 word = m.group(1)
                 if value.startswith("([a-z]") and word.lower() in _STOP:
@@ -596,9 +598,16 @@ def run_problems(
         if not (cited or _about_run(sentence)):
             continue
         numbers = _percent_numbers(sentence)
-        models = {m.key for m in model_mentions(sentence, known)}
+        mentions = model_mentions(sentence, known)
+        models = {m.key for m in mentions}
         named_sets = [d for d in datasets if _mentions(sentence, d)]
         named_sets = [d for d in named_sets if not any(d != o and d in o for o in named_sets)]
+        for m in mentions:  # "<model> on <dataset>": the dataset a run is described on
+            after = re.match(r"\s+on\s+([\w][\w/+.:-]*\w|\w)", sentence[m.end :])
+            if after and after.group(1).lower() not in _NOT_DATASETS:
+                token = after.group(1)
+                if token not in named_sets:
+                    named_sets.append(token)
         pool = [runs[r] for r in cited if r in runs] if cited else list(runs.values())
         if not pool or (not cited and not numbers):
             continue
@@ -640,6 +649,15 @@ def run_problems(
     return list(dict.fromkeys(problems))
 
 
+_NOT_DATASETS = frozenset(
+    {
+        "this", "these", "that", "the", "a", "an", "its", "your", "such", "similar", "small",
+        "large", "few", "many", "datasets", "dataset", "images", "data", "average", "top",
+        "it", "them", "each", "both", "cpu", "gpu", "validation", "test",
+    }
+)  # fmt: skip
+
+
 def _run_scores(r: SimilarRun) -> list[float]:
     return [v for v in (r.val_accuracy, r.val_balanced_accuracy, r.test_accuracy) if v is not None]
 
@@ -666,7 +684,8 @@ def top_by_number_problems(text: str, chosen: Candidate, shortlist: Shortlist) -
             continue
         if any(_score_matches(n[0], chosen.predicted_accuracy) for n in _percent_numbers(sentence)):
             problems.append(
-                f"calls {chosen.candidate_id} top next to its predicted {pct(chosen.predicted_accuracy)}, "
+                f"calls {chosen.candidate_id} top next to its predicted "
+                f"{pct(chosen.predicted_accuracy)}, "
                 f"but {best.candidate_id} ({best.model}) is predicted higher "
                 f"({pct(best.predicted_accuracy)}); it is first by the meta-learner's rank, say so"
             )

@@ -317,7 +317,7 @@ def plant_high_confidence(case: Case, rng: random.Random) -> Case | None:
 def plant_duplicated_citation(case: Case, rng: random.Random) -> Case | None:
     text = case.recommendation.explanation
     sentences = re.findall(
-        r"(?:Past run|\d+ past runs) (?:\[run [^\]]+\] ?)+:[^.]*\.\d[^.]*\.[^)]*\)\.", text
+        r"(?:Past run|\w+ past runs) (?:\[run [^\]]+\] ?)+:[^.]*\.\d[^.]*\.[^)]*\)\.", text
     )
     runs = {r.run_id: r for r in case.shortlist.similar_runs}
     options: list[tuple[str, str]] = []
