@@ -285,14 +285,14 @@ def identity_problems(
             "('ahead of ...') or as a past run's model"
         )
     ids = {c.candidate_id.lower() for c in shortlist.candidates}
-    for m in _CANDIDATE.finditer(text):
-        cid = f"c{m.group(1)}"
+    for hit in _CANDIDATE.finditer(text):
+        cid = f"c{hit.group(1)}"
         if cid == chosen.candidate_id.lower():
             continue
-        a, _ = _sentence_of(spans, m.start())
+        a, _ = _sentence_of(spans, hit.start())
         if cid not in ids:
             problems.append(f"names candidate {cid}, which is not in the shortlist")
-        elif not contrasted(text, m.start(), a):
+        elif not contrasted(text, hit.start(), a):
             problems.append(
                 f"names {cid} as if it were the recommendation, but the chosen candidate is "
                 f"{chosen.candidate_id}"
@@ -405,8 +405,8 @@ def _value_problems(text: str, chosen: Candidate, spans: list[tuple[int, int]]) 
                 if name == "image_size" and alias == "resolution":
                     continue  # "median resolution 28x28 px" is the dataset's, not the input's
                 judge_value(name, word, m.start(1))
-    for pattern, name in ((_IMAGE_PX, "image_size"), (_EPOCHS, "epochs"), (_BATCHES, "batch_size")):
-        for m in pattern.finditer(text):
+    for regex, name in ((_IMAGE_PX, "image_size"), (_EPOCHS, "epochs"), (_BATCHES, "batch_size")):
+        for m in regex.finditer(text):
             group = next(g for g in m.groups() if g)
             pos = m.start()
             a, _ = _sentence_of(spans, pos)
@@ -632,20 +632,20 @@ def run_problems(
                 f"describes {what} with a model, dataset or score that is not that run's"
                 + (f" ({truth})" if truth else "")
             )
-    for m in _RUN_LIKE.finditer(text):
-        if m.group(1) not in valid:
-            problems.append(f"names run {m.group(1)}, which is not in the evidence")
-    for m in _BARE_RUN_ID.finditer(text):
-        token = m.group(1).rstrip(".,;:)")
+    for hit in _RUN_LIKE.finditer(text):
+        if hit.group(1) not in valid:
+            problems.append(f"names run {hit.group(1)}, which is not in the evidence")
+    for hit in _BARE_RUN_ID.finditer(text):
+        token = hit.group(1).rstrip(".,;:)")
         if token in valid or re.fullmatch(r"[\d.,]+%?", token) or _SHORT_RUN.fullmatch(token):
             continue
         if token.lower() in {d.lower() for d in datasets}:
             continue
         problems.append(f"names run {token}, which is not in the evidence")
     n_runs = len(shortlist.similar_runs)
-    for m in _SHORT_RUN.finditer(text):
-        if int(m.group(1)) > n_runs or int(m.group(1)) == 0:
-            problems.append(f"cites r{m.group(1)}, which is not one of the listed past runs")
+    for hit in _SHORT_RUN.finditer(text):
+        if int(hit.group(1)) > n_runs or int(hit.group(1)) == 0:
+            problems.append(f"cites r{hit.group(1)}, which is not one of the listed past runs")
     return list(dict.fromkeys(problems))
 
 

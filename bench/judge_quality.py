@@ -13,6 +13,15 @@ pick (among the top ``MAX_CHOICES``) is compared with the meta-learner's top-1.
     python bench/judge_quality.py --models fast --limit 4 --lodo-limit 2     # a small subset
     python bench/judge_quality.py --models fast,default                     # everything
 
+Part 3, the judge: explanations built from real shortlists (the shipped KB, the shared
+medical datasets, cards, synthetic inputs), each correct or with one planted error
+(:mod:`metallmix.benchmarks.judge_plants`): the code checks' catch rate per error type and
+their false-alarm rate. Part 1 also reports how often the writer's drafts and the final
+answer contradict the pick (names another model or candidate, a wrong metric word, a run
+described wrongly).
+
+    python bench/judge_quality.py --adversarial-only --tag adversarial      # part 3, minutes
+
 Writes ``bench/results/judge_quality[_<tag>].{json,md}``. Expensive on a busy 2-core box:
 each recommendation is 2-4 LLM calls.
 """
@@ -445,23 +454,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Judge quality ({result['date']}, {result['machine']})",
         "",
         f"Command: `{result['command']}`",
-        "",
-        "## The voice (recommend -> judge)",
-        "",
-        "| LLM | n | first-attempt pass | fallback | final contradicts answer | drafts "
-        "contradicting | rejected for wording | grading failures "
-        "| total p50 / p95 s | per node p50 / p95 s | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for model, s in result.get("voice_summary", {}).items():
-        nodes = ", ".join(f"{n} {v['p50']}/{v['p95']}" for n, v in s["nodes"].items())
-        lines.append(
-            f"| {model} | {s['n']} | {s['first_attempt_pass_rate']:.0%} | {s['fallback_rate']:.0%} "
-            f"| {s.get('contradiction_rate', 0):.0%} | {s.get('draft_contradiction_rate', 0):.0%} "
-            f"| {s['rejections_for_wording']} | {s['grading_failures']} "
-            f"| {s['total_p50_s']} / {s['total_p95_s']} | {nodes} | {s['load_range'][0]}-"
-            f"{s['load_range'][1]} |"
-        )
+    if result.get("voice_summary"):
+        lines += ["", *voice_table(result)]
     adv = result.get("adversarial")
     if adv:
         lines += [
@@ -493,6 +488,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"{choice.get('verdict')} |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def voice_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The voice (recommend -> judge)",
+        "",
+        "| LLM | n | first-attempt pass | fallback | final contradicts answer | drafts "
+        "contradicting | rejected for wording | grading failures "
+        "| total p50 / p95 s | per node p50 / p95 s | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for model, s in result.get("voice_summary", {}).items():
+        nodes = ", ".join(f"{n} {v['p50']}/{v['p95']}" for n, v in s["nodes"].items())
+        lines.append(
+            f"| {model} | {s['n']} | {s['first_attempt_pass_rate']:.0%} | {s['fallback_rate']:.0%} "
+            f"| {s.get('contradiction_rate', 0):.0%} | {s.get('draft_contradiction_rate', 0):.0%} "
+            f"| {s['rejections_for_wording']} | {s['grading_failures']} "
+            f"| {s['total_p50_s']} / {s['total_p95_s']} | {nodes} | {s['load_range'][0]}-"
+            f"{s['load_range'][1]} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

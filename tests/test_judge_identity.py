@@ -20,7 +20,7 @@ from metallmix.agents.evidence import render_evidence
 from metallmix.agents.judge import hard_checks
 from metallmix.agents.recommender import evidence_for, fallback_recommendation, from_candidate
 from metallmix.agents.schemas import Recommendation
-from metallmix.benchmarks.judge_plants import PLANTERS, PLANT_TYPES, Case, correct_cases
+from metallmix.benchmarks.judge_plants import PLANT_TYPES, PLANTERS, Case, correct_cases
 from metallmix.prompts import load_prompt
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun

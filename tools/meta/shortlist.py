@@ -330,9 +330,9 @@ def own_model_runs(
                 r.run_id,
             )
         )
-        for r in own[:OWN_MODEL_RUNS]:
-            shown.add(r.run_id)
-            out.append(_similar(r, similarity[r.dataset]))
+        for record in own[:OWN_MODEL_RUNS]:
+            shown.add(record.run_id)
+            out.append(_similar(record, similarity[record.dataset]))
     return out
 
 
