@@ -325,3 +325,13 @@ def test_case_dataclass_keeps_the_plant_type() -> None:
     sl = shortlist()
     base = correct_cases("breastmnist", sl, random.Random(0), per_candidate=1)[0]
     assert isinstance(base, Case) and base.plant is None
+
+
+def test_the_cli_says_what_ranks_the_shortlist() -> None:
+    from metallmix.cli.recommend import rank_basis_line
+
+    line = rank_basis_line(shortlist())
+    assert "ranked by the meta-learner's expected rank" in line
+    assert "predicted validation balanced accuracy shown" in line
+    rec = fallback_recommendation("breastmnist", shortlist(), attempts=2, llm="x", seed=0)
+    assert rec.rank_basis.startswith("ranked by")
