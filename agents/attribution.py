@@ -35,7 +35,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "batch_size": ("batch_size", "batch size", "batch"),
     "weight_decay": ("weight_decay", "weight decay", "l2"),
     "epochs": ("epochs", "epoch"),
-    "image_size": ("image_size", "image size", "input size", "input resolution"),
+    "image_size": (
+        "image_size",
+        "image size",
+        "input size",
+        "input resolution",
+        "px inputs",
+        "px input",
+        "pixel inputs",
+    ),
     "label_smoothing": ("label_smoothing", "label smoothing"),
     "dropout": ("dropout",),
     "optimizer": ("optimizer", "optimiser"),
@@ -141,6 +149,7 @@ def evidence_items(shortlist: Shortlist) -> list[Item]:
         who = _terms(r.model, r.dataset) | {r.run_id.lower()} | MODEL_WORDS
         for what, measured in (
             ("validation accuracy", r.val_accuracy),
+            ("validation balanced accuracy", r.val_balanced_accuracy),
             ("test accuracy", r.test_accuracy),
             ("training time", r.train_seconds),
         ):
@@ -293,11 +302,15 @@ _WIDE = re.compile(
     re.IGNORECASE,
 )
 _LEVEL = re.compile(
-    r"\b(high|low|medium|moderate)(?:ly)?\s+confiden(?:ce|t)\b"
+    r"\b(high|low|medium|moderate|strong|weak)(?:ly)?[\s-]+confiden(?:ce|t)\b"
     r"|\bconfidence\s+(?:is\s+|of\s+|level\s+)?(?:very\s+|quite\s+|fairly\s+)?(high|low|medium|moderate)\b",
     re.IGNORECASE,
 )
-_CERTAIN = re.compile(r"\b(certain(?:ly)?|guarantee[sd]?|definitely|sure to)\b", re.IGNORECASE)
+_CERTAIN = re.compile(
+    r"\b(certain(?:ly)?|guarantee[sd]?|definitely|sure to|reliabl[ey]|very confident|"
+    r"confidently|we are confident|highly likely|without doubt|no doubt)\b",
+    re.IGNORECASE,
+)
 _UNCERTAIN = re.compile(r"\b(uncertain|not certain|not sure|unsure)\b", re.IGNORECASE)
 _AGREE = re.compile(
     r"\b(agree[sd]?|confirm[sed]*|consistent|in line|corroborat\w*)\b", re.IGNORECASE
@@ -333,7 +346,7 @@ def confidence_problems(
             problems.append(f"calls the interval wide but it is only {width:.1f} points wide")
         for match in _LEVEL.finditer(sentence):
             said = (match.group(1) or match.group(2) or "").lower()
-            said = "medium" if said == "moderate" else said
+            said = {"moderate": "medium", "strong": "high", "weak": "low"}.get(said, said)
             if said and said != confidence:
                 problems.append(f"says {said} confidence but the confidence is {confidence}")
         if _CERTAIN.search(sentence) and not _UNCERTAIN.search(sentence) and confidence != "high":

@@ -75,11 +75,38 @@ def is_narrow(c: Candidate) -> bool:
     return interval_width(c) <= NARROW_POINTS + 1e-9
 
 
+def run_score(r: SimilarRun) -> tuple[float | None, str]:
+    """A past run's score and its metric: validation balanced accuracy where the run
+    recorded it (what the meta-learner predicts), else validation accuracy."""
+    if r.val_balanced_accuracy is not None:
+        return r.val_balanced_accuracy, "balanced_accuracy"
+    return r.val_accuracy, "accuracy"
+
+
+def metric_words(metric: str) -> str:
+    """'balanced_accuracy' -> 'balanced accuracy'."""
+    return metric.replace("_", " ")
+
+
+def run_result(r: SimilarRun) -> str:
+    """'validation balanced accuracy 85.9%': the run's number in its own metric."""
+    value, metric = run_score(r)
+    return f"validation {metric_words(metric)} {pct(value)}"
+
+
+def run_key(r: SimilarRun) -> tuple[object, ...]:
+    """Runs with the same key are near-duplicates (same configuration, dataset and score):
+    cited once, as 'N runs'."""
+    value, metric = run_score(r)
+    hps = r.hyperparameters.model_dump_json()
+    return (r.model, r.dataset, metric, None if value is None else round(value, 3), hps)
+
+
 def runs_agree(c: Candidate, runs: list[SimilarRun]) -> bool:
-    """At least one past run reached an accuracy within AGREE_POINTS of the prediction."""
+    """At least one past run reached a score within AGREE_POINTS of the prediction."""
     return any(
-        r.val_accuracy is not None
-        and abs(r.val_accuracy - c.predicted_accuracy) * 100 <= AGREE_POINTS
+        run_score(r)[0] is not None
+        and abs((run_score(r)[0] or 0.0) - c.predicted_accuracy) * 100 <= AGREE_POINTS
         for r in runs
     )
 
@@ -95,27 +122,29 @@ def confidence_for(c: Candidate, runs: list[SimilarRun]) -> Confidence:
     return "medium"
 
 
-def candidate_line(c: Candidate, keys: tuple[str, ...] | None = KEY_HPS) -> str:
+def candidate_line(
+    c: Candidate, keys: tuple[str, ...] | None = KEY_HPS, metric: str = "accuracy"
+) -> str:
     start = "pretrained" if c.pretrained else "from scratch"
     return (
         f"- {c.candidate_id}: {c.model} ({start}); "
         f"{hp_text(dict(hp_values(c.hyperparameters)), keys)}"
-        f"; predicted accuracy {pct(c.predicted_accuracy)} (interval {pct(c.accuracy_low)} to "
+        f"; predicted {metric_words(metric)} {pct(c.predicted_accuracy)} (interval "
+        f"{pct(c.accuracy_low)} to "
         f"{pct(c.accuracy_high)}); training {seconds(c.predicted_seconds)}"
     )
 
 
 def run_line(r: SimilarRun) -> str:
-    acc = pct(r.val_accuracy)
     return (
-        f"- {r.run_id}: dataset {r.dataset}, {r.model}, validation accuracy {acc}, "
+        f"- {r.run_id}: dataset {r.dataset}, {r.model}, {run_result(r)}, "
         f"similarity {r.similarity:.2f}"
     )
 
 
 def best_run(shortlist: Shortlist) -> SimilarRun | None:
-    scored = [r for r in shortlist.similar_runs[:MAX_SIMILAR] if r.val_accuracy is not None]
-    return max(scored, key=lambda r: r.val_accuracy or 0.0) if scored else None
+    scored = [r for r in shortlist.similar_runs[:MAX_SIMILAR] if run_score(r)[0] is not None]
+    return max(scored, key=lambda r: run_score(r)[0] or 0.0) if scored else None
 
 
 def best_candidate(shortlist: Shortlist) -> Candidate:
@@ -162,6 +191,23 @@ class Evidence(BaseModel):
     candidates: list[Candidate]
     facts: dict[str, ShapFact] = Field(default_factory=dict)  # "f1" -> fact
     runs: dict[str, SimilarRun] = Field(default_factory=dict)  # "r1" -> run
+    # "r1" -> its near-duplicates (same configuration, dataset and score), cited with it
+    same: dict[str, list[SimilarRun]] = Field(default_factory=dict)
+
+    def cited(self, run_id: str) -> list[SimilarRun]:
+        """The run behind a short id and its near-duplicates: one citation, 'N runs'."""
+        return [self.runs[run_id], *self.same.get(run_id, [])]
+
+    @property
+    def missing_own_runs(self) -> str | None:
+        """The model with no past run on a similar dataset when one candidate is explained
+        (the evidence says so rather than let other models' runs stand in silently)."""
+        if len(self.candidates) != 1:
+            return None
+        model = self.candidates[0].model
+        if any(r.model == model for r in self.shortlist.similar_runs):
+            return None
+        return model
 
     def facts_of(self, candidate_id: str) -> list[str]:
         return [fid for fid, f in self.facts.items() if f.candidate_id == candidate_id]
@@ -172,7 +218,8 @@ class Evidence(BaseModel):
         hps = hp_text(dict(hp_values(c.hyperparameters)))
         conf = confidence_for(c, list(self.runs.values()))
         lines = [
-            f"{c.candidate_id}: {c.model}{start}, {hps}. Predicted accuracy "
+            f"{c.candidate_id}: {c.model}{start}, {hps}. Predicted "
+            f"{metric_words(self.shortlist.metric)} "
             f"{pct(c.predicted_accuracy)} (interval {pct(c.accuracy_low)} to "
             f"{pct(c.accuracy_high)}, {conf} confidence), training {seconds(c.predicted_seconds)}."
         ]
@@ -191,17 +238,23 @@ class Evidence(BaseModel):
     @property
     def text(self) -> str:
         """The prompt's evidence block (its token count is logged with each call)."""
-        runs = [
-            f"{rid}: {r.model} on {r.dataset}, validation accuracy {pct(r.val_accuracy)}, "
-            f"similarity {r.similarity:.2f}"
-            for rid, r in self.runs.items()
-        ]
+        runs = []
+        for rid, r in self.runs.items():
+            n = len(self.cited(rid))
+            runs.append(
+                f"{rid}: {r.model} on {r.dataset}, {run_result(r)}, similarity "
+                f"{r.similarity:.2f}"
+                + (f" ({n} runs, same configuration and score)" if n > 1 else "")
+            )
+        missing = self.missing_own_runs
+        if missing:
+            runs.append(f"No past run of {missing} on a similar dataset in the knowledge base.")
+        basis = self.shortlist.rank_basis or "best meta-learner ranking first"
         return "\n".join(
             [
                 f"Dataset: {self.dataset}",
                 "",
-                "Candidates, best meta-learner ranking first, with SHAP facts (effect on "
-                "predicted accuracy):",
+                f"Candidates ({basis}), with SHAP facts (effect on the predicted score):",
                 *[self.candidate_block(c) for c in self.candidates],
                 "",
                 "Past runs on similar datasets:",
@@ -231,11 +284,24 @@ def render_evidence(
     for c in chosen:
         for f in top_facts(shortlist, c.candidate_id, n_facts):
             facts[f"f{len(facts) + 1}"] = f
-    pool = shortlist.similar_runs[:n_runs]
-    if len(chosen) == 1:  # runs of the candidate's own model first (a stable reordering)
-        pool = sorted(pool, key=lambda r: r.model != chosen[0].model)
-    runs = {f"r{i + 1}": r for i, r in enumerate(pool)}
-    return Evidence(name=name, shortlist=shortlist, candidates=list(chosen), facts=facts, runs=runs)
+    pool = list(shortlist.similar_runs)
+    if len(chosen) == 1:  # runs of the candidate's own configuration, then model, first
+        own = chosen[0]
+        same_hp = own.hyperparameters.model_dump_json()
+        pool.sort(
+            key=lambda r: (r.model != own.model, r.hyperparameters.model_dump_json() != same_hp)
+        )
+    else:
+        pool = pool[:n_runs]
+    groups: dict[tuple[object, ...], list[SimilarRun]] = {}
+    for r in pool:
+        groups.setdefault(run_key(r), []).append(r)
+    kept = list(groups.values())[:n_runs]
+    runs = {f"r{i + 1}": g[0] for i, g in enumerate(kept)}
+    same = {f"r{i + 1}": g[1:] for i, g in enumerate(kept) if len(g) > 1}
+    return Evidence(
+        name=name, shortlist=shortlist, candidates=list(chosen), facts=facts, runs=runs, same=same
+    )
 
 
 # ----------------------------------------------------------------- the answer's grammar
@@ -301,11 +367,30 @@ def fact_clause(f: ShapFact) -> str:
     return f.sentence
 
 
-def run_sentence(r: SimilarRun) -> str:
+def run_sentence(r: SimilarRun, duplicates: list[SimilarRun] | None = None) -> str:
+    """One citation per configuration: near-duplicates are cited together as 'N runs'."""
+    group = [r, *(duplicates or [])]
+    value, metric = run_score(r)
+    ids = " ".join(f"[run {x.run_id}]" for x in group)
+    # the count in words: a digit here would be a number the judge must attribute
+    count = COUNT_WORDS.get(len(group), str(len(group)))
+    head = f"Past run {ids}" if len(group) == 1 else f"{count.capitalize()} past runs {ids}"
+    each = "" if len(group) == 1 else " each"
     return (
-        f"Past run [run {r.run_id}]: {r.model} on {r.dataset} reached {pct(r.val_accuracy)} "
-        f"validation accuracy (dataset similarity {r.similarity:.2f})."
+        f"{head}: {r.model} on {r.dataset} reached {pct(value)} validation "
+        f"{metric_words(metric)}{each} (dataset similarity {r.similarity:.2f})."
     )
+
+
+COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+
+def group_runs(runs: list[SimilarRun]) -> list[list[SimilarRun]]:
+    """Runs grouped by :func:`run_key`, in first-seen order."""
+    groups: dict[tuple[object, ...], list[SimilarRun]] = {}
+    for r in runs:
+        groups.setdefault(run_key(r), []).append(r)
+    return list(groups.values())
 
 
 def render_explanation(
@@ -315,6 +400,8 @@ def render_explanation(
     rationale: str,
     confidence: Confidence,
     metric: str = "accuracy",
+    *,
+    missing_own_runs: bool = False,
 ) -> str:
     """The explanation: the LLM's connecting words, then every number, written by code.
 
@@ -327,14 +414,19 @@ def render_explanation(
     if words:
         parts.append(words if words[-1] in ".!?" else words + ".")
     parts.append(
-        f"{c.model} ({start}) has a predicted validation {metric.replace('_', ' ')} of "
+        f"{c.model} ({start}) has a predicted validation {metric_words(metric)} of "
         f"{pct(c.predicted_accuracy)}, interval {pct(c.accuracy_low)} to "
         f"{pct(c.accuracy_high)} ({band}; {confidence} confidence), and an expected training "
         f"time of {seconds(c.predicted_seconds)}."
     )
     if facts:
         parts.append("SHAP: " + "; ".join(fact_clause(f) for f in facts) + ".")
-    parts += [run_sentence(r) for r in runs]
+    parts += [run_sentence(g[0], g[1:]) for g in group_runs(runs)]
+    if missing_own_runs:
+        parts.append(
+            f"No past run of {c.model} on a similar dataset is in the knowledge base"
+            + ("; the cited runs are of other models." if runs else ".")
+        )
     return " ".join(parts)
 
 
@@ -420,7 +512,11 @@ def evidence_values(ev: Evidence, shortlist: Shortlist) -> list[float]:
             with contextlib.suppress(ValueError):
                 values.append(float(text.replace(",", "")))
     for r in shortlist.similar_runs:
-        values += [v for v in (r.val_accuracy, r.test_accuracy, r.train_seconds) if v is not None]
+        values += [
+            v
+            for v in (r.val_accuracy, r.val_balanced_accuracy, r.test_accuracy, r.train_seconds)
+            if v is not None
+        ]
         values.append(r.similarity)
     # counts a sentence may use ("the top 3 candidates", "2 similar runs")
     values += list(range(len(shortlist.candidates) + len(shortlist.similar_runs) + 1))

@@ -37,6 +37,13 @@ from metallmix.agents.evidence import (
     run_line,
     scrub,
 )
+from metallmix.agents.identity import (
+    identity_problems,
+    metric_problems,
+    placeholder_problems,
+    run_problems,
+    top_by_number_problems,
+)
 from metallmix.agents.recommender import Exchange
 from metallmix.agents.runtime.llm import ChatLLM, LLMOutputError
 from metallmix.agents.schemas import MAX_CRITIQUE_CHARS, JudgeScores, JudgeVerdict, Recommendation
@@ -149,6 +156,9 @@ def hard_checks(
         )
         claims = claim_problems(text, cand, shortlist, cited)
         check("claims_true", not claims, "untrue claims: " + "; ".join(claims[:4]))
+        names = identity_problems(text, cand, shortlist, dataset=rec.dataset)
+        names += top_by_number_problems(text, cand, shortlist)
+        check("names_the_pick", not names, "wrong identity: " + "; ".join(names[:4]))
     if cand is not None and shortlist.facts_for(cand.candidate_id):
         own = {f.sentence for f in shortlist.facts_for(cand.candidate_id)}
         foreign = [f for f in rec.cited_facts if f not in own]
@@ -164,6 +174,12 @@ def hard_checks(
             bool(rec.cited_runs),
             "the explanation cites no similar past run; cite one by its id (r1, r2, ...)",
         )
+    metrics = metric_problems(text, shortlist)
+    check("metric_words", not metrics, "wrong metric words: " + "; ".join(metrics[:4]))
+    described = run_problems(text, shortlist, known_run_ids=known_run_ids)
+    check("runs_described", not described, "past runs: " + "; ".join(described[:4]))
+    placeholders = placeholder_problems(text)
+    check("no_placeholder", not placeholders, "; ".join(placeholders[:2]))
     valid_ids = {r.run_id for r in shortlist.similar_runs} | (known_run_ids or set())
     unknown = [r for r in [*citations(text), *rec.cited_runs] if r not in valid_ids]
     check(

@@ -25,6 +25,7 @@ from metallmix.agents.evidence import (
     ranked_candidates,
     render_evidence,
     render_explanation,
+    run_score,
     to_choice,
     top_facts,
 )
@@ -115,7 +116,13 @@ def from_candidate(
     if shortlist.ood:  # outside what the KB covers: never more than low confidence
         confidence = "low"
     explanation = render_explanation(
-        candidate, facts, runs, rationale, confidence, metric=shortlist.metric
+        candidate,
+        facts,
+        runs,
+        rationale,
+        confidence,
+        metric=shortlist.metric,
+        missing_own_runs=not any(r.model == candidate.model for r in shortlist.similar_runs),
     )
     if shortlist.ood:
         explanation += (
@@ -147,6 +154,7 @@ def from_candidate(
         metric=shortlist.metric,
         metric_note=shortlist.metric_note,
         compute=shortlist.regime,
+        rank_basis=shortlist.rank_basis,
     )
 
 
@@ -172,7 +180,7 @@ def from_choice(
         dataset=ev.name,
         shortlist=ev.shortlist,
         facts=[ev.facts[f] for f in dict.fromkeys(choice.facts)],
-        runs=[ev.runs[r] for r in dict.fromkeys(choice.runs)],
+        runs=[run for r in dict.fromkeys(choice.runs) for run in ev.cited(r)],
         rationale=choice.rationale,
         attempts=attempts,
         llm=llm,
@@ -245,8 +253,12 @@ def fallback_recommendation(
     top = best_candidate(shortlist)
     ev = evidence_for(dataset, shortlist, "top1")
     runs = list(ev.runs.values())
-    scored = [r for r in runs if r.val_accuracy is not None]
-    cited = [max(scored, key=lambda r: r.val_accuracy or 0.0)] if scored else runs[:1]
+    # the candidate's own model's runs come first in the evidence: cite the best of those
+    own = [r for r in runs if r.model == top.model and run_score(r)[0] is not None]
+    scored = own or [r for r in runs if run_score(r)[0] is not None]
+    best = max(scored, key=lambda r: run_score(r)[0] or 0.0) if scored else None
+    short = next((rid for rid, r in ev.runs.items() if r is best), None)
+    cited = ev.cited(short) if short else (ev.cited("r1") if ev.runs else [])
     why = "the LLM failed" if llm_error else "the LLM's answers were rejected"
     rec = from_candidate(
         top,
@@ -256,7 +268,7 @@ def fallback_recommendation(
         runs=cited,
         rationale=(
             f"This explanation is templated because {why}: this is "
-            "the candidate with the best meta-learner score in the shortlist"
+            "the candidate the meta-learner ranks first in the shortlist"
         ),
         attempts=attempts,
         llm=llm,

@@ -132,6 +132,9 @@ class Recommendation(BaseModel):
     baseline_warning: str | None = Field(
         default=None, description="set when the prediction is not clearly above the baseline"
     )
+    rank_basis: str = Field(
+        default="", description="what ranked the shortlist (c1 first); the prediction may differ"
+    )
 
     @model_validator(mode="after")
     def _fill_metric_fields(self) -> Recommendation:

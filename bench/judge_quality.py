@@ -13,6 +13,15 @@ pick (among the top ``MAX_CHOICES``) is compared with the meta-learner's top-1.
     python bench/judge_quality.py --models fast --limit 4 --lodo-limit 2     # a small subset
     python bench/judge_quality.py --models fast,default                     # everything
 
+Part 3, the judge: explanations built from real shortlists (the shipped KB, the shared
+medical datasets, cards, synthetic inputs), each correct or with one planted error
+(:mod:`metallmix.benchmarks.judge_plants`): the code checks' catch rate per error type and
+their false-alarm rate. Part 1 also reports how often the writer's drafts and the final
+answer contradict the pick (names another model or candidate, a wrong metric word, a run
+described wrongly).
+
+    python bench/judge_quality.py --adversarial-only --tag adversarial      # part 3, minutes
+
 Writes ``bench/results/judge_quality[_<tag>].{json,md}``. Expensive on a busy 2-core box:
 each recommendation is 2-4 LLM calls.
 """
@@ -169,6 +178,17 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
         for v in verdicts
         if any(not v.checks.get(k, True) for k in wording)
     ]
+    identity = {"names_the_pick", "metric_words", "runs_described", "no_placeholder"}
+    drafts_contradicting = sum(any(not v.checks.get(k, True) for k in identity) for v in verdicts)
+    from metallmix.agents.judge import hard_checks
+
+    final_checks, _ = hard_checks(
+        rec,
+        final["shortlist"],
+        known_run_ids={r.run_id for r in final.get("similar_runs", [])},
+        evidence=final.get("evidence"),
+    )
+    contradicts = [k for k in sorted(identity) if not final_checks.get(k, True)]
     usage = [e.get("usage", {}) for e in final["exchanges"]]
     return {
         "model": model,
@@ -178,6 +198,9 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
         "load_after": load(),
         "first_attempt_pass": bool(verdicts and verdicts[0].passed),
         "fallback": bool(final.get("fallback")),
+        "drafts": len(verdicts),
+        "drafts_contradicting": drafts_contradicting,
+        "final_contradicts": contradicts,
         "attempts": final["attempts"],
         "caught": caught,
         "llm_graded": [v.llm_graded for v in verdicts],
@@ -240,6 +263,14 @@ def summarise_voice(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 sum(r["first_attempt_pass"] for r in mine) / len(mine), 3
             ),
             "fallback_rate": round(sum(r["fallback"] for r in mine) / len(mine), 3),
+            "contradiction_rate": round(
+                sum(bool(r.get("final_contradicts")) for r in mine) / len(mine), 3
+            ),
+            "draft_contradiction_rate": round(
+                sum(r.get("drafts_contradicting", 0) for r in mine)
+                / max(1, sum(r.get("drafts", 0) for r in mine)),
+                3,
+            ),
             "rejections_for_wording": sum(len(r["caught"]) for r in mine),
             "grading_failures": sum(g is False for r in mine for g in r["llm_graded"]),
             "total_p50_s": round(statistics.median(r["total_s"] for r in mine), 2),
@@ -251,6 +282,49 @@ def summarise_voice(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "load_range": [min(r["load_before"] for r in mine), max(r["load_after"] for r in mine)],
         }
     return out
+
+
+# ----------------------------------------------------------------- part 3: the judge
+def real_shortlists(kb_path: str, limit: int | None) -> list[tuple[str, Any]]:
+    """(name, shortlist) of the benchmark's inputs, built by the real graph up to the
+    evidence (the LLM is a stand-in that always fails: only the shortlist is kept)."""
+    from metallmix import api
+    from metallmix.agents.runtime.fake import ScriptedLLM
+    from metallmix.agents.runtime.llm import LLMOutputError
+    from metallmix.tools.kb.store import open_kb
+    from metallmix.tools.metafeatures import MetaFeatures
+
+    kb = open_kb(kb_path, read_only=True)
+    out: list[tuple[str, Any]] = []
+    for name, data in inputs(kb_path)[:limit]:
+        llm = ScriptedLLM([LLMOutputError("no LLM here", raw="")] * 4)
+        inputs_: dict[str, Any] = {"max_attempts": 1, "dataset_name": name}
+        inputs_["meta_features" if isinstance(data, MetaFeatures) else "data"] = data
+        configurable = {
+            "seed": 0,
+            "llm_instance": llm,
+            "kb_instance": kb,
+            "track": False,
+            "judge_with_llm": False,
+        }
+        final = _final_state(api._graph(), inputs_, configurable)
+        out.append((name, final["shortlist"]))
+        print(f"shortlist {name}: {len(final['shortlist'].candidates)} candidates", file=sys.stderr)
+    return out
+
+
+def adversarial(kb_path: str, limit: int | None, seed: int = 0) -> dict[str, Any]:
+    """The judge's catch rate per planted error type and its false alarms on correct
+    explanations, over explanations built from real shortlists."""
+    from metallmix.benchmarks.judge_plants import build_cases, score_cases
+
+    started = time.perf_counter()
+    shortlists = real_shortlists(kb_path, limit)
+    cases = build_cases(shortlists, seed=seed)
+    summary = score_cases(cases)
+    summary["inputs"] = [name for name, _ in shortlists]
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return summary
 
 
 # ----------------------------------------------------------------- part 2: the choice
@@ -380,21 +454,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Judge quality ({result['date']}, {result['machine']})",
         "",
         f"Command: `{result['command']}`",
-        "",
-        "## The voice (recommend -> judge)",
-        "",
-        "| LLM | n | first-attempt pass | fallback | rejected for wording | grading failures "
-        "| total p50 / p95 s | per node p50 / p95 s | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for model, s in result.get("voice_summary", {}).items():
-        nodes = ", ".join(f"{n} {v['p50']}/{v['p95']}" for n, v in s["nodes"].items())
-        lines.append(
-            f"| {model} | {s['n']} | {s['first_attempt_pass_rate']:.0%} | {s['fallback_rate']:.0%} "
-            f"| {s['rejections_for_wording']} | {s['grading_failures']} "
-            f"| {s['total_p50_s']} / {s['total_p95_s']} | {nodes} | {s['load_range'][0]}-"
-            f"{s['load_range'][1]} |"
-        )
+    if result.get("voice_summary"):
+        lines += ["", *voice_table(result)]
+    adv = result.get("adversarial")
+    if adv:
+        lines += [
+            "",
+            f"## The judge on planted errors (code checks only; {adv['n_correct']} correct "
+            f"explanations from {len(adv['inputs'])} real shortlists, one error planted in each "
+            "copy)",
+            "",
+            "| planted error | n | caught |",
+            "|---|---:|---:|",
+        ]
+        for kind, rate in adv["catch_rate"].items():
+            shown = "n/a" if rate is None else f"{rate:.1%}"
+            lines.append(f"| {kind} | {adv['n_planted'][kind]} | {shown} |")
+        fa = adv["false_alarm_rate"]
+        lines.append(f"| (none: false alarms) | {adv['n_correct']} | {fa:.1%} |")
     choice = result.get("choice_summary")
     if choice:
         lines += [
@@ -412,6 +490,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def voice_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The voice (recommend -> judge)",
+        "",
+        "| LLM | n | first-attempt pass | fallback | final contradicts answer | drafts "
+        "contradicting | rejected for wording | grading failures "
+        "| total p50 / p95 s | per node p50 / p95 s | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for model, s in result.get("voice_summary", {}).items():
+        nodes = ", ".join(f"{n} {v['p50']}/{v['p95']}" for n, v in s["nodes"].items())
+        lines.append(
+            f"| {model} | {s['n']} | {s['first_attempt_pass_rate']:.0%} | {s['fallback_rate']:.0%} "
+            f"| {s.get('contradiction_rate', 0):.0%} | {s.get('draft_contradiction_rate', 0):.0%} "
+            f"| {s['rejections_for_wording']} | {s['grading_failures']} "
+            f"| {s['total_p50_s']} / {s['total_p95_s']} | {nodes} | {s['load_range'][0]}-"
+            f"{s['load_range'][1]} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fast,default")
@@ -427,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lodo-model", default="fast")
     parser.add_argument("--skip-voice", action="store_true")
     parser.add_argument("--skip-lodo", action="store_true")
+    parser.add_argument(
+        "--adversarial", action="store_true", help="part 3: planted errors (code checks only)"
+    )
+    parser.add_argument("--adversarial-only", action="store_true", help="only part 3")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -439,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPUs, load {load()} at start",
         "command": "python bench/judge_quality.py " + " ".join(argv or sys.argv[1:]),
     }
+    if args.adversarial or args.adversarial_only:
+        result["adversarial"] = adversarial(args.kb, args.limit)
+        if args.adversarial_only:
+            args.skip_voice = args.skip_lodo = True
     if not args.skip_voice:
         rows = voice(models, args.limit, args.kb, args.choose)
         result["voice"] = rows

@@ -113,6 +113,7 @@ def _run(
 def print_shortlist(shortlist: Any) -> None:
     """The scored shortlist on stderr as soon as it exists (seconds), while the LLM works."""
     stderr.print("  scored shortlist (the LLM now chooses and explains):")
+    stderr.print(escape(f"  {rank_basis_line(shortlist)}"), soft_wrap=True)
     for c in ranked_candidates(shortlist):
         stderr.print(
             escape(
@@ -120,6 +121,13 @@ def print_shortlist(shortlist: Any) -> None:
                 f"[{pct(c.accuracy_low)}, {pct(c.accuracy_high)}], {seconds(c.predicted_seconds)}"
             )
         )
+
+
+def rank_basis_line(shortlist: Any) -> str:
+    """Why c1 is first: the order is the meta-learner's rank, not the printed prediction."""
+    metric = METRIC_LABEL.get(shortlist.metric, shortlist.metric)
+    basis = shortlist.rank_basis or "ranked by the meta-learner"
+    return f"order: {basis}; predicted validation {metric} shown"
 
 
 def render(rec: Any, console: Console) -> None:
@@ -134,6 +142,8 @@ def render(rec: Any, console: Console) -> None:
     if rec.expected_train_seconds is not None:
         table.add_row("expected training time", f"{rec.expected_train_seconds:.0f} s")
     console.print(table)
+    if rec.rank_basis:
+        console.print(f"shortlist order: {escape(rec.rank_basis)}", soft_wrap=True)
     if rec.metric_note:
         console.print(f"metric: {escape(rec.metric_note)}")
     if rec.baseline_warning:

@@ -58,6 +58,9 @@ class SimilarRun(BaseModel):
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     train_seconds: float | None = None
+    val_balanced_accuracy: float | None = Field(
+        default=None, description="validation balanced accuracy, where the run recorded it"
+    )
 
 
 class Shortlist(BaseModel):
@@ -81,6 +84,10 @@ class Shortlist(BaseModel):
     metric_note: str | None = Field(default=None, description="what stands in for the metric")
     regime: Literal["cpu", "gpu"] | None = Field(
         default=None, description="compute regime whose runs and search space were used"
+    )
+    rank_basis: str = Field(
+        default="",
+        description="what orders the candidates (c1 first); the predicted score may differ",
     )
 
     def candidate(self, candidate_id: str) -> Candidate | None:

@@ -387,6 +387,7 @@ def _similar(record: RunRecord, similarity: float) -> SimilarRun:
         val_accuracy=record.outcomes.val_accuracy,
         test_accuracy=record.outcomes.test_accuracy,
         train_seconds=record.outcomes.train_seconds,
+        val_balanced_accuracy=getattr(record.outcomes, "val_balanced_accuracy", None),
     )
 
 

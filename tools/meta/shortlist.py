@@ -25,6 +25,7 @@ from metallmix.tools.meta.retrieval import (
     DatasetScaler,
     RetrievalIndex,
     _raw_vector,
+    _similar,
     load_or_build,
 )
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace
@@ -270,12 +271,69 @@ def rank(
     return Shortlist(
         meta_features=meta_features,
         candidates=candidates,
-        similar_runs=found.shown,
+        similar_runs=found.shown + own_model_runs(candidates, records, found),
+        rank_basis=rank_basis(learner),
         kb_hash=str(learner.info.get("kb_hash") or ""),
         metalearner_version=learner.version,
         ood=ood,
         ood_reasons=ood_reasons,
     )
+
+
+OWN_MODEL_RUNS = 2  # past runs of each shortlisted model added to the evidence
+
+
+def rank_basis(learner: MetaLearner) -> str:
+    """What orders the shortlist, in words for the user: the ensemble ranks by where each
+    configuration falls among the candidates (not by the printed prediction)."""
+    if learner.score_boosters and learner.config.objective == "ensemble":
+        return (
+            "ranked by the meta-learner's expected rank among the candidate configurations "
+            "for datasets like yours (the mean percentile of its ranking models); the "
+            "predicted score is shown beside it and can order them differently"
+        )
+    if learner.score_boosters:
+        return (
+            "ranked by the meta-learner's ranking score; the predicted score is shown beside "
+            "it and can order them differently"
+        )
+    return "ranked by the predicted score"
+
+
+def own_model_runs(
+    candidates: list[Candidate], records: list[RunRecord], found: Retrieved
+) -> list[SimilarRun]:
+    """Past runs of each candidate's model on the retrieved similar datasets (same
+    configuration first, then the best score), so the evidence can cite the recommended
+    configuration's own history or say that there is none."""
+    similarity: dict[str, float] = {}
+    for r in [*found.shown, *found.neighbours]:
+        similarity.setdefault(r.dataset, r.similarity)
+    shown = {r.run_id for r in found.shown}
+    out: list[SimilarRun] = []
+    for c in candidates:
+        own = [
+            r
+            for r in records
+            if r.dataset in similarity
+            and r.model == c.model
+            and r.status == "ok"
+            and r.outcomes.val_accuracy is not None
+            and r.run_id not in shown
+        ]
+        key = _config_key(c.model, c.hyperparameters)
+        own.sort(
+            key=lambda r: (
+                _config_key(r.model, r.hyperparameters) != key,
+                -similarity[r.dataset],
+                -(r.score or 0.0),
+                r.run_id,
+            )
+        )
+        for record in own[:OWN_MODEL_RUNS]:
+            shown.add(record.run_id)
+            out.append(_similar(record, similarity[record.dataset]))
+    return out
 
 
 def candidate_rows(shortlist: Shortlist) -> pd.DataFrame:
