@@ -313,6 +313,7 @@ def scan_mlflow(
             for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
                 run_id = run.info.run_id
                 tagged = run.data.tags.get(KIND_TAG) == TRAINING_RUN
+                outcome: RunRecord | str
                 if tagged and _has_record_artifact(client, run_id):
                     outcome = _from_artifact(run, client, uri, foreign, Path(scratch))
                 else:
