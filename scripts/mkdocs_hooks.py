@@ -15,11 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
+
 ROOT = Path(__file__).resolve().parents[1]
 TREE = ROOT / "build" / "api-src" / "metallmix"
 MAPPED = ("tools", "agents", "graphs", "prompts")
 
 
+# Before mkdocstrings' own on_config (priority 0): it fixes its search paths there, and a
+# path that does not exist yet (a fresh clone) would be left out.
+@event_priority(100)
 def on_config(config: Any, **_: Any) -> Any:
     if TREE.exists():
         shutil.rmtree(TREE)
