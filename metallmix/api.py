@@ -276,7 +276,11 @@ def _tracked(
     try:
         with mlflow.start_span(name="recommend") as span:
             span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-            final = _invoke(inputs, configurable, hooks)
+            try:
+                final = _invoke(inputs, configurable, hooks)
+            except KeyboardInterrupt:  # not an Exception: the span would otherwise end "OK"
+                span.set_status("ERROR")
+                raise
             result = _result(final)
             span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler

@@ -822,11 +822,12 @@ def test_a_signal_ends_every_verb_with_one_line_and_its_exit_code(
 
     monkeypatch.setattr(store.SQLiteKnowledgeBase, "__init__", interrupted_init)
     before = snapshot([kb])
+    handler = signal.getsignal(signal.SIGTERM)  # another library's (ray installs one) or none
     result = run_cli([a.format(kb=kb, tmp=tmp_path) for a in argv], capsys)
     code, word = (130, "interrupted (Ctrl-C)") if signame == "SIGINT" else (143, "terminated")
     assert_clean_error(result, code, word, "re-run the same command")
     assert snapshot([kb]) == before
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or signame == "SIGINT"
+    assert signal.getsignal(signal.SIGTERM) is handler  # the CLI put back what it found
 
 
 def test_sigterm_closes_the_recommendation_run_as_killed(
@@ -856,8 +857,12 @@ def test_sigterm_closes_the_recommendation_run_as_killed(
     exp = client.get_experiment_by_name("metallmix-recommendations")
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
+    import mlflow
+
+    mlflow.flush_trace_async_logging()  # an earlier test (ray) may have left export async
     traces = client.search_traces(locations=[exp.experiment_id])
-    assert traces and all(t.info.state.value == "ERROR" for t in traces)
+    states = [t.info.state.value for t in traces]
+    assert states and set(states) == {"ERROR"}, states
 
 
 class _InterruptingKB:

@@ -173,13 +173,17 @@ def test_missing_gguf_is_a_clear_error(real: Path, tmp_path: Path) -> None:
 
 def test_sha_mismatch_is_a_clear_error(real: Path, tmp_path: Path) -> None:
     import metallmix
+    from metallmix.agents.runtime.gguf import inspect_gguf
     from metallmix.agents.runtime.registry import get_spec
+    from metallmix.agents.runtime.weights import resolve_weights
     from metallmix.errors import ModelUnavailableError
 
     spec = get_spec("fast")
+    real_file = resolve_weights("fast").path
+    header = real_file.read_bytes()[: inspect_gguf(real_file).data_offset]
     fake = tmp_path / spec.filename
-    with fake.open("wb") as fh:  # right name, right size, wrong bytes (sparse file)
-        fh.write(b"GGUF" + b"\0" * 60)
+    with fake.open("wb") as fh:  # right name, size and header; wrong weights (sparse zeros)
+        fh.write(header)
         fh.truncate(spec.size)
     with pytest.raises(ModelUnavailableError, match="sha256"):
         metallmix.recommend(card(), llm=str(fake), kb=real)
