@@ -92,3 +92,44 @@ def check_messages(messages: list[dict[str, str]]) -> None:
                 f"message {i} is {json.dumps(message)[:120]}: each message needs a role "
                 "(system, user or assistant) and a string content"
             )
+
+
+class CompletionChat:
+    """``chat`` and ``chat_json`` written once over a ``complete`` method, for every engine
+    that implements :class:`ChatLLM` by one raw completion call (the in-process
+    :class:`~metallmix.agents.runtime.llm.LocalLLM` and its child-process proxy)."""
+
+    def complete(
+        self,
+        messages: list[dict[str, str]],
+        response_format: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> tuple[str, str]:
+        """One completion: (text, finish reason)."""
+        raise NotImplementedError
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> str:
+        text, _ = self.complete(messages, None, max_tokens, temperature, seed)
+        return text
+
+    def chat_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: type[M],
+        *,
+        max_tokens: int = 768,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> M:
+        response_format = {"type": "json_object", "schema": schema_for(schema)}
+        text, finish = self.complete(messages, response_format, max_tokens, temperature, seed)
+        return parse_json_output(text, schema, truncated=finish == "length")

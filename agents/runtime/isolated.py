@@ -31,14 +31,10 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
-
-from metallmix.agents.runtime.chat import check_messages, parse_json_output, schema_for
+from metallmix.agents.runtime.chat import CompletionChat, check_messages
 from metallmix.errors import MetaLLMiXError, ModelUnavailableError
-
-M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_LOAD_TIMEOUT = 180.0
 DEFAULT_CALL_TIMEOUT = 600.0
@@ -85,7 +81,7 @@ def _stop_children() -> None:
         llm.close()
 
 
-class IsolatedLLM:
+class IsolatedLLM(CompletionChat):
     """A :class:`ChatLLM` whose engine runs in a child process (see the module docstring).
 
     ``engine`` names the class the child builds (``module:callable`` inside ``metallmix``)
@@ -295,27 +291,3 @@ class IsolatedLLM:
         self.last_raw = str(answer.get("text") or "")
         self.last_usage = {k: float(v) for k, v in (answer.get("usage") or {}).items()}
         return self.last_raw, str(answer.get("finish") or "")
-
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int = 512,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> str:
-        text, _ = self.complete(messages, None, max_tokens, temperature, seed)
-        return text
-
-    def chat_json(
-        self,
-        messages: list[dict[str, str]],
-        schema: type[M],
-        *,
-        max_tokens: int = 768,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> M:
-        response_format = {"type": "json_object", "schema": schema_for(schema)}
-        text, finish = self.complete(messages, response_format, max_tokens, temperature, seed)
-        return parse_json_output(text, schema, truncated=finish == "length")

@@ -15,12 +15,11 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from metallmix.agents.runtime.chat import (
     ChatLLM,
+    CompletionChat,
     LLMOutputError,
     check_messages,
     parse_json_output,
@@ -43,7 +42,6 @@ __all__ = [
 if TYPE_CHECKING:
     from metallmix.agents.runtime.weights import ResolvedWeights
 
-M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_THREADS = 2
 # llama.cpp keeps the KV state of earlier prompts here, so the judge re-reading the
@@ -193,7 +191,7 @@ def default_threads() -> int:
     return thread_setting() or auto_threads()
 
 
-class LocalLLM:
+class LocalLLM(CompletionChat):
     """A verified GGUF loaded into llama.cpp; implements :class:`ChatLLM`.
 
     Calls are serialised with a lock because a llama.cpp context is not thread-safe and
@@ -267,30 +265,6 @@ class LocalLLM:
         threads = self.threads or "auto"
         return f"LocalLLM(name={self.name!r}, threads={threads}, n_ctx={self.n_ctx})"
 
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int = 512,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> str:
-        text, _ = self._complete(messages, None, max_tokens, temperature, seed)
-        return text
-
-    def chat_json(
-        self,
-        messages: list[dict[str, str]],
-        schema: type[M],
-        *,
-        max_tokens: int = 768,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> M:
-        response_format = {"type": "json_object", "schema": schema_for(schema)}
-        text, finish = self._complete(messages, response_format, max_tokens, temperature, seed)
-        return parse_json_output(text, schema, truncated=finish == "length")
-
     def complete(
         self,
         messages: list[dict[str, str]],
@@ -300,16 +274,6 @@ class LocalLLM:
         seed: int,
     ) -> tuple[str, str]:
         """One chat completion; records the raw text and prompt/generation timings."""
-        return self._complete(messages, response_format, max_tokens, temperature, seed)
-
-    def _complete(
-        self,
-        messages: list[dict[str, str]],
-        response_format: dict[str, Any] | None,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> tuple[str, str]:
         check_messages(messages)
         import llama_cpp
 
