@@ -358,8 +358,88 @@ def to_choice(answer: BaseModel) -> LLMChoice:
         candidate_id=str(data["candidate_id"]),
         facts=list(dict.fromkeys(data.get("facts") or [])),
         runs=list(dict.fromkeys(data.get("runs") or [])),
-        rationale=str(data.get("rationale", "")).strip(),
+        rationale=whole_sentences(str(data.get("rationale", ""))),
     )
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def whole_sentences(text: str) -> str:
+    """The text up to its last full sentence.
+
+    The grammar closes the rationale at ``MAX_RATIONALE_CHARS`` even mid-sentence, and a
+    sentence cut off after "It" reads as a broken answer; what was said in full is kept. A
+    text with no full sentence is returned as it is (the judge then sees all of it)."""
+    text = text.strip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends or ends[-1] == len(text):
+        return text
+    return text[: ends[-1]].strip()
+
+
+# ----------------------------------------------------------------- an example from this evidence
+# How a SHAP fact's feature reads in words; numeric features compare as larger/smaller (or
+# higher/lower for rates) than the KB's usual value, which is what the fact states.
+FEATURE_WORDS = {
+    "lr": "learning rate",
+    "batch_size": "batch size",
+    "image_size": "image size",
+    "epochs": "number of epochs",
+    "weight_decay": "weight decay",
+    "label_smoothing": "label smoothing",
+    "dropout": "dropout",
+    "finetune": "fine-tuning",
+    "optimizer": "optimizer",
+    "scheduler": "learning-rate schedule",
+    "augmentation": "augmentation",
+    "pretrained": "pretrained start",
+    "model": "architecture",
+}
+_RATE_FEATURES = frozenset({"lr", "weight_decay", "label_smoothing", "dropout"})
+
+
+def fact_words(f: ShapFact) -> str:
+    """One SHAP fact as digit-free words that say only what the fact says: the direction of
+    the candidate's value against the KB's usual one, and whether it helps or hurts."""
+    name = FEATURE_WORDS.get(f.feature, f.feature.replace("_", " "))
+    verb = "helps" if f.effect_points > 0 else "hurts"
+    try:
+        mine, usual = float(f.value), float(f.reference or "nan")
+    except ValueError:
+        mine = usual = math.nan
+    if not math.isnan(mine) and not math.isnan(usual) and mine != usual:
+        more, less = ("higher", "lower") if f.feature in _RATE_FEATURES else ("larger", "smaller")
+        return f"a {more if mine > usual else less} {name} than usual {verb}"
+    value = f.value.strip().lower()
+    if f.feature == "model" or not value or re.search(r"\d", value):
+        return f"its {name} {verb}"
+    if value in {"none", "no", "false"}:
+        return f"no {name} {verb}"
+    if value == "true":
+        return f"the {name} {verb}"
+    return f"{value.replace('_', ' ')} {name} {verb}"
+
+
+def example_rationale(ev: Evidence, candidate: Candidate) -> str:
+    """A correct rationale for ``candidate`` built by code from this request's evidence.
+
+    The prompt shows it so that a small model has a pattern whose every word is true of
+    *this* request: pasting it can never name another model or misstate a fact, unlike a
+    fixed worked example (issue 24: the 1.5B model pasted the prompt's example with the
+    model name swapped). Digit-free, so it adds no number the judge must attribute."""
+    modality = str(getattr(ev.shortlist.meta_features, "modality", "") or "").strip()
+    where = (
+        f"For this {modality} dataset"
+        if modality and modality != "unknown" and not re.search(r"\d", modality)
+        else "For this dataset"
+    )
+    start = "a pretrained start" if candidate.pretrained else "training from scratch"
+    parts = [fact_words(ev.facts[fid]) for fid in ev.facts_of(candidate.candidate_id)[:2]]
+    said = f"{where}, {start} is used"
+    if parts:
+        said += "; " + " and ".join(parts)
+    return said + "."
 
 
 # ----------------------------------------------------------------- rendering by code

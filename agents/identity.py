@@ -695,3 +695,38 @@ def top_by_number_problems(text: str, chosen: Candidate, shortlist: Shortlist) -
 def placeholder_problems(text: str) -> list[str]:
     found = _PLACEHOLDER.findall(text)
     return [f"contains the template placeholder {p!r}" for p in dict.fromkeys(found)]
+
+
+# ----------------------------------------------------------------- the LLM's own words read
+_CODE_LIKE = re.compile(r"\w\.\w+\(|\b\w+\(\s*\)|[{}<>=`\\]|\(\s*$")
+_GAP = re.compile(r"\s{2,}|\s[,.;:]|[,;:]\s*[.!?]?$")
+_DANGLING = re.compile(
+    r"\b(of|the|a|an|to|with|and|or|is|are|by|for|in|on|at|its|than|as|from|that|which)"
+    r"\s*[.!?]?\s*$",
+    re.IGNORECASE,
+)
+
+
+def readable_problems(rationale: str) -> list[str]:
+    """The LLM's words must read as finished English sentences.
+
+    A small model denied a token it wanted, or cut off by the length bound, can leave text
+    that every fact check passes because it claims nothing: "has a median resolution of
+    .basicConfig(" or "The image size of." The user would read it as the product's voice,
+    so it is rejected like a wrong claim (the regeneration or the fallback replaces it)."""
+    words = rationale.strip()
+    if not words:
+        return []
+    problems: list[str] = []
+    code = _CODE_LIKE.search(words)
+    if code:
+        problems.append(f"the rationale contains code-like text: {code[0]!r}")
+    if _GAP.search(words):
+        problems.append("the rationale has a gap or a stray punctuation mark")
+    if words.count("(") != words.count(")"):
+        problems.append("the rationale has an unclosed parenthesis")
+    if _DANGLING.search(words):
+        problems.append("the rationale stops mid-sentence: finish each sentence")
+    if len(re.findall(r"[A-Za-z]{2,}", words)) < 4:
+        problems.append("the rationale is too short to say anything: write a full sentence")
+    return problems

@@ -41,6 +41,7 @@ from metallmix.agents.identity import (
     identity_problems,
     metric_problems,
     placeholder_problems,
+    readable_problems,
     run_problems,
     top_by_number_problems,
 )
@@ -180,6 +181,8 @@ def hard_checks(
     check("runs_described", not described, "past runs: " + "; ".join(described[:4]))
     placeholders = placeholder_problems(text)
     check("no_placeholder", not placeholders, "; ".join(placeholders[:2]))
+    unreadable = readable_problems(rec.rationale) if not rec.fallback else []
+    check("rationale_readable", not unreadable, "; ".join(unreadable[:2]))
     valid_ids = {r.run_id for r in shortlist.similar_runs} | (known_run_ids or set())
     unknown = [r for r in [*citations(text), *rec.cited_runs] if r not in valid_ids]
     check(

@@ -22,6 +22,7 @@ from metallmix.agents.evidence import (
     best_candidate,
     citations,
     confidence_for,
+    example_rationale,
     ranked_candidates,
     render_evidence,
     render_explanation,
@@ -89,7 +90,14 @@ def recommender_messages(ev: Evidence, critique: str | None = None) -> list[dict
         if len(ev.candidates) == 1
         else "Choose one candidate and explain why it suits this dataset."
     )
-    user = render_prompt("recommender_user", evidence=ev.text, task=task, critique=retry)
+    first = ev.candidates[0]
+    example = (
+        f'A rationale that is true of {first.candidate_id} here: "{example_rationale(ev, first)}" '
+        "Write your own words in this spirit; for another candidate, use its facts."
+    )
+    user = render_prompt(
+        "recommender_user", evidence=ev.text, example=example, task=task, critique=retry
+    )
     return [
         {"role": "system", "content": load_prompt("recommender").strip()},
         {"role": "user", "content": user.strip()},

@@ -208,6 +208,9 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
         "timings": final["timings"],
         "candidate": rec.candidate_id,
         "explanation": rec.explanation,
+        # the prompt shows a rationale built by code from this request's evidence; how often
+        # the LLM's final words are that example verbatim says how much of the text is its own
+        "pasted_example": _pasted_example(final, rec.rationale),
         "tokens": [
             {
                 k: u.get(k)
@@ -224,6 +227,15 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
         ],
         "raw": [e.get("raw", "")[:600] for e in final["exchanges"]],
     }
+
+
+def _pasted_example(final: dict[str, Any], rationale: str) -> bool:
+    from metallmix.agents.evidence import example_rationale
+
+    ev = final.get("evidence")
+    if ev is None or not ev.candidates:
+        return False
+    return rationale.strip() == example_rationale(ev, ev.candidates[0]).strip()
 
 
 def voice(
@@ -272,6 +284,9 @@ def summarise_voice(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 3,
             ),
             "rejections_for_wording": sum(len(r["caught"]) for r in mine),
+            "pasted_example_rate": round(
+                sum(bool(r.get("pasted_example")) for r in mine) / len(mine), 3
+            ),
             "grading_failures": sum(g is False for r in mine for g in r["llm_graded"]),
             "total_p50_s": round(statistics.median(r["total_s"] for r in mine), 2),
             "total_p95_s": round(percentile([r["total_s"] for r in mine], 95), 2),
@@ -495,16 +510,17 @@ def voice_table(result: dict[str, Any]) -> list[str]:
         "## The voice (recommend -> judge)",
         "",
         "| LLM | n | first-attempt pass | fallback | final contradicts answer | drafts "
-        "contradicting | rejected for wording | grading failures "
+        "contradicting | rejected for wording | pasted the example | grading failures "
         "| total p50 / p95 s | per node p50 / p95 s | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for model, s in result.get("voice_summary", {}).items():
         nodes = ", ".join(f"{n} {v['p50']}/{v['p95']}" for n, v in s["nodes"].items())
         lines.append(
             f"| {model} | {s['n']} | {s['first_attempt_pass_rate']:.0%} | {s['fallback_rate']:.0%} "
             f"| {s.get('contradiction_rate', 0):.0%} | {s.get('draft_contradiction_rate', 0):.0%} "
-            f"| {s['rejections_for_wording']} | {s['grading_failures']} "
+            f"| {s['rejections_for_wording']} | {s.get('pasted_example_rate', 0):.0%} "
+            f"| {s['grading_failures']} "
             f"| {s['total_p50_s']} / {s['total_p95_s']} | {nodes} | {s['load_range'][0]}-"
             f"{s['load_range'][1]} |"
         )

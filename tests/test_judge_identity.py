@@ -16,7 +16,7 @@ import random
 import pytest
 from cases import BREAST_MF
 
-from metallmix.agents.evidence import render_evidence
+from metallmix.agents.evidence import example_rationale, render_evidence, whole_sentences
 from metallmix.agents.judge import hard_checks
 from metallmix.agents.recommender import evidence_for, fallback_recommendation, from_candidate
 from metallmix.agents.schemas import Recommendation
@@ -335,3 +335,55 @@ def test_the_cli_says_what_ranks_the_shortlist() -> None:
     assert "predicted validation balanced accuracy shown" in line
     rec = fallback_recommendation("breastmnist", shortlist(), attempts=2, llm="x", seed=0)
     assert rec.rank_basis.startswith("ranked by")
+
+
+# ----------------------------------------------------------------- example and readability
+def test_the_prompts_example_is_true_of_its_candidate_and_digit_free() -> None:
+    """The example shown to the writer is built from this request's evidence: pasted as it
+    is, it passes every code check, and it carries no digit to misattribute."""
+    sl = shortlist()
+    ev = render_evidence("breastmnist", sl)
+    for c in ev.candidates:
+        words = example_rationale(ev, c)
+        assert not any(ch.isdigit() for ch in words), words
+        assert not failed(pick(sl, words, candidate=c.candidate_id), sl), words
+    c1 = sl.candidate("c1")
+    assert c1 is not None
+    assert "larger image size than usual helps" in example_rationale(ev, c1)
+    # a different request gets a different example: nothing fixed a writer could paste
+    flipped = sl.model_copy(
+        update={
+            "facts": [
+                f.model_copy(update={"value": "32", "effect_points": -1.5})
+                if f.feature == "image_size"
+                else f
+                for f in sl.facts
+            ]
+        }
+    )
+    assert "smaller image size than usual hurts" in example_rationale(
+        render_evidence("breastmnist", flipped), c1
+    )
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "The breastmnist dataset has a median resolution of .basicConfig(",
+        "The image size of.",
+        "The candidate c  ertains a smaller image size (f  ert",
+        "Suits it.",
+        "A pretrained start helps {placeholder} here",
+    ],
+)
+def test_unreadable_words_are_rejected(words: str) -> None:
+    sl = shortlist()
+    assert "rationale_readable" in failed(pick(sl, words), sl)
+
+
+def test_a_rationale_cut_off_by_the_length_bound_keeps_its_whole_sentences() -> None:
+    assert whole_sentences("A pretrained start suits small data. It") == (
+        "A pretrained start suits small data."
+    )
+    assert whole_sentences("No full stop at all here") == "No full stop at all here"
+    assert whole_sentences("Ends well. Twice well!") == "Ends well. Twice well!"
