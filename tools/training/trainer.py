@@ -387,6 +387,12 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
     weights, and eval-mode predictions collapse to one class even when training accuracy is
     high. One gradient-free pass with a cumulative average fixes that for a fraction of an
     epoch's cost.
+
+    Why not ``torch.optim.swa_utils.update_bn``: it resets *every* batch-norm layer and puts
+    the whole model in train mode. A linear probe or a partial fine-tune keeps its frozen
+    backbone's pretrained statistics (they describe ImageNet features the head was trained
+    on), so only layers with trainable parameters are reset here, and frozen blocks stay in
+    eval mode (``_freeze_modes``) while the pass runs.
     """
     import torch  # heavy: torch loads only when something trains
 
