@@ -732,8 +732,35 @@ def latency_page() -> str:
 # ---------------------------------------------------------------------------------------------
 # Judge quality
 
-JUDGE_VOICE = "judge_quality_full_top1.json"
+JUDGE_VOICE = "judge_quality_issue24_final.json"
+JUDGE_PLANTS = "judge_quality_adversarial.json"
 JUDGE_CHOICE = ["judge_quality_lodo_fast.json", "judge_quality_lodo_default.json"]
+
+
+def judge_plants_table(plants: dict[str, Any]) -> list[str]:
+    """The judge's own benchmark: explanations with one planted error each."""
+    adv = plants.get("adversarial") or {}
+    rates, counts = adv.get("catch_rate") or {}, adv.get("n_planted") or {}
+    if not rates:
+        return []
+    out = [
+        "",
+        "## The judge against planted errors",
+        "",
+        f"`{plants.get('command', 'python bench/judge_quality.py --adversarial-only')}` "
+        f"({plants.get('date', '')}, {plants.get('machine', '')}): explanations built from "
+        "real shortlists, each correct or with one planted error. Code checks only.",
+        "",
+        "| planted error | cases | caught |",
+        "|---|---:|---:|",
+    ]
+    for name, rate in rates.items():
+        out.append(f"| {name.replace('_', ' ')} | {counts.get(name, '')} | {pct(rate)}% |")
+    out.append(
+        f"| (none: false alarms on correct explanations) | {adv.get('n_correct', '')} | "
+        f"{pct(adv.get('false_alarm_rate', 0))}% |"
+    )
+    return out
 
 
 def judge_page() -> str:
@@ -768,16 +795,28 @@ def judge_page() -> str:
     lines += [
         "## The voice",
         "",
-        "| LLM | inputs | first-attempt pass | fallback | rejected for wording | failed gradings | "
+        "| LLM | inputs | first-attempt pass | fallback | answer contradicts the pick | "
+        "rejected for wording | pasted the prompt's example | failed gradings | "
         "total p50 / p95 (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, s in voice["voice_summary"].items():
         lines.append(
             f"| `{m}` | {s['n']} | {pct(s['first_attempt_pass_rate'])}% | "
-            f"{pct(s['fallback_rate'])}% | {s['rejections_for_wording']} | "
+            f"{pct(s['fallback_rate'])}% | {pct(s.get('contradiction_rate', 0))}% | "
+            f"{s['rejections_for_wording']} | {pct(s.get('pasted_example_rate', 0))}% | "
             f"{s['grading_failures']} | {s['total_p50_s']:.1f} / {s['total_p95_s']:.1f} |"
         )
+    lines += [
+        "",
+        "The prompt shows one rationale built by code from the request's own evidence (true "
+        "of the first candidate, no digits). *Pasted the prompt's example* counts the answers "
+        "whose words are that example verbatim: there the LLM chose the facts and runs to "
+        "cite, but the sentence is code's.",
+    ]
+    if (RESULTS / JUDGE_PLANTS).exists():
+        plants = load(JUDGE_PLANTS)
+        lines += judge_plants_table(plants)
     lines += [
         "",
         'In the default mode (`choose="top1"`) the LLM writes only the connecting words and '
@@ -812,6 +851,13 @@ def judge_page() -> str:
     for m, s in voice["voice_summary"].items():
         if s["fallback_rate"] > 0:
             losses.append(f"`{m}` fell back on {pct(s['fallback_rate'])}% of inputs")
+        if s.get("pasted_example_rate", 0) >= 0.5:
+            losses.append(
+                f"`{m}` pasted the prompt's code-built example as its rationale on "
+                f"{pct(s['pasted_example_rate'])}% of inputs: those words are true by "
+                "construction, and the pass rate measures the choice of facts and runs, not "
+                "the LLM's prose"
+            )
     losses.append(
         f"the voice run covers {max(s['n'] for s in voice['voice_summary'].values())} inputs "
         "per model: a pass rate of 100% there bounds the failure rate only loosely"
@@ -920,6 +966,12 @@ def headline_rows() -> list[tuple[str, str, str]]:
             "Judge: first-attempt pass rate",
             " / ".join(
                 f"`{m}` {pct(v['first_attempt_pass_rate'])}% of {v['n']} inputs"
+                + (
+                    f" ({pct(v['pasted_example_rate'])}% with the prompt's code-built example "
+                    "as its words)"
+                    if v.get("pasted_example_rate")
+                    else ""
+                )
                 for m, v in voice.items()
             ),
             "judge.md",
