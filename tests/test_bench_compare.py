@@ -39,10 +39,12 @@ SETTINGS = CompareSettings(
     max_val_images=20,
     threads=1,
     n_candidates=3,
+    verify=3,
 )
-# metallmix, best-default, RS trials, TPE trials, and verify: the 3 shortlisted candidates
-# at 1 epoch (with a 1-epoch cap the first rung is already every candidate's full run)
-N_TRAININGS = 1 + 1 + 2 + 2 + 3
+# metallmix, best-default, RS, TPE and GP trials, and three halvings (verify, RS+SH,
+# best-default+SH) of 3 candidates each at 1 epoch (with a 1-epoch cap the first rung is
+# already every candidate's full run)
+N_TRAININGS = 1 + 1 + 2 + 2 + 2 + 3 + 3 + 3
 
 
 def make_npz(path: Path, seed: int = 0) -> Path:
@@ -113,7 +115,7 @@ def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
         epochs = run["hyperparameters"].get("epochs")
         assert epochs is not None and epochs <= SETTINGS.epoch_cap, method  # same epoch cap
     assert entry["best"] and set(entry["best"]) <= set(entry["within_1pt"])
-    for method in ("random", "tpe"):
+    for method in ("random", "tpe", "gp"):
         (search,) = entry["methods"][method]["per_seed"]
         assert search["trials_done"] == 2
         assert search["search_seconds"] > 0
@@ -121,6 +123,26 @@ def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
     assert verified["runs"] == 3 and verified["first_rung_epochs"] == 1
     assert verified["config_seconds"] >= verified["verify_seconds"] > 0
     assert verified["model"] in SETTINGS.models  # type: ignore[operator]
+    # The halving baselines: the same halving (run_verify's studies), K and first rung.
+    for method, prefix in (("random+sh", "r"), ("best-default+sh", "d")):
+        (halved,) = entry["methods"][method]["per_seed"]
+        assert halved["runs"] == 3 and halved["first_rung_epochs"] == verified["first_rung_epochs"]
+        assert halved["first_rung_from"] == "metallmix+verify"
+        assert [c["candidate_id"] for c in halved["candidates"]] == [
+            f"{prefix}1",
+            f"{prefix}2",
+            f"{prefix}3",
+        ]
+        assert halved["cold_seconds"] == halved["warm_seconds"] >= halved["verify_seconds"] > 0
+        assert halved["test_balanced_accuracy"] is not None
+    # Cold includes fitting the meta-learner from an empty cache; warm has it cached.
+    zero = entry["methods"]["metallmix"]
+    assert zero["cold_seconds"] > zero["warm_seconds"] > 0
+    ver = entry["methods"]["metallmix+verify"]
+    assert ver["cold_seconds"] - ver["warm_seconds"] == pytest.approx(
+        zero["cold_seconds"] - zero["warm_seconds"]
+    )
+    assert set(entry["verify_vs_halving"]) == {"random+sh", "best-default+sh"}
     vs = entry["verify_vs_rs"]
     assert vs["balanced_at_least_rs"] in (True, False) and vs["rs_at_k_seconds"] is None  # RS@2
     for method in ("metallmix", "best-default"):
@@ -198,6 +220,18 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
     again = report["datasets"]["tiny"]["methods"]["metallmix"]["per_seed"][0]
     assert again["mlflow_run_id"] == first["mlflow_run_id"]
 
+    # RS+SH halves the configurations the RS study drew first with the same seed.
+    import optuna
+
+    storage = f"sqlite:///{state / 'optuna.sqlite'}"
+    rs = optuna.load_study(study_name="tiny-random-s0", storage=storage)
+    plan = optuna.load_study(study_name="tiny-random-sh-s0", storage=storage).user_attrs
+    halved = plan["verify_plan"]["candidates"]
+    for trial, cand in zip(rs.trials, halved, strict=False):
+        assert trial.params["model"] == cand["model"]
+        assert trial.params["lr"] == pytest.approx(cand["hyperparameters"]["lr"])
+    assert len(rs.trials) == 2 and len(halved) == 3
+
     # A third run retrains nothing and reports the same numbers.
     third = run_compare([data], SETTINGS, state_dir=state, kb=kb, llm=ScriptedLLM([]))
     assert len(training_runs()) == N_TRAININGS
@@ -213,8 +247,14 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
     )
     names = {r.info.run_name for r in children}
-    assert {"tiny:metallmix", "tiny:best-default", "tiny:metallmix+verify"} <= names
-    assert sum(n.startswith("search:") for n in names) == 2
+    assert {
+        "tiny:metallmix",
+        "tiny:best-default",
+        "tiny:metallmix+verify",
+        "tiny:random+sh",
+        "tiny:best-default+sh",
+    } <= names
+    assert sum(n.startswith("search:") for n in names) == 3  # RS, TPE, GP
 
     # Other settings on the same state are refused, not silently mixed.
     other = SETTINGS.model_copy(update={"budget": 3})
@@ -310,14 +350,17 @@ def test_state_from_before_verify_resumes(tmp_path: Path) -> None:
     """A state written before the verify setting existed resumes with its default (5)."""
     from metallmix.benchmarks.compare import CompareState
 
-    old = SETTINGS.model_dump(mode="json")
+    current = SETTINGS.model_copy(update={"verify": 5})
+    old = current.model_dump(mode="json")
     old.pop("verify")
+    old.pop("methods")  # nor the method list (issue 28): it resumes with every method
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"settings": old, "datasets": [], "runs": {}, "pieces": {}}))
-    state = CompareState(path, SETTINGS, ["tiny"])
+    state = CompareState(path, current, ["tiny"])
     assert state.data["settings"]["verify"] == 5
+    assert state.data["settings"]["methods"] == list(METHODS)
     with pytest.raises(ConfigError, match="other settings"):
-        CompareState(path, SETTINGS.model_copy(update={"verify": 3}), ["tiny"])
+        CompareState(path, current.model_copy(update={"verify": 3}), ["tiny"])
 
 
 def test_verify_against_random_search_uses_the_first_k_trials() -> None:
