@@ -325,6 +325,45 @@ def test_cli_compare_json(
     check_report(report)
     rec = report["datasets"]["tiny"]["methods"]["metallmix"]
     assert rec["fallback"] is True  # the scripted LLM never answered usefully
+    assert rec["llm_seconds"] is not None and rec["llm_seconds"] > 0  # apart from cold/warm
+    assert len(training_runs()) == N_TRAININGS
+
+
+@pytest.mark.slow
+def test_cli_compare_new_data_folder_without_llm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hidden-data protocol: datasets from any folder (here a fresh one, with a card
+    beside the images; nothing under ../shared), and the zero-shot pick without the LLM,
+    which is never loaded: the pick is the shortlist's top-scored candidate."""
+    import metallmix.agents.runtime.llm as llm_module
+
+    def no_llm(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("--no-llm loaded an LLM")
+
+    monkeypatch.setattr(llm_module, "load_llm", no_llm)
+    (tmp_path / "work").mkdir()
+    args = _cli(tmp_path / "work")
+    folder = tmp_path / "hidden"
+    folder.mkdir()
+    make_npz(folder / "tiny.npz")
+    (folder / "tiny.json").write_text(
+        json.dumps({"name": "tiny", "modality": "toy X-ray", "class_names": ["dark", "bright"]})
+    )
+    (folder / ".DS_Store").write_text("")  # skipped, as are cards and result folders
+    (folder / "compare_tiny.state").mkdir()
+    at = args.index("--data")
+    args[at : at + 2] = ["--data-dir", str(folder), "--no-llm"]
+    assert main(args) == 0
+    report = _check_cli(tmp_path / "work", capsys.readouterr().out)
+    check_report(report)
+    rec = report["datasets"]["tiny"]["methods"]["metallmix"]
+    assert rec["llm"] is None and rec["llm_seconds"] is None
+    candidates = report["datasets"]["tiny"]["methods"]["metallmix+verify"]["per_seed"]
+    assert candidates[0]["study"] == "tiny-verify-s0"
+    table = (tmp_path / "work" / "results" / "compare_tiny.md").read_text()
+    assert "(not run: `--no-llm`)" in table and "RS+SH@3" in table
+    assert report["run"]["llm"] is False and report["run"]["wall_seconds"] > 0
     assert len(training_runs()) == N_TRAININGS
 
 

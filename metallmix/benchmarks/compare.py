@@ -182,7 +182,41 @@ QUICK: dict[str, Any] = {
     "max_val_images": 150,
     "threads": 1,
 }
+# The defaults without ``--quick`` (what the six-dataset reports used, less their overrides).
+FULL: dict[str, Any] = {
+    "budget": 10,
+    "n_seeds": 3,
+    "epoch_cap": 5,
+    "max_train_images": None,
+    "max_val_images": 200,
+    "threads": None,
+}
 DATASET_SUFFIXES = (".npz", ".csv")
+
+
+def resolve_settings(
+    *,
+    quick: bool = False,
+    first_seed: int = 0,
+    methods: list[str] | None = None,
+    **given: Any,
+) -> CompareSettings:
+    """Settings from command-line options: each of :data:`QUICK`'s keys not given (None)
+    takes its ``--quick`` value, or the full default (:data:`FULL`); an option given
+    explicitly always wins. Other keyword arguments go to :class:`CompareSettings` as they
+    are (``models``, ``image_sizes``, ``verify``...)."""
+    base = QUICK if quick else FULL
+    values = {k: given.pop(k) if given.get(k) is not None else v for k, v in base.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    n_seeds = int(values.pop("n_seeds"))
+    settings = CompareSettings(
+        seeds=list(range(first_seed, first_seed + n_seeds)),
+        **values,
+        **given,
+        **({"methods": methods} if methods is not None else {}),
+    )
+    settings.checked_methods()
+    return settings
 
 
 def datasets_in(folder: Path) -> list[Path]:
@@ -1096,6 +1130,7 @@ __all__ = [
     "datasets_in",
     "finish_mlflow",
     "holdout_kb",
+    "resolve_settings",
     "run_compare",
     "snapshot_kb",
 ]

@@ -12,7 +12,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -109,11 +108,10 @@ def compare(
     # Imported here: the benchmark pulls in torch, MLflow and the LLM runtime, which
     # `metallmix --help` and every other verb must not pay for.
     from metallmix.benchmarks.compare import (
-        QUICK,
-        CompareSettings,
         datasets_in,
         finish_mlflow,
         n_pieces,
+        resolve_settings,
         run_compare,
     )
     from metallmix.benchmarks.compare_report import markdown_table, write_results
@@ -129,23 +127,20 @@ def compare(
     if llm is not None and no_llm:
         raise ConfigError("--llm and --no-llm contradict each other; give one")
 
-    def pick(given: Any, key: str, default: Any) -> Any:
-        return given if given is not None else (QUICK[key] if quick else default)
-
-    n_seeds = int(pick(seeds, "n_seeds", 3))
-    settings = CompareSettings(
-        budget=pick(budget, "budget", 10),
-        seeds=list(range(first_seed, first_seed + n_seeds)),
-        epoch_cap=pick(epoch_cap, "epoch_cap", 5),
+    settings = resolve_settings(
+        quick=quick,
+        first_seed=first_seed,
+        methods=_names(methods) or [] if methods is not None else None,
+        budget=budget,
+        n_seeds=seeds,
+        epoch_cap=epoch_cap,
+        max_train_images=max_train_images,
+        max_val_images=max_val_images,
+        threads=threads,
         models=_names(models),
         image_sizes=_ints(image_sizes, "--image-sizes"),
-        max_train_images=pick(max_train_images, "max_train_images", None),
-        max_val_images=pick(max_val_images, "max_val_images", 200),
-        threads=pick(threads, "threads", None),
         verify=verify,
-        **({"methods": _names(methods) or []} if methods is not None else {}),
     )
-    settings.checked_methods()
     use_llm = not no_llm and not (quick and llm is None)
     for path in paths_in:  # fail on a bad dataset before any progress output
         load_dataset(path, modality=modality)
