@@ -119,6 +119,7 @@ def compare(
 
     wall = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
+    code = tracking.code_version()  # the code that starts the run (HEAD may move meanwhile)
     paths_in = list(data or [])
     if data_dir is not None:
         paths_in += datasets_in(data_dir)
@@ -174,7 +175,7 @@ def compare(
         backend.close()
     report["run"] = {  # what a quoted figure needs: the command, the code, the machine
         "command": shlex.join(["metallmix", *sys.argv[1:]]),
-        "code_version": tracking.code_version(),
+        "code_version": code,
         "wall_seconds": round(time.perf_counter() - wall, 1),
         "load_start": load_start,
         "load_end": round(os.getloadavg()[0], 2),
