@@ -485,3 +485,125 @@ def test_majority_class_floor_and_zero_shot_bar(tmp_path: Path) -> None:
         "cpus": [2],
     }
     assert "median 3.50, range 1.00-6.00, on 2 CPUs; 1 pieces have no record." in table
+
+
+def test_best_defaults_are_the_k_best_distinct_configurations() -> None:
+    """best-default+SH@K's candidates: distinct configurations, best mean score first, the
+    first being best-default's own pick; no meta-features involved."""
+    from metallmix.benchmarks.lodo import _config_key, best_default, best_defaults
+
+    records = synthetic_records(4, 12, seed=0, space=SETTINGS.space())
+    top = best_defaults(records, 3)
+    assert len(top) == 3 and top[0].run_id == best_default(records).run_id
+    assert len({_config_key(r) for r in top}) == 3
+    assert [r.run_id for r in best_defaults(records, 2)] == [r.run_id for r in top[:2]]
+    assert len(best_defaults(records[:2], 5)) <= 2  # fewer when the KB holds fewer
+
+
+def test_quick_settings_and_explicit_options() -> None:
+    from metallmix.benchmarks.compare import FULL, QUICK, resolve_settings
+
+    quick = resolve_settings(quick=True)
+    assert quick.budget == 10 and quick.seeds == [0] and quick.epoch_cap == QUICK["epoch_cap"]
+    assert quick.max_train_images == 300 and quick.max_val_images == 150 and quick.threads == 1
+    assert quick.methods == list(METHODS)
+    full = resolve_settings(quick=False)
+    assert len(full.seeds) == FULL["n_seeds"] and full.max_train_images is None
+    given = resolve_settings(quick=True, budget=4, n_seeds=2, first_seed=5, threads=None)
+    assert given.budget == 4 and given.seeds == [5, 6] and given.threads == 1  # given wins
+    few = resolve_settings(quick=True, methods=["metallmix", "random"])
+    assert few.checked_methods() == ["metallmix", "random"]
+    with pytest.raises(ConfigError, match="unknown hyperband"):
+        resolve_settings(methods=["metallmix", "hyperband"])
+    with pytest.raises(ConfigError, match="must include metallmix"):
+        resolve_settings(methods=["random"])
+    with pytest.raises(ConfigError, match="first rung from metallmix\\+verify"):
+        resolve_settings(methods=["metallmix", "random+sh"])
+
+
+def test_datasets_in_a_folder(tmp_path: Path) -> None:
+    from metallmix.benchmarks.compare import datasets_in
+
+    make_npz(tmp_path / "b.npz")
+    (tmp_path / "b.json").write_text("{}")  # its card: read by the loader, not a dataset
+    (tmp_path / "a.csv").write_text("path,label\n")
+    (tmp_path / "c").mkdir()  # an image folder
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / ".hidden.npz").write_text("")
+    (tmp_path / "compare_b.state").mkdir()
+    assert [p.name for p in datasets_in(tmp_path)] == ["a.csv", "b.npz", "c"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no dataset in it"):
+        datasets_in(empty)
+    with pytest.raises(ConfigError, match="not a folder"):
+        datasets_in(tmp_path / "b.npz")
+
+
+def test_report_times_and_halving_comparison() -> None:
+    """Cold, warm and LLM times per method, and verify@K against RS+SH@K and
+    best-default+SH@K, are computed from the pieces (an old state keeps its five methods)."""
+    from metallmix.benchmarks.compare_report import LEGACY_METHODS, build_report, markdown_table
+
+    def run(bal: float, **extra: Any) -> dict[str, Any]:
+        return {"test_accuracy": bal, "test_balanced_accuracy": bal, **extra}
+
+    rec = {
+        "seconds": 30.0,
+        "shortlist_seconds": 22.0,
+        "cold_seconds": 22.0,
+        "warm_seconds": 2.0,
+        "llm_total_seconds": 15.0,
+        "model": "m",
+    }
+    halving = {"first_rung_epochs": 1, "verify_seconds": 100.0}
+    pieces = {
+        "d/metallmix/recommendation": rec,
+        "d/metallmix/s0": run(0.70),
+        "d/random/s0": run(0.60, search_seconds=300.0, trials=[]),
+        "d/tpe/s0": run(0.62, search_seconds=290.0),
+        "d/gp/s0": run(0.61, search_seconds=310.0),
+        "d/best-default/config": {"seconds": 0.1, "model": "b"},
+        "d/best-default/s0": run(0.55),
+        "d/metallmix+verify/s0": run(
+            0.75, **halving, config_seconds=122.0, cold_seconds=122.0, warm_seconds=102.0
+        ),
+        "d/random+sh/s0": run(0.72, **halving, config_seconds=101.0, cold_seconds=101.0),
+        "d/best-default+sh/s0": run(0.78, **halving, config_seconds=100.5, cold_seconds=100.5),
+    }
+    for key in ("d/random+sh/s0", "d/best-default+sh/s0"):
+        pieces[key]["warm_seconds"] = pieces[key]["cold_seconds"]
+    settings = {
+        "seeds": [0],
+        "budget": 10,
+        "verify": 5,
+        "epoch_cap": 5,
+        "max_train_images": None,
+        "max_val_images": None,
+        "models": None,
+        "image_sizes": None,
+        "threads": None,
+        "methods": list(METHODS),
+    }
+    report = build_report({"pieces": pieces, "settings": settings}, ["d"])
+    methods = report["datasets"]["d"]["methods"]
+    assert (
+        methods["metallmix"]["cold_seconds"] == 22.0 and methods["metallmix"]["warm_seconds"] == 2.0
+    )
+    assert methods["metallmix"]["llm_seconds"] == 15.0 and methods["random"]["llm_seconds"] is None
+    assert methods["tpe"]["cold_seconds"] == methods["tpe"]["warm_seconds"] == 290.0
+    vs = report["datasets"]["d"]["verify_vs_halving"]
+    assert vs["random+sh"]["gap_points"] == pytest.approx(3.0) and vs["random+sh"]["at_least"]
+    assert vs["random+sh"]["no_more_time_cold"] is False  # 122 s against 101 s
+    assert vs["random+sh"]["no_more_time_warm"] is False  # 102 s against 101 s
+    assert vs["best-default+sh"]["gap_points"] == pytest.approx(-3.0)
+    assert vs["best-default+sh"]["at_least"] is False
+    table = markdown_table(report)
+    assert "| d | RS+SH@5 | 72.0 ± 0.0 | 72.0 ± 0.0 | 101.0 | 101.0 | — |" in table
+    assert "| d | MetaLLMiX (zero-shot) | 70.0 ± 0.0 | 70.0 ± 0.0 | 22.0 | 2.0 | 15.0 |" in table
+    assert "against RS+SH@5" in table and "at least as good on 1 of 1" in table
+    assert "TPE and GP draw 3 random trials" in table
+    # A state from before issue 28 (no method list) reports its five methods.
+    old = {k: v for k, v in settings.items() if k != "methods"}
+    legacy = build_report({"pieces": pieces, "settings": old}, ["d"])
+    assert list(legacy["datasets"]["d"]["methods"]) == list(LEGACY_METHODS)
