@@ -55,8 +55,10 @@ def compare(
         help="Budget 10, 1 seed, ≤3 epochs, ≤300 train / 150 val images, 1 thread, no LLM "
         "(options given explicitly win).",
     ),
-    budget: int = typer.Option(None, "--budget", min=1, help="Trials per search [10]."),
-    seeds: int = typer.Option(None, "--seeds", min=1, help="Number of seeds [3]."),
+    budget: int = typer.Option(None, "--budget", min=1, help="Trials per search (default 10)."),
+    seeds: int = typer.Option(
+        None, "--seeds", min=1, help="Number of seeds (default 3; --quick: 1)."
+    ),
     first_seed: int = typer.Option(0, "--seed", help="First seed (seeds are consecutive)."),
     llm: str = typer.Option(None, "--llm", help="LLM name, profile (fast, default) or .gguf."),
     no_llm: bool = typer.Option(
@@ -69,18 +71,20 @@ def compare(
         None,
         "--methods",
         help="Comma-separated subset of: metallmix, random, tpe, gp, best-default, "
-        "metallmix+verify, random+sh, best-default+sh [all].",
+        "metallmix+verify, random+sh, best-default+sh (default: all).",
     ),
     kb: Path = typer.Option(
         None, "--kb", help="KB .sqlite (default: METALLMIX_KB or the shipped KB); snapshotted."
     ),
-    epoch_cap: int = typer.Option(None, "--epochs-max", min=1, help="Epoch cap for every run [5]."),
+    epoch_cap: int = typer.Option(
+        None, "--epochs-max", min=1, help="Epoch cap for every run (default 5)."
+    ),
     models: str = typer.Option(None, "--models", help="Comma-separated subset of the CPU zoo."),
     image_sizes: str = typer.Option(None, "--image-sizes", help="Subset of 28,32,48,64."),
     max_train_images: int = typer.Option(
         None, "--max-train-images", min=10, help="Seeded stratified training subsample."
     ),
-    max_val_images: int = typer.Option(None, "--max-val-images", min=10, help="[200]"),
+    max_val_images: int = typer.Option(None, "--max-val-images", min=10, help="(default 200)"),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads per run."),
     verify: int = typer.Option(
         5, "--verify", min=1, help="K: candidates each successive halving trains."
