@@ -1097,7 +1097,15 @@ def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
     metrics: list[Any] = []
     for name, entry in report["datasets"].items():
         for method, row in entry["methods"].items():
-            for field in ("test_accuracy_mean", "config_seconds", "train_seconds_mean"):
+            for field in (
+                "test_accuracy_mean",
+                "test_balanced_accuracy_mean",
+                "config_seconds",
+                "cold_seconds",
+                "warm_seconds",
+                "llm_seconds",
+                "train_seconds_mean",
+            ):
                 value = row.get(field)
                 if value is not None:
                     key = f"{name}.{_metric_name(method)}.{field}"
