@@ -39,10 +39,12 @@ SETTINGS = CompareSettings(
     max_val_images=20,
     threads=1,
     n_candidates=3,
+    verify=3,
 )
-# metallmix, best-default, RS trials, TPE trials, and verify: the 3 shortlisted candidates
-# at 1 epoch (with a 1-epoch cap the first rung is already every candidate's full run)
-N_TRAININGS = 1 + 1 + 2 + 2 + 3
+# metallmix, best-default, RS, TPE and GP trials, and three halvings (verify, RS+SH,
+# best-default+SH) of 3 candidates each at 1 epoch (with a 1-epoch cap the first rung is
+# already every candidate's full run)
+N_TRAININGS = 1 + 1 + 2 + 2 + 2 + 3 + 3 + 3
 
 
 def make_npz(path: Path, seed: int = 0) -> Path:
@@ -113,7 +115,7 @@ def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
         epochs = run["hyperparameters"].get("epochs")
         assert epochs is not None and epochs <= SETTINGS.epoch_cap, method  # same epoch cap
     assert entry["best"] and set(entry["best"]) <= set(entry["within_1pt"])
-    for method in ("random", "tpe"):
+    for method in ("random", "tpe", "gp"):
         (search,) = entry["methods"][method]["per_seed"]
         assert search["trials_done"] == 2
         assert search["search_seconds"] > 0
@@ -121,6 +123,26 @@ def check_report(report: dict[str, Any], dataset: str = "tiny") -> None:
     assert verified["runs"] == 3 and verified["first_rung_epochs"] == 1
     assert verified["config_seconds"] >= verified["verify_seconds"] > 0
     assert verified["model"] in SETTINGS.models  # type: ignore[operator]
+    # The halving baselines: the same halving (run_verify's studies), K and first rung.
+    for method, prefix in (("random+sh", "r"), ("best-default+sh", "d")):
+        (halved,) = entry["methods"][method]["per_seed"]
+        assert halved["runs"] == 3 and halved["first_rung_epochs"] == verified["first_rung_epochs"]
+        assert halved["first_rung_from"] == "metallmix+verify"
+        assert [c["candidate_id"] for c in halved["candidates"]] == [
+            f"{prefix}1",
+            f"{prefix}2",
+            f"{prefix}3",
+        ]
+        assert halved["cold_seconds"] == halved["warm_seconds"] >= halved["verify_seconds"] > 0
+        assert halved["test_balanced_accuracy"] is not None
+    # Cold includes fitting the meta-learner from an empty cache; warm has it cached.
+    zero = entry["methods"]["metallmix"]
+    assert zero["cold_seconds"] > zero["warm_seconds"] > 0
+    ver = entry["methods"]["metallmix+verify"]
+    assert ver["cold_seconds"] - ver["warm_seconds"] == pytest.approx(
+        zero["cold_seconds"] - zero["warm_seconds"]
+    )
+    assert set(entry["verify_vs_halving"]) == {"random+sh", "best-default+sh"}
     vs = entry["verify_vs_rs"]
     assert vs["balanced_at_least_rs"] in (True, False) and vs["rs_at_k_seconds"] is None  # RS@2
     for method in ("metallmix", "best-default"):
@@ -198,6 +220,18 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
     again = report["datasets"]["tiny"]["methods"]["metallmix"]["per_seed"][0]
     assert again["mlflow_run_id"] == first["mlflow_run_id"]
 
+    # RS+SH halves the configurations the RS study drew first with the same seed.
+    import optuna
+
+    storage = f"sqlite:///{state / 'optuna.sqlite'}"
+    rs = optuna.load_study(study_name="tiny-random-s0", storage=storage)
+    plan = optuna.load_study(study_name="tiny-random-sh-s0", storage=storage).user_attrs
+    halved = plan["verify_plan"]["candidates"]
+    for trial, cand in zip(rs.trials, halved, strict=False):
+        assert trial.params["model"] == cand["model"]
+        assert trial.params["lr"] == pytest.approx(cand["hyperparameters"]["lr"])
+    assert len(rs.trials) == 2 and len(halved) == 3
+
     # A third run retrains nothing and reports the same numbers.
     third = run_compare([data], SETTINGS, state_dir=state, kb=kb, llm=ScriptedLLM([]))
     assert len(training_runs()) == N_TRAININGS
@@ -213,8 +247,14 @@ def test_compare_resumes_after_interruption(tmp_path: Path) -> None:
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
     )
     names = {r.info.run_name for r in children}
-    assert {"tiny:metallmix", "tiny:best-default", "tiny:metallmix+verify"} <= names
-    assert sum(n.startswith("search:") for n in names) == 2
+    assert {
+        "tiny:metallmix",
+        "tiny:best-default",
+        "tiny:metallmix+verify",
+        "tiny:random+sh",
+        "tiny:best-default+sh",
+    } <= names
+    assert sum(n.startswith("search:") for n in names) == 3  # RS, TPE, GP
 
     # Other settings on the same state are refused, not silently mixed.
     other = SETTINGS.model_copy(update={"budget": 3})
@@ -285,6 +325,45 @@ def test_cli_compare_json(
     check_report(report)
     rec = report["datasets"]["tiny"]["methods"]["metallmix"]
     assert rec["fallback"] is True  # the scripted LLM never answered usefully
+    assert rec["llm_seconds"] is not None and rec["llm_seconds"] > 0  # apart from cold/warm
+    assert len(training_runs()) == N_TRAININGS
+
+
+@pytest.mark.slow
+def test_cli_compare_new_data_folder_without_llm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hidden-data protocol: datasets from any folder (here a fresh one, with a card
+    beside the images; nothing under ../shared), and the zero-shot pick without the LLM,
+    which is never loaded: the pick is the shortlist's top-scored candidate."""
+    import metallmix.agents.runtime.llm as llm_module
+
+    def no_llm(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("--no-llm loaded an LLM")
+
+    monkeypatch.setattr(llm_module, "load_llm", no_llm)
+    (tmp_path / "work").mkdir()
+    args = _cli(tmp_path / "work")
+    folder = tmp_path / "hidden"
+    folder.mkdir()
+    make_npz(folder / "tiny.npz")
+    (folder / "tiny.json").write_text(
+        json.dumps({"name": "tiny", "modality": "toy X-ray", "class_names": ["dark", "bright"]})
+    )
+    (folder / ".DS_Store").write_text("")  # skipped, as are cards and result folders
+    (folder / "compare_tiny.state").mkdir()
+    at = args.index("--data")
+    args[at : at + 2] = ["--data-dir", str(folder), "--no-llm"]
+    assert main(args) == 0
+    report = _check_cli(tmp_path / "work", capsys.readouterr().out)
+    check_report(report)
+    rec = report["datasets"]["tiny"]["methods"]["metallmix"]
+    assert rec["llm"] is None and rec["llm_seconds"] is None
+    candidates = report["datasets"]["tiny"]["methods"]["metallmix+verify"]["per_seed"]
+    assert candidates[0]["study"] == "tiny-verify-s0"
+    table = (tmp_path / "work" / "results" / "compare_tiny.md").read_text()
+    assert "(not run: `--no-llm`)" in table and "RS+SH@3" in table
+    assert report["run"]["llm"] is False and report["run"]["wall_seconds"] > 0
     assert len(training_runs()) == N_TRAININGS
 
 
@@ -310,14 +389,17 @@ def test_state_from_before_verify_resumes(tmp_path: Path) -> None:
     """A state written before the verify setting existed resumes with its default (5)."""
     from metallmix.benchmarks.compare import CompareState
 
-    old = SETTINGS.model_dump(mode="json")
+    current = SETTINGS.model_copy(update={"verify": 5})
+    old = current.model_dump(mode="json")
     old.pop("verify")
+    old.pop("methods")  # nor the method list (issue 28): it resumes with every method
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"settings": old, "datasets": [], "runs": {}, "pieces": {}}))
-    state = CompareState(path, SETTINGS, ["tiny"])
+    state = CompareState(path, current, ["tiny"])
     assert state.data["settings"]["verify"] == 5
+    assert state.data["settings"]["methods"] == list(METHODS)
     with pytest.raises(ConfigError, match="other settings"):
-        CompareState(path, SETTINGS.model_copy(update={"verify": 3}), ["tiny"])
+        CompareState(path, current.model_copy(update={"verify": 3}), ["tiny"])
 
 
 def test_verify_against_random_search_uses_the_first_k_trials() -> None:
@@ -403,3 +485,125 @@ def test_majority_class_floor_and_zero_shot_bar(tmp_path: Path) -> None:
         "cpus": [2],
     }
     assert "median 3.50, range 1.00-6.00, on 2 CPUs; 1 pieces have no record." in table
+
+
+def test_best_defaults_are_the_k_best_distinct_configurations() -> None:
+    """best-default+SH@K's candidates: distinct configurations, best mean score first, the
+    first being best-default's own pick; no meta-features involved."""
+    from metallmix.benchmarks.lodo import _config_key, best_default, best_defaults
+
+    records = synthetic_records(4, 12, seed=0, space=SETTINGS.space())
+    top = best_defaults(records, 3)
+    assert len(top) == 3 and top[0].run_id == best_default(records).run_id
+    assert len({_config_key(r) for r in top}) == 3
+    assert [r.run_id for r in best_defaults(records, 2)] == [r.run_id for r in top[:2]]
+    assert len(best_defaults(records[:2], 5)) <= 2  # fewer when the KB holds fewer
+
+
+def test_quick_settings_and_explicit_options() -> None:
+    from metallmix.benchmarks.compare import FULL, QUICK, resolve_settings
+
+    quick = resolve_settings(quick=True)
+    assert quick.budget == 10 and quick.seeds == [0] and quick.epoch_cap == QUICK["epoch_cap"]
+    assert quick.max_train_images == 300 and quick.max_val_images == 150 and quick.threads == 1
+    assert quick.methods == list(METHODS)
+    full = resolve_settings(quick=False)
+    assert len(full.seeds) == FULL["n_seeds"] and full.max_train_images is None
+    given = resolve_settings(quick=True, budget=4, n_seeds=2, first_seed=5, threads=None)
+    assert given.budget == 4 and given.seeds == [5, 6] and given.threads == 1  # given wins
+    few = resolve_settings(quick=True, methods=["metallmix", "random"])
+    assert few.checked_methods() == ["metallmix", "random"]
+    with pytest.raises(ConfigError, match="unknown hyperband"):
+        resolve_settings(methods=["metallmix", "hyperband"])
+    with pytest.raises(ConfigError, match="must include metallmix"):
+        resolve_settings(methods=["random"])
+    with pytest.raises(ConfigError, match="first rung from metallmix\\+verify"):
+        resolve_settings(methods=["metallmix", "random+sh"])
+
+
+def test_datasets_in_a_folder(tmp_path: Path) -> None:
+    from metallmix.benchmarks.compare import datasets_in
+
+    make_npz(tmp_path / "b.npz")
+    (tmp_path / "b.json").write_text("{}")  # its card: read by the loader, not a dataset
+    (tmp_path / "a.csv").write_text("path,label\n")
+    (tmp_path / "c").mkdir()  # an image folder
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / ".hidden.npz").write_text("")
+    (tmp_path / "compare_b.state").mkdir()
+    assert [p.name for p in datasets_in(tmp_path)] == ["a.csv", "b.npz", "c"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no dataset in it"):
+        datasets_in(empty)
+    with pytest.raises(ConfigError, match="not a folder"):
+        datasets_in(tmp_path / "b.npz")
+
+
+def test_report_times_and_halving_comparison() -> None:
+    """Cold, warm and LLM times per method, and verify@K against RS+SH@K and
+    best-default+SH@K, are computed from the pieces (an old state keeps its five methods)."""
+    from metallmix.benchmarks.compare_report import LEGACY_METHODS, build_report, markdown_table
+
+    def run(bal: float, **extra: Any) -> dict[str, Any]:
+        return {"test_accuracy": bal, "test_balanced_accuracy": bal, **extra}
+
+    rec = {
+        "seconds": 30.0,
+        "shortlist_seconds": 22.0,
+        "cold_seconds": 22.0,
+        "warm_seconds": 2.0,
+        "llm_total_seconds": 15.0,
+        "model": "m",
+    }
+    halving = {"first_rung_epochs": 1, "verify_seconds": 100.0}
+    pieces = {
+        "d/metallmix/recommendation": rec,
+        "d/metallmix/s0": run(0.70),
+        "d/random/s0": run(0.60, search_seconds=300.0, trials=[]),
+        "d/tpe/s0": run(0.62, search_seconds=290.0),
+        "d/gp/s0": run(0.61, search_seconds=310.0),
+        "d/best-default/config": {"seconds": 0.1, "model": "b"},
+        "d/best-default/s0": run(0.55),
+        "d/metallmix+verify/s0": run(
+            0.75, **halving, config_seconds=122.0, cold_seconds=122.0, warm_seconds=102.0
+        ),
+        "d/random+sh/s0": run(0.72, **halving, config_seconds=101.0, cold_seconds=101.0),
+        "d/best-default+sh/s0": run(0.78, **halving, config_seconds=100.5, cold_seconds=100.5),
+    }
+    for key in ("d/random+sh/s0", "d/best-default+sh/s0"):
+        pieces[key]["warm_seconds"] = pieces[key]["cold_seconds"]
+    settings = {
+        "seeds": [0],
+        "budget": 10,
+        "verify": 5,
+        "epoch_cap": 5,
+        "max_train_images": None,
+        "max_val_images": None,
+        "models": None,
+        "image_sizes": None,
+        "threads": None,
+        "methods": list(METHODS),
+    }
+    report = build_report({"pieces": pieces, "settings": settings}, ["d"])
+    methods = report["datasets"]["d"]["methods"]
+    assert (
+        methods["metallmix"]["cold_seconds"] == 22.0 and methods["metallmix"]["warm_seconds"] == 2.0
+    )
+    assert methods["metallmix"]["llm_seconds"] == 15.0 and methods["random"]["llm_seconds"] is None
+    assert methods["tpe"]["cold_seconds"] == methods["tpe"]["warm_seconds"] == 290.0
+    vs = report["datasets"]["d"]["verify_vs_halving"]
+    assert vs["random+sh"]["gap_points"] == pytest.approx(3.0) and vs["random+sh"]["at_least"]
+    assert vs["random+sh"]["no_more_time_cold"] is False  # 122 s against 101 s
+    assert vs["random+sh"]["no_more_time_warm"] is False  # 102 s against 101 s
+    assert vs["best-default+sh"]["gap_points"] == pytest.approx(-3.0)
+    assert vs["best-default+sh"]["at_least"] is False
+    table = markdown_table(report)
+    assert "| d | RS+SH@5 | 72.0 ± 0.0 | 72.0 ± 0.0 | 101.0 | 101.0 | — |" in table
+    assert "| d | MetaLLMiX (zero-shot) | 70.0 ± 0.0 | 70.0 ± 0.0 | 22.0 | 2.0 | 15.0 |" in table
+    assert "against RS+SH@5" in table and "at least as good on 1 of 1" in table
+    assert "TPE and GP draw 3 random trials" in table
+    # A state from before issue 28 (no method list) reports its five methods.
+    old = {k: v for k, v in settings.items() if k != "methods"}
+    legacy = build_report({"pieces": pieces, "settings": old}, ["d"])
+    assert list(legacy["datasets"]["d"]["methods"]) == list(LEGACY_METHODS)

@@ -156,3 +156,52 @@ def test_rejected_configuration_is_a_failed_trial(toy: Path, tmp_path: Path) -> 
     assert result.trials[0].state == "FAIL"
     assert result.trials[0].error is not None and "image_size" in result.trials[0].error
     assert result.best_value is None
+
+
+def test_tpe_and_gp_model_within_the_budget() -> None:
+    """Issue 28: Optuna's default ``n_startup_trials`` (10) made TPE@10 a random search. Now
+    TPE and GP draw max(3, budget // 4) at random (the same draws as RS with that seed)
+    and their model picks the rest, so at budget 10 they part from RS after trial 3."""
+    import optuna
+
+    from metallmix.tools.training.search import _sampler, model_based, startup_trials
+
+    assert [startup_trials(b) for b in (1, 10, 12, 40)] == [3, 3, 3, 10]
+    assert startup_trials(None) == 10  # unknown budget: Optuna's default
+    assert isinstance(_sampler("random", 0, 10), optuna.samplers.RandomSampler)
+    tpe, gp = _sampler("tpe", 0, 10), _sampler("gp", 0, 10)
+    assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 3
+    assert isinstance(gp, optuna.samplers.GPSampler) and gp._n_startup_trials == 3
+    assert model_based("tpe") and model_based("gp") and not model_based("random")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions(CPU_ZOO_SPACE)
+
+    def drawn(sampler: str) -> list[tuple[str, float]]:
+        """Ten trials on a deterministic objective that rewards small learning rates."""
+        study = optuna.create_study(direction="maximize", sampler=_sampler(sampler, 0, 10))
+        out = []
+        for _ in range(10):
+            trial = study.ask(dists)
+            study.tell(trial, -abs(trial.params["lr"] - 1e-4))
+            out.append((str(trial.params["model"]), float(trial.params["lr"])))
+        return out
+
+    rs, tpe_draws = drawn("random"), drawn("tpe")
+    assert tpe_draws[:3] == rs[:3]  # the random start-up: RS's own draws
+    assert tpe_draws[3:] != rs[3:]  # then the model acts (at Optuna's default it never did)
+
+
+def test_random_configs_are_valid_seeded_draws() -> None:
+    """RS+SH@K's candidates: the first K valid draws of the RS sampler, in the space."""
+    from metallmix.tools.training.search import random_configs
+
+    first = random_configs(CPU_ZOO_SPACE, 4, seed=3)
+    assert [n for n, _, _ in first] == sorted(n for n, _, _ in first)
+    assert first == random_configs(CPU_ZOO_SPACE, 4, seed=3)  # same seed, same draws
+    assert first != random_configs(CPU_ZOO_SPACE, 4, seed=4)
+    assert first[:2] == random_configs(CPU_ZOO_SPACE, 2, seed=3)  # a prefix, as trials are
+    for _, model, hp in first:
+        assert CPU_ZOO_SPACE.contains(model, hp)
+    with pytest.raises(ConfigError, match="at least 1"):
+        random_configs(CPU_ZOO_SPACE, 0, seed=0)

@@ -1,21 +1,34 @@
-"""Head-to-head: a zero-shot recommendation against random search, TPE and best-default.
+"""Head-to-head: a zero-shot recommendation against searches, defaults and halving baselines.
 
 Every method gets the same trainer (:func:`~metallmix.tools.training.runner.run_trial`), the
 same search space (the CPU zoo with an epoch cap and optional model / image-size subsets),
 the same data caps and the same seeds, and is scored on the same test split:
 
 - ``metallmix``: one recommendation from a KB holding no run of the dataset (checked, and
-  the check is part of the report), then one training run of it per seed;
-- ``random`` / ``tpe``: an Optuna study of ``budget`` trials per seed, the trial with the
-  best validation accuracy selected, its test accuracy reported;
+  the check is part of the report), then one training run of it per seed. The
+  configuration is the meta-learner's top candidate (the graph's ``choose="top1"``): the
+  LLM only explains it, so ``--no-llm`` skips it without changing any configuration;
+- ``random`` / ``tpe`` / ``gp``: an Optuna study of ``budget`` trials per seed, the trial
+  with the best validation accuracy selected, its test accuracy reported. TPE and the GP
+  draw ``max(3, budget // 4)`` random trials before their model acts
+  (:func:`~metallmix.tools.training.search.startup_trials`);
 - ``best-default``: the KB configuration with the best mean normalised score (the LODO
   baseline), trained once per seed;
 - ``metallmix+verify``: the same recommendation's shortlist, its top ``verify`` candidates
   trained with successive halving (:mod:`metallmix.tools.training.verify`) per seed, the
-  winner's test accuracy reported. Its time to a configuration is the meta-features +
-  shortlist time plus the summed training time of every verification run; the LLM's time
-  is not added because with ``verify`` = the shortlist's size the LLM's pick cannot change
-  which configurations are trained (it is reported beside it).
+  winner's test accuracy reported;
+- ``random+sh`` / ``best-default+sh``: the same successive halving
+  (:func:`~metallmix.tools.training.verify.run_verify`, the same first rung as
+  ``metallmix+verify`` at that seed) over ``verify`` other candidates: the first ``verify``
+  configurations random search draws with that seed (the first trials of the RS study), or
+  the ``verify`` configurations best on average across the KB (no meta-features). They
+  answer whether the meta-learned shortlist, not the halving, makes verify's score.
+
+Times are on an equal footing: each method's time to a trained configuration is reported
+*cold* (the meta-learner and retrieval index fitted on the leak-free KB snapshot, from an
+empty cache) and *warm* (the same call with them cached), and the LLM's time (loading it,
+explaining, judging) apart from both. Searches, defaults and halving have no learner to
+fit: their cold and warm times are equal.
 
 A comparison is a list of pieces (one recommendation, one training, one search...). Each
 finished piece is written to a JSON state file at once (temp file + ``os.replace``) and the
@@ -32,7 +45,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +54,11 @@ from mlflow.entities import Metric, Param
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
+from metallmix.agents.evidence import ranked_candidates
 from metallmix.api import recommend
 from metallmix.atomic import atomic_path, write_text
-from metallmix.benchmarks.compare_report import METHODS, build_report
-from metallmix.benchmarks.lodo import LeakError, best_default
+from metallmix.benchmarks.compare_report import HALVING, METHODS, SEARCHES, build_report
+from metallmix.benchmarks.lodo import LeakError, best_default, best_defaults
 from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.graphs.resources import LlmSpec, resolve_llm
 from metallmix.tools import tracking
@@ -63,8 +77,8 @@ from metallmix.tools.meta.search_space import (
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.runner import run_trial
-from metallmix.tools.training.search import run_search
-from metallmix.tools.training.verify import run_verify
+from metallmix.tools.training.search import model_based, random_configs, run_search
+from metallmix.tools.training.verify import VerifyResult, run_verify
 
 if TYPE_CHECKING:
     from metallmix.agents.runtime.llm import ChatLLM
@@ -91,6 +105,26 @@ class CompareSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     n_candidates: int = Field(default=5, ge=1)
     verify: int = Field(default=5, ge=1, description="candidates MetaLLMiX+verify trains")
+    methods: list[str] = Field(
+        default_factory=lambda: list(METHODS), description="methods compared (report order)"
+    )
+
+    def checked_methods(self) -> list[str]:
+        """``methods`` in report order, or a :class:`ConfigError` naming what is wrong."""
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(
+                f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+            )
+        if "metallmix" not in self.methods:
+            raise ConfigError("--methods must include metallmix (every row is compared to it)")
+        needs = [m for m in ("random+sh", "best-default+sh") if m in self.methods]
+        if needs and "metallmix+verify" not in self.methods:
+            raise ConfigError(
+                f"--methods {', '.join(needs)} take their first rung from metallmix+verify; "
+                "add metallmix+verify"
+            )
+        return [m for m in METHODS if m in self.methods]
 
     def space(self) -> SearchSpace:
         """The CPU zoo narrowed by the caps: the one space every method draws from."""
@@ -136,6 +170,76 @@ class CompareSettings(BaseModel):
                 "model_params": model_params,
             }
         )
+
+
+# ``--quick``: one seed, budget 10, small caps. Sized so three small datasets (MedMNIST-size
+# images, a few hundred training images kept) finish within 30 minutes on 2 idle cores.
+QUICK: dict[str, Any] = {
+    "budget": 10,
+    "n_seeds": 1,
+    "epoch_cap": 3,
+    "max_train_images": 300,
+    "max_val_images": 150,
+    "threads": 1,
+}
+# The defaults without ``--quick`` (what the six-dataset reports used, less their overrides).
+FULL: dict[str, Any] = {
+    "budget": 10,
+    "n_seeds": 3,
+    "epoch_cap": 5,
+    "max_train_images": None,
+    "max_val_images": 200,
+    "threads": None,
+}
+DATASET_SUFFIXES = (".npz", ".csv")
+
+
+def resolve_settings(
+    *,
+    quick: bool = False,
+    first_seed: int = 0,
+    methods: list[str] | None = None,
+    **given: Any,
+) -> CompareSettings:
+    """Settings from command-line options: each of :data:`QUICK`'s keys not given (None)
+    takes its ``--quick`` value, or the full default (:data:`FULL`); an option given
+    explicitly always wins. Other keyword arguments go to :class:`CompareSettings` as they
+    are (``models``, ``image_sizes``, ``verify``...)."""
+    base = QUICK if quick else FULL
+    values = {k: given.pop(k) if given.get(k) is not None else v for k, v in base.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    n_seeds = int(values.pop("n_seeds"))
+    settings = CompareSettings(
+        seeds=list(range(first_seed, first_seed + n_seeds)),
+        **values,
+        **given,
+        **({"methods": methods} if methods is not None else {}),
+    )
+    settings.checked_methods()
+    return settings
+
+
+def datasets_in(folder: Path) -> list[Path]:
+    """Every dataset in ``folder``, sorted: ``.npz`` files and ``.csv`` manifests (each with
+    its ``<name>.json`` card or sidecar beside it, read by the loader) and sub-folders of
+    images (ImageFolder). ``.json`` files are cards or sidecars, not datasets; hidden entries
+    and ``*.state`` result folders are skipped. Nothing needs to be under ``../shared``."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"--data-dir {folder}: not a folder; give a folder of datasets")
+    found = [
+        entry
+        for entry in sorted(folder.iterdir())
+        if not entry.name.startswith(".")
+        and not entry.name.endswith(".state")
+        and (entry.is_dir() or entry.suffix.lower() in DATASET_SUFFIXES)
+    ]
+    if not found:
+        raise ConfigError(
+            f"--data-dir {folder}: no dataset in it (.npz, .csv manifest or a folder of "
+            "images per class, each with an optional <name>.json card beside it)"
+        )
+    return found
 
 
 class LeakCheck(BaseModel):
@@ -293,8 +397,10 @@ class _Run:
         llm: LlmSpec,
         on_piece: PieceFn | None,
         backend: Any | None = None,
+        use_llm: bool = True,
     ) -> None:
         self.backend = backend  # an ExecutionBackend for search trials; None = in-process
+        self.use_llm = use_llm
         self.state = state
         self.settings = state.settings
         self.space = state.settings.space()
@@ -407,52 +513,96 @@ class _Run:
         check_no_leak(kb, hidden_names(dataset))
         return kb
 
-    def recommendation(self, dataset: Dataset, kb_path: Path, parent: str) -> dict[str, Any]:
+    def recommendation(
+        self, dataset: Dataset, kb_path: Path, parent: str, tmp: Path
+    ) -> dict[str, Any]:
+        """The zero-shot pick, timed cold (meta-learner and retrieval index fitted on the
+        held-out KB from an empty cache), warm (the same call, now cached) and, apart, the
+        LLM's explanation (loading it included); ``--no-llm`` leaves the LLM out, which
+        changes no configuration: the pick is the top-scored candidate either way."""
         key = f"{dataset.name}/metallmix/recommendation"
         found = self.cached(key)
         if found is not None:
             return found
         seed = self.settings.seeds[0]
-        loading = time.perf_counter()
-        llm = self.llm()
-        llm_load_seconds = time.perf_counter() - loading
         kb = self.heldout(dataset, kb_path)
         started = time.perf_counter()
         view = _train_view(dataset, self.settings.max_train_images, seed)
         mf = compute_meta_features(view)
+        mf_seconds = time.perf_counter() - started
         # Every method here trains on this CPU: learn only from the KB's CPU-regime runs.
         cpu_kb = regime_kb(kb, "cpu")
-        shortlist = build_shortlist(
-            mf, cpu_kb, n=self.settings.n_candidates, space=self.space, seed=seed
-        )
+        cache = tmp / f"cache-{dataset.name}"  # empty: the first call fits, the second loads
+        shortlist, cold = _timed_shortlist(mf, cpu_kb, self.settings, self.space, seed, cache)
+        again, warm = _timed_shortlist(mf, cpu_kb, self.settings, self.space, seed, cache)
+        same = _configs(again.candidates) == _configs(shortlist.candidates)  # reported
         metric, note = metric_of_runs(cpu_kb.iter_records())
         shortlist = shortlist.model_copy(
             update={"metric": metric, "metric_note": note, "regime": "cpu"}
         )
-        shortlist_seconds = time.perf_counter() - started
-        rec = recommend(None, llm=llm, kb=kb, seed=seed, shortlist=shortlist, name=dataset.name)
-        seconds = time.perf_counter() - started
-        self.space.check(rec.model, rec.hyperparameters)
+        shortlist_seconds = mf_seconds + cold
         child = self.child(f"{dataset.name}/metallmix", parent, f"{dataset.name}:metallmix")
+        llm_fields: dict[str, Any] = {
+            "llm": None,
+            "fallback": None,
+            "llm_load_seconds": None,
+            "llm_seconds": None,
+            "explain_seconds": None,
+            "llm_total_seconds": None,
+            "recommendation_run_id": None,
+        }
+        if self.use_llm:
+            loading = time.perf_counter()
+            llm = self.llm()
+            llm_load_seconds = time.perf_counter() - loading
+            explaining = time.perf_counter()
+            with _cache_at(cache):  # the graph's explanation reuses the learner fitted above
+                rec = recommend(
+                    None, llm=llm, kb=kb, seed=seed, shortlist=shortlist, name=dataset.name
+                )
+            explain_seconds = time.perf_counter() - explaining
+            self.space.check(rec.model, rec.hyperparameters)
+            model, hp = rec.model, rec.hyperparameters
+            candidate_id, expected = rec.candidate_id, rec.expected_accuracy
+            llm_seconds = None
+            if rec.mlflow_run_id:
+                self.client.set_tag(child, "metallmix.recommendation_run_id", rec.mlflow_run_id)
+                run = self.client.get_run(rec.mlflow_run_id)
+                llm_seconds = run.data.metrics.get("llm_seconds")
+            llm_fields = {
+                "llm": rec.llm,
+                "fallback": rec.fallback,
+                "llm_load_seconds": llm_load_seconds,
+                "llm_seconds": llm_seconds,
+                "explain_seconds": explain_seconds,
+                "llm_total_seconds": llm_load_seconds + explain_seconds,
+                "recommendation_run_id": rec.mlflow_run_id,
+            }
+        else:
+            top = ranked_candidates(shortlist)[0]  # what choose="top1" explains
+            self.space.check(top.model, top.hyperparameters)
+            model, hp = top.model, top.hyperparameters
+            candidate_id, expected = top.candidate_id, top.predicted_accuracy
+        seconds = shortlist_seconds + (llm_fields["explain_seconds"] or 0.0)
         self.client.log_metric(child, "config_seconds", seconds)
-        llm_seconds = None
-        if rec.mlflow_run_id:
-            self.client.set_tag(child, "metallmix.recommendation_run_id", rec.mlflow_run_id)
-            llm_seconds = self.client.get_run(rec.mlflow_run_id).data.metrics.get("llm_seconds")
+        self.client.log_metric(child, "cold_seconds", mf_seconds + cold)
+        self.client.log_metric(child, "warm_seconds", mf_seconds + warm)
         return self.done(
             key,
             {
                 "seconds": seconds,
-                "llm_load_seconds": llm_load_seconds,
+                "meta_features_seconds": mf_seconds,
                 "shortlist_seconds": shortlist_seconds,
-                "llm_seconds": llm_seconds,
-                "model": rec.model,
-                "hyperparameters": rec.hyperparameters.model_dump(mode="json"),
-                "expected_accuracy": rec.expected_accuracy,
-                "candidate_id": rec.candidate_id,
-                "fallback": rec.fallback,
-                "llm": rec.llm,
-                "recommendation_run_id": rec.mlflow_run_id,
+                "shortlist_cold_seconds": cold,
+                "shortlist_warm_seconds": warm,
+                "cold_seconds": mf_seconds + cold,
+                "warm_seconds": mf_seconds + warm,
+                "warm_same_shortlist": same,
+                **llm_fields,
+                "model": model,
+                "hyperparameters": hp.model_dump(mode="json"),
+                "expected_accuracy": expected,
+                "candidate_id": candidate_id,
                 "kb_runs": len(kb),
                 "candidates": [c.model_dump(mode="json") for c in shortlist.candidates],
             },
@@ -465,18 +615,7 @@ class _Run:
             return found
         kb = self.heldout(dataset, kb_path)
         started = time.perf_counter()
-        pool = [
-            r
-            for r in kb.iter_records()
-            if r.status == "ok"
-            and r.outcomes.val_accuracy is not None
-            and self.space.contains(r.model, r.hyperparameters)
-        ]
-        if not pool:
-            raise KnowledgeBaseError(
-                f"no KB run without {dataset.name} lies inside the compared space "
-                f"({self.space.describe()}); widen --models / --image-sizes / --epochs-max"
-            )
+        pool = self._default_pool(dataset, kb)
         picked = best_default(pool)
         seconds = time.perf_counter() - started
         child = self.child(f"{dataset.name}/best-default", parent, f"{dataset.name}:best-default")
@@ -511,9 +650,9 @@ class _Run:
             max_val_images=self.settings.max_val_images,
             threads=self.settings.threads,
             backend=self.backend,
-            # TPE one trial at a time, so its sequence is the in-process one; random search
-            # does not depend on results and runs as wide as the backend allows.
-            parallel=1 if sampler == "tpe" else None,
+            # TPE / GP one trial at a time, so their sequence is the in-process one; random
+            # search does not depend on results and runs as wide as the backend allows.
+            parallel=1 if model_based(sampler) else None,
         )
         if result.parent_run_id:
             self.client.set_tag(result.parent_run_id, "mlflow.parentRunId", parent)
@@ -593,19 +732,120 @@ class _Run:
         if raw is None:  # a state from before candidates were stored: same shortlist again
             raw = [c.model_dump(mode="json") for c in self._shortlist(dataset, kb)]
         candidates = [Candidate.model_validate(c) for c in raw]
-        child = self.child(
-            f"{dataset.name}/metallmix+verify", parent, f"{dataset.name}:metallmix+verify"
+        result = self._halve(
+            dataset,
+            "metallmix+verify",
+            candidates,
+            str(rec["candidate_id"]),
+            seed,
+            parent,
+            study=f"{dataset.name}-verify-s{seed}",  # the name states before issue 28 used
+            kb_records=list(kb.iter_records()),
         )
-        result = run_verify(
+        shortlist_seconds = rec.get("shortlist_seconds") or 0.0
+        spent = result.seconds_spent
+        cold = rec.get("cold_seconds", shortlist_seconds)
+        warm = rec.get("warm_seconds", shortlist_seconds)
+        return self.done(
+            key,
+            {
+                **_halving_fields(result, seed),
+                "config_seconds": shortlist_seconds + spent,
+                "config_seconds_with_llm": (rec.get("seconds") or 0.0) + spent,
+                "cold_seconds": cold + spent,
+                "warm_seconds": warm + spent,
+            },
+        )
+
+    def halved_baseline(
+        self,
+        dataset: Dataset,
+        method: str,
+        kb_path: Path,
+        verified: dict[str, Any],
+        seed: int,
+        parent: str,
+    ) -> dict[str, Any]:
+        """``random+sh`` or ``best-default+sh``: the halving ``metallmix+verify`` ran at this
+        seed (same code, same first rung, same K) over random or generic candidates."""
+        key = f"{dataset.name}/{method}/s{seed}"
+        found = self.cached(key)
+        if found is not None:
+            return found
+        k = self.settings.verify
+        started = time.perf_counter()
+        if method == "random+sh":
+            # The first K configurations the RS study with this seed draws (its first trials).
+            candidates = [
+                _baseline_candidate(f"r{i}", model, hp, self.space, k, i, f"random:trial{n}")
+                for i, (n, model, hp) in enumerate(random_configs(self.space, k, seed), 1)
+            ]
+        elif method == "best-default+sh":
+            kb = self.heldout(dataset, kb_path)
+            picked = best_defaults(self._default_pool(dataset, kb), k)
+            candidates = [
+                _baseline_candidate(
+                    f"d{i}", r.model, r.hyperparameters, self.space, k, i, f"kb-default:{r.run_id}"
+                )
+                for i, r in enumerate(picked, 1)
+            ]
+        else:  # pragma: no cover - callers pass one of the two
+            raise ConfigError(f"no halving baseline called {method!r}")
+        setup = time.perf_counter() - started
+        rung = int(verified["first_rung_epochs"])
+        result = self._halve(
+            dataset,
+            method,
+            candidates,
+            candidates[0].candidate_id,
+            seed,
+            parent,
+            study=f"{dataset.name}-{method.replace('+', '-')}-s{seed}",
+            first_rung_epochs=rung,
+        )
+        spent = setup + result.seconds_spent
+        return self.done(
+            key,
+            {
+                **_halving_fields(result, seed),
+                "first_rung_from": "metallmix+verify",
+                "setup_seconds": setup,
+                "config_seconds": spent,
+                "cold_seconds": spent,
+                "warm_seconds": spent,
+                "candidates": [
+                    {"candidate_id": c.candidate_id, "model": c.model, "origin": c.origin}
+                    for c in candidates
+                ],
+            },
+        )
+
+    def _halve(
+        self,
+        dataset: Dataset,
+        method: str,
+        candidates: list[Candidate],
+        zero_shot_id: str,
+        seed: int,
+        parent: str,
+        *,
+        study: str,
+        kb_records: list[RunRecord] | None = None,
+        first_rung_epochs: int | None = None,
+    ) -> VerifyResult:
+        """One successive-halving run (:func:`run_verify`) under the method's MLflow run."""
+        child = self.child(f"{dataset.name}/{method}", parent, f"{dataset.name}:{method}")
+        return run_verify(
             dataset,
             candidates,
-            zero_shot_id=str(rec["candidate_id"]),
+            zero_shot_id=zero_shot_id,
             k=self.settings.verify,
             seed=seed,
-            kb_records=list(kb.iter_records()),
+            kb_records=kb_records,
+            first_rung_epochs=first_rung_epochs,
             space=self.space,
             storage=self.state_dir / "optuna.sqlite",
-            study_name=f"{dataset.name}-verify-s{seed}",
+            study_name=study,
             kb=None,
             experiment=EXPERIMENT,
             parent_run_id=child,
@@ -614,36 +854,22 @@ class _Run:
             threads=self.settings.threads,
             backend=self.backend,
         )
-        winner = result.winner
-        final = (winner.final or winner.best_known) if winner is not None else None
-        shortlist_seconds = rec.get("shortlist_seconds") or 0.0
-        return self.done(
-            key,
-            {
-                "seed": seed,
-                "verify_seconds": result.seconds_spent,
-                "config_seconds": shortlist_seconds + result.seconds_spent,
-                "config_seconds_with_llm": (rec.get("seconds") or 0.0) + result.seconds_spent,
-                "model": winner.model if winner is not None else None,
-                "hyperparameters": dict(winner.hyperparameters) if winner is not None else {},
-                "candidate_id": result.winner_id,
-                "winner_is_zero_shot": result.winner_is_zero_shot,
-                "first_rung_epochs": result.first_rung.epochs,
-                "first_rung_source": result.first_rung.source,
-                "runs": sum(len(c.runs) for c in result.candidates),
-                "metric": result.metric,
-                "val_value": final.value if final is not None else None,
-                "val_accuracy": final.val_accuracy if final is not None else None,
-                "test_accuracy": final.test_accuracy if final is not None else None,
-                "test_balanced_accuracy": (
-                    final.test_balanced_accuracy if final is not None else None
-                ),
-                "train_seconds": final.train_seconds if final is not None else None,
-                "mlflow_run_id": final.mlflow_run_id if final is not None else None,
-                "study": result.study_name,
-                "verify_run_id": result.mlflow_run_id,
-            },
-        )
+
+    def _default_pool(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[RunRecord]:
+        """The held-out KB's finished runs inside the compared space (best-default's pool)."""
+        pool = [
+            r
+            for r in kb.iter_records()
+            if r.status == "ok"
+            and r.outcomes.val_accuracy is not None
+            and self.space.contains(r.model, r.hyperparameters)
+        ]
+        if not pool:
+            raise KnowledgeBaseError(
+                f"no KB run without {dataset.name} lies inside the compared space "
+                f"({self.space.describe()}); widen --models / --image-sizes / --epochs-max"
+            )
+        return pool
 
     def _shortlist(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[Any]:
         seed = self.settings.seeds[0]
@@ -652,6 +878,83 @@ class _Run:
             mf, regime_kb(kb, "cpu"), n=self.settings.n_candidates, space=self.space, seed=seed
         )
         return list(shortlist.candidates)
+
+
+def _baseline_candidate(
+    cid: str, model: str, hp: Hyperparameters, space: SearchSpace, k: int, rank: int, origin: str
+) -> Candidate:
+    """A halving baseline's configuration in the shape :func:`run_verify` takes: no
+    prediction (0), ranked in the order given (the first is its "zero-shot" pick)."""
+    return Candidate(
+        candidate_id=cid,
+        model=model,
+        pretrained=space.is_pretrained(model),
+        hyperparameters=hp,
+        predicted_accuracy=0.0,
+        accuracy_low=0.0,
+        accuracy_high=0.0,
+        score=float(k - rank),
+        origin=origin,
+    )
+
+
+def _halving_fields(result: VerifyResult, seed: int) -> dict[str, Any]:
+    """A successive-halving piece: the winner's scores and how it was reached."""
+    winner = result.winner
+    final = (winner.final or winner.best_known) if winner is not None else None
+    return {
+        "seed": seed,
+        "verify_seconds": result.seconds_spent,
+        "model": winner.model if winner is not None else None,
+        "hyperparameters": dict(winner.hyperparameters) if winner is not None else {},
+        "candidate_id": result.winner_id,
+        "winner_is_zero_shot": result.winner_is_zero_shot,
+        "first_rung_epochs": result.first_rung.epochs,
+        "first_rung_source": result.first_rung.source,
+        "runs": sum(len(c.runs) for c in result.candidates),
+        "metric": result.metric,
+        "val_value": final.value if final is not None else None,
+        "val_accuracy": final.val_accuracy if final is not None else None,
+        "test_accuracy": final.test_accuracy if final is not None else None,
+        "test_balanced_accuracy": final.test_balanced_accuracy if final is not None else None,
+        "train_seconds": final.train_seconds if final is not None else None,
+        "mlflow_run_id": final.mlflow_run_id if final is not None else None,
+        "study": result.study_name,
+        "verify_run_id": result.mlflow_run_id,
+    }
+
+
+@contextlib.contextmanager
+def _cache_at(path: Path) -> Iterator[None]:
+    """``METALLMIX_CACHE`` pointed at ``path`` for the block: the recommendation graph finds
+    the meta-learner the timed shortlist fitted there instead of fitting its own."""
+    before = os.environ.get("METALLMIX_CACHE")
+    os.environ["METALLMIX_CACHE"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("METALLMIX_CACHE", None)
+        else:
+            os.environ["METALLMIX_CACHE"] = before
+
+
+def _timed_shortlist(
+    mf: Any, kb: Any, settings: CompareSettings, space: SearchSpace, seed: int, cache: Path
+) -> tuple[Any, float]:
+    """The CPU-regime shortlist and its wall time, its learner and index kept in ``cache``."""
+    started = time.perf_counter()
+    shortlist = build_shortlist(
+        mf, kb, n=settings.n_candidates, space=space, seed=seed, cache=cache
+    )
+    return shortlist, time.perf_counter() - started
+
+
+def _configs(candidates: Sequence[Candidate]) -> list[str]:
+    return [
+        json.dumps([c.model, c.hyperparameters.model_dump(mode="json")], sort_keys=True)
+        for c in candidates
+    ]
 
 
 def _test_balanced(outcomes: Any) -> float | None:
@@ -670,8 +973,9 @@ def _train_view(dataset: Dataset, max_train_images: int | None, seed: int) -> Da
 
 def n_pieces(settings: CompareSettings, n_datasets: int) -> int:
     """Pieces a full comparison has (for progress bars)."""
-    # leak check, rec, default; per seed: 2 trainings, 2 searches, 1 verification
-    per_dataset = 1 + 1 + len(settings.seeds) * 5 + 1
+    methods = settings.checked_methods()
+    # leak check, recommendation, best-default's configuration; per seed one piece a method
+    per_dataset = 3 + len(settings.seeds) * len(methods)
     return n_datasets * per_dataset
 
 
@@ -694,11 +998,14 @@ def run_compare(
     label: str | None = None,
     on_piece: PieceFn | None = None,
     backend: Any | None = None,
+    use_llm: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the comparison and return the report (see :mod:`.compare_report`).
 
     ``backend`` (an :class:`~metallmix.tools.training.backends.ExecutionBackend`) runs the
-    RS/TPE search trials, e.g. on Ray; ``None`` runs everything in this process.
+    search trials and halving runs, e.g. on Ray; ``None`` runs everything in this process.
+    ``use_llm=False`` makes the zero-shot pick without the LLM (the same configuration:
+    the LLM only explains the top candidate), so no LLM time is spent or reported.
 
     ``state_dir`` holds ``state.json``, ``kb.sqlite`` (a snapshot of the KB taken on the
     first run, so a KB that grows meanwhile does not change a resumed comparison) and
@@ -710,7 +1017,8 @@ def run_compare(
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ConfigError(f"two --data datasets share a name ({names}); rename one")
-    settings.space()  # validate the caps before anything runs
+    settings.space()  # validate the caps and methods before anything runs
+    settings.checked_methods()
     state_dir.mkdir(parents=True, exist_ok=True)
     state = CompareState(state_dir / "state.json", settings, names)
     snapshot = state_dir / "kb.sqlite"
@@ -720,7 +1028,7 @@ def run_compare(
         state.data["kb_source"] = str(source)
         state.save()
     records = list(SQLiteKnowledgeBase(snapshot, read_only=True).iter_records())
-    run = _Run(state, state_dir, llm, on_piece, backend=backend)
+    run = _Run(state, state_dir, llm, on_piece, backend=backend, use_llm=use_llm)
     parent = run.parent(label or "+".join(names))
     try:
         with tempfile.TemporaryDirectory(prefix="metallmix-compare-") as tmp:
@@ -761,18 +1069,24 @@ def majority_baseline(dataset: Dataset) -> dict[str, Any]:
 def _compare_one(
     run: _Run, dataset: Dataset, records: list[RunRecord], tmp: Path, parent: str
 ) -> None:
+    methods = run.settings.checked_methods()
     kb_path = run.holdout(dataset, records, tmp)
-    rec = run.recommendation(dataset, kb_path, parent)
+    rec = run.recommendation(dataset, kb_path, parent, tmp)
     default = run.default_config(dataset, kb_path, parent)
     for seed in run.settings.seeds:
         run.trained(dataset, "metallmix", rec, seed, parent)
-    for seed in run.settings.seeds:
-        run.trained(dataset, "best-default", default, seed, parent)
-    for sampler in ("random", "tpe"):
+    if "best-default" in methods:
+        for seed in run.settings.seeds:
+            run.trained(dataset, "best-default", default, seed, parent)
+    for sampler in (m for m in SEARCHES if m in methods):
         for seed in run.settings.seeds:
             run.search(dataset, sampler, seed, parent)
+    if "metallmix+verify" not in methods:
+        return
     for seed in run.settings.seeds:
-        run.verified(dataset, rec, kb_path, seed, parent)
+        verified = run.verified(dataset, rec, kb_path, seed, parent)
+        for method in (m for m in HALVING if m in methods):
+            run.halved_baseline(dataset, method, kb_path, verified, seed, parent)
 
 
 def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
@@ -783,7 +1097,15 @@ def finish_mlflow(report: dict[str, Any], files: dict[str, Path]) -> None:
     metrics: list[Any] = []
     for name, entry in report["datasets"].items():
         for method, row in entry["methods"].items():
-            for field in ("test_accuracy_mean", "config_seconds", "train_seconds_mean"):
+            for field in (
+                "test_accuracy_mean",
+                "test_balanced_accuracy_mean",
+                "config_seconds",
+                "cold_seconds",
+                "warm_seconds",
+                "llm_seconds",
+                "train_seconds_mean",
+            ):
                 value = row.get(field)
                 if value is not None:
                     key = f"{name}.{_metric_name(method)}.{field}"
@@ -809,11 +1131,14 @@ def _metric_name(method: str) -> str:
 __all__ = [
     "EXPERIMENT",
     "METHODS",
+    "QUICK",
     "CompareSettings",
     "LeakCheck",
     "check_no_leak",
+    "datasets_in",
     "finish_mlflow",
     "holdout_kb",
+    "resolve_settings",
     "run_compare",
     "snapshot_kb",
 ]

@@ -222,7 +222,9 @@ def finish_line(record: RunRecord) -> None:
 
 def search_command(
     data: Path = typer.Option(..., "--data", help="Dataset (.npz, CSV manifest or folder)."),
-    sampler: str = typer.Option("tpe", "--sampler", help="random | tpe"),
+    sampler: str = typer.Option(
+        "tpe", "--sampler", help="random | tpe | gp (TPE and GP model after max(3, trials//4))"
+    ),
     trials: int = typer.Option(..., "--trials", min=1, help="Trials to reach (resumes)."),
     seed: int = typer.Option(0, "--seed"),
     space: str = typer.Option("cpu-zoo", "--space", help="Search space name."),

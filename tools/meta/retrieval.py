@@ -391,8 +391,11 @@ def _similar(record: RunRecord, similarity: float) -> SimilarRun:
     )
 
 
-def index_dir(kb: KnowledgeBase, kb_hash: str) -> Path:
-    """Beside a writable SQLite KB, else in the cache (keyed by content hash)."""
+def index_dir(kb: KnowledgeBase, kb_hash: str, cache: Path | None = None) -> Path:
+    """Beside a writable SQLite KB, else in the cache (keyed by content hash); in ``cache``
+    when one is given."""
+    if cache is not None:
+        return cache / "retrieval" / kb_hash
     if isinstance(kb, SQLiteKnowledgeBase) and not kb.read_only:
         parent = kb.path.parent
         if os.access(parent, os.W_OK):
@@ -401,13 +404,17 @@ def index_dir(kb: KnowledgeBase, kb_hash: str) -> Path:
 
 
 def load_or_build(
-    kb: KnowledgeBase, records: list[RunRecord] | None = None, kb_hash: str | None = None
+    kb: KnowledgeBase,
+    records: list[RunRecord] | None = None,
+    kb_hash: str | None = None,
+    cache: Path | None = None,
 ) -> RetrievalIndex:
     """The index for the KB's current content, rebuilt (and saved) only when it changed
-    (``records`` and ``kb_hash``: that content and its hash, when already read)."""
+    (``records`` and ``kb_hash``: that content and its hash, when already read; ``cache``:
+    the folder to keep it in instead of the default, see :func:`index_dir`)."""
     records = records if records is not None else list(kb.iter_records())
     kb_hash = kb_hash or kb_content_hash(records)
-    directory = index_dir(kb, kb_hash)
+    directory = index_dir(kb, kb_hash, cache)
     if (directory / "retrieval.json").is_file():
         try:
             index = RetrievalIndex.load(directory)

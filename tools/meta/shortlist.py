@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -193,24 +194,32 @@ def build_shortlist(
     n_samples: int = N_SAMPLES,
     facts_per_candidate: int = FACTS_PER_CANDIDATE,
     learner_config: MetaLearnerConfig | None = None,
+    cache: Path | None = None,
 ) -> Shortlist:
     """Scored, diverse shortlist with SHAP facts and similar runs: the agent's evidence.
 
     The graph runs the same steps as separate nodes (:func:`retrieve`, :func:`rank`,
     :func:`explain_shortlist`); this is them in one call, for the CLI and the benchmarks.
     ``exclude_datasets`` (dataset names or dataset groups) are invisible to the meta-learner
-    and to retrieval, e.g. when the user's dataset is itself in the KB.
+    and to retrieval, e.g. when the user's dataset is itself in the KB. ``cache`` is where
+    the fitted meta-learner and retrieval index are kept (default: the user's cache); an
+    empty folder times a cold start, e.g. in the head-to-head benchmark.
     """
     snapshot = KBSnapshot.of(kb)
     records = snapshot.runs
     excluded_names = _excluded_datasets(records, exclude_datasets or set())
     cfg = learner_config or MetaLearnerConfig(seed=seed)
     learner = fit_or_load(
-        kb, cfg, exclude_datasets=excluded_names, records=records, kb_hash=snapshot.content_hash()
+        kb,
+        cfg,
+        exclude_datasets=excluded_names,
+        records=records,
+        kb_hash=snapshot.content_hash(),
+        cache=cache,
     )
     visible = [r for r in records if r.dataset not in excluded_names]
     index = (
-        load_or_build(kb, records=records, kb_hash=snapshot.content_hash())
+        load_or_build(kb, records=records, kb_hash=snapshot.content_hash(), cache=cache)
         if not excluded_names
         else RetrievalIndex.build(visible)
     )

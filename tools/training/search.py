@@ -21,7 +21,7 @@ from metallmix import config
 from metallmix.errors import ConfigError, MetaLLMiXError
 from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset
-from metallmix.tools.kb.records import RunRecord, Scalar
+from metallmix.tools.kb.records import Hyperparameters, RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.search_space import (
     CPU_ZOO_SPACE,
@@ -35,7 +35,11 @@ from metallmix.tools.training.backends import ExecutionBackend, Resources
 from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
 from metallmix.tools.training.trainer import EpochStats
 
-SAMPLERS = ("random", "tpe")
+SAMPLERS = ("random", "tpe", "gp")
+# Model-based samplers (TPE, GP) draw their first ``n_startup_trials`` at random; Optuna's
+# default (10) would make TPE@10 a random search. A quarter of the budget, at least 3 (the
+# fewest points a density or GP model is worth fitting on), leaves the model most trials.
+MIN_STARTUP_TRIALS = 3
 SEARCH_EXPERIMENT = "metallmix-search"
 _PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -59,14 +63,60 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def _sampler(name: str, seed: int) -> Any:
+def startup_trials(budget: int | None) -> int:
+    """Random trials a model-based sampler draws before its model acts:
+    ``max(3, budget // 4)`` (3 at budget 10, so 7 trials are TPE's or the GP's own);
+    Optuna's default of 10 when the budget is unknown."""
+    if budget is None:
+        return 10
+    return max(MIN_STARTUP_TRIALS, budget // 4)
+
+
+def _sampler(name: str, seed: int, budget: int | None = None) -> Any:
+    """The Optuna sampler ``name`` with ``seed``; model-based ones start modelling after
+    :func:`startup_trials` of ``budget`` (the same random first draws as ``random``)."""
     import optuna  # heavy: Optuna loads only when a search runs
 
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(budget))
+    if name == "gp":  # Gaussian-process BO (needs torch and SciPy, both dependencies already)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials(budget))
     raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def model_based(sampler: str) -> bool:
+    """Whether the sampler's next draw depends on the results so far (run one at a time)."""
+    return sampler in ("tpe", "gp")
+
+
+def random_configs(space: SearchSpace, n: int, seed: int) -> list[tuple[int, str, Hyperparameters]]:
+    """The first ``n`` valid configurations a random search with ``seed`` draws, as
+    ``(trial number, model, hyperparameters)``: the same sampler, distributions and order as
+    :func:`run_search`, so they are exactly that study's first trials (a draw the space
+    rejects is skipped, as the search fails it). Nothing is trained or stored."""
+    import optuna  # heavy: Optuna loads only when a search runs
+
+    if n < 1:
+        raise ConfigError(f"need at least 1 random configuration, got {n}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=_sampler("random", seed), direction="maximize")
+    dists = distributions(space)
+    out: list[tuple[int, str, Hyperparameters]] = []
+    for number in range(100 * n):  # a space that rejects everything must not loop forever
+        params: dict[str, Scalar] = dict(study.ask(dists).params)
+        model = str(params.pop("model"))
+        try:
+            hp = make_hyperparameters(space.project(model, params))
+        except MetaLLMiXError:
+            continue
+        out.append((number, model, hp))
+        if len(out) == n:
+            return out
+    raise ConfigError(
+        f"space {space.name}: only {len(out)} of {100 * n} random draws were valid configurations"
+    )
 
 
 def default_storage() -> Path:
@@ -153,11 +203,13 @@ def open_study(
     client: Any,
     experiment: str,
     extra_params: dict[str, Any] | None = None,
+    budget: int | None = None,
 ) -> OpenedStudy:
     """Create or resume a study; shared by the local and the distributed search.
 
     Trials left RUNNING by an interrupted search are failed and re-queued with the same
     parameters, so a resumed search retries what was cut off instead of skipping it.
+    ``budget`` (the study's trials) sets a model-based sampler's random start-up.
     """
     import optuna  # heavy: Optuna loads only when a search runs
     from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
@@ -169,7 +221,7 @@ def open_study(
     study = optuna.create_study(
         study_name=name,
         storage=f"sqlite:///{storage_path.resolve()}",
-        sampler=_sampler(sampler, seed),
+        sampler=_sampler(sampler, seed, budget),
         direction="maximize",
         load_if_exists=True,
     )
@@ -203,6 +255,8 @@ def open_study(
             "storage": str(storage_path),
             "study": name,
         }
+        if model_based(sampler):
+            values["n_startup_trials"] = startup_trials(budget)
         values.update(extra_params or {})
         client.log_batch(parent, params=_params(values))
         study.set_user_attr(_PARENT_ATTR, parent)
@@ -301,6 +355,7 @@ def run_search(
         experiment=experiment,
         # the plain in-process search logs the parameters it always did
         extra_params={"backend": backend.name} if backend is not None else None,
+        budget=trials,
     )
     study, name, dists = opened.study, opened.name, opened.distributions
     parent, client = opened.parent_run_id, opened.client
