@@ -28,6 +28,7 @@ from metallmix.graphs.recording import log_recommendation
 from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.graphs.tracing import node_span
+from metallmix.progress import waiting
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.meta.contracts import Shortlist
@@ -132,9 +133,10 @@ def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, An
         return {"similar_runs": state.shortlist.similar_runs}
     assert state.meta_features is not None
     cfg = Configuration.from_runnable_config(config)
-    run = run_kb(cfg)
-    snapshot = run.snapshot
-    index = load_or_build(snapshot, records=snapshot.runs, kb_hash=run.kb_hash)
+    with waiting("reading the knowledge base and its retrieval index"):
+        run = run_kb(cfg)
+        snapshot = run.snapshot
+        index = load_or_build(snapshot, records=snapshot.runs, kb_hash=run.kb_hash)
     found = retrieve_runs(state.meta_features, index)
     return {
         "kb_hash": run.kb_hash,

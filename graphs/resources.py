@@ -24,6 +24,7 @@ from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.agents.runtime.weights import resolve_weights
 from metallmix.errors import KnowledgeBaseError
 from metallmix.graphs.configuration import Configuration
+from metallmix.progress import waiting
 from metallmix.tools.kb.regime import REGIME_SPACE, Regime
 from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
 from metallmix.tools.kb.snapshot import KBSnapshot
@@ -43,9 +44,13 @@ def resolve_llm(llm: LlmSpec | Future[ChatLLM], seed: int = 0) -> ChatLLM:
     """The model ``llm`` names, loaded now; a loaded model as it is; a Future (a background
     load) waited for, which is where its loading error is raised."""
     if isinstance(llm, Future):
-        return llm.result()
+        if llm.done():
+            return llm.result()
+        with waiting("waiting for the LLM to finish loading"):  # a cold load: seconds to minutes
+            return llm.result()
     if llm is None or isinstance(llm, str | os.PathLike):
-        return runtime_llm.load_llm(llm, seed=seed)  # via the module: fakes patch it there
+        with waiting(f"loading the LLM {llm or '(default)'}"):
+            return runtime_llm.load_llm(llm, seed=seed)  # via the module: fakes patch it there
     return llm
 
 

@@ -341,15 +341,23 @@ def validate(
     max_train_images: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    track: bool = True,
 ) -> RunRecord:
     """Train the recommended configuration on ``data``; the MLflow run nests under the
     recommendation's run (same experiment, ``mlflow.parentRunId``, a link back in its
     description) and the outcome joins the KB (the KB grows with every validation).
     ``progress`` prints one line per epoch on stderr (``progress=False``: silent).
+
+    ``track=False`` records nothing in MLflow. With tracking, a store that fails once
+    training has started never costs the result: it is returned, with the reason in
+    ``record.provenance.notes["mlflow_logging_error"]``.
     """
     store = resolve_kb(kb, read_only=False)  # the validated run joins the KB
     dataset = load_dataset(Path(data), modality=modality, seed=seed)
-    nest = recording.validation_nesting(recommendation)
+    if track:
+        nest = recording.validation_nesting(recommendation)
+    else:
+        nest = recording.Nesting("metallmix-validation", f"validate {recommendation.model}", {})
     hook = None
     if progress:
         hook = epoch_printer(recommendation.hyperparameters.epochs)
@@ -359,7 +367,7 @@ def validate(
         recommendation.hyperparameters,
         seed=seed,
         kb=store,
-        parent_run_id=recommendation.mlflow_run_id,
+        parent_run_id=recommendation.mlflow_run_id if track else None,
         pretrained=recommendation.pretrained,
         max_train_images=max_train_images,
         threads=threads,
@@ -367,6 +375,17 @@ def validate(
         experiment=nest.experiment,
         run_name=nest.run_name,
         progress=hook,
+        track=track,
     )
-    recording.link_validation(recommendation, record)
+    if not track:
+        return record
+    try:
+        recording.link_validation(recommendation, record)
+    except Exception as exc:  # the training result is known: tracking must not cost it
+        problem = tracking.redact_text(f"linking to the recommendation's run failed: {exc}")
+        notes = {**record.provenance.notes}
+        notes.setdefault("mlflow_logging_error", problem[:500])
+        record = record.model_copy(
+            update={"provenance": record.provenance.model_copy(update={"notes": notes})}
+        )
     return record

@@ -9,6 +9,7 @@ off; the CLI draws its own display and turns them off too.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,7 +88,10 @@ def wait_lines(enabled: bool) -> Iterator[None]:
 class WaitReporter:
     """Lines for one long step of ``total`` parts: the first at once (what, how many, a
     rough estimate when one is known), then at most one every :data:`WAIT_EVERY_S` seconds
-    with the parts done and the time left extrapolated from the parts so far."""
+    with the parts done and the time left extrapolated from the parts so far.
+
+    ``announce=False`` is for a step that is usually quick (meta-features of a small
+    dataset): nothing is printed unless it is still running after :data:`WAIT_EVERY_S`."""
 
     def __init__(
         self,
@@ -97,20 +101,24 @@ class WaitReporter:
         unit: str = "parts",
         estimate_s: float | None = None,
         stream: TextIO | None = None,
+        announce: bool = True,
     ) -> None:
         self.what, self.total, self.unit, self.stream = what, max(1, total), unit, stream
         self.start = self.last = time.perf_counter()
         self.done = 0
         self.enabled = WAIT_LINES.get() is not False
-        if self.enabled:
+        self.spoke = False
+        if self.enabled and announce:
             guess = f", about {estimate_s:.0f} s" if estimate_s else ""
             _write(stream, f"{what}: {self.total} {unit}{guess} ...")
+            self.spoke = True
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
         if not self.enabled or now - self.last < WAIT_EVERY_S or self.done >= self.total:
             return
+        self.spoke = True
         self.last = now
         left = (now - self.start) / self.done * (self.total - self.done)
         _write(
@@ -119,5 +127,43 @@ class WaitReporter:
         )
 
     def finish(self) -> None:
-        if self.enabled and time.perf_counter() - self.start >= WAIT_EVERY_S:
+        if self.enabled and self.spoke and time.perf_counter() - self.start >= WAIT_EVERY_S:
             _write(self.stream, f"{self.what}: done ({time.perf_counter() - self.start:.1f} s)")
+
+
+@contextmanager
+def waiting(
+    what: str, *, estimate_s: float | None = None, stream: TextIO | None = None
+) -> Iterator[None]:
+    """Lines for a step that cannot count its parts (reading the KB, building an index,
+    waiting for the LLM to load): nothing if it ends within :data:`WAIT_EVERY_S`, else a
+    line every :data:`WAIT_EVERY_S` with the time so far (and left, given an estimate),
+    written by a helper thread while the step blocks, and one when it is done."""
+    if WAIT_LINES.get() is False:
+        yield
+        return
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(WAIT_EVERY_S):
+            elapsed = time.perf_counter() - start
+            left = ""
+            if estimate_s:
+                left = (
+                    f", about {estimate_s - elapsed:.0f} s left"
+                    if elapsed < estimate_s
+                    else f", longer than the usual {estimate_s:.0f} s (a busy machine?)"
+                )
+            _write(stream, f"{what}: {elapsed:.0f} s so far{left}")
+
+    helper = threading.Thread(target=beat, name="metallmix-wait", daemon=True)
+    helper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        helper.join()
+        elapsed = time.perf_counter() - start
+        if elapsed >= WAIT_EVERY_S:
+            _write(stream, f"{what}: done ({elapsed:.1f} s)")

@@ -50,3 +50,28 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_recorded_files_round_trip_and_refuse_what_we_did_not_write(tmp_path: Path) -> None:
+    """What :func:`write_recorded` wrote reads back; a file beside it that we did not
+    write, a folder others can write into, or a file another user owns is refused."""
+    from metallmix.atomic import read_recorded, write_recorded
+
+    folder = tmp_path / "state"
+    ours = write_recorded(folder / "a.bin", b"ours")
+    write_recorded(folder / "b.bin", b"also ours")  # the manifest keeps both entries
+    assert read_recorded(ours) == (b"ours", None)
+    assert read_recorded(folder / "b.bin") == (b"also ours", None)
+    assert os.stat(ours).st_mode & 0o777 == 0o600
+    (folder / "c.bin").write_bytes(b"planted")
+    data, why = read_recorded(folder / "c.bin")
+    assert data is None and "not in" in str(why)
+    folder.chmod(0o777)
+    data, why = read_recorded(ours)
+    assert data is None and "writable by group or others" in str(why)
+    folder.chmod(0o700)
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root: the other-owner case runs as root")
+    os.chown(ours, 12345, -1)
+    data, why = read_recorded(ours)
+    assert data is None and "owned by uid 12345" in str(why)

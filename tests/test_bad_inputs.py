@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -686,13 +686,38 @@ def test_credentials_are_stripped_from_stored_tracking_uris(
 # --- 5. MLflow: an unusable store fails before training; a late failure keeps the result ---
 
 
-def _train_config(tmp_path: Path) -> Path:
+def mlflow_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str | None = None
+) -> tuple[str, Path]:
+    """A fresh SQLite tracking store at ``tmp/mlruns`` made current: ``(uri, its folder)``;
+    with ``experiment`` created (its artifact folder ``mlruns/artifacts`` made too), so a
+    case can lock the database or the artifacts before the command runs."""
+    from metallmix.tools import tracking
+
+    folder = tmp_path / "mlruns"
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if experiment is not None:
+        tracking.experiment_id(tracking.client(uri), experiment)
+        (folder / "artifacts").mkdir(exist_ok=True)
+    return uri, folder
+
+
+def untouched_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tracking store that must never be opened (``--no-track``): check its folder is
+    never created."""
+    db = tmp_path / "untouched" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    return db.parent
+
+
+def _train_config(tmp_path: Path, epochs: int = 1) -> Path:
     import json
 
     path = tmp_path / "cfg.json"
     path.write_text(
         json.dumps(
-            {"model": "lcnet_050", "lr": 3e-3, "epochs": 1, "image_size": 16, "batch_size": 32}
+            {"model": "lcnet_050", "lr": 3e-3, "epochs": epochs, "image_size": 16, "batch_size": 32}
         )
     )
     return path
@@ -715,13 +740,8 @@ def test_unwritable_artifact_folder_fails_before_training(
 ) -> None:
     from test_train_trainer import write_npz
 
-    from metallmix.tools import tracking
-
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    tracking.experiment_id(tracking.client(uri), "metallmix-validation")
-    artifacts = tmp_path / "mlruns" / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    _, folder = mlflow_store(tmp_path, monkeypatch, "metallmix-validation")
+    artifacts = folder / "artifacts"
     data = write_npz(tmp_path)
     argv = ["validate", "--data", str(data), "--config", str(_train_config(tmp_path))]
     with read_only(artifacts):
@@ -786,6 +806,19 @@ def test_logging_failure_after_training_keeps_the_result(
 # --- 6. interrupts: one line, exit 130 (Ctrl-C) / 143 (SIGTERM), stores consistent ---------
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt here even when the tests run in a background job
+    (``cmd &`` in a script starts Python with SIGINT ignored, and the signal would vanish)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 INTERRUPTED_VERBS = {
     "kb info": ["kb", "info", "--kb", "{kb}"],
     "kb import-csv": ["kb", "import-csv", "{tmp}/runs.csv", "--kb", "{kb}"],
@@ -795,6 +828,7 @@ INTERRUPTED_VERBS = {
 }
 
 
+@pytest.mark.usefixtures("sigint_raises")
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("argv", INTERRUPTED_VERBS.values(), ids=list(INTERRUPTED_VERBS))
 def test_a_signal_ends_every_verb_with_one_line_and_its_exit_code(
@@ -886,6 +920,7 @@ class _InterruptingKB:
         return getattr(self.inner, name)
 
 
+@pytest.mark.usefixtures("sigint_raises")
 @pytest.mark.parametrize("at_write", [1, 3])
 def test_sigint_during_verify_leaves_kb_and_study_agreeing(at_write: int, tmp_path: Path) -> None:
     """Ctrl-C between a run's KB row and its Optuna trial, then the same command again:
@@ -934,13 +969,9 @@ def test_read_only_artifacts_still_print_the_recommendation(
     from mlflow import MlflowClient
 
     from metallmix.cli.recommend import example_card
-    from metallmix.tools import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    tracking.experiment_id(tracking.client(uri), "metallmix-recommendations")
-    artifacts = tmp_path / "mlruns" / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    uri, folder = mlflow_store(tmp_path, monkeypatch, "metallmix-recommendations")
+    artifacts = folder / "artifacts"
     argv = ["recommend", str(example_card("chest-xray")), "--kb", str(kb), "--json"]
     with read_only(artifacts):
         result = run_cli(argv, capsys)
@@ -962,14 +993,13 @@ def test_no_track_records_nothing(
 
     from metallmix.cli.recommend import example_card
 
-    db = tmp_path / "untouched" / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    store = untouched_store(tmp_path, monkeypatch)
     argv = ["recommend", str(example_card("chest-xray")), "--kb", str(kb), "--json", "--no-track"]
     result = run_cli(argv, capsys)
     assert result.code == 0, result.err
     doc = json.loads(result.out)
     assert doc["model"] and doc["mlflow_run_id"] is None and doc["tracking_error"] is None
-    assert not db.parent.exists()
+    assert not store.exists()
 
 
 @pytest.mark.parametrize("verb", ["recommend", "validate"])
@@ -984,12 +1014,9 @@ def test_read_only_mlflow_db_is_one_line_before_any_work(
     from test_train_trainer import write_npz
 
     from metallmix.cli.recommend import example_card
-    from metallmix.tools import tracking
 
-    db = tmp_path / "mlruns" / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    tracking.experiment_id(tracking.client(uri), "metallmix-validation")
+    _, folder = mlflow_store(tmp_path, monkeypatch, "metallmix-validation")
+    db = folder / "mlflow.db"
     if verb == "recommend":
         argv = ["recommend", str(example_card("chest-xray")), "--kb", str(kb)]
     else:
@@ -1025,7 +1052,142 @@ def test_credentials_are_stripped_from_every_printed_uri(monkeypatch: pytest.Mon
     assert "s3cret" not in message and "mlflow.example.org" in message
 
 
+def _validate_argv(tmp_path: Path, *extra: str, epochs: int = 1) -> list[str]:
+    """``validate`` on a tiny real dataset (seconds of training), JSON output."""
+    from test_train_trainer import write_npz
+
+    cfg = _train_config(tmp_path, epochs=epochs)
+    return ["validate", "--data", str(write_npz(tmp_path)), "--config", str(cfg), "--json", *extra]
+
+
+@pytest.mark.parametrize("verb", ["validate", "search", "kb build"])
+def test_no_track_trains_and_records_nothing_in_mlflow(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--no-track`` on every verb that trains: the run reaches the KB, MLflow is never
+    opened (its folder is not even created), exit 0."""
+    import json
+
+    from test_train_trainer import write_npz
+
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    store = untouched_store(tmp_path, monkeypatch)
+    kb = tmp_path / "kb.sqlite"
+    if verb == "validate":
+        argv = _validate_argv(tmp_path, "--kb", str(kb), "--no-track")
+    elif verb == "search":
+        data = write_npz(tmp_path)
+        argv = ["search", "--data", str(data), "--trials", "1", "--sampler", "random"]
+        argv += ["--max-train-images", "40", "--storage", str(tmp_path / "s.sqlite")]
+        argv += ["--kb", str(kb), "--no-track", "--json"]
+        monkeypatch.setattr(  # one cheap configuration instead of the zoo's
+            "metallmix.cli.train.get_space", lambda name: _tiny_space()
+        )
+    else:
+        data = write_npz(tmp_path)
+        argv = ["kb", "build", "--datasets", str(data), "--configs-per-task", "1"]
+        argv += ["--probes-per-task", "0", "--last-stages-per-task", "0", "--full-per-task", "0"]
+        argv += ["--limit", "1", "--kind", "scratch", "--kb", str(kb), "--no-track", "--json"]
+    result = run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    json.loads(result.out)
+    records = list(SQLiteKnowledgeBase(kb, read_only=True).iter_records())
+    assert len(records) == 1 and records[0].provenance.mlflow_run_id is None
+    assert records[0].run_id.startswith("own-")
+    assert not store.exists()
+
+
+def _tiny_space() -> object:
+    """One small model, one epoch at 16 px: a search of seconds."""
+    from test_search import TINY
+
+    return TINY
+
+
+def test_store_failing_mid_training_keeps_the_result_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MLflow folder turns read-only after the first epoch (a full disk, a store gone
+    away): training goes on to the end, the result is printed and kept in the KB, one line
+    says it was not recorded, exit 3."""
+    import json
+
+    from metallmix.cli import train as train_cli
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    _, store = mlflow_store(tmp_path, monkeypatch)
+    real_run_trial = train_cli.run_trial
+    epochs: list[int] = []
+
+    def store_fails_after_epoch_1(*args: object, **kwargs: object) -> object:
+        outer = kwargs.pop("progress")
+        with ExitStack() as stack:
+
+            def hook(stats: object) -> None:
+                epochs.append(stats.epoch)  # type: ignore[attr-defined]
+                if len(epochs) == 1:
+                    stack.enter_context(read_only(store))
+                outer(stats)  # type: ignore[operator]
+
+            return real_run_trial(*args, progress=hook, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_cli, "run_trial", store_fails_after_epoch_1)
+    kb = tmp_path / "kb.sqlite"
+    result = run_cli(_validate_argv(tmp_path, "--kb", str(kb), epochs=2), capsys)
+    assert_clean_error(result, 3, "result given but not recorded in MLflow")
+    assert epochs == [1, 2]  # the failure did not stop training
+    doc = json.loads(result.out)
+    assert doc["status"] == "ok" and doc["val_accuracy"] is not None
+    records = list(SQLiteKnowledgeBase(kb, read_only=True).iter_records())
+    assert [r.run_id for r in records] == [doc["run_id"]]
+    assert records[0].provenance.notes["mlflow_logging_error"]
+
+
+def test_validate_api_without_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``metallmix.validate(..., track=False)``: the record, in the KB, no MLflow store."""
+    from test_train_trainer import write_npz
+
+    import metallmix
+    from metallmix.agents.schemas import Recommendation
+    from metallmix.tools.kb.records import Hyperparameters
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+
+    store = untouched_store(tmp_path, monkeypatch)
+    rec = Recommendation.model_construct(
+        dataset="toy",
+        model="lcnet_050",
+        candidate_id="c1",
+        pretrained=False,
+        mlflow_run_id="not-a-run",
+        hyperparameters=Hyperparameters(lr=3e-3, epochs=1, image_size=16, batch_size=32),
+    )
+    kb = tmp_path / "kb.sqlite"
+    SQLiteKnowledgeBase(kb)
+    record = metallmix.validate(rec, write_npz(tmp_path), kb=kb, track=False, progress=False)
+    assert record.provenance.mlflow_run_id is None and record.outcomes.val_accuracy is not None
+    assert SQLiteKnowledgeBase(kb, read_only=True).run_ids() == {record.run_id}
+    assert not store.exists()
+
+
 # --- 8. nothing unpickles a planted file ---------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this writes ``marker``: what a planted file would do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def pickle_bomb(marker: Path, **fields: object) -> bytes:
+    """A pickle of ``fields`` plus a payload that creates ``marker`` when loaded."""
+    import pickle
+
+    return pickle.dumps({**fields, "x": _Payload(marker)})
 
 
 @pytest.mark.parametrize("header", ["none", "forged"])
@@ -1034,19 +1196,13 @@ def test_a_planted_checkpoint_runs_nothing(header: str, tmp_path: Path) -> None:
     header it is ignored before torch reads it; with a forged header (right fingerprint and
     sha256) torch's weights-only reader refuses it. Either way the run starts from scratch."""
     import json
-    import pickle
 
     from metallmix.tools.training import checkpoint
 
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self) -> tuple[object, ...]:
-            return (open, (str(marker), "w"))
-
     planted = tmp_path / "verify-checkpoints" / "S" / "c1.pt"
     planted.parent.mkdir(parents=True)
-    planted.write_bytes(pickle.dumps({"format": 2, "fingerprint": "k", "x": Payload()}))
+    planted.write_bytes(pickle_bomb(marker, format=2, fingerprint="k"))
     if header == "forged":
         digest = _digest(planted)
         checkpoint.header_path(planted).write_text(
@@ -1054,6 +1210,188 @@ def test_a_planted_checkpoint_runs_nothing(header: str, tmp_path: Path) -> None:
         )
     assert checkpoint.load(planted, key="k") is None
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def fitted_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One meta-learner cache for the cases below (same synthetic KB): one fit, not two."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("header", ["none", "forged"])
+def test_a_planted_checkpoint_runs_nothing_during_recommend_verify(
+    header: str,
+    fitted_cache: Path,
+    kb: Path,
+    scripted: object,
+    tmp_path: Path,
+    isolated_workspace: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 25's case end to end: a pickle that writes a marker when loaded, planted at
+    ``$METALLMIX_HOME/verify-checkpoints/<study>/c1.pt`` before ``recommend --verify 2
+    --study <study>``. The verification offers it to the checkpoint reader (checked), which
+    refuses it: with no header before torch sees it; with a header forged perfectly (the
+    run's real fingerprint and the file's sha256, written the moment it is read) in
+    torch's weights-only reader. The marker never appears and the verification completes."""
+    import json
+
+    from test_train_trainer import write_npz
+
+    from metallmix.tools.training import checkpoint
+
+    monkeypatch.setenv("METALLMIX_CACHE", str(fitted_cache))
+    marker = tmp_path / "pwned"
+    planted = isolated_workspace / "verify-checkpoints" / "S" / "c1.pt"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(pickle_bomb(marker, format=checkpoint.FORMAT))
+    real_load = checkpoint.load
+    offered: list[Path] = []
+
+    def spy(path: Path, *, key: str, **kwargs: object) -> object:
+        if Path(path) == planted and not offered:
+            offered.append(Path(path))
+            if header == "forged":
+                checkpoint.header_path(planted).write_text(
+                    json.dumps(
+                        {
+                            "format": checkpoint.FORMAT,
+                            "fingerprint": key,
+                            "sha256": _digest(planted),
+                        }
+                    )
+                )
+        return real_load(path, key=key, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkpoint, "load", spy)
+    argv = ["recommend", str(write_npz(tmp_path)), "--kb", str(kb), "--compute", "cpu"]
+    argv += ["--verify", "2", "--study", "S", "--threads", "1", "--max-train-images", "40"]
+    result = run_cli([*argv, "--json"], capsys)
+    assert result.code == 0, result.err
+    assert offered == [planted]  # the reader really was handed the planted file
+    assert not marker.exists()
+    verification = json.loads(result.out)["verification"]
+    assert verification["complete"] and verification["winner_id"] in {"c1", "c2"}
+
+
+def test_a_planted_weights_file_is_refused_without_running_code(tmp_path: Path) -> None:
+    """``validate --weights FILE`` reads a state dict with torch's weights-only unpickler:
+    a pickle with code in it is a clear error and the code never runs."""
+    from metallmix.errors import ModelUnavailableError
+    from metallmix.tools.training.trainer import TrainConfig, create_model
+
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(pickle_bomb(marker))
+    config = TrainConfig(model="lcnet_050", weights=weights, image_size=16)
+    with pytest.raises(ModelUnavailableError, match="cannot read weights file"):
+        create_model(config, n_classes=2, channels=1)
+    assert not marker.exists()
+
+
+PLANTS = ["not in the manifest", "changed since written", "writable by others", "symlink"]
+
+
+def plant(path: Path, data: bytes, how: str) -> None:
+    """Put ``data`` at ``path`` the way another process could (see ``PLANTS``)."""
+    from metallmix.atomic import write_recorded
+
+    if how == "not in the manifest":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    elif how == "changed since written":
+        write_recorded(path, b"what we wrote")
+        path.write_bytes(data)
+    elif how == "writable by others":  # the manifest vouches for it, anyone could swap it
+        write_recorded(path, data)
+        path.chmod(0o666)
+    else:
+        write_recorded(path, data)
+        elsewhere = path.with_name("elsewhere")
+        path.rename(elsewhere)
+        path.symlink_to(elsewhere)
+
+
+@pytest.mark.parametrize("how", PLANTS)
+def test_a_planted_llm_prompt_state_never_reaches_llama_cpp(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saved KV state of the system prompt goes into llama.cpp's native state reader
+    only if we wrote it (sha256 in our manifest, nobody else can write it); a planted file
+    is recomputed and overwritten, and the next process loads our own state. The llama.cpp
+    side is a stand-in here (its real twin: tests/test_llm_chat.py's cache tests)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from metallmix.agents.runtime import llm as llm_module
+
+    set_calls: list[bytes] = []
+    evaluated: list[int] = []
+    monkeypatch.setattr(
+        llm_module, "_set_state", lambda llama, ids, n, data: set_calls.append(data)
+    )
+    monkeypatch.setattr(llm_module, "_get_state", lambda llama: b"our own state")
+    llama = SimpleNamespace(n_tokens=0, input_ids=np.full(512, -1), reset=lambda: None)
+    prefix = SimpleNamespace(canonical=0, _stock_eval=evaluated.extend)
+    engine = SimpleNamespace(_llama=llama, _prefix=prefix, sha256="0" * 64, n_ctx=512)
+    tokens = list(range(llm_module.PREFIX_BLOCK * 2))
+
+    def prefixes() -> object:
+        fixed = llm_module._FixedPrefixes(engine)  # type: ignore[arg-type]
+        monkeypatch.setattr(fixed, "fixed", lambda messages: tokens)
+        return fixed
+
+    first = prefixes()
+    path = first.path(tokens)  # type: ignore[attr-defined]
+    plant(path, b"planted: would reach native code", how)
+    assert first.restore([]) == ("computed", len(tokens))  # type: ignore[attr-defined]
+    assert set_calls == [] and evaluated == tokens  # refused, evaluated instead
+    assert path.read_bytes() == b"our own state" and not path.is_symlink()
+    assert prefixes().restore([]) == ("disk", len(tokens))  # type: ignore[attr-defined]
+    assert set_calls == [b"our own state"]
+
+
+@pytest.mark.parametrize("how", [*PLANTS, "pickled arrays"])
+def test_a_planted_feature_cache_is_never_used(how: str, tmp_path: Path) -> None:
+    """Frozen-backbone features saved by a build are read back only if we wrote them, and
+    without pickles: a planted file (even one the manifest vouches for, holding object
+    arrays that would run code) is ignored and the features extracted again."""
+    import io
+
+    import numpy as np
+
+    from metallmix.atomic import write_recorded
+    from metallmix.tools.training.trainer import FeatureCache
+
+    marker = tmp_path / "pwned"
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    cache = FeatureCache(tmp_path / "cache")
+    path = cache._file("k")
+    assert path is not None
+    buffer = io.BytesIO()
+    planted_rows = np.full((2, 3), 99.0, dtype=np.float32)
+    digests = np.array([np.frombuffer(d, dtype=np.uint8) for d in cache.digests(images)])
+    if how == "pickled arrays":
+        bomb = np.array([_Payload(marker)], dtype=object)
+        np.savez(buffer, digests=digests, features=bomb, seconds_per_image=np.array(0.0))
+        write_recorded(path, buffer.getvalue())
+    else:
+        np.savez(buffer, digests=digests, features=planted_rows, seconds_per_image=np.array(0.0))
+        plant(path, buffer.getvalue(), how)
+    extracted: list[int] = []
+
+    def extract(batch: np.ndarray) -> np.ndarray:
+        extracted.append(len(batch))
+        return np.zeros((len(batch), 3), dtype=np.float32)
+
+    feats, _, hit = cache.features("k", images, extract)
+    assert extracted == [2] and not hit and not (feats == 99.0).any()
+    assert not marker.exists()
+    again, _, hit = FeatureCache(tmp_path / "cache").features("k", images, extract)
+    assert hit and extracted == [2] and (again == 0.0).all()  # our rewrite is trusted
 
 
 # --- 9. weak cases: each a specific error or a documented behaviour ------------------------

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from metallmix.errors import DatasetError
+from metallmix.progress import WaitReporter
 from metallmix.tools.datasets import Dataset, load_dataset, stratified_sample
 from metallmix.tools.datasets.base import convert_channels
 from metallmix.tools.datasets.card import DatasetCard, read_card
@@ -185,9 +186,20 @@ def _from_dataset(
     pixel_sample: int,
     on_progress: Callable[[int], None] | None,
 ) -> MetaFeatures:
-    """One header pass over the training split plus a seeded decoded sample for pixel stats."""
+    """One header pass over the training split plus a seeded decoded sample for pixel stats.
+
+    Without ``on_progress`` (the API, the graph, a training run), a large dataset still says
+    what it is doing: lines after 2 s with the images read and the time left."""
     train = dataset.split("train")
-    advance = on_progress or (lambda n: None)
+    report: WaitReporter | None = None
+    if on_progress is None:
+        report = WaitReporter(
+            f"computing meta-features of {dataset.name}",
+            len(train) + (min(pixel_sample, len(train)) if pixel_sample > 0 else 0),
+            unit="images",
+            announce=False,
+        )
+    advance = on_progress if on_progress is not None else report.advance  # type: ignore[union-attr]
     heights: list[int] = []
     widths: list[int] = []
     channel_votes = {1: 0, 3: 0}
@@ -225,6 +237,8 @@ def _from_dataset(
             total_sq += float(np.square(values).sum())
             count += values.size
             advance(1)
+    if report is not None:
+        report.finish()
     mean = total / count if count else None
     std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0))) if mean is not None else None
 

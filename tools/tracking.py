@@ -9,10 +9,13 @@ other's "active run". Experiments get their artifact root beside the tracking da
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
+import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,6 +36,31 @@ def redact_text(text: str) -> str:
     import re
 
     return re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_uri(m[0]) or "", text)
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line for a tracking failure: the root cause (MLflow wraps SQLAlchemy, which wraps
+    sqlite3, and the outer messages run to pages of SQL), credentials stripped."""
+    root = exc
+    seen = {id(root)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        root = nxt
+    text = next((line.strip() for line in str(root).splitlines() if line.strip()), "")
+    return redact_text(f"{type(root).__name__}: {text}"[:500])
+
+
+@contextlib.contextmanager
+def quiet_store_errors() -> Iterator[None]:
+    """MLflow's SQL store logs a failed write with its whole traceback before raising it;
+    while we catch and report the failure in one line ourselves, that log stays silent."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def artifact_root(tracking_uri: str) -> str | None:

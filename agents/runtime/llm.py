@@ -11,6 +11,7 @@ llama.cpp sees them; loaded models are cached per process so a second recommenda
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from metallmix.agents.runtime.chat import (
     parse_json_output,
     schema_for,
 )
-from metallmix.atomic import write_bytes
+from metallmix.atomic import read_recorded, write_recorded
 from metallmix.errors import MetaLLMiXError, ModelUnavailableError
 
 __all__ = [
@@ -474,6 +475,10 @@ class _FixedPrefixes:
     the llama.cpp version) the first time and loaded (milliseconds) after that. The prefix
     is evaluated in the same aligned blocks as a cold prompt (see :class:`_CanonicalPrefix`)
     and cut at a block boundary, so answers are the same with and without the saved state.
+    llama.cpp's state reader is native code that trusts its input, so a file is loaded only
+    when the folder's manifest holds its sha256 from when we wrote it and nobody but this
+    user can write the file, the manifest or the folder (:func:`metallmix.atomic.read_recorded`);
+    anything else is recomputed and overwritten.
     """
 
     def __init__(self, llm: LocalLLM) -> None:
@@ -535,10 +540,13 @@ class _FixedPrefixes:
         data = self._ram.get(path.name)
         if data is None:
             source = "disk"
-            try:
-                data = path.read_bytes()
-            except OSError:
-                data = None
+            # Only a file we wrote, unchanged since (its sha256 in our manifest, nobody else
+            # able to write it): llama.cpp's state reader is native code and trusts its input.
+            data, refused = read_recorded(path)
+            if refused is not None and path.exists():
+                logging.getLogger(__name__).warning(
+                    "saved prompt state not used (%s); recomputing it", refused
+                )
         if data is not None:
             import numpy as np
 
@@ -561,9 +569,11 @@ class _FixedPrefixes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically; a read-only cache only costs the saving, never the answer."""
+    """Write ``data`` atomically with its sha256 in the folder's manifest (see
+    :func:`metallmix.atomic.read_recorded`); a read-only cache only costs the saving, never
+    the answer."""
     with contextlib.suppress(OSError):
-        write_bytes(path, data)
+        write_recorded(path, data)
 
 
 class _GreedyGrammarSampler:

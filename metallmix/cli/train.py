@@ -32,6 +32,12 @@ KbOption = typer.Option(
     None, "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
 )
 NoKbOption = typer.Option(False, "--no-kb", help="Record in MLflow only, not in the KB.")
+NoTrackOption = typer.Option(
+    False,
+    "--no-track",
+    help="Record nothing in MLflow (the KB still gets the run unless --no-kb). Without it, "
+    "a failure to record in MLflow still prints the result and exits 3.",
+)
 ThreadsOption = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's).")
 MaxTrainOption = typer.Option(
     None, "--max-train-images", min=2, help="Train on a seeded stratified subsample of N images."
@@ -156,9 +162,18 @@ def validate_command(
     threads: int | None = ThreadsOption,
     kb: Path | None = KbOption,
     no_kb: bool = NoKbOption,
+    no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Train one configuration, log it to MLflow and append it to the knowledge base."""
+    """Train one configuration, log it to MLflow and append it to the knowledge base.
+
+    Exit 3: the result is printed but recording it in MLflow failed (the last line says why).
+    """
+    if no_track and parent_run_id:
+        raise typer.BadParameter(
+            "nests the run under an MLflow run, which --no-track does not create; drop one",
+            param_hint="'--parent-run-id'",
+        )
     chosen, hp = read_config(config_file, model)
     if pretrained is None:
         pretrained = _config_pretrained(config_file)
@@ -180,12 +195,13 @@ def validate_command(
             max_train_images=max_train_images,
             threads=threads,
             progress=lambda stats: advance(1),
+            track=not no_track,
         )
     result = _record_summary(record)
     result["kb"] = store.location if store is not None else None
 
     def render(console: Console) -> None:
-        table = Table(title=f"validation run {record.provenance.mlflow_run_id}")
+        table = Table(title=f"validation run {record.provenance.mlflow_run_id or record.run_id}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in result.items():
@@ -246,9 +262,14 @@ def search_command(
     parallel: int | None = typer.Option(
         None, "--parallel", min=1, help="Trials asked ahead and run at once (backend only)."
     ),
+    no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Random-search or TPE baseline: an Optuna study, one MLflow run per trial, resumable."""
+    """Random-search or TPE baseline: an Optuna study, one MLflow run per trial, resumable.
+
+    Exit 3: the study is complete but MLflow failed to record some trials (the last line
+    says how many and why; their results are in the study and the KB).
+    """
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     dataset = load_dataset(data, modality=modality, seed=seed)
@@ -275,6 +296,7 @@ def search_command(
             max_val_images=max_val_images,
             threads=threads,
             on_trial=lambda summary: advance(1),
+            track=not no_track,
             **backend_kwargs,
         )
     if backend is not None:
@@ -299,6 +321,21 @@ def search_command(
         )
 
     emit(result.to_dict(), as_json, render)
+    not_recorded([t.tracking_error for t in result.trials], "trial")
+
+
+def not_recorded(problems: list[str | None], what: str) -> None:
+    """After the result is out: one line and exit 3 when MLflow failed to record runs that
+    trained (their results are kept in the KB / study)."""
+    found = [p for p in problems if p]
+    if found:
+        stderr.print(
+            escape(
+                f"error: result given but {len(found)} {what}(s) not recorded in MLflow: {found[0]}"
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_NOT_RECORDED)
 
 
 BUILD_KINDS = ("all", "pretrained", "scratch", "full")
@@ -345,6 +382,12 @@ def build_command(
     workers: int = WorkersOption,
     gpus_per_trial: float = GpusOption,
     max_retries: int = RetriesOption,
+    no_track: bool = typer.Option(
+        False,
+        "--no-track",
+        help="Record the runs in the KB only, nothing in MLflow. Without it, a failure to "
+        "record in MLflow keeps the run in the KB and exits 3.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Build a KB from real runs on the datasets and derived tasks (resumable by trial key)."""
@@ -393,6 +436,7 @@ def build_command(
     )
     counts = {"ok": 0, "diverged": 0, "failed": 0}
     errors: list[str] = []
+    untracked: list[str | None] = []
     backend = _backend(backend_name, address, workers)
     backend_kwargs: dict[str, Any] = {}
     if backend is not None:
@@ -409,10 +453,13 @@ def build_command(
             threads=threads,
             max_val_images=max_val_images,
             feature_cache=FeatureCache(feature_cache),
+            track=not no_track,
             **backend_kwargs,
         ):
             if event.record is not None:
                 counts[event.record.status] = counts.get(event.record.status, 0) + 1
+                problem = event.record.provenance.notes.get("mlflow_logging_error")
+                untracked.append(str(problem) if problem else None)
                 out = event.record.outcomes
                 shown = " ".join(
                     f"{name}={'-' if v is None else f'{v:.3f}'}"
@@ -451,6 +498,7 @@ def build_command(
         )
 
     emit(result, as_json, render)
+    not_recorded(untracked, "run")
 
 
 def register(app: typer.Typer) -> None:

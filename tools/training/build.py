@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
 from metallmix.errors import ConfigError, DatasetError
+from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase
@@ -476,6 +477,7 @@ def build(
     feature_cache: FeatureCache | None = None,
     tracking_uri: str | None = None,
     trial_fn: TrialFn | None = None,
+    track: bool = True,
 ) -> Iterator[BuildEvent]:
     """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
 
@@ -488,11 +490,14 @@ def build(
     in completion order; ``None`` keeps them in this process, one after the other. A trial
     whose worker died ``max_retries + 1`` times is reported with an error and left out of
     the KB, so re-running the build retries it. ``trial_fn`` replaces the worker (tests).
+    ``track=False`` records the runs in the KB only, not in MLflow.
     """
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(f"shard index {index} is not in 0..{count - 1}")
     uri = tracking_uri or config.tracking_uri()
+    if track:
+        tracking.check_writable_store(uri)  # before the first trial, not after it
     runner = TrialRunner(
         backend,
         kb=kb,
@@ -544,6 +549,7 @@ def build(
                 tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": name},
                 pretrained=trial.pretrained,
                 live_metrics=False,
+                track=track,
             )
             return trial, job, shipped[name]
         return None

@@ -145,6 +145,8 @@ class TrialJob:
     # the worker can reach), or (``stop_after=None``) continue the run paused there.
     checkpoint: str | None = None
     stop_after: int | None = None
+    # False (``--no-track``): no MLflow at all, on the worker or in the driver's replay.
+    track: bool = True
 
 
 @dataclass
@@ -176,7 +178,7 @@ def execute_trial(
     """
     dataset, mf = data
     started = time.perf_counter()
-    recorder = None if job.direct else MlflowRecorder(job.tracking_uri)
+    recorder = None if job.direct or not job.track else MlflowRecorder(job.tracking_uri)
     record: RunRecord | None = None
     error: str | None = None
     try:
@@ -206,6 +208,7 @@ def execute_trial(
                 if job.checkpoint is not None
                 else None
             ),
+            track=job.track,
         )
     except MetaLLMiXError as exc:
         error = str(exc)

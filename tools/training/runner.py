@@ -8,6 +8,7 @@ re-imported into another knowledge base without loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -164,6 +165,7 @@ def run_trial(
     feature_cache: FeatureCache | None = None,
     live_metrics: bool = True,
     checkpoint: Checkpoint | None = None,
+    track: bool = True,
 ) -> RunRecord:
     """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
 
@@ -178,6 +180,11 @@ def run_trial(
     ``checkpoint`` pauses the run after some epochs and/or continues a paused one
     (successive halving): a paused run is recorded as a low-fidelity snapshot of ``hp``
     (``epochs_run < epoch_budget``), which the meta-learner does not learn final scores from.
+
+    ``track=False`` touches no tracking store at all (``--no-track``): the record has no
+    MLflow run id and its id is ``own-<random hex>``. With tracking, a store that fails
+    *during* training (the per-epoch metrics) does not stop it: training goes on, the
+    failure is noted on the record as ``mlflow_logging_error`` (the CLI exits 3).
     """
     config = TrainConfig.from_hyperparameters(
         model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
@@ -205,9 +212,14 @@ def run_trial(
         )
 
     # A caller-supplied client (a relay that records calls on a Ray worker) replaces it.
-    mlflow = mlflow_client if mlflow_client is not None else tracking.client(tracking_uri)
+    if not track:
+        mlflow: Any = _NoTracking()
+    elif mlflow_client is not None:
+        mlflow = mlflow_client
+    else:
+        mlflow = tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(mlflow, experiment)
-    if mlflow_client is None:  # before training, not after
+    if track and mlflow_client is None:  # before training, not after
         tracking.check_writable_store(tracking_uri)
         tracking.check_artifact_store(mlflow, exp_id)
     run_tags = {
@@ -223,188 +235,234 @@ def run_trial(
     )
     run_id = run.info.run_id
     record: RunRecord | None = None  # set once training has finished
-    try:
-        from mlflow.entities import Metric, Param  # heavy: MLflow loads only when a run logs
-
-        base: dict[str, Scalar] = {
-            "dataset": dataset.name,
-            "dataset_group": group,
-            "model": model,
-            "pretrained": pretrained,
-            "weights_tag": weights_tag,
-            "seed": seed,
-            "code_version": code_version,
-            "threads": threads,
-            "max_train_images": max_train_images,
-            "source_resolution": source_resolution,
-            "dataset_source_repo": info.get("repo"),
-            "dataset_source_commit": info.get("commit"),
-        }
-        params = _params(base, hp_used, mf)
-        mlflow.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-        data = load_splits(
-            dataset,
-            image_size=config.image_size,
-            source_resolution=source_resolution,
-            max_val_images=max_val_images,
-            seed=seed,
-        )
-
-        def on_epoch(stats: EpochStats) -> None:
-            now = int(time.time() * 1000)
-            values = {
-                "train_loss": stats.train_loss,
-                "train_accuracy": stats.train_accuracy,
-                "val_loss": stats.val_loss,
-                "val_accuracy": stats.val_accuracy,
-                "val_balanced_accuracy": stats.val_balanced_accuracy,
-                "val_macro_f1": stats.val_macro_f1,
-                "lr": stats.lr,
-                "epoch_seconds": stats.seconds,
-            }
-            metrics = [Metric(k, float(v), now, stats.epoch) for k, v in values.items()]
-            if live_metrics:
-                mlflow.log_batch(run_id, metrics=metrics)
-            else:
-                pending.extend(metrics)
-            if progress is not None:
-                progress(stats)
-
-        pending: list[Any] = []
-        result = train(
-            config, data, progress=on_epoch, feature_cache=feature_cache, checkpoint=checkpoint
-        )
-        for i in range(0, len(pending), 900):  # MLflow takes at most 1000 metrics per batch
-            mlflow.log_batch(run_id, metrics=pending[i : i + 900])
-        outcomes = Outcomes(
-            val_accuracy=_finite(result.val_accuracy),
-            test_accuracy=_finite(result.test_accuracy),
-            macro_f1=_finite(result.macro_f1),
-            balanced_accuracy=_finite(result.balanced_accuracy),
-            train_seconds=result.train_seconds,
-            seconds_per_epoch=_finite(result.seconds_per_epoch),
-            epochs_run=result.epochs_run,
-            epoch_budget=config.epochs if result.paused else None,
-            learning_curve=result.learning_curve,
-            val_balanced_accuracy=_finite(result.val_balanced_accuracy),
-            test_balanced_accuracy=_finite(result.balanced_accuracy),
-            val_macro_f1=_finite(result.val_macro_f1),
-            macro_auc=_finite(result.macro_auc),
-            val_macro_auc=_finite(result.val_macro_auc),
-            balanced_learning_curve=result.balanced_learning_curve,
-        )
-        record = RunRecord(
-            run_id=f"own-{run_id}",
-            source="own",
-            provenance=Provenance(
-                mlflow_run_id=run_id,
-                tracking_uri=mlflow.tracking_uri,
-                file=info.get("path"),
-                dataset_source_repo=info.get("repo"),
-                dataset_source_commit=info.get("commit"),
-                code_version=code_version,
-                notes={
-                    k: v
-                    for k, v in {
-                        "experiment": experiment,
-                        "parent_run_id": parent_run_id,
-                        "best_epoch": result.best_epoch,
-                        "n_train": result.n_train,
-                        "n_parameters": result.n_parameters,
-                        "n_trainable": result.n_trainable,
-                        "feature_seconds": result.feature_seconds,
-                        "features_cached": result.features_cached
-                        if result.feature_seconds is not None
-                        else None,
-                        "threads": threads,
-                        "message": result.message or None,
-                        "resumed_epochs": result.resumed_epochs or None,
-                        **{k: v for k, v in (tags or {}).items() if k.startswith("metallmix.")},
-                    }.items()
-                    if v is not None
-                },
-            ),
-            dataset=dataset.name,
-            dataset_group=group,
-            meta_features=mf,
-            model=model,
-            pretrained=pretrained or weights is not None,
-            weights_tag=weights_tag,
-            hyperparameters=hp_used,
-            outcomes=outcomes,
-            status=result.status,
-            seed=seed,
-        )
-        now = int(time.time() * 1000) + 1
-        step = max(1, result.epochs_run)
-        finals = {
-            "val_accuracy": outcomes.val_accuracy,
-            "test_accuracy": outcomes.test_accuracy,
-            "macro_f1": outcomes.macro_f1,
-            "balanced_accuracy": outcomes.balanced_accuracy,
-            "val_balanced_accuracy": outcomes.val_balanced_accuracy,
-            "test_balanced_accuracy": outcomes.test_balanced_accuracy,
-            "val_macro_f1": outcomes.val_macro_f1,
-            "macro_auc": outcomes.macro_auc,
-            "val_macro_auc": outcomes.val_macro_auc,
-            "train_seconds": outcomes.train_seconds,
-            "seconds_per_epoch": outcomes.seconds_per_epoch,
-            "epochs_run": float(result.epochs_run),
-            "epoch_budget": outcomes.epoch_budget,  # only a paused run has one
-        }
-        mlflow.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, step) for k, v in finals.items() if v is not None],
-            tags=_tags({"metallmix.status": result.status, "metallmix.record_id": record.run_id}),
-        )
-        with tempfile.TemporaryDirectory(prefix="metallmix-run-") as tmp:
-            folder = Path(tmp)
-            (folder / RECORD_ARTIFACT_DIR).mkdir()
-            (folder / RECORD_ARTIFACT).write_text(record.model_dump_json(indent=2))
-            (folder / "config.json").write_text(
-                json.dumps(
-                    {
-                        "train_config": config.model_dump(mode="json"),
-                        "dataset": dataset.name,
-                        "dataset_group": group,
-                        "class_names": dataset.class_names,
-                        "source_info": info,
-                        "source_resolution": source_resolution,
-                        "max_train_images": max_train_images,
-                        "n_train": result.n_train,
-                    },
-                    indent=2,
-                    default=str,
-                )
-            )
-            _plot_curve(result, folder / "learning_curve.png")
-            _plot_confusion(result, dataset.class_names, folder / "confusion_matrix.png")
-            mlflow.log_artifacts(run_id, str(folder))
-    except BaseException as exc:
-        # Training finished and only logging it failed: keep the result (see _keep_unlogged).
-        kept = record is not None and isinstance(exc, Exception)
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        message = f"{type(exc).__name__}: {exc}"[:5000]
+    live_error: list[str] = []  # the first failure to log an epoch (training goes on)
+    with tracking.quiet_store_errors():  # we report a store failure in one line
         try:
-            mlflow.set_tag(
-                run_id, "metallmix.logging_error" if kept else "metallmix.error", message
+            from mlflow.entities import Metric, Param  # heavy: MLflow loads only when a run logs
+
+            base: dict[str, Scalar] = {
+                "dataset": dataset.name,
+                "dataset_group": group,
+                "model": model,
+                "pretrained": pretrained,
+                "weights_tag": weights_tag,
+                "seed": seed,
+                "code_version": code_version,
+                "threads": threads,
+                "max_train_images": max_train_images,
+                "source_resolution": source_resolution,
+                "dataset_source_repo": info.get("repo"),
+                "dataset_source_commit": info.get("commit"),
+            }
+            params = _params(base, hp_used, mf)
+            mlflow.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+            data = load_splits(
+                dataset,
+                image_size=config.image_size,
+                source_resolution=source_resolution,
+                max_val_images=max_val_images,
+                seed=seed,
             )
-            mlflow.set_terminated(run_id, status="FINISHED" if kept else status)
-        except Exception:  # pragma: no cover - never hide the original error
-            pass
-        if record is None or not kept:
-            raise
-        return _keep_unlogged(record, kb, message)
-    mlflow.set_terminated(run_id, status="FINISHED")
-    if kb is not None:
-        kb.add([record])
-    return record
+
+            def on_epoch(stats: EpochStats) -> None:
+                now = int(time.time() * 1000)
+                values = {
+                    "train_loss": stats.train_loss,
+                    "train_accuracy": stats.train_accuracy,
+                    "val_loss": stats.val_loss,
+                    "val_accuracy": stats.val_accuracy,
+                    "val_balanced_accuracy": stats.val_balanced_accuracy,
+                    "val_macro_f1": stats.val_macro_f1,
+                    "lr": stats.lr,
+                    "epoch_seconds": stats.seconds,
+                }
+                metrics = [Metric(k, float(v), now, stats.epoch) for k, v in values.items()]
+                if live_metrics and not live_error:
+                    try:
+                        mlflow.log_batch(run_id, metrics=metrics)
+                    except Exception as exc:  # the store failed mid-training: train on regardless
+                        live_error.append(tracking.short_reason(exc))
+                elif not live_metrics:
+                    pending.extend(metrics)
+                if progress is not None:
+                    progress(stats)
+
+            pending: list[Any] = []
+            result = train(
+                config, data, progress=on_epoch, feature_cache=feature_cache, checkpoint=checkpoint
+            )
+            for i in range(0, len(pending), 900):  # MLflow takes at most 1000 metrics per batch
+                mlflow.log_batch(run_id, metrics=pending[i : i + 900])
+            outcomes = Outcomes(
+                val_accuracy=_finite(result.val_accuracy),
+                test_accuracy=_finite(result.test_accuracy),
+                macro_f1=_finite(result.macro_f1),
+                balanced_accuracy=_finite(result.balanced_accuracy),
+                train_seconds=result.train_seconds,
+                seconds_per_epoch=_finite(result.seconds_per_epoch),
+                epochs_run=result.epochs_run,
+                epoch_budget=config.epochs if result.paused else None,
+                learning_curve=result.learning_curve,
+                val_balanced_accuracy=_finite(result.val_balanced_accuracy),
+                test_balanced_accuracy=_finite(result.balanced_accuracy),
+                val_macro_f1=_finite(result.val_macro_f1),
+                macro_auc=_finite(result.macro_auc),
+                val_macro_auc=_finite(result.val_macro_auc),
+                balanced_learning_curve=result.balanced_learning_curve,
+            )
+            record = RunRecord(
+                run_id=f"own-{run_id}",
+                source="own",
+                provenance=Provenance(
+                    mlflow_run_id=run_id if track else None,
+                    tracking_uri=mlflow.tracking_uri,
+                    file=info.get("path"),
+                    dataset_source_repo=info.get("repo"),
+                    dataset_source_commit=info.get("commit"),
+                    code_version=code_version,
+                    notes={
+                        k: v
+                        for k, v in {
+                            "experiment": experiment,
+                            "parent_run_id": parent_run_id,
+                            "best_epoch": result.best_epoch,
+                            "n_train": result.n_train,
+                            "n_parameters": result.n_parameters,
+                            "n_trainable": result.n_trainable,
+                            "feature_seconds": result.feature_seconds,
+                            "features_cached": result.features_cached
+                            if result.feature_seconds is not None
+                            else None,
+                            "threads": threads,
+                            "message": result.message or None,
+                            "resumed_epochs": result.resumed_epochs or None,
+                            "mlflow_logging_error": (
+                                f"per-epoch metrics not logged: {live_error[0]}"
+                                if live_error
+                                else None
+                            ),
+                            **{k: v for k, v in (tags or {}).items() if k.startswith("metallmix.")},
+                        }.items()
+                        if v is not None
+                    },
+                ),
+                dataset=dataset.name,
+                dataset_group=group,
+                meta_features=mf,
+                model=model,
+                pretrained=pretrained or weights is not None,
+                weights_tag=weights_tag,
+                hyperparameters=hp_used,
+                outcomes=outcomes,
+                status=result.status,
+                seed=seed,
+            )
+            now = int(time.time() * 1000) + 1
+            step = max(1, result.epochs_run)
+            finals = {
+                "val_accuracy": outcomes.val_accuracy,
+                "test_accuracy": outcomes.test_accuracy,
+                "macro_f1": outcomes.macro_f1,
+                "balanced_accuracy": outcomes.balanced_accuracy,
+                "val_balanced_accuracy": outcomes.val_balanced_accuracy,
+                "test_balanced_accuracy": outcomes.test_balanced_accuracy,
+                "val_macro_f1": outcomes.val_macro_f1,
+                "macro_auc": outcomes.macro_auc,
+                "val_macro_auc": outcomes.val_macro_auc,
+                "train_seconds": outcomes.train_seconds,
+                "seconds_per_epoch": outcomes.seconds_per_epoch,
+                "epochs_run": float(result.epochs_run),
+                "epoch_budget": outcomes.epoch_budget,  # only a paused run has one
+            }
+            mlflow.log_batch(
+                run_id,
+                metrics=[
+                    Metric(k, float(v), now, step) for k, v in finals.items() if v is not None
+                ],
+                tags=_tags(
+                    {"metallmix.status": result.status, "metallmix.record_id": record.run_id}
+                ),
+            )
+            if track:  # without a store nothing would keep the plots: not drawn
+                with tempfile.TemporaryDirectory(prefix="metallmix-run-") as tmp:
+                    folder = Path(tmp)
+                    (folder / RECORD_ARTIFACT_DIR).mkdir()
+                    (folder / RECORD_ARTIFACT).write_text(record.model_dump_json(indent=2))
+                    (folder / "config.json").write_text(
+                        json.dumps(
+                            {
+                                "train_config": config.model_dump(mode="json"),
+                                "dataset": dataset.name,
+                                "dataset_group": group,
+                                "class_names": dataset.class_names,
+                                "source_info": info,
+                                "source_resolution": source_resolution,
+                                "max_train_images": max_train_images,
+                                "n_train": result.n_train,
+                            },
+                            indent=2,
+                            default=str,
+                        )
+                    )
+                    _plot_curve(result, folder / "learning_curve.png")
+                    _plot_confusion(result, dataset.class_names, folder / "confusion_matrix.png")
+                    mlflow.log_artifacts(run_id, str(folder))
+        except BaseException as exc:
+            # Training finished and only logging it failed: keep the result (see _keep_unlogged).
+            kept = record is not None and isinstance(exc, Exception)
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            message = tracking.short_reason(exc) if kept else f"{type(exc).__name__}: {exc}"[:5000]
+            try:
+                mlflow.set_tag(
+                    run_id, "metallmix.logging_error" if kept else "metallmix.error", message
+                )
+                mlflow.set_terminated(run_id, status="FINISHED" if kept else status)
+            except Exception:  # pragma: no cover - never hide the original error
+                pass
+            if record is None or not kept:
+                raise
+            return _keep_unlogged(record, kb, message)
+        if live_error:  # best effort: the store failed once already
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(run_id, "metallmix.logging_error", live_error[0])
+        mlflow.set_terminated(run_id, status="FINISHED")
+        if kb is not None:
+            kb.add([record])
+        return record
+
+
+class _NoTracking:
+    """The tracking client of ``track=False``: the calls ``run_trial`` makes, doing nothing,
+    so the training path is the same code with and without a store."""
+
+    tracking_uri = None
+
+    def get_experiment_by_name(self, name: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(experiment_id="untracked")
+
+    def create_run(self, experiment_id: str, **kwargs: Any) -> Any:
+        import uuid
+        from types import SimpleNamespace
+
+        return SimpleNamespace(info=SimpleNamespace(run_id=uuid.uuid4().hex))
+
+    def log_batch(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def set_tag(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def set_terminated(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _keep_unlogged(record: RunRecord, kb: KnowledgeBase | None, message: str) -> RunRecord:
     """The trained result when MLflow logging failed afterwards: into the KB, else a JSON file
     in ``$METALLMIX_HOME/unlogged-runs/``; a warning says where, the record notes the error."""
     log = logging.getLogger(__name__)
+    message = tracking.redact_text(message)
     notes = {**record.provenance.notes, "mlflow_logging_error": message[:500]}
     record = record.model_copy(
         update={"provenance": record.provenance.model_copy(update={"notes": notes})}

@@ -134,6 +134,8 @@ class TrialSummary:
     status: str | None = None
     error: str | None = None
     seconds: float | None = None
+    # the run trained and is in the KB, but MLflow failed to record (part of) it
+    tracking_error: str | None = None
 
 
 @dataclass
@@ -176,6 +178,7 @@ def _summary(trial: Any) -> TrialSummary:
         status=trial.user_attrs.get("status"),
         error=trial.user_attrs.get("error"),
         seconds=trial.user_attrs.get("seconds"),
+        tracking_error=trial.user_attrs.get("tracking_error"),
     )
 
 
@@ -188,7 +191,7 @@ class OpenedStudy:
     storage_path: Path
     distributions: dict[str, Any]
     resumed: int
-    parent_run_id: str
+    parent_run_id: str | None  # None: an untracked search (no MLflow client)
     client: Any
 
 
@@ -241,7 +244,9 @@ def open_study(
         resumed += 1
 
     parent = study.user_attrs.get(_PARENT_ATTR)
-    if parent is None:
+    if client is None:  # untracked (--no-track): no parent run, none re-opened
+        parent = None
+    elif parent is None:
         parent = client.create_run(
             tracking.experiment_id(client, experiment),
             tags={tracking.KIND_TAG: tracking.SEARCH_KIND, "metallmix.study": name},
@@ -271,6 +276,9 @@ def tell_record(study: Any, trial: Any, record: RunRecord, seconds: float) -> No
     trial.set_user_attr("record_id", record.run_id)
     trial.set_user_attr("status", record.status)
     trial.set_user_attr("seconds", seconds)
+    problem = record.provenance.notes.get("mlflow_logging_error")
+    if problem:
+        trial.set_user_attr("tracking_error", str(problem)[:500])
     study.tell(trial, record.outcomes.val_accuracy or 0.0)
 
 
@@ -321,6 +329,7 @@ def run_search(
     max_retries: int = 2,
     resources: Resources | None = None,
     trial_fn: TrialFn | None = None,
+    track: bool = True,
 ) -> SearchResult:
     """Run (or resume) an Optuna study until ``trials`` trials have used up the budget.
 
@@ -335,6 +344,7 @@ def run_search(
     with ``parallel=1`` the sequence of trials is exactly the in-process one, since the
     sampler (TPE) sees every told result before the next ask. A trial whose worker died on
     every attempt is told FAIL with the reason and counts against the budget.
+    ``track=False`` records the trials in the study and the KB, nothing in MLflow.
     """
     from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
 
@@ -343,7 +353,8 @@ def run_search(
     if parallel is not None and parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel}")
     uri = tracking_uri or config.tracking_uri()
-    tracking.check_writable_store(uri)  # before any study or run is made
+    if track:
+        tracking.check_writable_store(uri)  # before any study or run is made
     opened = open_study(
         dataset.name,
         sampler=sampler,
@@ -351,7 +362,7 @@ def run_search(
         space=space,
         storage=storage,
         study_name=study_name,
-        client=tracking.client(uri),
+        client=tracking.client(uri) if track else None,
         experiment=experiment,
         # the plain in-process search logs the parameters it always did
         extra_params={"backend": backend.name} if backend is not None else None,
@@ -404,6 +415,7 @@ def run_search(
                 parent_run_id=parent,
                 tags={"metallmix.study": name, "metallmix.trial": str(trial.number)},
                 pretrained=space.is_pretrained(model),
+                track=track,
             )
             return trial, job, data
         return None
@@ -423,11 +435,28 @@ def run_search(
             _notify(on_trial, study, trial.number)
     except Exception:
         # A bug, not a trial result: its trial is left RUNNING, so a resumed search re-runs it.
-        client.set_terminated(parent, status="FAILED")
+        if parent is not None:
+            client.set_terminated(parent, status="FAILED")
         raise
-    client.set_terminated(parent, status="FINISHED")
+    if parent is not None:
+        _close_parent(client, parent)
 
     return search_result(opened, sampler=sampler, trials=trials)
+
+
+def _close_parent(client: Any, parent: str) -> None:
+    """The search's parent run FINISHED; the trials are told and in the KB by now, so a
+    store that fails here is logged, never raised (it would cost the search's result)."""
+    try:
+        client.set_terminated(parent, status="FINISHED")
+    except Exception as exc:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "could not close the search's MLflow run %s: %s",
+            parent,
+            tracking.redact_text(str(exc)),
+        )
 
 
 def _notify(on_trial: Callable[[TrialSummary], None] | None, study: Any, number: int) -> None:

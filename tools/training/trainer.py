@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from metallmix.atomic import atomic_path
+from metallmix.atomic import read_recorded, write_recorded
 from metallmix.errors import ConfigError, DatasetError, ModelUnavailableError
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.training import checkpoint as checkpoints
@@ -607,10 +607,7 @@ class FeatureCache:
             table: dict[bytes, np.ndarray] = {}
             path = self._file(key)
             if path is not None and path.is_file():
-                with np.load(path) as data:
-                    for digest, row in zip(data["digests"], data["features"], strict=True):
-                        table[bytes(digest)] = row
-                    self._seconds_per_image[key] = float(data["seconds_per_image"])
+                self._read(path, key, table)
             self._store[key] = table
         return self._store[key]
 
@@ -640,18 +637,45 @@ class FeatureCache:
         seconds = spent + rate * (len(images) - len(missing))
         return np.stack([table[d] for d in digests]), seconds, not missing
 
+    def _read(self, path: Path, key: str, table: dict[bytes, np.ndarray]) -> None:
+        """Fill ``table`` from ``path`` only if we wrote it and it is unchanged since (its
+        sha256 in the folder's manifest, see :func:`metallmix.atomic.read_recorded`), read
+        without pickles; otherwise the features are extracted again and the file rewritten.
+        A planted or swapped file would feed a run wrong features, or run code."""
+        import io
+        import logging
+
+        blob, refused = read_recorded(path)
+        if blob is not None:
+            try:
+                with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+                    rows: dict[bytes, np.ndarray] = {}
+                    for digest, row in zip(data["digests"], data["features"], strict=True):
+                        rows[bytes(digest)] = row
+                    self._seconds_per_image[key] = float(data["seconds_per_image"])
+                table.update(rows)
+                return
+            except (OSError, ValueError, KeyError) as exc:
+                refused = f"{path} is not a feature cache ({exc})"
+        logging.getLogger(__name__).warning(
+            "feature cache %s not used (%s); extracting again", path, refused
+        )
+
     def _save(self, key: str) -> None:
+        import io
+
         path = self._file(key)
         if path is None:
             return
         table = self._store[key]
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(
-                tmp,
-                digests=np.array([np.frombuffer(d, dtype=np.uint8) for d in table]),
-                features=np.stack(list(table.values())),
-                seconds_per_image=np.array(self._seconds_per_image.get(key, 0.0)),
-            )
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            digests=np.array([np.frombuffer(d, dtype=np.uint8) for d in table]),
+            features=np.stack(list(table.values())),
+            seconds_per_image=np.array(self._seconds_per_image.get(key, 0.0)),
+        )
+        write_recorded(path, buffer.getvalue())
 
 
 # The process-wide cache used when :func:`train` is not given one.

@@ -621,6 +621,7 @@ def run_verify(
         extra_params={"k": k, "eta": eta, "method": "successive-halving"},
     )
     study, verify_run = opened.study, opened.parent_run_id
+    assert verify_run is not None  # a tracked study always has its parent run
 
     plan = study.user_attrs.get(PLAN_ATTR)
     if plan is None:
