@@ -132,6 +132,10 @@ def rank_basis_line(shortlist: Any) -> str:
 
 def render(rec: Any, console: Console) -> None:
     """The recommendation, its explanation, the judge's verdict and where to audit it."""
+    if getattr(rec, "kb_change", ""):  # the loop is never silent: say what the KB learnt
+        console.print(
+            f"[bold]knowledge base changed:[/bold] {escape(rec.kb_change)}", soft_wrap=True
+        )
     console.print(
         Panel.fit(escape(rec.summary()), title=escape(f"Recommendation for {rec.dataset}"))
     )

@@ -43,6 +43,14 @@ RANGE_FEATURES = ("n_images", "n_classes", "images_per_class", "resolution_h", "
 RANGE_SLACK = 1.5
 # An out-of-range interval is widened by its own width on each side, at least this much.
 OOD_MIN_WIDENING = 0.1
+# Evidence ceiling: when the KB holds a near-identical dataset (retrieval similarity at
+# least EVIDENCE_SIMILARITY) with at least EVIDENCE_MIN_RUNS completed full-fidelity runs,
+# no interval reaches past the best of those runs by more than EVIDENCE_SLACK: 100% on a
+# dataset whose best KB run is 86% says nothing. Gated on strong evidence only: clipping to
+# the best run of a merely *similar* dataset killed coverage on knee_oa_kl in LODO.
+EVIDENCE_SIMILARITY = 0.95
+EVIDENCE_MIN_RUNS = 5
+EVIDENCE_SLACK = 0.05
 # Portfolio: each KB dataset's best completed configuration joins the candidate pool
 # (zero-shot portfolios in the manner of Auto-sklearn 2.0 / TabRepo).
 PORTFOLIO_SIZE = 20
@@ -171,6 +179,37 @@ def kb_coverage(
                 f"{float(dist[nearest]):.1f}, beyond the KB's own spread ({threshold:.1f})"
             )
     return bool(reasons), reasons
+
+
+def evidence_ceiling(found: Retrieved, records: list[RunRecord]) -> tuple[float, str] | None:
+    """(ceiling, why) from the near-identical KB datasets' best runs, or None when the KB
+    holds none with enough runs (see :data:`EVIDENCE_SIMILARITY`)."""
+    similarity: dict[str, float] = {}
+    for run in [*found.shown, *found.neighbours]:
+        similarity[run.dataset] = max(similarity.get(run.dataset, 0.0), run.similarity)
+    close = {d for d, sim in similarity.items() if sim >= EVIDENCE_SIMILARITY}
+    if not close:
+        return None
+    scores: dict[str, list[float]] = {}
+    for r in records:
+        if (
+            r.dataset in close
+            and r.status == "ok"
+            and r.score is not None
+            and r.outcomes.completed
+            and r.fidelity.full
+        ):
+            scores.setdefault(r.dataset, []).append(float(r.score))
+    strong = {d: v for d, v in scores.items() if len(v) >= EVIDENCE_MIN_RUNS}
+    if not strong:
+        return None
+    dataset = max(strong, key=lambda d: (max(strong[d]), d))
+    best = max(strong[dataset])
+    why = (
+        f"upper ends capped at {best + EVIDENCE_SLACK:.1%}: the best of {len(strong[dataset])} "
+        f"KB runs on {dataset} (similarity {similarity[dataset]:.2f}) is {best:.1%}"
+    )
+    return min(1.0, best + EVIDENCE_SLACK), why
 
 
 def widen_for_ood(low: float, high: float) -> tuple[float, float]:
@@ -334,6 +373,7 @@ def rank(
         meta_features, configs, pretrained=[space.is_pretrained(m) for m, _ in configs]
     )
     pred = learner.predict(frame)
+    ceiling = None if ood else evidence_ceiling(found, records)
     picked = diverse_top([m for m, _ in configs], pred.score, n)
     candidates: list[Candidate] = []
     for rank_, i in enumerate(picked, start=1):
@@ -342,6 +382,9 @@ def rank(
         low, high = float(pred.low[i]), float(pred.high[i])
         if ood:
             low, high = widen_for_ood(low, high)
+        elif ceiling is not None:  # never past the evidence (the point stays inside)
+            high = max(min(high, ceiling[0]), float(pred.accuracy[i]))
+            low = min(low, high)
         candidates.append(
             Candidate(
                 candidate_id=f"c{rank_}",
@@ -365,6 +408,7 @@ def rank(
         metalearner_version=learner.version,
         ood=ood,
         ood_reasons=ood_reasons,
+        interval_note=ceiling[1] if ceiling is not None else "",
     )
 
 
