@@ -64,12 +64,18 @@ def _seen(native: float, size: float | None) -> float:
     return native if size is None else min(native, float(size))
 
 
-def _kb_seen_resolution(records: list[RunRecord]) -> dict[str, tuple[float, float]]:
-    """KB range of the resolution its runs *saw*: min(native, the run's image_size)."""
+def _kb_seen_resolution(
+    records: list[RunRecord], *, as_trained: bool = True
+) -> dict[str, tuple[float, float]]:
+    """KB range of the resolution its runs *saw*: min(native, the run's image_size)
+    (``as_trained=False``: the datasets' native resolution)."""
     out: dict[str, tuple[float, float]] = {}
     for name in RESOLUTION_FEATURES:
         seen = [
-            _seen(float(getattr(r.meta_features, name)), r.hyperparameters.image_size)
+            _seen(
+                float(getattr(r.meta_features, name)),
+                r.hyperparameters.image_size if as_trained else None,
+            )
             for r in records
             if np.isfinite(getattr(r.meta_features, name) or np.nan)
             and getattr(r.meta_features, name) > 0
@@ -111,7 +117,7 @@ def kb_coverage(
         return True, ["the knowledge base holds no dataset"]
     reasons: list[str] = []
     query = meta_features.numeric()
-    kb_seen = _kb_seen_resolution(records)
+    kb_seen = _kb_seen_resolution(records, as_trained=train_sizes is not None)
     nearest_seen: dict[str, float] = {}
     for name in RANGE_FEATURES:
         value = query.get(name)
@@ -151,7 +157,7 @@ def kb_coverage(
         kb_sizes: dict[str, float] = {}
         for r in records:
             size = r.hyperparameters.image_size
-            if size is not None:
+            if size is not None and train_sizes is not None:
                 kb_sizes[r.dataset] = max(kb_sizes.get(r.dataset, 0.0), float(size))
         seen_metas = [
             _with_resolution(
