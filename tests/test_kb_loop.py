@@ -167,3 +167,44 @@ def test_range_check_ignores_resolution_no_run_would_see() -> None:
     ]
     ood, reasons = kb_coverage(MF, gpu_kb, train_sizes=QUICKTUNE_SPACE.image_sizes())
     assert ood and any(r.startswith("resolution_h 28") and "0.22x" in r for r in reasons)
+
+
+# ------------------------------------------------------------------ refit in seconds
+def test_one_new_run_warm_starts_the_learner(tmp_path: Path) -> None:
+    import time
+
+    from metallmix.tools.kb.store import SQLiteKnowledgeBase
+    from metallmix.tools.meta.encoding import candidates_frame
+    from metallmix.tools.meta.metalearner import WARM_ROUNDS, MetaLearnerConfig, fit_or_load
+
+    records = synthetic_records(4, 20, seed=3)
+    kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
+    kb.add(records[:-1])
+    cfg = MetaLearnerConfig(n_estimators=80, max_depth=3, bags=1)
+    t0 = time.perf_counter()
+    full = fit_or_load(kb, cfg, cache=tmp_path)
+    full_s = time.perf_counter() - t0
+    assert full.info["fit"] == "full" and not full.info["cached"]
+
+    kb.add(records[-1:])  # one validation run
+    t0 = time.perf_counter()
+    grown = fit_or_load(kb, cfg, cache=tmp_path)
+    warm_s = time.perf_counter() - t0
+    assert str(grown.info["fit"]).startswith(f"warm start: {WARM_ROUNDS} trees appended")
+    assert "1 new run" in str(grown.info["fit"]) and grown.info["warm_chain"] == 1
+    assert grown.info["kb_hash"] != full.info["kb_hash"]
+    assert records[-1].run_id in grown.info["run_ids"]  # type: ignore[operator]
+    assert warm_s < full_s
+    # the grown learner is cached like any other, and predicts with the same columns
+    again = fit_or_load(kb, cfg, cache=tmp_path)
+    assert again.info["cached"] and str(again.info["fit"]).startswith("warm start")
+    frame = candidates_frame(
+        records[0].meta_features, [(r.model, r.hyperparameters) for r in records[:5]]
+    )
+    pred = again.predict(frame)
+    assert np.all((pred.low <= pred.accuracy) & (pred.accuracy <= pred.high))
+
+    # a run that left the KB is not a small growth: full refit
+    fresh = SQLiteKnowledgeBase(tmp_path / "other.sqlite")
+    fresh.add(records[1:])
+    assert fit_or_load(fresh, cfg, cache=tmp_path).info["fit"] == "full"
