@@ -415,6 +415,7 @@ def rank(
         ood=ood,
         ood_reasons=ood_reasons,
         interval_note=ceiling[1] if ceiling is not None else "",
+        learner_fit=str(learner.info.get("fit") or ""),
     )
 
 
