@@ -583,15 +583,16 @@ class MetaLearner:
         quantile band, which is over-confident on unseen datasets; LODO measures by how much.
         """
         centre, sigma = quantile_centre_and_sigma(quantiles)
-        calibration = self.info.get("interval_calibration") or {}
-        residuals = np.asarray(calibration.get("residuals", []), dtype=float)  # type: ignore[union-attr]
+        stored = self.info.get("interval_calibration")
+        calibration: dict[str, list[float]] = stored if isinstance(stored, dict) else {}
+        residuals = np.asarray(calibration.get("residuals", []), dtype=float)
         if residuals.size == 0:
             return quantiles[:, 0], quantiles[:, -1]
         if self._conformal is None:
             from crepes import ConformalRegressor
 
             self._conformal = ConformalRegressor()
-            sigmas = np.asarray(calibration.get("sigmas", []), dtype=float)  # type: ignore[union-attr]
+            sigmas = np.asarray(calibration.get("sigmas", []), dtype=float)
             self._conformal.fit(residuals, sigmas=sigmas)
         band = self._conformal.predict_int(
             centre, sigmas=sigma, confidence=INTERVAL_COVERAGE, y_min=0.0, y_max=1.0
