@@ -135,6 +135,11 @@ class Recommendation(BaseModel):
     rank_basis: str = Field(
         default="", description="what ranked the shortlist (c1 first); the prediction may differ"
     )
+    kb_change: str = Field(
+        default="",
+        description="what changed in the KB since the last answer (new runs, e.g. a "
+        "validation, and how the answer moved); '' when nothing did",
+    )
 
     @model_validator(mode="after")
     def _fill_metric_fields(self) -> Recommendation:

@@ -358,19 +358,28 @@ def validation_nesting(rec: Recommendation, tracking_uri: str | None = None) -> 
 def link_validation(
     rec: Recommendation, record: RunRecord, tracking_uri: str | None = None
 ) -> None:
-    """On the recommendation's run: the validated accuracy and a link to the training run."""
+    """On the recommendation's run: the validated score and a link to the training run.
+
+    ``validated_score`` is in the recommendation's own metric (:attr:`RunRecord.score`:
+    validation balanced accuracy where the run recorded it), so it sits next to the
+    predicted score like for like; the tag ``metallmix.validated_metric`` names it, and
+    ``metallmix.validated_fidelity`` says whether the run trained on a capped subsample.
+    """
     child = record.provenance.mlflow_run_id
     if not rec.mlflow_run_id or not child:
         return
     mlflow_client = tracking.client(tracking_uri)
-    if record.outcomes.val_accuracy is not None:
-        mlflow_client.log_metric(
-            rec.mlflow_run_id, "validated_accuracy", record.outcomes.val_accuracy
-        )
-    if record.outcomes.test_accuracy is not None:
-        mlflow_client.log_metric(
-            rec.mlflow_run_id, "validated_test_accuracy", record.outcomes.test_accuracy
-        )
+    if record.score is not None:
+        mlflow_client.log_metric(rec.mlflow_run_id, "validated_score", record.score)
+    test = record.outcomes.test_balanced_accuracy
+    if test is None and record.score_metric != "balanced_accuracy":
+        test = record.outcomes.test_accuracy  # the same metric as the validation score
+    if test is not None:
+        mlflow_client.log_metric(rec.mlflow_run_id, "validated_test_score", test)
+    mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validated_metric", record.score_metric)
+    mlflow_client.set_tag(
+        rec.mlflow_run_id, "metallmix.validated_fidelity", record.fidelity.describe()
+    )
     exp_id = mlflow_client.get_run(child).info.experiment_id
     mlflow_client.set_tag(rec.mlflow_run_id, "metallmix.validation_run_id", child)
     link = tracking.run_link(exp_id, child)

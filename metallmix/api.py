@@ -202,8 +202,24 @@ def recommend(
     hooks = _Hooks(on_node, on_shortlist)
     with wait_lines(progress):  # the meta-learner fit's lines follow ``progress`` too
         if not track:
-            return _result(_invoke(inputs, configurable, hooks))
-        return _tracked(inputs, configurable, hooks)
+            rec = _result(_invoke(inputs, configurable, hooks))
+        else:
+            rec = _tracked(inputs, configurable, hooks)
+    return with_kb_change(rec, kb)
+
+
+def with_kb_change(rec: Recommendation, kb: KbSpec) -> Recommendation:
+    """``rec`` with :attr:`Recommendation.kb_change` set when the KB changed since the last
+    answer (see :mod:`metallmix.kb_changes`); the workspace remembers this answer. The
+    notice never costs the answer: a KB or workspace that cannot be read leaves it out."""
+    from metallmix.kb_changes import answer_of, note_answer
+
+    try:
+        store = resolve_kb(kb)
+        notice = note_answer(list(store.iter_records()), store.location, answer_of(rec))
+    except (MetaLLMiXError, OSError, ValueError):
+        return rec
+    return rec.model_copy(update={"kb_change": notice}) if notice else rec
 
 
 class _Hooks:

@@ -62,9 +62,12 @@ def test_learners_never_see_the_held_out_group(monkeypatch: pytest.MonkeyPatch) 
         _records(), objectives=("raw",), n_estimators=20, max_depth=3, config_only=False
     )
     assert [f["group"] for f in result.folds] == ["origin", "synth02", "synth03"]
-    for fold, groups in zip(result.folds, fitted, strict=True):
-        assert fold["group"] not in groups
-        assert fold["train_groups"] == sorted(groups)
+    # two fits per fold: the ranking learner and the interval learner (calibrated in-fold)
+    assert len(fitted) == 2 * len(result.folds)
+    for i, fold in enumerate(result.folds):
+        for groups in fitted[2 * i : 2 * i + 2]:
+            assert fold["group"] not in groups
+            assert fold["train_groups"] == sorted(groups)
 
 
 def test_metrics() -> None:
@@ -106,9 +109,13 @@ def test_cli_on_a_sqlite_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert {"dataset", "method", "regret", "rank"} == set(per_row[0])
     assert {r["method"] for r in per_row} == methods
     assert 0.0 <= payload["interval"]["coverage"] <= 1.0
+    # coverage and width, overall and per compute regime
+    assert payload["interval"]["cpu_mean_width"] >= 0.0
+    assert payload["interval"]["cpu_n_runs"] == payload["interval"]["n_runs"]
     assert {p.name for p in out.iterdir()} == {"lodo_own.md", "lodo_own.json", "lodo_own.png"}
     table = (out / "lodo_own.md").read_text()
     assert "| random-best-of-10 |" in table and "synth02" in table
+    assert "| regime | runs | coverage | mean width |" in table and "| cpu |" in table
     random_row = next(r for r in payload["summary"] if r["method"] == "random")
     assert 0.0 < random_row["regret"] < 1.0
 

@@ -94,8 +94,9 @@ def test_ood_flag_on_a_far_away_card(kb: SQLiteKnowledgeBase) -> None:
             "class_size_max": 10,
         }
     )
-    ood, reasons = kb_coverage(far, records)
-    assert ood and any(r.startswith("n_classes 1000 is outside") for r in reasons)
+    ood, reasons = kb_coverage(far, records, train_sizes=CPU_ZOO_SPACE.image_sizes())
+    assert ood and any(r.startswith("n_classes 1,000 is outside") for r in reasons)
+    assert any("x the KB's largest" in r for r in reasons)  # says how far
     inside = build_shortlist(near, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
     outside = build_shortlist(far, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
     assert not inside.ood and outside.ood and outside.ood_reasons == reasons

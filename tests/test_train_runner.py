@@ -136,6 +136,12 @@ def test_nested_subsample_and_no_kb(toy: Path, tracking_uri: str) -> None:
     assert record.meta_features.n_images == 30
     assert record.dataset.startswith("toy-") and record.dataset_group == "toy"
     assert record.provenance.notes["n_train"] == 30
+    # ... and says it is a capped run: learnt only as what it is (issue 26)
+    fidelity = record.fidelity
+    assert not fidelity.full and fidelity.train_images == 30 and fidelity.max_train_images == 30
+    assert fidelity.full_train_images is not None and fidelity.full_train_images > 30
+    assert fidelity.threads == 1 and fidelity.epochs == HP.epochs
+    assert fidelity.describe().startswith(f"capped: 30 of {fidelity.full_train_images}")
 
 
 def test_diverged_run_is_recorded(toy: Path, tracking_uri: str, tmp_path: Path) -> None:
@@ -148,6 +154,7 @@ def test_diverged_run_is_recorded(toy: Path, tracking_uri: str, tmp_path: Path) 
     )
     assert record.status == "diverged"
     assert kb.records(status="diverged") == [record]
+    assert record.fidelity.full  # no cap: a full-fidelity run
     run = MlflowClient(tracking_uri=tracking_uri).get_run(record.provenance.mlflow_run_id)
     assert run.data.tags["metallmix.status"] == "diverged"
     assert run.info.status == "FINISHED"

@@ -93,7 +93,11 @@ def test_validate_nests_under_the_recommendation_and_grows_the_kb(tmp_path: Path
     child = client.get_run(record.provenance.mlflow_run_id)
     assert child.data.tags["mlflow.parentRunId"] == rec.mlflow_run_id
     parent = client.get_run(rec.mlflow_run_id)
-    assert parent.data.metrics["validated_accuracy"] == record.outcomes.val_accuracy
+    # in the recommendation's metric (balanced accuracy), not plain accuracy
+    assert parent.data.metrics["validated_score"] == record.score
+    assert record.score == record.outcomes.val_balanced_accuracy
+    assert parent.data.tags["metallmix.validated_metric"] == "balanced_accuracy"
+    assert "validated_accuracy" not in parent.data.metrics
     # nested for real: MLflow shows a child under its parent only within one experiment
     assert child.info.experiment_id == parent.info.experiment_id
     assert rec.mlflow_run_id in child.data.tags["mlflow.note.content"]  # link back

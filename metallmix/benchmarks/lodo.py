@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import spearmanr
 
@@ -54,9 +53,7 @@ from metallmix.tools.meta.metalearner import (
     MetaLearner,
     MetaLearnerConfig,
     Objective,
-    conformal_quantile,
     normalized_target,
-    target_column,
     training_rows,
 )
 from metallmix.tools.meta.retrieval import DatasetScaler, config_vector
@@ -107,8 +104,8 @@ class LodoResult(BaseModel):
     n_partial_runs: int = Field(default=0, description="runs below their epoch budget, ignored")
     interval: dict[str, float] = Field(
         default_factory=dict,
-        description="coverage / width of the 10-90% interval on held-out runs, as fitted "
-        "and after conformal widening from the other folds' residuals",
+        description="coverage / mean width of the product's 10-90% interval on held-out "
+        "runs (calibrated inside each fold on its training groups), overall and per regime",
     )
 
     def summary(self) -> pd.DataFrame:
@@ -274,45 +271,40 @@ def lodo_config(
     )
 
 
-def _interval_booster(
-    learner: MetaLearner, train_frame: pd.DataFrame, seed: int, n_estimators: int, depth: int
-) -> xgb.Booster:
-    """The product's 10-90% quantile model for this fold (coverage is measured on it)."""
-    rows = training_rows(train_frame)
-    cfg = lodo_config("raw", seed, n_estimators, depth)
-    params = cfg.xgb_params("reg:quantileerror")
-    params["quantile_alpha"] = list(cfg.quantiles)
-    dm = xgb.DMatrix(
-        learner.matrix(rows), label=rows[target_column(rows)].to_numpy(float), missing=np.nan
+def interval_config(seed: int, n_estimators: int, max_depth: int) -> MetaLearnerConfig:
+    """The product's interval model for a fold: accuracy + quantile model + its conformal
+    calibration on grouped inner folds of the *training* groups (no ranking members)."""
+    return lodo_config("raw", seed, n_estimators, max_depth).model_copy(
+        update={"with_uncertainty": True}
     )
-    return xgb.train(params, dm, num_boost_round=n_estimators)
 
 
 def interval_summary(
-    per_dataset: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    per_dataset: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]],
 ) -> dict[str, float]:
-    """Coverage of [low, high] on held-out runs, raw and LODO-conformal (margin from the
-    *other* datasets' residuals, as the product widens from held-out groups)."""
+    """Coverage and mean width of the product's 10-90% interval on held-out runs, overall
+    and per compute regime (``per_dataset``: dataset -> (regime, true, low, high)).
+
+    The interval is the one a user sees: calibrated inside each fold on the training groups
+    only, so these are coverages on datasets the calibration never saw.
+    """
     if not per_dataset:
         return {}
-    scores = {d: np.maximum(low - y, y - high) for d, (y, low, high) in per_dataset.items()}
-    hit = width = hit_c = width_c = n = 0.0
-    for d, (y, low, high) in per_dataset.items():
-        others = [v for k, v in scores.items() if k != d]
-        margin = conformal_quantile(np.concatenate(others)) if others else 0.0
-        hit += float(np.sum((y >= low) & (y <= high)))
-        hit_c += float(np.sum((y >= low - margin) & (y <= high + margin)))
-        width += float(np.sum(high - low))
-        width_c += float(np.sum(high - low + 2 * margin))
-        n += len(y)
-    return {
-        "target_coverage": INTERVAL_COVERAGE,
-        "coverage": round(hit / n, 4),
-        "mean_width": round(width / n, 4),
-        "coverage_conformal": round(hit_c / n, 4),
-        "mean_width_conformal": round(width_c / n, 4),
-        "n_runs": int(n),
-    }
+    out: dict[str, float] = {"target_coverage": INTERVAL_COVERAGE}
+    regimes = sorted({regime for regime, *_ in per_dataset.values()})
+    for scope in ["all", *regimes]:
+        hit = width = n = 0.0
+        for regime, y, low, high in per_dataset.values():
+            if scope != "all" and regime != scope:
+                continue
+            hit += float(np.sum((y >= low) & (y <= high)))
+            width += float(np.sum(high - low))
+            n += len(y)
+        prefix = "" if scope == "all" else f"{scope}_"
+        out[f"{prefix}coverage"] = round(hit / n, 4)
+        out[f"{prefix}mean_width"] = round(width / n, 4)
+        out[f"{prefix}n_runs"] = int(n)
+    return out
 
 
 def run_lodo(
@@ -350,7 +342,7 @@ def run_lodo(
         )
     fit_seconds = dict.fromkeys(methods, 0.0)
     fold_info: list[dict[str, object]] = []
-    covered: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    covered: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
     for group, train, test_all in folds(usable, per_regime=per_regime):
         if not train:  # the only group of its regime: the product could not recommend here
             fold_info.append({"group": group, "skipped": "no other dataset group in its regime"})
@@ -367,10 +359,13 @@ def run_lodo(
             seen = set(trained_on) if isinstance(trained_on, list) else set()
             if group in seen:
                 raise LeakError(f"held-out group {group!r} reached the {method} meta-learner")
-        quantile = None
+        interval_learner = None
         if intervals:
-            first = next(iter(learners.values()))
-            quantile = _interval_booster(first, train_frame, seed, n_estimators, max_depth)
+            t0 = time.perf_counter()
+            interval_learner = MetaLearner.fit(
+                train_frame, interval_config(seed, n_estimators, max_depth)
+            )
+            fit_seconds["interval"] = fit_seconds.get("interval", 0.0) + time.perf_counter() - t0
         default_run = best_default(train)
         fold_info.append(
             {
@@ -432,14 +427,9 @@ def run_lodo(
                     *regret_and_rank(true, best_of_top),
                     float(true[best_of_top]),
                 )
-            if quantile is not None:
-                first = next(iter(learners.values()))
-                dm = xgb.DMatrix(first.matrix(frame), missing=np.nan)
-                acc = first.accuracy_booster.predict(dm).astype(float)
-                q = np.asarray(quantile.predict(dm), dtype=float).reshape(len(test), -1)
-                low = np.clip(np.minimum(q[:, 0], acc), 0.0, 1.0)
-                high = np.clip(np.maximum(q[:, -1], acc), 0.0, 1.0)
-                covered[dataset] = (true, low, high)
+            if interval_learner is not None:
+                band = interval_learner.predict(frame)
+                covered[dataset] = (regime_of(test[0]), true, band.low, band.high)
             add("random", *expected_best_of(true, 1), None)
             add("random-best-of-5", *expected_best_of(true, 5), None)
             add("random-best-of-10", *expected_best_of(true, 10), None)
@@ -510,6 +500,23 @@ def markdown_table(result: LodoResult) -> str:
         "Regret: (best - picked) / (best - worst) of the final validation score (balanced "
         "accuracy where the run recorded it, else accuracy); rank 1 = best.",
     ]
+    if result.interval:
+        iv = result.interval
+        lines += [
+            "",
+            f"10-90% interval of the predicted score on held-out runs (target coverage "
+            f"{iv['target_coverage']:.0%}; calibrated inside each fold on its training groups):",
+            "",
+            "| regime | runs | coverage | mean width |",
+            "|---|---:|---:|---:|",
+        ]
+        for scope in ["all", *sorted({k.split("_", 1)[0] for k in iv if k.endswith("_n_runs")})]:
+            prefix = "" if scope == "all" else f"{scope}_"
+            if f"{prefix}coverage" in iv:
+                lines.append(
+                    f"| {scope} | {int(iv[f'{prefix}n_runs'])} | {iv[f'{prefix}coverage']:.1%} "
+                    f"| {iv[f'{prefix}mean_width']:.3f} |"
+                )
     lines += ["", "Normalised regret per held-out dataset (0 = picked the best config):", ""]
     lines.append("| dataset | configs | " + " | ".join(cols) + " |")
     lines.append("|---|---:|" + "---:|" * len(cols))

@@ -113,6 +113,10 @@ def _run(
 def print_shortlist(shortlist: Any) -> None:
     """The scored shortlist on stderr as soon as it exists (seconds), while the LLM works."""
     stderr.print("  scored shortlist (the LLM now chooses and explains):")
+    if getattr(shortlist, "learner_fit", "").startswith("warm"):
+        stderr.print(escape(f"  meta-learner: {shortlist.learner_fit}"), soft_wrap=True)
+    if getattr(shortlist, "interval_note", ""):
+        stderr.print(escape(f"  interval: {shortlist.interval_note}"), soft_wrap=True)
     stderr.print(escape(f"  {rank_basis_line(shortlist)}"), soft_wrap=True)
     for c in ranked_candidates(shortlist):
         stderr.print(
@@ -132,6 +136,15 @@ def rank_basis_line(shortlist: Any) -> str:
 
 def render(rec: Any, console: Console) -> None:
     """The recommendation, its explanation, the judge's verdict and where to audit it."""
+    if getattr(rec, "kb_change", ""):  # the loop is never silent: say what the KB learnt
+        console.print(
+            f"[bold]knowledge base changed:[/bold] {escape(rec.kb_change)}", soft_wrap=True
+        )
+    if getattr(rec, "ood", False):  # lead with what to do, not with a near-[0%, 100%] band
+        console.print(
+            Panel(escape(ood_advice(rec)), title="outside what the knowledge base knows"),
+            soft_wrap=True,
+        )
     console.print(
         Panel.fit(escape(rec.summary()), title=escape(f"Recommendation for {rec.dataset}"))
     )
@@ -162,6 +175,24 @@ def render(rec: Any, console: Console) -> None:
         )
     if getattr(rec, "verification", None) is not None:
         render_verification(rec.verification, console)
+
+
+def ood_advice(rec: Any) -> str:
+    """For a dataset outside the KB's range: why, and what gives a useful answer instead of
+    an interval that spans almost everything."""
+    reasons = "; ".join(getattr(rec, "ood_reasons", []) or []) or "far from every KB dataset"
+    other = "gpu" if getattr(rec, "compute", None) == "cpu" else "cpu"
+    return (
+        f"Your dataset is outside the range of the KB's runs ({reasons}), so the predicted "
+        "score below is a guess with a wide interval. What you can do:\n"
+        f"  - measure instead of predicting: metallmix recommend {rec.dataset} --verify 3 "
+        "(trains the top 3 candidates with successive halving; add --max-train-images N to "
+        "cap the cost)\n"
+        f"  - ask the other compute regime: --compute {other}\n"
+        "  - teach the KB your history: metallmix kb import-mlflow (your past MLflow runs) "
+        "or metallmix validate after training one candidate; the next answer says what "
+        "changed"
+    )
 
 
 def judge_line(rec: Any) -> str:

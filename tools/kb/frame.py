@@ -33,6 +33,7 @@ def record_to_row(record: RunRecord) -> dict[str, Any]:
         "seed": record.seed,
         "regime": regime_of(record),
         "score_metric": record.score_metric,
+        "fidelity_full": record.fidelity.full,
         "mf_modality": record.meta_features.modality,
     }
     row.update({f"mf_{k}": v for k, v in record.meta_features.numeric().items()})

@@ -207,6 +207,52 @@ class Provenance(BaseModel):
         return redact_uri(value)
 
 
+FIDELITY_NOTE = "fidelity"  # provenance.notes key: "full" or "capped"
+
+
+class Fidelity(BaseModel):
+    """How faithfully a run represents its configuration on its dataset.
+
+    A validation run may train on a stratified subsample (``max_train_images``) with a few
+    threads: it is then a *capped* run, a measurement of a smaller dataset than the one the
+    user has. Stored in ``provenance.notes`` (``fidelity``, ``fidelity_*`` keys) so that
+    records written before it, and the KB's content hash, are unchanged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    full: bool = True
+    train_images: int | None = Field(default=None, description="images the run trained on")
+    full_train_images: int | None = Field(
+        default=None, description="training images of the dataset before the cap"
+    )
+    max_train_images: int | None = None
+    epochs: int | None = None
+    threads: int | None = None
+
+    def notes(self) -> dict[str, Scalar]:
+        """The ``provenance.notes`` entries that store it."""
+        out: dict[str, Scalar] = {FIDELITY_NOTE: "full" if self.full else "capped"}
+        for key in ("train_images", "full_train_images", "max_train_images", "epochs", "threads"):
+            value = getattr(self, key)
+            if value is not None:
+                out[f"fidelity_{key}"] = value
+        return out
+
+    def describe(self) -> str:
+        """'capped: 150 of 546 training images, 5 epochs, 2 threads' / 'full'."""
+        if self.full:
+            return "full"
+        parts = []
+        if self.train_images is not None and self.full_train_images is not None:
+            parts.append(f"{self.train_images} of {self.full_train_images} training images")
+        if self.epochs is not None:
+            parts.append(f"{self.epochs} epochs")
+        if self.threads is not None:
+            parts.append(f"{self.threads} threads")
+        return "capped" + (": " + ", ".join(parts) if parts else "")
+
+
 class RunRecord(BaseModel):
     """One training run: dataset description, configuration, outcome, provenance."""
 
@@ -246,6 +292,27 @@ class RunRecord(BaseModel):
         recorded it (imbalance is the rule in medical data), else validation accuracy."""
         balanced = getattr(self.outcomes, "val_balanced_accuracy", None)
         return balanced if balanced is not None else self.outcomes.val_accuracy
+
+    @property
+    def fidelity(self) -> Fidelity:
+        """The run's fidelity (:class:`Fidelity`), from its provenance notes; ``full`` for
+        runs that recorded none (imports, KB builds, runs from before fidelity existed)."""
+        notes = self.provenance.notes
+        if notes.get(FIDELITY_NOTE) is None:
+            return Fidelity()
+
+        def _int(key: str) -> int | None:
+            value = notes.get(f"fidelity_{key}")
+            return int(value) if isinstance(value, int | float) else None
+
+        return Fidelity(
+            full=notes.get(FIDELITY_NOTE) != "capped",
+            train_images=_int("train_images"),
+            full_train_images=_int("full_train_images"),
+            max_train_images=_int("max_train_images"),
+            epochs=_int("epochs"),
+            threads=_int("threads"),
+        )
 
     @property
     def score_metric(self) -> ScoreMetric:

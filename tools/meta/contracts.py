@@ -78,6 +78,15 @@ class Shortlist(BaseModel):
     ood_reasons: list[str] = Field(
         default_factory=list, description="why it is out of range (feature ranges, distance)"
     )
+    learner_fit: str = Field(
+        default="",
+        description="which meta-learner answered: 'full' fit, or a warm start grown from the "
+        "last fit after a small KB change",
+    )
+    interval_note: str = Field(
+        default="",
+        description="how the intervals were bounded by the KB's evidence ('' when they were not)",
+    )
     metric: str = Field(
         default="accuracy", description="what predicted_accuracy is in: the KB runs' metric"
     )

@@ -28,7 +28,8 @@ from metallmix.tools.metafeatures import MetaFeatures
 
 # 2: optional meta-features (config-only), completed runs only
 # 3: meta-features on the one log scale retrieval also uses (scale_meta_feature)
-ENCODING_VERSION = 3
+# 4: resolution as the run trains at it: min(native resolution, the run's image_size)
+ENCODING_VERSION = 4
 OTHER = "__other__"
 MAX_CATEGORIES = 32
 
@@ -120,6 +121,19 @@ LOG_META_FEATURES = frozenset(
         "resolution_w",
     }
 )
+# The pipeline resizes every image to the run's image_size: a 600 px photo trained at 64 px
+# is a 64 px image to the model. So the learner reads the resolution the run *saw*.
+RESOLUTION_COLUMNS = frozenset({"mf_resolution_h", "mf_resolution_w"})
+
+
+def seen_resolution(native: np.ndarray, train_size: np.ndarray) -> np.ndarray:
+    """min(native resolution, training image size); the native value where the size is
+    unknown (NaN), NaN where the native resolution is unknown."""
+    native = np.asarray(native, dtype=float)
+    size = np.asarray(train_size, dtype=float)
+    return np.where(np.isfinite(size), np.fmin(native, size) + 0 * native, native)
+
+
 # Hyperparameters on a log scale (the meta-learner's columns).
 _LOG10 = {"hp_lr", "hp_weight_decay"}
 _LOG2 = {"hp_batch_size"}
@@ -285,8 +299,11 @@ class FeatureEncoder(BaseModel):
         work = _with_model_columns(frame)
         n = len(work)
         blocks: list[np.ndarray] = []
+        train_size = _to_float(work["hp_image_size"]) if "hp_image_size" in work else None
         for col in self.numeric:
             raw = _to_float(work[col]) if col in work else np.full(n, np.nan)
+            if col in RESOLUTION_COLUMNS and train_size is not None:
+                raw = seen_resolution(raw, train_size)
             blocks.append(_scaled(col, raw)[:, None])
         for col in ("pretrained", "model_params_m", "model_arch"):
             blocks.append(_to_float(work[col])[:, None])

@@ -155,6 +155,21 @@ class SearchSpace(BaseModel):
         """The ranges that apply to ``model``: the shared ones, overridden per model."""
         return {**self.params, **self.model_params.get(model, {})}
 
+    def image_sizes(self) -> tuple[int, int] | None:
+        """(smallest, largest) training resolution (px) of the space's models, or None.
+
+        Every run resizes its images to its ``image_size``, so a dataset's native resolution
+        above the largest is invisible to the pipeline (and to what the KB knows).
+        """
+        fixed = self.fixed.get("image_size")
+        sizes: list[float] = [float(fixed)] if isinstance(fixed, int | float) else []
+        param = self.union_params().get("image_size")
+        if isinstance(param, Choice):
+            sizes += [float(v) for v in param.values if isinstance(v, int | float)]
+        elif isinstance(param, IntRange | FloatRange):
+            sizes += [float(param.low), float(param.high)]
+        return (int(min(sizes)), int(max(sizes))) if sizes else None
+
     def union_params(self) -> dict[str, Param]:
         """One range per name covering every model's (for samplers with fixed distributions).
 

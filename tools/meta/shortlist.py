@@ -44,13 +44,73 @@ RANGE_FEATURES = ("n_images", "n_classes", "images_per_class", "resolution_h", "
 RANGE_SLACK = 1.5
 # An out-of-range interval is widened by its own width on each side, at least this much.
 OOD_MIN_WIDENING = 0.1
+# Evidence ceiling: when the KB holds a near-identical dataset (retrieval similarity at
+# least EVIDENCE_SIMILARITY) with at least EVIDENCE_MIN_RUNS completed full-fidelity runs,
+# no interval reaches past the best of those runs by more than EVIDENCE_SLACK: 100% on a
+# dataset whose best KB run is 86% says nothing. Gated on strong evidence only: clipping to
+# the best run of a merely *similar* dataset killed coverage on knee_oa_kl in LODO.
+EVIDENCE_SIMILARITY = 0.95
+EVIDENCE_MIN_RUNS = 5
+EVIDENCE_SLACK = 0.05
 # Portfolio: each KB dataset's best completed configuration joins the candidate pool
 # (zero-shot portfolios in the manner of Auto-sklearn 2.0 / TabRepo).
 PORTFOLIO_SIZE = 20
 
 
-def kb_coverage(meta_features: MetaFeatures, records: list[RunRecord]) -> tuple[bool, list[str]]:
-    """(out of range?, reasons): per-feature KB ranges and distance to the nearest dataset."""
+RESOLUTION_FEATURES = ("resolution_h", "resolution_w")
+
+
+def _seen(native: float, size: float | None) -> float:
+    """The resolution a run trained at ``size`` px sees of a ``native``-px image."""
+    return native if size is None else min(native, float(size))
+
+
+def _kb_seen_resolution(
+    records: list[RunRecord], *, as_trained: bool = True
+) -> dict[str, tuple[float, float]]:
+    """KB range of the resolution its runs *saw*: min(native, the run's image_size)
+    (``as_trained=False``: the datasets' native resolution)."""
+    out: dict[str, tuple[float, float]] = {}
+    for name in RESOLUTION_FEATURES:
+        seen = [
+            _seen(
+                float(getattr(r.meta_features, name)),
+                r.hyperparameters.image_size if as_trained else None,
+            )
+            for r in records
+            if np.isfinite(getattr(r.meta_features, name) or np.nan)
+            and getattr(r.meta_features, name) > 0
+        ]
+        if seen:
+            out[name] = (min(seen), max(seen))
+    return out
+
+
+def _with_resolution(meta_features: MetaFeatures, values: dict[str, float]) -> MetaFeatures:
+    return meta_features.model_copy(update=values) if values else meta_features
+
+
+def _how_far(value: float, low: float, high: float) -> str:
+    """'1.7x the KB's largest (5,778)' / '0.33x the KB's smallest (21)'."""
+    if value > high:
+        return f"{value / high:.1f}x the KB's largest ({high:,.6g})"
+    return f"{value / low:.2f}x the KB's smallest ({low:,.6g})"
+
+
+def kb_coverage(
+    meta_features: MetaFeatures,
+    records: list[RunRecord],
+    *,
+    train_sizes: tuple[int, int] | None = None,
+) -> tuple[bool, list[str]]:
+    """(out of range?, reasons): per-feature KB ranges and distance to the nearest dataset.
+
+    Resolution is compared as the pipeline sees it: every run resizes to its ``image_size``,
+    so the KB knows the resolutions its runs *saw* (min(native, image_size)) and the query's
+    candidates see min(native, s) for the space's training sizes ``train_sizes`` (smallest,
+    largest). Resolution is a reason only when no training size of the space puts the query
+    inside what the KB saw: a 600 px photo trained at 64 px is a 64 px image.
+    """
     metas: dict[str, MetaFeatures] = {}
     for r in records:
         metas.setdefault(r.dataset, r.meta_features)
@@ -58,21 +118,63 @@ def kb_coverage(meta_features: MetaFeatures, records: list[RunRecord]) -> tuple[
         return True, ["the knowledge base holds no dataset"]
     reasons: list[str] = []
     query = meta_features.numeric()
+    kb_seen = _kb_seen_resolution(records, as_trained=train_sizes is not None)
+    nearest_seen: dict[str, float] = {}
     for name in RANGE_FEATURES:
         value = query.get(name)
+        if value is None or not np.isfinite(value) or value <= 0:
+            continue
+        if name in RESOLUTION_FEATURES:
+            if name not in kb_seen:
+                continue
+            low, high = kb_seen[name]
+            small, large = train_sizes or (None, None)
+            q_low, q_high = _seen(value, small), _seen(value, large)
+            # the value the closest training size gives: what the distance check compares
+            nearest_seen[name] = float(np.clip(high, q_low, q_high))
+            if q_low > high * RANGE_SLACK or q_high < low / RANGE_SLACK:
+                seen_value = q_low if q_low > high else q_high
+                trained = f" (seen at {seen_value:g} px by the space's training sizes)"
+                reasons.append(
+                    f"{name} {value:,.6g}{trained if train_sizes else ''} is outside the "
+                    f"resolutions the KB's runs saw, {low:g}-{high:g} px "
+                    f"({_how_far(seen_value, low, high)})"
+                )
+            continue
         known = [m.numeric().get(name) for m in metas.values()]
         seen = [float(v) for v in known if v is not None and np.isfinite(v) and v > 0]
-        if value is None or not np.isfinite(value) or value <= 0 or not seen:
+        if not seen:
             continue
         low, high = min(seen), max(seen)
         if value < low / RANGE_SLACK or value > high * RANGE_SLACK:
-            reasons.append(f"{name} {value:g} is outside the KB's range {low:g}-{high:g}")
+            reasons.append(
+                f"{name} {value:,.6g} is outside the KB's range {low:,.6g}-{high:,.6g} "
+                f"({_how_far(float(value), low, high)})"
+            )
     names = sorted(metas)
     if len(names) >= 2:
-        scaler = DatasetScaler.fit([metas[n] for n in names])
-        k = len(_raw_vector(meta_features))
-        kb = np.vstack([scaler.embed(metas[n])[:k] for n in names])
-        q = scaler.embed(meta_features)[:k]
+        # resolution as seen: KB datasets at their runs' largest size, the query at the
+        # training size closest to the KB
+        kb_sizes: dict[str, float] = {}
+        for r in records:
+            size = r.hyperparameters.image_size
+            if size is not None and train_sizes is not None:
+                kb_sizes[r.dataset] = max(kb_sizes.get(r.dataset, 0.0), float(size))
+        seen_metas = [
+            _with_resolution(
+                metas[n],
+                {
+                    f: _seen(float(getattr(metas[n], f)), kb_sizes.get(n))
+                    for f in RESOLUTION_FEATURES
+                },
+            )
+            for n in names
+        ]
+        query_seen = _with_resolution(meta_features, nearest_seen)
+        scaler = DatasetScaler.fit(seen_metas)
+        k = len(_raw_vector(query_seen))
+        kb = np.vstack([scaler.embed(m)[:k] for m in seen_metas])
+        q = scaler.embed(query_seen)[:k]
         dist = np.linalg.norm(kb - q, axis=1)
         pair = np.linalg.norm(kb[:, None, :] - kb[None, :, :], axis=2)
         np.fill_diagonal(pair, np.inf)
@@ -84,6 +186,37 @@ def kb_coverage(meta_features: MetaFeatures, records: list[RunRecord]) -> tuple[
                 f"{float(dist[nearest]):.1f}, beyond the KB's own spread ({threshold:.1f})"
             )
     return bool(reasons), reasons
+
+
+def evidence_ceiling(found: Retrieved, records: list[RunRecord]) -> tuple[float, str] | None:
+    """(ceiling, why) from the near-identical KB datasets' best runs, or None when the KB
+    holds none with enough runs (see :data:`EVIDENCE_SIMILARITY`)."""
+    similarity: dict[str, float] = {}
+    for run in [*found.shown, *found.neighbours]:
+        similarity[run.dataset] = max(similarity.get(run.dataset, 0.0), run.similarity)
+    close = {d for d, sim in similarity.items() if sim >= EVIDENCE_SIMILARITY}
+    if not close:
+        return None
+    scores: dict[str, list[float]] = {}
+    for r in records:
+        if (
+            r.dataset in close
+            and r.status == "ok"
+            and r.score is not None
+            and r.outcomes.completed
+            and r.fidelity.full
+        ):
+            scores.setdefault(r.dataset, []).append(float(r.score))
+    strong = {d: v for d, v in scores.items() if len(v) >= EVIDENCE_MIN_RUNS}
+    if not strong:
+        return None
+    dataset = max(strong, key=lambda d: (max(strong[d]), d))
+    best = max(strong[dataset])
+    why = (
+        f"upper ends capped at {best + EVIDENCE_SLACK:.1%}: the best of {len(strong[dataset])} "
+        f"KB runs on {dataset} (similarity {similarity[dataset]:.2f}) is {best:.1%}"
+    )
+    return min(1.0, best + EVIDENCE_SLACK), why
 
 
 def widen_for_ood(low: float, high: float) -> tuple[float, float]:
@@ -249,12 +382,13 @@ def rank(
     pool = gather_candidates(found.neighbours, space, seed=seed, n_samples=n_samples)
     keys = {_config_key(m, hp) for m, hp, _ in pool}
     pool += [p for p in portfolio(records, space) if _config_key(p[0], p[1]) not in keys]
-    ood, ood_reasons = kb_coverage(meta_features, records)
+    ood, ood_reasons = kb_coverage(meta_features, records, train_sizes=space.image_sizes())
     configs = [(m, hp) for m, hp, _ in pool]
     frame = candidates_frame(
         meta_features, configs, pretrained=[space.is_pretrained(m) for m, _ in configs]
     )
     pred = learner.predict(frame)
+    ceiling = None if ood else evidence_ceiling(found, records)
     picked = diverse_top([m for m, _ in configs], pred.score, n)
     candidates: list[Candidate] = []
     for rank_, i in enumerate(picked, start=1):
@@ -263,6 +397,9 @@ def rank(
         low, high = float(pred.low[i]), float(pred.high[i])
         if ood:
             low, high = widen_for_ood(low, high)
+        elif ceiling is not None:  # never past the evidence (the point stays inside)
+            high = max(min(high, ceiling[0]), float(pred.accuracy[i]))
+            low = min(low, high)
         candidates.append(
             Candidate(
                 candidate_id=f"c{rank_}",
@@ -286,6 +423,8 @@ def rank(
         metalearner_version=learner.version,
         ood=ood,
         ood_reasons=ood_reasons,
+        interval_note=ceiling[1] if ceiling is not None else "",
+        learner_fit=str(learner.info.get("fit") or ""),
     )
 
 

@@ -22,7 +22,14 @@ from metallmix.atomic import write_text
 from metallmix.config import home_dir
 from metallmix.tools import tracking
 from metallmix.tools.datasets.base import Dataset
-from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, RunRecord, Scalar
+from metallmix.tools.kb.records import (
+    Fidelity,
+    Hyperparameters,
+    Outcomes,
+    Provenance,
+    RunRecord,
+    Scalar,
+)
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 from metallmix.tools.training import pretrained as pretrained_weights
@@ -190,7 +197,9 @@ def run_trial(
         model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
     )
     group = dataset_group or str(dataset.source_info.get("derived_from") or dataset.name)
-    if max_train_images is not None and max_train_images < len(dataset.split("train")):
+    full_train = len(dataset.split("train"))
+    capped = max_train_images is not None and max_train_images < full_train
+    if capped:
         dataset = dataset.subset(train_limit=max_train_images, seed=seed)
     mf = meta_features or compute_meta_features(dataset)
     if source_resolution is not None:
@@ -336,6 +345,15 @@ def run_trial(
                             "threads": threads,
                             "message": result.message or None,
                             "resumed_epochs": result.resumed_epochs or None,
+                        # a capped run is learnt as what it is (see Fidelity)
+                        **Fidelity(
+                            full=not capped,
+                            train_images=result.n_train,
+                            full_train_images=full_train,
+                            max_train_images=max_train_images,
+                            epochs=config.epochs,
+                            threads=threads,
+                        ).notes(),
                             "mlflow_logging_error": (
                                 f"per-epoch metrics not logged: {live_error[0]}"
                                 if live_error
