@@ -345,15 +345,15 @@ def run_trial(
                             "threads": threads,
                             "message": result.message or None,
                             "resumed_epochs": result.resumed_epochs or None,
-                        # a capped run is learnt as what it is (see Fidelity)
-                        **Fidelity(
-                            full=not capped,
-                            train_images=result.n_train,
-                            full_train_images=full_train,
-                            max_train_images=max_train_images,
-                            epochs=config.epochs,
-                            threads=threads,
-                        ).notes(),
+                            # a capped run is learnt as what it is (see Fidelity)
+                            **Fidelity(
+                                full=not capped,
+                                train_images=result.n_train,
+                                full_train_images=full_train,
+                                max_train_images=max_train_images,
+                                epochs=config.epochs,
+                                threads=threads,
+                            ).notes(),
                             "mlflow_logging_error": (
                                 f"per-epoch metrics not logged: {live_error[0]}"
                                 if live_error
