@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from metallmix.errors import ConfigError
+from metallmix.tools.kb.records import RunRecord
 
 Rule = Literal["top", "portfolio", "family"]
 RULES: tuple[Rule, ...] = ("top", "portfolio", "family")
 # Chosen by LODO on the shipped KB (bench/results/portfolio_lodo_kb.md).
-DEFAULT_RULE: Rule = "portfolio"
+DEFAULT_RULE: Rule = "top"
 # Later picks come from the POOL_FACTOR * K best-predicted candidates for the user's dataset:
 # the hedge trades a little predicted score for coverage, never a candidate the meta-learner
 # expects to be poor on the user's own data.
@@ -187,3 +188,46 @@ def check_rule(rule: str) -> Rule:
         if r == rule:
             return r
     raise ConfigError(f"shortlist rule {rule!r}: choose one of {', '.join(RULES)}")
+
+
+def kb_meta_of_records(
+    records: Sequence[RunRecord],
+) -> tuple[dict[str, dict[str, object]], dict[str, float]]:
+    """:func:`kb_meta_of` from run records (the ``mf_`` columns of each KB dataset, as
+    ``records_to_frame`` writes them) without encoding every run."""
+    firsts: dict[str, RunRecord] = {}
+    for r in records:
+        firsts.setdefault(r.dataset, r)
+    meta: dict[str, dict[str, object]] = {}
+    for name, r in firsts.items():
+        row: dict[str, object] = {"mf_modality": r.meta_features.modality}
+        row.update({f"mf_{k}": v for k, v in r.meta_features.numeric().items()})
+        meta[name] = row
+    sizes: dict[str, int] = {}
+    for r in firsts.values():
+        sizes[r.dataset_group] = sizes.get(r.dataset_group, 0) + 1
+    weights = {name: 1.0 / (len(sizes) * sizes[r.dataset_group]) for name, r in firsts.items()}
+    return meta, weights
+
+
+def hedged(
+    rule: Rule,
+    learner: object,
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    records: Sequence[RunRecord],
+    n: int,
+) -> list[int]:
+    """The shortlist's ``n`` indices into ``frame``'s candidate rows under a hedging ``rule``
+    (``portfolio`` or ``family``; ``top`` is the shortlist's own ranking, not here), in the
+    order they were chosen: the first is the meta-learner's best for the user's dataset."""
+    if rule == "family":
+        return family_portfolio(scores, families_of(frame), n)
+    if rule != "portfolio":
+        raise ConfigError(f"hedged() takes the portfolio or family rule, got {rule!r}")
+    meta, weights = kb_meta_of_records(records)
+    names = sorted(meta)
+    kb_scores = kb_score_matrix(learner, frame, meta)
+    return greedy_portfolio(
+        scores, kb_scores, n, weights=[weights[d] for d in names], pool=POOL_FACTOR * n
+    )
