@@ -373,7 +373,6 @@ def _map_folds(tasks: Sequence[_FoldTask], jobs: int) -> Iterator[_FoldOut]:
         for task in tasks:
             yield _run_fold(task)
         return
-    # Workers share the CPUs: each fits with its share of them (XGBoost's threads).
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         pending = [pool.submit(_run_fold, t) for t in tasks]
@@ -525,7 +524,7 @@ def run_lodo(
     ``per_regime=False`` fits one learner on every regime's runs (what the product does not
     do; kept to measure that choice). ``n_jobs`` folds are fitted at once, in worker
     processes (None: one per CPU; 1, the default: in this process); the figures do not depend on it.
-    ``nthread``: XGBoost threads per fold (default: the CPUs divided by the folds at once).
+    ``nthread``: XGBoost threads per fold (default 1: processes, not threads, share the CPUs).
     ``on_fold(group)`` is called in this process as each fold finishes."""
     if n_jobs is not None and n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
@@ -554,11 +553,12 @@ def run_lodo(
     splits = list(folds(usable, per_regime=per_regime))
     cpus = os.cpu_count() or 1
     jobs = max(1, min(n_jobs if n_jobs is not None else cpus, len(splits)))
-    # Each fold fits with its share of the CPUs. More XGBoost threads than free cores is
-    # far slower, not faster, on these small matrices (OpenMP threads spin while they wait:
-    # 20 trees took 8.5 s with 2 threads and 0.09 s with 1 at load 12 on 2 cores), and the
-    # boosters are the same whatever the thread count (hist is deterministic).
-    threads = nthread if nthread is not None else max(1, cpus // jobs)
+    # One XGBoost thread per fold; the CPUs are shared by fitting folds at once. More
+    # threads per fit are far slower, not faster, on these small matrices as soon as the
+    # cores are busy (OpenMP threads spin while they wait: 20 trees took 8.5 s with 2
+    # threads and 0.09 s with 1 at load 12 on 2 cores); the boosters are the same whatever
+    # the thread count (hist is deterministic), so the figures do not depend on it.
+    threads = nthread if nthread is not None else 1
     tasks = [
         _FoldTask(
             group,

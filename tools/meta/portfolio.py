@@ -87,12 +87,8 @@ def kb_score_matrix(
     if n == 0 or not names:
         return np.zeros((n, len(names)))
     base = frame.drop(columns=[c for c in frame.columns if c.startswith("mf_")])
-    blocks = []
-    for name in names:
-        block = base.copy()
-        for col, value in kb_meta[name].items():
-            block[col] = value
-        blocks.append(block)
+    base = base.reset_index(drop=True)
+    blocks = [pd.concat([base, pd.DataFrame([dict(kb_meta[name])] * n)], axis=1) for name in names]
     stacked = pd.concat(blocks, ignore_index=True)
     members = learner.member_scores(stacked)
     if members and learner.config.objective == "ensemble":
