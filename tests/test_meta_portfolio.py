@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from metallmix.benchmarks.synthetic import synthetic_records
+from metallmix.cli import main
 from metallmix.errors import ConfigError
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import Hyperparameters
@@ -154,3 +155,12 @@ def test_hedge_first_keeps_the_rules_order_behind_the_zero_shot_pick() -> None:
     # c3 repeats c1's configuration; c2 scores low but the hedge chose it second
     assert [c.candidate_id for c in hedge_first(cands, "c4", 3)] == ["c4", "c1", "c2"]
     assert [c.candidate_id for c in hedge_first(cands, "c1", 10)] == ["c1", "c2", "c4"]
+
+
+def test_cli_shortlist_rule_needs_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "card.json"
+    data.write_text("{}")
+    assert main(["recommend", str(data), "--shortlist", "portfolio"]) == 2
+    assert "--shortlist" in capsys.readouterr().err
