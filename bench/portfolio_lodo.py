@@ -83,11 +83,17 @@ def main() -> None:
         if method not in table.index:
             continue
         cells = [
-            f"{table.loc[method, (g, s)]:.3f}" if (g, s) in table.columns else ""
+            f"{table.loc[method, (g, s)]:.3f}" if (g, s) in table.columns else "(not run)"
             for g in regimes
             for s in seeds
         ]
-        cells += [f"{overall.loc[method, s]:.3f}" for s in seeds]
+        # "all" only where the seed's run held out every regime's datasets
+        cells += [
+            f"{overall.loc[method, s]:.3f}"
+            if all((g, s) in table.columns for g in regimes)
+            else "(not run)"
+            for s in seeds
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     counts = rows.drop_duplicates(["dataset", "regime"]).groupby("regime")["dataset"].count()
     lines += ["", "Held-out datasets: " + ", ".join(f"{g} {n}" for g, n in counts.items()) + "."]
@@ -103,7 +109,11 @@ def main() -> None:
                     for s in seeds
                     if (g, s) in table.columns
                 },
-                **{f"all/seed{s}": overall.loc[m, s] for s in seeds},
+                **{
+                    f"all/seed{s}": overall.loc[m, s]
+                    for s in seeds
+                    if all((g, s) in table.columns for g in regimes)
+                },
             }
             for m in RULES
             if m in table.index

@@ -37,7 +37,7 @@ from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist
 from metallmix.tools.meta.metric import metric_of_runs
-from metallmix.tools.meta.portfolio import DEFAULT_RULE, check_rule
+from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
 from metallmix.tools.meta.search_space import hp_values
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
@@ -136,7 +136,7 @@ def recommend_verified(
     threads: int | None = None,
     first_rung_epochs: int | None = None,
     on_run: Callable[[str, int, RunResult], None] | None = None,
-    shortlist_rule: str = DEFAULT_RULE,
+    shortlist_rule: str = VERIFY_RULE,
 ) -> VerifiedRecommendation:
     """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top-``k``
     candidates (called by :func:`metallmix.recommend` with ``verify=k``).
