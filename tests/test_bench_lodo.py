@@ -246,8 +246,9 @@ def test_parallel_folds_give_the_serial_figures() -> None:
     for rule in ("top5", "portfolio5", "portfolio5-all", "family5"):
         assert f"metalearner-raw-{rule}" in summary.index
         # the best of 5 trained can never be worse than the single pick
-        assert summary.loc[f"metalearner-raw-{rule}", "regret"] <= summary.loc[
-            "metalearner-raw", "regret"
-        ]
+        assert (
+            summary.loc[f"metalearner-raw-{rule}", "regret"]
+            <= summary.loc["metalearner-raw", "regret"]
+        )
     with pytest.raises(ValueError, match="n_jobs must be at least 1"):
         lodo.run_lodo(_records(), n_jobs=0)
