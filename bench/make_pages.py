@@ -158,6 +158,19 @@ def _mean_by(rows: list[dict[str, Any]], method: str, key: str) -> dict[str, flo
     return {k: statistics.fmean(v) for k, v in acc.items()}
 
 
+LODO_RUNNING = (
+    "Folds are fitted at once in worker processes (`--jobs N`, default one per CPU; the "
+    "figures are the same for any N, one XGBoost thread per fold), and the progress (fold"
+    " k of n, elapsed, estimate) is also appended to `--log FILE` (default "
+    "`<out>/<name>.log`), so a long run can be followed with `tail -f`. Besides the "
+    "single pick and the plain `-top5`, each objective is scored with the hedging "
+    "shortlist rules of `--verify` ([Verify the shortlist](../guide/verify.md)): "
+    "`-portfolio5` (the best, then greedy best-of-5 over the training datasets among the "
+    "15 best-predicted), `-portfolio5-all` (the same among all) and `-family5` (one per "
+    "family first)."
+)
+
+
 def lodo_page() -> str:
     plt = pyplot()
     sections: list[str] = []
@@ -308,6 +321,8 @@ def lodo_page() -> str:
         f"![Regret per held-out dataset group, mean over seeds]({img})",
         "",
         "Each row is a held-out dataset group (mean over seeds), sorted by the pick's regret.",
+        "",
+        LODO_RUNNING,
         "",
     ]
     return "\n".join(head + plot + sections)

@@ -18,6 +18,7 @@ The zero-shot answer itself comes from the caller (:func:`metallmix.recommend` p
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -34,8 +35,10 @@ from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
-from metallmix.tools.meta.contracts import Shortlist
+from metallmix.tools.meta.contracts import Candidate, Shortlist
 from metallmix.tools.meta.metric import metric_of_runs
+from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
+from metallmix.tools.meta.search_space import hp_values
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.backends import ExecutionBackend, make_backend
@@ -95,6 +98,23 @@ def _top(shortlist: Shortlist) -> str:
     )
 
 
+def hedge_first(candidates: list[Candidate], zero_shot_id: str, k: int) -> list[Candidate]:
+    """The ``k`` to train under a hedging rule: the zero-shot pick, then the shortlist in the
+    order the rule chose it (distinct configurations). Handing exactly these to
+    successive halving keeps its score re-sort from undoing the hedge."""
+    ordered = [c for c in candidates if c.candidate_id == zero_shot_id] + [
+        c for c in candidates if c.candidate_id != zero_shot_id
+    ]
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for c in ordered:
+        key = json.dumps([c.model, hp_values(c.hyperparameters)], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out[:k]
+
+
 def recommend_verified(
     data: str | os.PathLike[str],
     zero_shot: ZeroShot,
@@ -116,6 +136,7 @@ def recommend_verified(
     threads: int | None = None,
     first_rung_epochs: int | None = None,
     on_run: Callable[[str, int, RunResult], None] | None = None,
+    shortlist_rule: str = VERIFY_RULE,
 ) -> VerifiedRecommendation:
     """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top-``k``
     candidates (called by :func:`metallmix.recommend` with ``verify=k``).
@@ -128,6 +149,7 @@ def recommend_verified(
         raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
+    rule = check_rule(shortlist_rule)
     path = Path(data).expanduser()
     if path.suffix.lower() == ".json":  # how compute_meta_features tells a card
         raise ConfigError(
@@ -147,6 +169,7 @@ def recommend_verified(
         "max_train_images": max_train_images,
         "max_val_images": max_val_images,
         "first_rung_epochs": first_rung_epochs,
+        **({"shortlist_rule": rule} if rule != "top" else {}),  # old studies keep their names
     }
     study_name = study or default_study_name(dataset.name, k, seed, fingerprint=settings)
     plan = load_plan(storage, study_name)
@@ -165,6 +188,7 @@ def recommend_verified(
                 n=max(n_candidates, k),
                 space=space_for(cfg, regime),
                 seed=seed,
+                rule=rule,
             )
             metric, note = metric_of_runs(regime_store.iter_records())
             shortlist = shortlist.model_copy(
@@ -180,6 +204,8 @@ def recommend_verified(
             )
         rec = zero_shot(shortlist, snapshot, dataset.name)
         candidates = list(shortlist.candidates)
+        if rule != "top":  # train the hedge as chosen, not re-sorted by score
+            candidates = hedge_first(candidates, rec.candidate_id, k)
     owned = backend is None or isinstance(backend, str)
     engine: ExecutionBackend = (
         make_backend(backend or "local") if owned else backend  # type: ignore[assignment]

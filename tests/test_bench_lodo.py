@@ -112,7 +112,23 @@ def test_cli_on_a_sqlite_kb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     # coverage and width, overall and per compute regime
     assert payload["interval"]["cpu_mean_width"] >= 0.0
     assert payload["interval"]["cpu_n_runs"] == payload["interval"]["n_runs"]
-    assert {p.name for p in out.iterdir()} == {"lodo_own.md", "lodo_own.json", "lodo_own.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "lodo_own.md",
+        "lodo_own.json",
+        "lodo_own.png",
+        "lodo_own.log",
+    }
+    # the progress reached the log file too, one line per fold, with an estimate
+    log = (out / "lodo_own.log").read_text().splitlines()
+    assert "3 folds" in log[0] and log[-1].split(" ", 2)[2].startswith("done in")
+    fold_lines = [line for line in log if " fold " in line]
+    assert [line.split(" fold ")[1].split(" (")[0] for line in fold_lines] == [
+        "1 of 3",
+        "2 of 3",
+        "3 of 3",
+    ]
+    assert all("elapsed" in line and "left" in line for line in fold_lines)
+    assert payload["files"]["log"] == str(out / "lodo_own.log")
     table = (out / "lodo_own.md").read_text()
     assert "| random-best-of-10 |" in table and "synth02" in table
     assert "| regime | runs | coverage | mean width |" in table and "| cpu |" in table
@@ -214,3 +230,32 @@ def test_each_regime_learns_from_its_own_runs_as_the_product_does() -> None:
     alone = lodo.run_lodo([*cpu, *lone], objectives=("raw",), n_estimators=10, max_depth=3)
     skipped = [f for f in alone.folds if "skipped" in f]
     assert [f["group"] for f in skipped] == [lone[0].dataset_group]
+
+
+def test_parallel_folds_give_the_serial_figures() -> None:
+    """Folds fitted in 2 worker processes (one XGBoost thread each) score exactly as the
+    serial run with 2 threads per fit: same rows, intervals and fold records."""
+    kwargs = {"objectives": ("raw",), "n_estimators": 10, "max_depth": 3, "seed": 3}
+    finished: list[str] = []
+    serial = lodo.run_lodo(_records(), n_jobs=1, nthread=2, **kwargs)  # type: ignore[arg-type]
+    parallel = lodo.run_lodo(
+        _records(),
+        n_jobs=2,
+        on_fold=finished.append,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert (parallel.n_jobs, parallel.nthread) == (2, 1)
+    assert sorted(finished) == ["origin", "synth02", "synth03"]
+    assert [r.model_dump() for r in parallel.rows] == [r.model_dump() for r in serial.rows]
+    assert parallel.interval == serial.interval and parallel.folds == serial.folds
+    # the shortlist rules are scored beside the plain top 5
+    summary = parallel.summary()
+    for rule in ("top5", "portfolio5", "portfolio5-all", "family5"):
+        assert f"metalearner-raw-{rule}" in summary.index
+        # the best of 5 trained can never be worse than the single pick
+        assert (
+            summary.loc[f"metalearner-raw-{rule}", "regret"]
+            <= summary.loc["metalearner-raw", "regret"]
+        )
+    with pytest.raises(ValueError, match="n_jobs must be at least 1"):
+        lodo.run_lodo(_records(), n_jobs=0)

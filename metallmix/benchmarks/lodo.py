@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,7 @@ from scipy.stats import spearmanr
 
 from metallmix.atomic import atomic_path, write_text
 from metallmix.errors import KnowledgeBaseError
-from metallmix.tools.kb.frame import records_to_frame
+from metallmix.tools.kb.frame import record_to_row, records_to_frame
 from metallmix.tools.kb.quicktune import import_quicktune
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.regime import regime_of
@@ -56,6 +59,14 @@ from metallmix.tools.meta.metalearner import (
     normalized_target,
     training_rows,
 )
+from metallmix.tools.meta.portfolio import (
+    POOL_FACTOR,
+    families_of,
+    family_portfolio,
+    greedy_portfolio,
+    kb_meta_of,
+    kb_score_matrix,
+)
 from metallmix.tools.meta.retrieval import DatasetScaler, config_vector
 
 BASELINES = ("random", "random-best-of-5", "random-best-of-10", "best-default", "nearest-dataset")
@@ -64,6 +75,9 @@ DEFAULT_METHOD = f"metalearner-{DEFAULT_OBJECTIVE}"
 MIN_CONFIGS = 3
 # The shortlist size: "validate the top 5 predicted, keep the best" costs what best-of-5 does.
 TOP_K = 5
+# The shortlist rules LODO scores (tools/meta/portfolio.py): plain top-K, the greedy
+# portfolio among the 3K best-predicted, the greedy portfolio over all, family diversity.
+SHORTLIST_ROWS = (("top", ""), ("portfolio", ""), ("portfolio", "-all"), ("family", ""))
 
 
 class LeakError(AssertionError):
@@ -98,6 +112,8 @@ class LodoResult(BaseModel):
     seconds: float
     fit_seconds: dict[str, float] = Field(default_factory=dict)
     folds: list[dict[str, object]] = Field(default_factory=list)
+    n_jobs: int | None = Field(default=None, description="folds fitted at once")
+    nthread: int | None = Field(default=None, description="XGBoost threads per fold")
     load_average: float | None = Field(default=None, description="1-min load at the end")
     cpu_count: int | None = None
     default_method: str = DEFAULT_METHOD
@@ -123,7 +139,11 @@ class LodoResult(BaseModel):
             for m in [
                 *(f"metalearner-{o}" for o in OBJECTIVES),
                 CONFIG_ONLY,
-                *(f"metalearner-{o}-top{TOP_K}" for o in OBJECTIVES),
+                *(
+                    f"metalearner-{o}-{rule}{TOP_K}{suffix}"
+                    for o in OBJECTIVES
+                    for rule, suffix in SHORTLIST_ROWS
+                ),
                 *BASELINES,
             ]
             if m in agg.index
@@ -217,15 +237,6 @@ def best_default(train: Sequence[RunRecord]) -> RunRecord:
     Ties (common: every dataset's best run scores 1) go to the configuration whose model has
     the best mean normalised score, then to the run id.
     """
-    return best_defaults(train, 1)[0]
-
-
-def best_defaults(train: Sequence[RunRecord], k: int) -> list[RunRecord]:
-    """The ``k`` distinct configurations with the best mean normalised score across the
-    KB's datasets (no meta-features: the same for every dataset), best first, one run each;
-    ranked and tie-broken as :func:`best_default`. Fewer when the KB holds fewer."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
     frame = training_rows(records_to_frame(train))
     frame = frame.assign(norm=normalized_target(frame))
     by_id = {r.run_id: r for r in train}
@@ -237,8 +248,7 @@ def best_defaults(train: Sequence[RunRecord], k: int) -> list[RunRecord]:
     frame = frame.sort_values(
         ["config_score", "model_score", "run_id"], ascending=[False, False, True]
     )
-    firsts = frame.drop_duplicates("key", keep="first").head(k)
-    return [by_id[str(i)] for i in firsts["run_id"]]
+    return by_id[str(frame.iloc[0]["run_id"])]
 
 
 def nearest_dataset_best(train: Sequence[RunRecord], test: Sequence[RunRecord]) -> RunRecord:
@@ -307,6 +317,178 @@ def interval_summary(
     return out
 
 
+@dataclass(frozen=True)
+class _FoldTask:
+    """One fold's inputs, picklable for a worker process."""
+
+    group: str
+    train: list[RunRecord]
+    test: list[RunRecord]
+    methods: dict[str, MetaLearnerConfig]
+    seed: int
+    n_estimators: int
+    max_depth: int
+    intervals: bool
+    encoded: dict[str, dict[str, object]]  # run_id -> its frame row (encoded once)
+    nthread: int  # XGBoost threads of this fold's fits: its share of the CPUs
+
+
+@dataclass
+class _FoldOut:
+    group: str
+    rows: list[FoldResult]
+    info: dict[str, object]
+    fit_seconds: dict[str, float]
+    covered: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _frame(task: _FoldTask, records: Sequence[RunRecord]) -> pd.DataFrame:
+    """``records_to_frame(records)`` from the rows encoded once for every fold."""
+    return (
+        pd.DataFrame([task.encoded[r.run_id] for r in records])
+        if records
+        else (records_to_frame(records))
+    )
+
+
+def _map_folds(tasks: Sequence[_FoldTask], jobs: int) -> Iterator[_FoldOut]:
+    """Each fold's result as it finishes: in this process, or ``jobs`` spawned workers
+    (spawn, not fork: a forked child of a process that has run OpenMP can hang)."""
+    if jobs <= 1:
+        for task in tasks:
+            yield _run_fold(task)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        pending = [pool.submit(_run_fold, t) for t in tasks]
+        try:
+            for future in as_completed(pending):
+                yield future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _run_fold(task: _FoldTask) -> _FoldOut:
+    """Fit every method on the fold's training runs and score its held-out datasets."""
+    group, train, test_all = task.group, task.train, task.test
+    methods = {m: c.model_copy(update={"nthread": task.nthread}) for m, c in task.methods.items()}
+    seed, n_estimators, max_depth = task.seed, task.n_estimators, task.max_depth
+    rows: list[FoldResult] = []
+    fit_seconds = dict.fromkeys(methods, 0.0)
+    covered: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
+    if not train:  # the only group of its regime: the product could not recommend here
+        info: dict[str, object] = {
+            "group": group,
+            "skipped": "no other dataset group in its regime",
+        }
+        return _FoldOut(group, rows, info, fit_seconds, covered)
+    train_frame = _frame(task, train)
+    learners: dict[str, MetaLearner] = {}
+    for method, cfg in methods.items():
+        t0 = time.perf_counter()
+        learners[method] = MetaLearner.fit(train_frame, cfg)
+        fit_seconds[method] += time.perf_counter() - t0
+        trained_on = learners[method].info["dataset_groups"]
+        seen = set(trained_on) if isinstance(trained_on, list) else set()
+        if group in seen:
+            raise LeakError(f"held-out group {group!r} reached the {method} meta-learner")
+    interval_learner = None
+    if task.intervals:
+        t0 = time.perf_counter()
+        interval_learner = MetaLearner.fit(
+            train_frame,
+            interval_config(seed, n_estimators, max_depth).model_copy(
+                update={"nthread": task.nthread}
+            ),
+        )
+        fit_seconds["interval"] = time.perf_counter() - t0
+    default_run = best_default(train)
+    kb_meta, kb_weights = kb_meta_of(train_frame)
+    info = {
+        "group": group,
+        "n_train": len(train),
+        "n_test": len(test_all),
+        "train_groups": sorted({r.dataset_group for r in train}),
+        "best_default": default_run.run_id,
+    }
+    for dataset in sorted({r.dataset for r in test_all}):
+        test = sorted((r for r in test_all if r.dataset == dataset), key=lambda r: r.run_id)
+        if len(test) < MIN_CONFIGS:
+            continue
+        true = np.array([r.score for r in test], dtype=float)
+        best = float(true.max())
+        frame = _frame(task, test)
+
+        def add(
+            method: str,
+            regret: float,
+            rank: float,
+            picked: float | None,
+            rho: float | None = None,
+            _d: str = dataset,
+            _n: int = len(test),
+            _b: float = best,
+            _g: str = group,
+        ) -> None:
+            rows.append(
+                FoldResult(
+                    dataset=_d,
+                    group=_g,
+                    method=method,
+                    n_configs=_n,
+                    regret=regret,
+                    rank=rank,
+                    picked_accuracy=picked,
+                    best_accuracy=_b,
+                    spearman=rho,
+                )
+            )
+
+        def add_best_of(method: str, picked: Sequence[int], _true: np.ndarray = true) -> None:
+            """Train the ``picked`` shortlist and keep the best: comparable to best-of-5."""
+            chosen = int(picked[int(np.argmax(_true[list(picked)]))])
+            add(method, *regret_and_rank(_true, chosen), float(_true[chosen]))
+
+        scored: dict[str, np.ndarray] = {}
+        for name, learner in learners.items():
+            scored[name] = learner.predict(frame).score
+        families = families_of(frame)
+        for name, scores in sorted(scored.items()):
+            pick = int(np.argmax(scores))
+            regret, rank = regret_and_rank(true, pick)
+            rho = float(spearmanr(scores, true).statistic) if np.std(scores) > 0 else 0.0
+            add(name, regret, rank, float(true[pick]), rho)
+            if name == CONFIG_ONLY:
+                continue
+            add_best_of(f"{name}-top{TOP_K}", np.argsort(-scores, kind="stable")[:TOP_K].tolist())
+            kb_scores = kb_score_matrix(learners[name], frame, kb_meta)
+            weights = [kb_weights[d] for d in sorted(kb_meta)]
+            add_best_of(
+                f"{name}-portfolio{TOP_K}",
+                greedy_portfolio(
+                    scores, kb_scores, TOP_K, weights=weights, pool=POOL_FACTOR * TOP_K
+                ),
+            )
+            add_best_of(
+                f"{name}-portfolio{TOP_K}-all",
+                greedy_portfolio(scores, kb_scores, TOP_K, weights=weights),
+            )
+            add_best_of(f"{name}-family{TOP_K}", family_portfolio(scores, families, TOP_K))
+        if interval_learner is not None:
+            band = interval_learner.predict(frame)
+            covered[dataset] = (regime_of(test[0]), true, band.low, band.high)
+        add("random", *expected_best_of(true, 1), None)
+        add("random-best-of-5", *expected_best_of(true, 5), None)
+        add("random-best-of-10", *expected_best_of(true, 10), None)
+        pick = _map_to_heldout(default_run, test)
+        add("best-default", *regret_and_rank(true, pick), float(true[pick]))
+        pick = _map_to_heldout(nearest_dataset_best(train, test), test)
+        add("nearest-dataset", *regret_and_rank(true, pick), float(true[pick]))
+    return _FoldOut(group, rows, info, fit_seconds, covered)
+
+
 def run_lodo(
     records: Sequence[RunRecord],
     *,
@@ -319,10 +501,17 @@ def run_lodo(
     intervals: bool = True,
     on_fold: Callable[[str], None] | None = None,
     per_regime: bool = True,
+    n_jobs: int | None = 1,
+    nthread: int | None = None,
 ) -> LodoResult:
     """The whole benchmark; deterministic for a seed. Completed runs only (module doc).
     ``per_regime=False`` fits one learner on every regime's runs (what the product does not
-    do; kept to measure that choice)."""
+    do; kept to measure that choice). ``n_jobs`` folds are fitted at once, in worker
+    processes (None: one per CPU; 1, the default: in this process); the figures do not depend on it.
+    ``nthread``: XGBoost threads per fold (default 1: processes, not threads, share the CPUs).
+    ``on_fold(group)`` is called in this process as each fold finishes."""
+    if n_jobs is not None and n_jobs < 1:
+        raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
     ok = [r for r in records if r.status == "ok" and r.score is not None]
     usable = [r for r in ok if r.outcomes.completed]
     groups = sorted({r.dataset_group for r in usable})
@@ -343,102 +532,44 @@ def run_lodo(
     fit_seconds = dict.fromkeys(methods, 0.0)
     fold_info: list[dict[str, object]] = []
     covered: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
-    for group, train, test_all in folds(usable, per_regime=per_regime):
-        if not train:  # the only group of its regime: the product could not recommend here
-            fold_info.append({"group": group, "skipped": "no other dataset group in its regime"})
-            if on_fold is not None:
-                on_fold(group)
-            continue
-        train_frame = records_to_frame(train)
-        learners: dict[str, MetaLearner] = {}
-        for method, cfg in methods.items():
-            t0 = time.perf_counter()
-            learners[method] = MetaLearner.fit(train_frame, cfg)
-            fit_seconds[method] += time.perf_counter() - t0
-            trained_on = learners[method].info["dataset_groups"]
-            seen = set(trained_on) if isinstance(trained_on, list) else set()
-            if group in seen:
-                raise LeakError(f"held-out group {group!r} reached the {method} meta-learner")
-        interval_learner = None
-        if intervals:
-            t0 = time.perf_counter()
-            interval_learner = MetaLearner.fit(
-                train_frame, interval_config(seed, n_estimators, max_depth)
-            )
-            fit_seconds["interval"] = fit_seconds.get("interval", 0.0) + time.perf_counter() - t0
-        default_run = best_default(train)
-        fold_info.append(
-            {
-                "group": group,
-                "n_train": len(train),
-                "n_test": len(test_all),
-                "train_groups": sorted({r.dataset_group for r in train}),
-                "best_default": default_run.run_id,
-            }
+    # Encoded once for every fold (each run's row is the same in every fold it joins).
+    encoded = {r.run_id: record_to_row(r) for r in usable}
+    splits = list(folds(usable, per_regime=per_regime))
+    cpus = os.cpu_count() or 1
+    jobs = max(1, min(n_jobs if n_jobs is not None else cpus, len(splits)))
+    # One XGBoost thread per fold; the CPUs are shared by fitting folds at once. More
+    # threads per fit are far slower, not faster, on these small matrices as soon as the
+    # cores are busy (OpenMP threads spin while they wait: 20 trees took 8.5 s with 2
+    # threads and 0.09 s with 1 at load 12 on 2 cores); the boosters are the same whatever
+    # the thread count (hist is deterministic), so the figures do not depend on it.
+    threads = nthread if nthread is not None else 1
+    tasks = [
+        _FoldTask(
+            group,
+            train,
+            test,
+            methods,
+            seed,
+            n_estimators,
+            max_depth,
+            intervals,
+            {r.run_id: encoded[r.run_id] for r in (*train, *test)},
+            threads,
         )
-        for dataset in sorted({r.dataset for r in test_all}):
-            test = sorted((r for r in test_all if r.dataset == dataset), key=lambda r: r.run_id)
-            if len(test) < MIN_CONFIGS:
-                continue
-            true = np.array([r.score for r in test], dtype=float)
-            best = float(true.max())
-            frame = records_to_frame(test)
-
-            def add(
-                method: str,
-                regret: float,
-                rank: float,
-                picked: float | None,
-                rho: float | None = None,
-                _d: str = dataset,
-                _n: int = len(test),
-                _b: float = best,
-                _g: str = group,
-            ) -> None:
-                rows.append(
-                    FoldResult(
-                        dataset=_d,
-                        group=_g,
-                        method=method,
-                        n_configs=_n,
-                        regret=regret,
-                        rank=rank,
-                        picked_accuracy=picked,
-                        best_accuracy=_b,
-                        spearman=rho,
-                    )
-                )
-
-            scored: dict[str, np.ndarray] = {}
-            for name, learner in learners.items():
-                scored[name] = learner.predict(frame).score
-            for name, scores in sorted(scored.items()):
-                pick = int(np.argmax(scores))
-                regret, rank = regret_and_rank(true, pick)
-                rho = float(spearmanr(scores, true).statistic) if np.std(scores) > 0 else 0.0
-                add(name, regret, rank, float(true[pick]), rho)
-                if name == CONFIG_ONLY:
-                    continue
-                # train the shortlist's top 5 and keep the best: comparable to best-of-5
-                top = np.argsort(-scores, kind="stable")[:TOP_K]
-                best_of_top = int(top[int(np.argmax(true[top]))])
-                add(
-                    f"{name}-top{TOP_K}",
-                    *regret_and_rank(true, best_of_top),
-                    float(true[best_of_top]),
-                )
-            if interval_learner is not None:
-                band = interval_learner.predict(frame)
-                covered[dataset] = (regime_of(test[0]), true, band.low, band.high)
-            add("random", *expected_best_of(true, 1), None)
-            add("random-best-of-5", *expected_best_of(true, 5), None)
-            add("random-best-of-10", *expected_best_of(true, 10), None)
-            pick = _map_to_heldout(default_run, test)
-            add("best-default", *regret_and_rank(true, pick), float(true[pick]))
-            pick = _map_to_heldout(nearest_dataset_best(train, test), test)
-            add("nearest-dataset", *regret_and_rank(true, pick), float(true[pick]))
+        for group, train, test in splits
+    ]
+    done: dict[str, _FoldOut] = {}
+    for out in _map_folds(tasks, jobs):
+        done[out.group] = out
         if on_fold is not None:
-            on_fold(group)
+            on_fold(out.group)
+    for task in tasks:  # fold order, whatever order they finished in: results as serial
+        out = done[task.group]
+        rows += out.rows
+        fold_info.append(out.info)
+        covered.update(out.covered)
+        for method, seconds in out.fit_seconds.items():
+            fit_seconds[method] = fit_seconds.get(method, 0.0) + seconds
     return LodoResult(
         kb=kb_label,
         n_runs=len(usable),
@@ -459,6 +590,8 @@ def run_lodo(
         seconds=round(time.perf_counter() - started, 2),
         fit_seconds={k: round(v, 2) for k, v in fit_seconds.items()},
         folds=fold_info,
+        n_jobs=jobs,
+        nthread=threads,
         load_average=round(os.getloadavg()[0], 2),
         cpu_count=os.cpu_count(),
         default_method=DEFAULT_METHOD,

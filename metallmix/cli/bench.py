@@ -5,7 +5,9 @@ Other benchmark verbs attach to :data:`bench_app` from their own modules.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TextIO
 
 import typer
 from rich.console import Console
@@ -15,6 +17,45 @@ from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.errors import ConfigError
 
 bench_app = typer.Typer(help="Benchmarks (leave-one-dataset-out, ...).", no_args_is_help=True)
+
+
+class FoldLog:
+    """Progress lines (fold k of n, elapsed, estimate) appended to a file as folds finish,
+    so a run in the background or over ssh can be followed with ``tail -f``."""
+
+    def __init__(self, path: Path, total: int) -> None:
+        self.path = path
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> FoldLog:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--log {self.path}: cannot write there ({exc.strerror})") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def write(self, text: str) -> None:
+        assert self._file is not None, "FoldLog used outside its with-block"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._file.write(f"{stamp} {text}\n")
+        self._file.flush()
+
+    def fold_done(self, group: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        self.write(
+            f"fold {self.done} of {self.total} ({group}) done: elapsed {elapsed:.0f} s, "
+            f"about {left:.0f} s left"
+        )
 
 
 def _default_quicktune() -> Path:
@@ -55,6 +96,19 @@ def lodo(
         help="Fit one meta-learner on every compute regime's runs (the product fits one per "
         "regime, and so does LODO by default).",
     ),
+    jobs: int = typer.Option(
+        None,
+        "--jobs",
+        min=1,
+        help="Folds fitted at once, in worker processes (default: one per CPU; the figures "
+        "are the same for any value).",
+    ),
+    log: Path = typer.Option(
+        None,
+        "--log",
+        help="Also write the progress (fold k of n, elapsed, estimate) to this file "
+        "(default: <out>/<name>.log).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Leave-one-dataset-out on completed runs: the product's pick vs config-only and baselines."""
@@ -72,8 +126,19 @@ def lodo(
 
     spec = kb or str(_default_quicktune())
     records, label = load_kb_records(spec)
+    base = name or _results_name(spec)
+    log_path = log or out / f"{base}.log"
     groups = sorted({r.dataset_group for r in records})
-    with progress("LODO folds", total=len(groups)) as advance:
+    with (
+        progress("LODO folds", total=len(groups)) as advance,
+        FoldLog(log_path, len(groups)) as fold_log,
+    ):
+        fold_log.write(f"LODO on {label}: {len(groups)} folds, seed {seed}, jobs {jobs or 'auto'}")
+
+        def on_fold(group: str) -> None:
+            advance(1)
+            fold_log.fold_done(group)
+
         result = run_lodo(
             records,
             kb_label=label,
@@ -81,11 +146,13 @@ def lodo(
             objectives=chosen_objectives,
             n_estimators=n_estimators,
             max_depth=max_depth,
-            on_fold=lambda _g: advance(1),
+            on_fold=on_fold,
             per_regime=not one_learner,
+            n_jobs=jobs,
         )
-    paths = write_results(result, out, name or _results_name(spec))
-    stderr.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+        fold_log.write(f"done in {result.seconds:.0f} s ({result.n_jobs} folds at once)")
+    paths = write_results(result, out, base)
+    stderr.print(f"wrote {', '.join(str(p) for p in paths.values())} (progress log {log_path})")
     summary = result.summary().reset_index()
     summary = summary.astype(object).where(summary.notna(), None)  # NaN is not JSON
     payload = {
@@ -103,7 +170,7 @@ def lodo(
             {"dataset": r.dataset, "method": r.method, "regret": r.regret, "rank": r.rank}
             for r in result.rows
         ],
-        "files": {k: str(v) for k, v in paths.items()},
+        "files": {**{k: str(v) for k, v in paths.items()}, "log": str(log_path)},
     }
 
     def render(console: Console) -> None:

@@ -252,6 +252,13 @@ def recommend_cmd(
         None, "--max-train-images", min=10, help="--verify: seeded training subsample."
     ),
     study: str | None = typer.Option(None, "--study", help="--verify: Optuna study name."),
+    shortlist_rule: str | None = typer.Option(
+        None,
+        "--shortlist",
+        help="--verify: which K to train: top (the best-ranked), portfolio (the best, then "
+        "the greedy hedge over the KB's datasets) or family (one per family first); "
+        "default: the rule LODO supports (docs/guide/verify.md).",
+    ),
     compute: Compute = ComputeOption,
     no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
@@ -269,6 +276,7 @@ def recommend_cmd(
             "--threads": threads is not None,
             "--max-train-images": max_train_images is not None,
             "--study": study is not None,
+            "--shortlist": shortlist_rule is not None,
         }
         for option, used in given.items():
             if used:
@@ -305,6 +313,7 @@ def recommend_cmd(
                         "study": study,
                         "max_train_images": max_train_images,
                         "threads": threads,
+                        **({"shortlist_rule": shortlist_rule} if shortlist_rule else {}),
                     },
                 },
                 track=not no_track,

@@ -22,6 +22,7 @@ from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, Simil
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
+from metallmix.tools.meta.portfolio import DEFAULT_RULE, Rule, check_rule, hedged
 from metallmix.tools.meta.retrieval import (
     DatasetScaler,
     RetrievalIndex,
@@ -328,6 +329,7 @@ def build_shortlist(
     facts_per_candidate: int = FACTS_PER_CANDIDATE,
     learner_config: MetaLearnerConfig | None = None,
     cache: Path | None = None,
+    rule: Rule = DEFAULT_RULE,
 ) -> Shortlist:
     """Scored, diverse shortlist with SHAP facts and similar runs: the agent's evidence.
 
@@ -358,7 +360,15 @@ def build_shortlist(
     )
     found = retrieve(meta_features, index, exclude=excluded_names)
     shortlist = rank(
-        meta_features, learner, visible, found, n=n, space=space, seed=seed, n_samples=n_samples
+        meta_features,
+        learner,
+        visible,
+        found,
+        n=n,
+        space=space,
+        seed=seed,
+        n_samples=n_samples,
+        rule=rule,
     )
     facts = explain_shortlist(learner, shortlist, top_k=facts_per_candidate)
     return shortlist.model_copy(update={"facts": facts})
@@ -374,10 +384,13 @@ def rank(
     space: SearchSpace | None = None,
     seed: int = 0,
     n_samples: int = N_SAMPLES,
+    rule: Rule = DEFAULT_RULE,
 ) -> Shortlist:
     """The ``n`` best-scored, diverse candidates (no SHAP facts yet: see
     :func:`explain_shortlist`) from the retrieved runs, the portfolio of ``records`` (the
-    KB runs the meta-learner may see) and samples of ``space``."""
+    KB runs the meta-learner may see) and samples of ``space``. ``rule``: ``top`` (the best
+    scores, one per model first) or a hedging rule of :mod:`~metallmix.tools.meta.portfolio`
+    (the candidates then stand in the order the rule chose them)."""
     space = space or CPU_ZOO_SPACE
     pool = gather_candidates(found.neighbours, space, seed=seed, n_samples=n_samples)
     keys = {_config_key(m, hp) for m, hp, _ in pool}
@@ -389,7 +402,11 @@ def rank(
     )
     pred = learner.predict(frame)
     ceiling = None if ood else evidence_ceiling(found, records)
-    picked = diverse_top([m for m, _ in configs], pred.score, n)
+    picked = (
+        diverse_top([m for m, _ in configs], pred.score, n)
+        if check_rule(rule) == "top"
+        else hedged(rule, learner, frame, pred.score, records, n)
+    )
     candidates: list[Candidate] = []
     for rank_, i in enumerate(picked, start=1):
         model, hp, origin = pool[i]
