@@ -237,6 +237,15 @@ def best_default(train: Sequence[RunRecord]) -> RunRecord:
     Ties (common: every dataset's best run scores 1) go to the configuration whose model has
     the best mean normalised score, then to the run id.
     """
+    return best_defaults(train, 1)[0]
+
+
+def best_defaults(train: Sequence[RunRecord], k: int) -> list[RunRecord]:
+    """The ``k`` distinct configurations with the best mean normalised score across the
+    KB's datasets (no meta-features: the same for every dataset), best first, one run each;
+    ranked and tie-broken as :func:`best_default`. Fewer when the KB holds fewer."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     frame = training_rows(records_to_frame(train))
     frame = frame.assign(norm=normalized_target(frame))
     by_id = {r.run_id: r for r in train}
@@ -248,7 +257,8 @@ def best_default(train: Sequence[RunRecord]) -> RunRecord:
     frame = frame.sort_values(
         ["config_score", "model_score", "run_id"], ascending=[False, False, True]
     )
-    return by_id[str(frame.iloc[0]["run_id"])]
+    firsts = frame.drop_duplicates("key", keep="first").head(k)
+    return [by_id[str(i)] for i in firsts["run_id"]]
 
 
 def nearest_dataset_best(train: Sequence[RunRecord], test: Sequence[RunRecord]) -> RunRecord:
