@@ -141,6 +141,9 @@ class RunKB:
 
 _KEEP = 4  # snapshots (and meta-learners) kept per process: a few KBs or regimes in turn
 _RUN_KBS: OrderedDict[str, RunKB] = OrderedDict()
+# The last whole read of each store (location -> snapshot): what the answer saw, for callers
+# after the graph (the KB-change notice) that would otherwise read the store a second time.
+_WHOLE: OrderedDict[str, KBSnapshot] = OrderedDict()
 _LEARNERS: OrderedDict[tuple[str, int], MetaLearner] = OrderedDict()
 
 
@@ -153,6 +156,10 @@ def run_kb(cfg: Configuration, kb_hash: str | None = None, *, whole: bool = Fals
         return _RUN_KBS[kb_hash]
     kb = get_kb(cfg)
     everything = KBSnapshot.of(kb)  # the one read of the store
+    _WHOLE[everything.location] = everything
+    _WHOLE.move_to_end(everything.location)
+    while len(_WHOLE) > _KEEP:
+        _WHOLE.popitem(last=False)
     require_runs(everything)
     regime = resolve_regime(everything, cfg.compute, cfg.space, everything.runs)
     view = everything if whole else regime_kb(everything, regime, everything.runs)
@@ -166,6 +173,11 @@ def run_kb(cfg: Configuration, kb_hash: str | None = None, *, whole: bool = Fals
     while len(_RUN_KBS) > _KEEP:
         _RUN_KBS.popitem(last=False)
     return found
+
+
+def last_read(location: str) -> KBSnapshot | None:
+    """The store at ``location`` as this process's last recommendation read it, if any."""
+    return _WHOLE.get(location)
 
 
 def learner_for(run: RunKB, seed: int) -> MetaLearner:

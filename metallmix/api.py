@@ -25,6 +25,7 @@ from metallmix.graphs.graph import build_graph as build
 from metallmix.graphs.resources import (
     KbSpec,
     LlmSpec,
+    last_read,
     load_llm_in_background,
     require_runs,
     resolve_kb,
@@ -216,7 +217,9 @@ def with_kb_change(rec: Recommendation, kb: KbSpec) -> Recommendation:
 
     try:
         store = resolve_kb(kb)
-        notice = note_answer(list(store.iter_records()), store.location, answer_of(rec))
+        seen = last_read(store.location)  # what the answer saw: no second read of the store
+        records = seen.runs if seen is not None else list(store.iter_records())
+        notice = note_answer(records, store.location, answer_of(rec))
     except (MetaLLMiXError, OSError, ValueError):
         return rec
     return rec.model_copy(update={"kb_change": notice}) if notice else rec
