@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cases import BREAST_MF
 
 from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.kb_changes import Answer, note_answer, read_last
@@ -26,18 +27,8 @@ from metallmix.tools.meta.shortlist import (
     evidence_ceiling,
     kb_coverage,
 )
-from metallmix.tools.metafeatures import MetaFeatures
 
-MF = MetaFeatures(
-    n_images=546,
-    n_classes=2,
-    imbalance_ratio=2.7,
-    resolution_h=28,
-    resolution_w=28,
-    channels=1,
-    class_size_mean=273,
-    images_per_class=273,
-)
+MF = BREAST_MF  # the breast-ultrasound example's meta-features (tests/cases.py)
 
 
 def _run(run_id: str, score: float, *, dataset: str = "breastmnist", capped: bool = False,
