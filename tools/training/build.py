@@ -26,9 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metallmix import config
 from metallmix.errors import ConfigError, DatasetError
-from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase
@@ -40,9 +38,9 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
 )
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training.backends import ExecutionBackend, Resources
-from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
-from metallmix.tools.training.runner import compute_meta_features
+from metallmix.tools.training.distributed import TrialJob, TrialRunner
+from metallmix.tools.training.runner import RunSpec, compute_meta_features
+from metallmix.tools.training.settings import TrialSettings
 from metallmix.tools.training.trainer import FeatureCache
 
 TRIAL_KEY_TAG = "metallmix.trial_key"
@@ -461,23 +459,18 @@ class BuildEvent:
     total: int
 
 
+BUILD_SETTINGS = TrialSettings(threads=1, max_val_images=200)
+
+
 def build(
     kb: KnowledgeBase,
     trials: list[Trial],
     sources: dict[str, Path],
     *,
-    threads: int | None = 1,
-    max_val_images: int | None = 200,
+    settings: TrialSettings = BUILD_SETTINGS,
     experiment: str = BUILD_EXPERIMENT,
     shard: tuple[int, int] = (0, 1),
     on_trial: Callable[[BuildEvent], None] | None = None,
-    backend: ExecutionBackend | None = None,
-    resources: Resources | None = None,
-    max_retries: int = 2,
-    feature_cache: FeatureCache | None = None,
-    tracking_uri: str | None = None,
-    trial_fn: TrialFn | None = None,
-    track: bool = True,
 ) -> Iterator[BuildEvent]:
     """Run every trial of ``trials`` not yet in ``kb``; yields one event per trial run.
 
@@ -485,29 +478,21 @@ def build(
     a trial another process has recorded meanwhile is skipped, so two processes may also walk
     the same plan from both ends.
     A trial that fails with a user-facing error (model cannot run at a size, ...) is
-    reported and skipped; the build goes on. ``backend`` (see
+    reported and skipped; the build goes on. ``settings.backend`` (see
     :mod:`metallmix.tools.training.backends`) runs the trials elsewhere, events then come
     in completion order; ``None`` keeps them in this process, one after the other. A trial
     whose worker died ``max_retries + 1`` times is reported with an error and left out of
-    the KB, so re-running the build retries it. ``trial_fn`` replaces the worker (tests).
-    ``track=False`` records the runs in the KB only, not in MLflow.
+    the KB, so re-running the build retries it. ``settings.track=False`` records the runs in
+    the KB only, not in MLflow. A task's own ``train_limit`` caps its training images, so
+    ``settings.max_train_images`` is best left unset here.
     """
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(f"shard index {index} is not in 0..{count - 1}")
-    uri = tracking_uri or config.tracking_uri()
-    if track:
-        tracking.check_writable_store(uri)  # before the first trial, not after it
-    runner = TrialRunner(
-        backend,
-        kb=kb,
-        tracking_uri=uri,
-        resources=resources,
-        threads=threads,
-        max_retries=max_retries,
-        trial_fn=trial_fn,
-        feature_cache=feature_cache or FeatureCache(),
-    )
+    settings = settings.resolved()  # the store is checked before the first trial, not after
+    if settings.feature_cache is None:
+        settings = settings.replace(feature_cache=FeatureCache())
+    runner = TrialRunner(settings, kb=kb)
     recorded = done_keys(kb)
     planned: set[str] = set()
     todo: list[Trial] = []
@@ -534,27 +519,22 @@ def build(
             name = trial.task.name
             if name not in shipped:
                 shipped[name] = runner.ship(*cache.task(trial.task))
-            job = TrialJob(
-                key=trial.key,
+            spec = RunSpec(
                 model=trial.model,
                 hp=trial.hp,
                 seed=trial.seed,
                 experiment=experiment,
-                tracking_uri=uri,
-                direct=runner.direct,
-                threads=threads,
-                max_val_images=max_val_images,
                 source_resolution=trial.task.resolution,
                 dataset_group=trial.task.source,
                 tags={TRIAL_KEY_TAG: trial.key, "metallmix.task": name},
                 pretrained=trial.pretrained,
                 live_metrics=False,
-                track=track,
             )
+            job = runner.job(trial.key, spec)
             return trial, job, shipped[name]
         return None
 
-    for finished in runner.run(next_job, runner.slots()):
+    for finished in runner.run(next_job, runner.width()):
         ended += 1
         if finished.record is not None:  # our own row: no reason to re-read the KB
             recorded.add(finished.payload.key)

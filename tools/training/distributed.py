@@ -27,27 +27,24 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metallmix.errors import ConfigError, MetaLLMiXError
+from metallmix.errors import MetaLLMiXError
 from metallmix.tools import tracking
 from metallmix.tools.datasets.base import Dataset, ImageHeader, ImageReadError, ImageSource
-from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures
 from metallmix.tools.training.backends import (
-    ExecutionBackend,
     LocalBackend,
     Resources,
     WorkerLostError,
 )
-from metallmix.tools.training.checkpoint import Checkpoint
 from metallmix.tools.training.relay import MlflowRecorder, is_server, rebind, replay
-from metallmix.tools.training.runner import run_trial
-from metallmix.tools.training.trainer import EpochStats, FeatureCache
+from metallmix.tools.training.runner import RunSpec, run_trial
+from metallmix.tools.training.settings import TrialSettings
 
 # ---------------------------------------------------------------------------------------
 # Datasets in memory, so they can travel through an object store.
@@ -121,32 +118,14 @@ def materialize(dataset: Dataset) -> Dataset:
 # The worker side: one trial, no KB (unless in the driver's process), MLflow direct or recorded.
 
 
-@dataclass(frozen=True)
-class TrialJob:
-    """Everything a worker needs for one trial, besides the shipped dataset."""
+@dataclass(frozen=True, kw_only=True)
+class TrialJob(RunSpec):
+    """Everything a worker needs for one trial, besides the shipped dataset: the run, its
+    key, whether the worker logs to MLflow itself (``direct``) and the worker's settings."""
 
     key: str
-    model: str
-    hp: Hyperparameters
-    seed: int
-    experiment: str
-    tracking_uri: str
     direct: bool
-    threads: int | None = 1
-    max_train_images: int | None = None
-    max_val_images: int | None = None
-    source_resolution: int | None = None
-    dataset_group: str | None = None
-    parent_run_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    pretrained: bool = False
-    live_metrics: bool = True
-    # Successive halving: pause after ``stop_after`` epochs, saving to ``checkpoint`` (a path
-    # the worker can reach), or (``stop_after=None``) continue the run paused there.
-    checkpoint: str | None = None
-    stop_after: int | None = None
-    # False (``--no-track``): no MLflow at all, on the worker or in the driver's replay.
-    track: bool = True
+    settings: TrialSettings = field(default_factory=TrialSettings)
 
 
 @dataclass
@@ -167,48 +146,24 @@ def execute_trial(
     data: tuple[Dataset, MetaFeatures | None],
     *,
     kb: KnowledgeBase | None = None,
-    feature_cache: FeatureCache | None = None,
-    progress: Callable[[EpochStats], None] | None = None,
+    settings: TrialSettings | None = None,
 ) -> TrialOutcome:
     """Train one configuration on a worker.
 
     Errors a user can cause (a model that cannot run at a size, ...) come back as the
-    outcome's ``error``; anything else is a bug and propagates to the driver. ``kb``,
-    ``feature_cache`` and ``progress`` are only passed in the driver's own process.
+    outcome's ``error``; anything else is a bug and propagates to the driver. ``kb`` and
+    ``settings`` (the driver's, with its feature cache and progress callback; default the
+    job's own) are only passed in the driver's own process.
     """
     dataset, mf = data
+    settings = settings or job.settings
     started = time.perf_counter()
-    recorder = None if job.direct or not job.track else MlflowRecorder(job.tracking_uri)
+    recorder = None if job.direct or not settings.track else MlflowRecorder(settings.uri)
     record: RunRecord | None = None
     error: str | None = None
     try:
         record = run_trial(
-            dataset,
-            job.model,
-            job.hp,
-            seed=job.seed,
-            kb=kb,
-            experiment=job.experiment,
-            parent_run_id=job.parent_run_id,
-            max_train_images=job.max_train_images,
-            threads=job.threads,
-            progress=progress,
-            dataset_group=job.dataset_group,
-            source_resolution=job.source_resolution,
-            max_val_images=job.max_val_images,
-            meta_features=mf,
-            tracking_uri=job.tracking_uri,
-            tags=job.tags,
-            mlflow_client=recorder,
-            pretrained=job.pretrained,
-            feature_cache=feature_cache,
-            live_metrics=job.live_metrics,
-            checkpoint=(
-                Checkpoint(Path(job.checkpoint), stop_after=job.stop_after)
-                if job.checkpoint is not None
-                else None
-            ),
-            track=job.track,
+            dataset, job, kb=kb, settings=settings, meta_features=mf, mlflow_client=recorder
         )
     except MetaLLMiXError as exc:
         error = str(exc)
@@ -263,6 +218,13 @@ class Finished:
     attempts: int
     seconds: float
 
+    @property
+    def failure(self) -> str:
+        """Why there is no record: the trial's own error, or the lost worker."""
+        if self.lost is not None:
+            return f"worker lost on all {self.attempts} attempt(s)"
+        return str(self.error)
+
 
 @dataclass
 class _InFlight:
@@ -279,46 +241,45 @@ NextJob = Callable[[], tuple[Any, TrialJob, Any] | None]
 
 
 class TrialRunner:
-    """Keeps up to ``width`` trials in flight on a backend, retries lost workers, commits.
+    """Keeps trials in flight on a backend, retries lost workers, commits: the one place a
+    build, a search and successive halving turn :class:`TrialSettings` into running trials.
 
-    ``backend=None`` runs the trials in this process; ``resources`` default to ``threads``
-    CPUs per trial.
+    ``settings.backend=None`` runs the trials in this process; ``settings.resources``
+    default to ``settings.threads`` CPUs per trial. ``settings`` should be
+    :meth:`~TrialSettings.resolved` (one tracking store for every trial).
 
     A bug in a worker (any exception but :class:`WorkerLostError`) stops new submissions;
     trials in flight are still committed, then the error is raised.
     """
 
-    def __init__(
-        self,
-        backend: ExecutionBackend | None,
-        *,
-        kb: KnowledgeBase | None,
-        tracking_uri: str,
-        resources: Resources | None = None,
-        threads: int | None = 1,
-        max_retries: int = 2,
-        trial_fn: TrialFn | None = None,
-        feature_cache: FeatureCache | None = None,
-        progress: Callable[[EpochStats], None] | None = None,
-    ) -> None:
-        if max_retries < 0:
-            raise ConfigError(f"--max-retries cannot be negative, got {max_retries}")
-        backend = backend or LocalBackend(0)
+    def __init__(self, settings: TrialSettings, *, kb: KnowledgeBase | None) -> None:
+        backend = settings.backend or LocalBackend(0)
+        self.settings = settings
         self.backend = backend
-        self.tracking_uri = tracking_uri
-        self.resources = resources or Resources(num_cpus=float(threads or 1))
-        self.max_retries = max_retries
-        self.direct = is_server(tracking_uri) or not backend.remote
+        self.tracking_uri = settings.uri
+        self.resources = settings.resources or Resources(num_cpus=float(settings.threads or 1))
+        self.max_retries = settings.max_retries
+        self.direct = is_server(self.tracking_uri) or not backend.remote
         # In this process the default trial is a plain recorded run: it writes the KB
         # itself (keeping a result whose MLflow logging failed) and shares the caches.
-        bound = trial_fn is None and backend.in_process
+        bound = settings.trial_fn is None and backend.in_process
         self.fn: TrialFn = (
-            functools.partial(execute_trial, kb=kb, feature_cache=feature_cache, progress=progress)
+            functools.partial(execute_trial, kb=kb, settings=settings)
             if bound
-            else trial_fn or execute_trial
+            else settings.trial_fn or execute_trial
         )
-        self._committer = _Committer(None if bound else kb, tracking_uri)
+        self._committer = _Committer(None if bound else kb, self.tracking_uri)
         self._inflight: dict[Any, _InFlight] = {}
+        self._worker_settings = settings.for_worker()
+
+    def job(self, key: str, spec: RunSpec) -> TrialJob:
+        """The job that trains ``spec`` under this runner's settings, known as ``key``."""
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec)}
+        return TrialJob(**fields, key=key, direct=self.direct, settings=self._worker_settings)
+
+    def width(self) -> int:
+        """Trials in flight at once: ``settings.parallel``, else what the backend holds."""
+        return self.settings.parallel or self.slots()
 
     def slots(self) -> int:
         """How many trials the backend can usefully run at once."""

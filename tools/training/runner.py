@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,10 @@ from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 from metallmix.tools.training import pretrained as pretrained_weights
 from metallmix.tools.training.checkpoint import Checkpoint
+from metallmix.tools.training.settings import TrialSettings
 from metallmix.tools.training.trainer import (
     ArraySplits,
     EpochStats,
-    FeatureCache,
     TrainConfig,
     TrainResult,
     train,
@@ -147,100 +147,121 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One recorded run: what is trained and how MLflow and the KB will know it.
+
+    ``dataset_group`` names the source a derived task comes from (default: the dataset's
+    ``derived_from``, else its name); ``source_resolution`` reads a low-resolution task at
+    that size and records it as such. ``live_metrics=False`` logs the per-epoch metrics in
+    one batch at the end (same history, far fewer tracking-store writes: what a many-run
+    build wants). ``checkpoint`` (a path) with ``stop_after`` pauses the run after that many
+    epochs, saving there; without ``stop_after`` a paused run is continued from there
+    (successive halving).
+    """
+
+    model: str
+    hp: Hyperparameters
+    seed: int = 0
+    pretrained: bool = False
+    weights: Path | None = None
+    experiment: str = "metallmix-validation"
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    run_name: str | None = None
+    dataset_group: str | None = None
+    source_resolution: int | None = None
+    live_metrics: bool = True
+    checkpoint: str | None = None
+    stop_after: int | None = None
+
+
 def run_trial(
     dataset: Dataset,
-    model: str,
-    hp: Hyperparameters,
+    spec: RunSpec,
     *,
-    seed: int = 0,
     kb: KnowledgeBase | None,
-    experiment: str = "metallmix-validation",
-    parent_run_id: str | None = None,
-    pretrained: bool = False,
-    weights: Path | None = None,
-    max_train_images: int | None = None,
-    threads: int | None = None,
-    progress: Callable[[EpochStats], None] | None = None,
-    dataset_group: str | None = None,
-    source_resolution: int | None = None,
-    max_val_images: int | None = None,
+    settings: TrialSettings = TrialSettings(),
     meta_features: MetaFeatures | None = None,
-    tracking_uri: str | None = None,
-    tags: dict[str, str] | None = None,
-    run_name: str | None = None,
     mlflow_client: Any | None = None,
-    feature_cache: FeatureCache | None = None,
-    live_metrics: bool = True,
-    checkpoint: Checkpoint | None = None,
-    track: bool = True,
 ) -> RunRecord:
-    """Train ``model`` with ``hp`` on ``dataset``, log it to MLflow, append it to ``kb``.
+    """Train ``spec`` on ``dataset`` under ``settings``, log it to MLflow, append it to ``kb``.
 
-    ``max_train_images`` turns the dataset into a seeded stratified subsample first, and the
-    record then describes that subsample (its meta-features, name ``<name>-n<N>s<seed>``),
-    because that is what was trained on. A non-finite loss is recorded as ``diverged``;
-    any other failure marks the MLflow run FAILED and is re-raised, nothing reaches the KB,
-    except a failure to log a *finished* training, whose result is kept (KB or JSON file).
-    ``feature_cache`` shares frozen-backbone features between linear-probe runs.
-    ``live_metrics=False`` logs the per-epoch metrics in one batch at the end (same history,
-    far fewer tracking-store writes: what a many-run build wants).
-    ``checkpoint`` pauses the run after some epochs and/or continues a paused one
-    (successive halving): a paused run is recorded as a low-fidelity snapshot of ``hp``
+    ``settings.max_train_images`` turns the dataset into a seeded stratified subsample first,
+    and the record then describes that subsample (its meta-features, name
+    ``<name>-n<N>s<seed>``), because that is what was trained on. A non-finite loss is
+    recorded as ``diverged``; any other failure marks the MLflow run FAILED and is re-raised,
+    nothing reaches the KB, except a failure to log a *finished* training, whose result is
+    kept (KB or JSON file).
+    ``settings.feature_cache`` shares frozen-backbone features between linear-probe runs.
+    A run paused by ``spec.checkpoint`` is recorded as a low-fidelity snapshot of ``spec.hp``
     (``epochs_run < epoch_budget``), which the meta-learner does not learn final scores from.
+    ``meta_features`` (computed when None) describe the dataset; ``mlflow_client`` replaces
+    the tracking client (a relay that records the calls on a remote worker).
 
-    ``track=False`` touches no tracking store at all (``--no-track``): the record has no
-    MLflow run id and its id is ``own-<random hex>``. With tracking, a store that fails
+    ``settings.track=False`` touches no tracking store at all (``--no-track``): the record has
+    no MLflow run id and its id is ``own-<random hex>``. With tracking, a store that fails
     *during* training (the per-epoch metrics) does not stop it: training goes on, the
     failure is noted on the record as ``mlflow_logging_error`` (the CLI exits 3).
     """
-    config = TrainConfig.from_hyperparameters(
-        model, hp, seed=seed, pretrained=pretrained, weights=weights, threads=threads
+    checkpoint = (
+        Checkpoint(Path(spec.checkpoint), stop_after=spec.stop_after)
+        if spec.checkpoint is not None
+        else None
     )
-    group = dataset_group or str(dataset.source_info.get("derived_from") or dataset.name)
+    config = TrainConfig.from_hyperparameters(
+        spec.model,
+        spec.hp,
+        seed=spec.seed,
+        pretrained=spec.pretrained,
+        weights=spec.weights,
+        threads=settings.threads,
+    )
+    group = spec.dataset_group or str(dataset.source_info.get("derived_from") or dataset.name)
     full_train = len(dataset.split("train"))
-    capped = max_train_images is not None and max_train_images < full_train
+    capped = settings.max_train_images is not None and settings.max_train_images < full_train
     if capped:
-        dataset = dataset.subset(train_limit=max_train_images, seed=seed)
+        dataset = dataset.subset(train_limit=settings.max_train_images, seed=spec.seed)
     mf = meta_features or compute_meta_features(dataset)
-    if source_resolution is not None:
+    if spec.source_resolution is not None:
         mf = mf.model_copy(
             update={
-                "resolution_h": float(source_resolution),
-                "resolution_w": float(source_resolution),
+                "resolution_h": float(spec.source_resolution),
+                "resolution_w": float(spec.source_resolution),
             }
         )
     hp_used = config.hyperparameters()
     info = dataset.source_info
     code_version = tracking.code_version()
-    weights_tag = weights.name if weights is not None else None
-    if weights is None and pretrained:
+    weights_tag = spec.weights.name if spec.weights is not None else None
+    if spec.weights is None and spec.pretrained:
         weights_tag = (
-            pretrained_weights.weights_tag(model)
-            if pretrained_weights.has_local_weights(model)
+            pretrained_weights.weights_tag(spec.model)
+            if pretrained_weights.has_local_weights(spec.model)
             else "timm-default"
         )
 
     # A caller-supplied client (a relay that records calls on a Ray worker) replaces it.
-    if not track:
+    if not settings.track:
         mlflow: Any = _NoTracking()
     elif mlflow_client is not None:
         mlflow = mlflow_client
     else:
-        mlflow = tracking.client(tracking_uri)
-    exp_id = tracking.experiment_id(mlflow, experiment)
-    if track and mlflow_client is None:  # before training, not after
-        tracking.check_writable_store(tracking_uri)
+        mlflow = tracking.client(settings.tracking_uri)
+    exp_id = tracking.experiment_id(mlflow, spec.experiment)
+    if settings.track and mlflow_client is None:  # before training, not after
+        tracking.check_writable_store(settings.tracking_uri)
         tracking.check_artifact_store(mlflow, exp_id)
     run_tags = {
         tracking.KIND_TAG: tracking.TRAINING_KIND,
         "metallmix.dataset_group": group,
         "metallmix.code_version": code_version,
-        **(tags or {}),
+        **(spec.tags or {}),
     }
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id
+    if spec.parent_run_id:
+        run_tags["mlflow.parentRunId"] = spec.parent_run_id
     run = mlflow.create_run(
-        exp_id, tags=run_tags, run_name=run_name or f"{dataset.name}:{model}:s{seed}"
+        exp_id, tags=run_tags, run_name=spec.run_name or f"{dataset.name}:{spec.model}:s{spec.seed}"
     )
     run_id = run.info.run_id
     record: RunRecord | None = None  # set once training has finished
@@ -252,14 +273,14 @@ def run_trial(
             base: dict[str, Scalar] = {
                 "dataset": dataset.name,
                 "dataset_group": group,
-                "model": model,
-                "pretrained": pretrained,
+                "model": spec.model,
+                "pretrained": spec.pretrained,
                 "weights_tag": weights_tag,
-                "seed": seed,
+                "seed": spec.seed,
                 "code_version": code_version,
-                "threads": threads,
-                "max_train_images": max_train_images,
-                "source_resolution": source_resolution,
+                "threads": settings.threads,
+                "max_train_images": settings.max_train_images,
+                "source_resolution": spec.source_resolution,
                 "dataset_source_repo": info.get("repo"),
                 "dataset_source_commit": info.get("commit"),
             }
@@ -268,9 +289,9 @@ def run_trial(
             data = load_splits(
                 dataset,
                 image_size=config.image_size,
-                source_resolution=source_resolution,
-                max_val_images=max_val_images,
-                seed=seed,
+                source_resolution=spec.source_resolution,
+                max_val_images=settings.max_val_images,
+                seed=spec.seed,
             )
 
             def on_epoch(stats: EpochStats) -> None:
@@ -286,19 +307,23 @@ def run_trial(
                     "epoch_seconds": stats.seconds,
                 }
                 metrics = [Metric(k, float(v), now, stats.epoch) for k, v in values.items()]
-                if live_metrics and not live_error:
+                if spec.live_metrics and not live_error:
                     try:
                         mlflow.log_batch(run_id, metrics=metrics)
                     except Exception as exc:  # the store failed mid-training: train on regardless
                         live_error.append(tracking.short_reason(exc))
-                elif not live_metrics:
+                elif not spec.live_metrics:
                     pending.extend(metrics)
-                if progress is not None:
-                    progress(stats)
+                if settings.progress is not None:
+                    settings.progress(stats)
 
             pending: list[Any] = []
             result = train(
-                config, data, progress=on_epoch, feature_cache=feature_cache, checkpoint=checkpoint
+                config,
+                data,
+                progress=on_epoch,
+                feature_cache=settings.feature_cache,
+                checkpoint=checkpoint,
             )
             for i in range(0, len(pending), 900):  # MLflow takes at most 1000 metrics per batch
                 mlflow.log_batch(run_id, metrics=pending[i : i + 900])
@@ -323,7 +348,7 @@ def run_trial(
                 run_id=f"own-{run_id}",
                 source="own",
                 provenance=Provenance(
-                    mlflow_run_id=run_id if track else None,
+                    mlflow_run_id=run_id if settings.track else None,
                     tracking_uri=mlflow.tracking_uri,
                     file=info.get("path"),
                     dataset_source_repo=info.get("repo"),
@@ -332,8 +357,8 @@ def run_trial(
                     notes={
                         k: v
                         for k, v in {
-                            "experiment": experiment,
-                            "parent_run_id": parent_run_id,
+                            "experiment": spec.experiment,
+                            "parent_run_id": spec.parent_run_id,
                             "best_epoch": result.best_epoch,
                             "n_train": result.n_train,
                             "n_parameters": result.n_parameters,
@@ -342,7 +367,7 @@ def run_trial(
                             "features_cached": result.features_cached
                             if result.feature_seconds is not None
                             else None,
-                            "threads": threads,
+                            "threads": settings.threads,
                             "message": result.message or None,
                             "resumed_epochs": result.resumed_epochs or None,
                             # a capped run is learnt as what it is (see Fidelity)
@@ -350,16 +375,20 @@ def run_trial(
                                 full=not capped,
                                 train_images=result.n_train,
                                 full_train_images=full_train,
-                                max_train_images=max_train_images,
+                                max_train_images=settings.max_train_images,
                                 epochs=config.epochs,
-                                threads=threads,
+                                threads=settings.threads,
                             ).notes(),
                             "mlflow_logging_error": (
                                 f"per-epoch metrics not logged: {live_error[0]}"
                                 if live_error
                                 else None
                             ),
-                            **{k: v for k, v in (tags or {}).items() if k.startswith("metallmix.")},
+                            **{
+                                k: v
+                                for k, v in (spec.tags or {}).items()
+                                if k.startswith("metallmix.")
+                            },
                         }.items()
                         if v is not None
                     },
@@ -367,13 +396,13 @@ def run_trial(
                 dataset=dataset.name,
                 dataset_group=group,
                 meta_features=mf,
-                model=model,
-                pretrained=pretrained or weights is not None,
+                model=spec.model,
+                pretrained=spec.pretrained or spec.weights is not None,
                 weights_tag=weights_tag,
                 hyperparameters=hp_used,
                 outcomes=outcomes,
                 status=result.status,
-                seed=seed,
+                seed=spec.seed,
             )
             now = int(time.time() * 1000) + 1
             step = max(1, result.epochs_run)
@@ -401,7 +430,7 @@ def run_trial(
                     {"metallmix.status": result.status, "metallmix.record_id": record.run_id}
                 ),
             )
-            if track:  # without a store nothing would keep the plots: not drawn
+            if settings.track:  # without a store nothing would keep the plots: not drawn
                 with tempfile.TemporaryDirectory(prefix="metallmix-run-") as tmp:
                     folder = Path(tmp)
                     (folder / RECORD_ARTIFACT_DIR).mkdir()
@@ -414,8 +443,8 @@ def run_trial(
                                 "dataset_group": group,
                                 "class_names": dataset.class_names,
                                 "source_info": info,
-                                "source_resolution": source_resolution,
-                                "max_train_images": max_train_images,
+                                "source_resolution": spec.source_resolution,
+                                "max_train_images": settings.max_train_images,
                                 "n_train": result.n_train,
                             },
                             indent=2,
@@ -517,4 +546,4 @@ def _tags(values: dict[str, str]) -> list[Any]:
     return [RunTag(k, v) for k, v in values.items()]
 
 
-__all__ = ["load_splits", "run_trial"]
+__all__ = ["RunSpec", "load_splits", "run_trial"]

@@ -31,9 +31,9 @@ from metallmix.tools.meta.search_space import (
     SearchSpace,
     make_hyperparameters,
 )
-from metallmix.tools.training.backends import ExecutionBackend, Resources
-from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
-from metallmix.tools.training.trainer import EpochStats
+from metallmix.tools.training.distributed import TrialJob, TrialRunner
+from metallmix.tools.training.runner import RunSpec
+from metallmix.tools.training.settings import TrialSettings
 
 SAMPLERS = ("random", "tpe", "gp")
 # Model-based samplers (TPE, GP) draw their first ``n_startup_trials`` at random; Optuna's
@@ -307,81 +307,72 @@ def search_result(opened: OpenedStudy, *, sampler: str, trials: int) -> SearchRe
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    """An Optuna study: its seed and space, where it is stored, which MLflow experiment
+    holds its runs. ``study_name`` None derives one from the dataset and the settings."""
+
+    seed: int = 0
+    space: SearchSpace = CPU_ZOO_SPACE
+    storage: Path | None = None
+    study_name: str | None = None
+    experiment: str = SEARCH_EXPERIMENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpec(StudySpec):
+    """A search: ``sampler`` (random, tpe or gp) until ``trials`` trials used the budget."""
+
+    sampler: str
+    trials: int
+
+
 def run_search(
     dataset: Dataset,
+    search: SearchSpec,
     *,
-    sampler: str,
-    trials: int,
-    seed: int = 0,
-    space: SearchSpace = CPU_ZOO_SPACE,
-    storage: Path | None = None,
-    study_name: str | None = None,
     kb: KnowledgeBase | None = None,
-    experiment: str = SEARCH_EXPERIMENT,
-    max_train_images: int | None = None,
-    max_val_images: int | None = None,
-    threads: int | None = None,
-    tracking_uri: str | None = None,
     on_trial: Callable[[TrialSummary], None] | None = None,
-    progress: Callable[[EpochStats], None] | None = None,
-    backend: ExecutionBackend | None = None,
-    parallel: int | None = None,
-    max_retries: int = 2,
-    resources: Resources | None = None,
-    trial_fn: TrialFn | None = None,
-    track: bool = True,
+    settings: TrialSettings = TrialSettings(),
 ) -> SearchResult:
-    """Run (or resume) an Optuna study until ``trials`` trials have used up the budget.
+    """Run (or resume) an Optuna study until ``search.trials`` trials have used up the budget.
 
     The objective is the validation accuracy of the recorded run; a diverged run scores its
     best validation accuracy before diverging (0 when it never finished an epoch). A
     configuration the trainer rejects (e.g. a model that cannot run at that image size) is
     a failed trial that still counts, as it would for any practitioner.
 
-    Optuna's ask/tell stays here, in one storage; the trials run on ``backend`` (default:
-    this process, one after the other, with ``progress`` called after each epoch).
-    ``parallel`` trials are asked ahead and run at once (default: what the backend holds);
-    with ``parallel=1`` the sequence of trials is exactly the in-process one, since the
-    sampler (TPE) sees every told result before the next ask. A trial whose worker died on
-    every attempt is told FAIL with the reason and counts against the budget.
-    ``track=False`` records the trials in the study and the KB, nothing in MLflow.
+    Optuna's ask/tell stays here, in one storage; the trials run on ``settings.backend``
+    (default: this process, one after the other, with ``settings.progress`` called after
+    each epoch). ``settings.parallel`` trials are asked ahead and run at once (default: what
+    the backend holds); with ``parallel=1`` the sequence of trials is exactly the in-process
+    one, since the sampler (TPE) sees every told result before the next ask. A trial whose
+    worker died on every attempt is told FAIL with the reason and counts against the budget.
+    ``settings.track=False`` records the trials in the study and the KB, nothing in MLflow.
     """
     from optuna.trial import TrialState  # heavy: Optuna loads only when a search runs
 
+    trials, space, experiment = search.trials, search.space, search.experiment
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
-    if parallel is not None and parallel < 1:
-        raise ConfigError(f"--parallel must be at least 1, got {parallel}")
-    uri = tracking_uri or config.tracking_uri()
-    if track:
-        tracking.check_writable_store(uri)  # before any study or run is made
+    settings = settings.resolved()  # the store is checked before any study or run is made
     opened = open_study(
         dataset.name,
-        sampler=sampler,
-        seed=seed,
+        sampler=search.sampler,
+        seed=search.seed,
         space=space,
-        storage=storage,
-        study_name=study_name,
-        client=tracking.client(uri) if track else None,
+        storage=search.storage,
+        study_name=search.study_name,
+        client=tracking.client(settings.uri) if settings.track else None,
         experiment=experiment,
         # the plain in-process search logs the parameters it always did
-        extra_params={"backend": backend.name} if backend is not None else None,
+        extra_params={"backend": settings.backend.name} if settings.backend is not None else None,
         budget=trials,
     )
     study, name, dists = opened.study, opened.name, opened.distributions
     parent, client = opened.parent_run_id, opened.client
-
-    runner = TrialRunner(
-        backend,
-        kb=kb,
-        tracking_uri=uri,
-        resources=resources,
-        threads=threads,
-        max_retries=max_retries,
-        trial_fn=trial_fn,
-        progress=progress,
-    )
-    width = parallel or runner.slots()
+    runner = TrialRunner(settings, kb=kb)
+    width = runner.width()
     data = runner.ship(dataset)
 
     def budget_used() -> int:
@@ -401,22 +392,16 @@ def run_search(
                 study.tell(trial, state=TrialState.FAIL)
                 _notify(on_trial, study, trial.number)
                 continue
-            job = TrialJob(
-                key=f"{name}#{trial.number}",
+            spec = RunSpec(
                 model=model,
                 hp=hp,
-                seed=seed + trial.number,
+                seed=search.seed + trial.number,
                 experiment=experiment,
-                tracking_uri=uri,
-                direct=runner.direct,
-                threads=threads,
-                max_train_images=max_train_images,
-                max_val_images=max_val_images,
                 parent_run_id=parent,
                 tags={"metallmix.study": name, "metallmix.trial": str(trial.number)},
                 pretrained=space.is_pretrained(model),
-                track=track,
             )
+            job = runner.job(f"{name}#{trial.number}", spec)
             return trial, job, data
         return None
 
@@ -424,10 +409,7 @@ def run_search(
         for finished in runner.run(next_job, width):
             trial = finished.payload
             if finished.record is None:
-                reason = finished.error
-                if finished.lost is not None:
-                    reason = f"worker lost on all {finished.attempts} attempt(s)"
-                trial.set_user_attr("error", str(reason)[:1000])
+                trial.set_user_attr("error", finished.failure[:1000])
                 trial.set_user_attr("seconds", finished.seconds)
                 study.tell(trial, state=TrialState.FAIL)
             else:
@@ -441,7 +423,7 @@ def run_search(
     if parent is not None:
         _close_parent(client, parent)
 
-    return search_result(opened, sampler=sampler, trials=trials)
+    return search_result(opened, sampler=search.sampler, trials=trials)
 
 
 def _close_parent(client: Any, parent: str) -> None:

@@ -46,23 +46,24 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metallmix import config
 from metallmix.errors import ConfigError
 from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset
 from metallmix.tools.kb.records import RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
-from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, hp_values
-from metallmix.tools.training.backends import ExecutionBackend, Resources
-from metallmix.tools.training.distributed import TrialFn, TrialJob, TrialRunner
+from metallmix.tools.meta.search_space import SearchSpace, hp_values
+from metallmix.tools.training.distributed import TrialJob, TrialRunner
+from metallmix.tools.training.runner import RunSpec
+from metallmix.tools.training.search import OpenedStudy, StudySpec, distributions, open_study
 from metallmix.tools.training.search import default_storage as search_storage
-from metallmix.tools.training.search import distributions, open_study
+from metallmix.tools.training.settings import TrialSettings
 from metallmix.tools.training.trainer import DEFAULTS
 
 VERIFY_KIND = "verify"
@@ -561,114 +562,123 @@ class _Estimator:
         return predicted * scale + overhead
 
 
-def run_verify(
-    dataset: Dataset,
+@dataclass(frozen=True, kw_only=True)
+class HalvingSpec(StudySpec):
+    """A successive-halving study: the top ``k`` candidates, halving factor ``eta``, a first
+    rung of ``first_rung_epochs`` (None: chosen from the KB's learning curves), at most
+    ``budget_seconds`` of summed run time (None: no bound); the study's MLflow run nests
+    under ``parent_run_id`` (a recommendation's run)."""
+
+    k: int = 5
+    eta: int = ETA
+    first_rung_epochs: int | None = None
+    budget_seconds: float | None = None
+    parent_run_id: str | None = None
+    experiment: str = VERIFY_EXPERIMENT
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a study trains, fixed by its first invocation."""
+
+    chosen: list[Candidate]
+    rung: RungChoice
+    eta: int
+    zero_shot_id: str
+
+    @property
+    def r0(self) -> int:
+        return self.rung.epochs
+
+    def jobs(self, rung: int, ids: Sequence[str]) -> list[tuple[str, int, int]]:
+        """``(candidate, rung, epochs)`` for ``ids`` at ``rung`` (a first rung never trains
+        past a candidate's own epochs; a second one only those with epochs left)."""
+        by_id = {c.candidate_id: c for c in self.chosen}
+        if rung == 0:
+            return [(cid, 0, min(self.r0, _full_epochs(by_id[cid]))) for cid in ids]
+        return [
+            (cid, 1, _full_epochs(by_id[cid])) for cid in ids if _full_epochs(by_id[cid]) > self.r0
+        ]
+
+
+@dataclass
+class _Tally:
+    """What this invocation found and did, as the halving goes."""
+
+    ledger: _Ledger
+    retried: int
+    recovered: int
+    resumed: int = 0
+    runs_now: int = 0
+    stopped: bool = False
+    skipped: dict[tuple[str, int], RunResult] = field(default_factory=dict)
+    promoted: list[str] = field(default_factory=list)
+
+
+def _stored_plan(
+    opened: OpenedStudy,
+    dataset_name: str,
     candidates: Sequence[Candidate],
-    *,
     zero_shot_id: str,
-    k: int = 5,
-    seed: int = 0,
-    budget_seconds: float | None = None,
-    first_rung_epochs: int | None = None,
-    kb_records: Sequence[RunRecord] | None = None,
-    eta: int = ETA,
-    space: SearchSpace = CPU_ZOO_SPACE,
-    storage: Path | None = None,
-    study_name: str | None = None,
-    kb: KnowledgeBase | None = None,
-    experiment: str = VERIFY_EXPERIMENT,
-    parent_run_id: str | None = None,
-    max_train_images: int | None = None,
-    max_val_images: int | None = None,
-    threads: int | None = None,
-    tracking_uri: str | None = None,
-    backend: ExecutionBackend | None = None,
-    resources: Resources | None = None,
-    max_retries: int = 2,
-    extra_plan: dict[str, Any] | None = None,
-    on_run: OnRun | None = None,
-    trial_fn: TrialFn | None = None,
-) -> VerifyResult:
-    """Successive halving over the top-``k`` candidates (the zero-shot pick always among them).
-
-    Resumable: the plan (candidates, rungs) is stored in the study on the first call and a
-    later call with the same ``study_name`` uses the stored plan, whatever ``candidates``
-    it is given, skipping every run already finished. ``budget_seconds`` bounds the summed
-    wall time of the study's runs (earlier invocations included): a run is started only
-    when its estimated time still fits, so the budget stops the loop between runs, never
-    inside one. ``kb_records`` give the learning curves the first rung is chosen from
-    (ignored when ``first_rung_epochs`` is given). ``trial_fn`` replaces the worker
-    function (tests).
-    """
-    if eta < 2:
-        raise ConfigError(f"eta (the halving factor) must be at least 2, got {eta}")
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise ConfigError(f"--budget-minutes must be positive, got {budget_seconds / 60:g}")
-    wall_start = time.perf_counter()
-    uri = tracking_uri or config.tracking_uri()
-    tracking.check_writable_store(uri)  # before any study or run is made
-    client = tracking.client(uri)
-    name = study_name or default_study_name(dataset.name, k, seed)
-    opened = open_study(
-        dataset.name,
-        sampler="random",
-        seed=seed,
-        space=space,
-        storage=storage,
-        study_name=name,
-        client=client,
-        experiment=experiment,
-        extra_params={"k": k, "eta": eta, "method": "successive-halving"},
-    )
-    study, verify_run = opened.study, opened.parent_run_id
-    assert verify_run is not None  # a tracked study always has its parent run
-
+    halving: HalvingSpec,
+    kb_records: Sequence[RunRecord] | None,
+    extra_plan: dict[str, Any] | None,
+) -> _Plan:
+    """The plan an earlier invocation stored in the study, else this one's, stored now."""
+    study, client, verify_run = opened.study, opened.client, opened.parent_run_id
     plan = study.user_attrs.get(PLAN_ATTR)
     if plan is None:
-        chosen = select(candidates, k, zero_shot_id)
+        chosen = select(candidates, halving.k, zero_shot_id)
         max_full = max(_full_epochs(c) for c in chosen)
-        if first_rung_epochs is not None:
-            if first_rung_epochs < 1:
-                raise ConfigError(f"the first rung needs at least 1 epoch, got {first_rung_epochs}")
-            rung = RungChoice(epochs=first_rung_epochs, source="given", reason="given")
+        if halving.first_rung_epochs is not None:
+            if halving.first_rung_epochs < 1:
+                raise ConfigError(
+                    f"the first rung needs at least 1 epoch, got {halving.first_rung_epochs}"
+                )
+            rung = RungChoice(epochs=halving.first_rung_epochs, source="given", reason="given")
         else:
-            rung = first_rung(kb_records or [], max_full, eta=eta)
+            rung = first_rung(kb_records or [], max_full, eta=halving.eta)
         plan = {
             "candidates": [c.model_dump(mode="json") for c in chosen],
             "zero_shot_id": zero_shot_id,
             "first_rung": rung.model_dump(mode="json"),
-            "eta": eta,
-            "k": k,
-            "seed": seed,
-            "dataset": dataset.name,
+            "eta": halving.eta,
+            "k": halving.k,
+            "seed": halving.seed,
+            "dataset": dataset_name,
             **(extra_plan or {}),
         }
         study.set_user_attr(PLAN_ATTR, plan)
-        tags = {tracking.KIND_TAG: VERIFY_KIND, "metallmix.study": name}
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
+        tags = {tracking.KIND_TAG: VERIFY_KIND, "metallmix.study": opened.name}
+        if halving.parent_run_id:
+            tags["mlflow.parentRunId"] = halving.parent_run_id
         for key, value in tags.items():
             client.set_tag(verify_run, key, value)
         client.log_param(verify_run, "first_rung_epochs", rung.epochs)
         client.log_param(verify_run, "first_rung_source", rung.source)
         client.log_param(verify_run, "candidates", ",".join(c.candidate_id for c in chosen))
         client.log_param(verify_run, "zero_shot_id", zero_shot_id)
-    chosen = [Candidate.model_validate(c) for c in plan["candidates"]]
-    rung = RungChoice.model_validate(plan["first_rung"])
-    eta = int(plan["eta"])
-    zero_shot_id = str(plan["zero_shot_id"])
-    r0 = rung.epochs
-    by_id = {c.candidate_id: c for c in chosen}
-    dists = _plan_distributions(chosen, r0, space)
+    return _Plan(
+        chosen=[Candidate.model_validate(c) for c in plan["candidates"]],
+        rung=RungChoice.model_validate(plan["first_rung"]),
+        eta=int(plan["eta"]),
+        zero_shot_id=str(plan["zero_shot_id"]),
+    )
 
-    # Killed runs were re-queued by open_study as WAITING trials: claim each for its run.
+
+def _reclaim(
+    study: Any, name: str, plan: _Plan, dists: dict[str, Any], kb: KnowledgeBase | None
+) -> tuple[dict[tuple[str, int], Any], int]:
+    """Claim each killed run that ``open_study`` re-queued (a WAITING trial) for its
+    ``(candidate, rung)``; one whose record reached the KB is completed from it instead.
+    Returns the claimed trials and how many were completed from the KB."""
     from optuna.trial import TrialState  # heavy: Optuna loads only when a verification runs
 
     waiting: dict[tuple[str, int], Any] = {}
     table = {
         _key(_params(c, e)): (c.candidate_id, rg)
-        for c in chosen
-        for rg, e in ((0, min(r0, _full_epochs(c))), (1, _full_epochs(c)))
+        for c in plan.chosen
+        for rg, e in ((0, min(plan.r0, _full_epochs(c))), (1, _full_epochs(c)))
     }
     stale = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     orphans = _orphans(kb, study, name) if stale else {}
@@ -693,35 +703,86 @@ def run_verify(
             recovered += 1
             continue
         waiting[match] = trial
+    return waiting, recovered
 
-    ledger = _Ledger(study)
-    resumed_runs = len(ledger.done)
-    checkpoints = checkpoint_dir(opened.storage_path, name)
-    estimate = _Estimator(chosen, ledger)
-    runner = TrialRunner(
-        backend,
-        kb=kb,
-        tracking_uri=uri,
-        resources=resources,
-        threads=threads,
-        max_retries=max_retries,
-        trial_fn=trial_fn,
+
+def run_verify(
+    dataset: Dataset,
+    candidates: Sequence[Candidate],
+    *,
+    zero_shot_id: str,
+    halving: HalvingSpec = HalvingSpec(),
+    settings: TrialSettings = TrialSettings(),
+    kb: KnowledgeBase | None = None,
+    kb_records: Sequence[RunRecord] | None = None,
+    extra_plan: dict[str, Any] | None = None,
+    on_run: OnRun | None = None,
+) -> VerifyResult:
+    """Successive halving over the top-``halving.k`` candidates (the zero-shot pick always
+    among them), each run trained under ``settings``.
+
+    Resumable: the plan (candidates, rungs, plus ``extra_plan``) is stored in the study on
+    the first call and a later call with the same ``study_name`` uses the stored plan,
+    whatever ``candidates`` it is given, skipping every run already finished.
+    ``halving.budget_seconds`` bounds the summed wall time of the study's runs (earlier
+    invocations included): a run is started only when its estimated time still fits, so
+    the budget stops the loop between runs, never inside one. ``kb_records`` give the
+    learning curves the first rung is chosen from (ignored when
+    ``halving.first_rung_epochs`` is given). ``on_run(candidate, rung, result)`` is called
+    as each run ends.
+    """
+    budget_seconds = halving.budget_seconds
+    if halving.eta < 2:
+        raise ConfigError(f"eta (the halving factor) must be at least 2, got {halving.eta}")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise ConfigError(f"--budget-minutes must be positive, got {budget_seconds / 60:g}")
+    if not settings.track:
+        raise ConfigError(
+            "successive halving records its study and runs in MLflow; it cannot run untracked"
+        )
+    wall_start = time.perf_counter()
+    settings = settings.resolved()  # the store is checked before any study or run is made
+    client = tracking.client(settings.uri)
+    name = halving.study_name or default_study_name(dataset.name, halving.k, halving.seed)
+    opened = open_study(
+        dataset.name,
+        sampler="random",
+        seed=halving.seed,
+        space=halving.space,
+        storage=halving.storage,
+        study_name=name,
+        client=client,
+        experiment=halving.experiment,
+        extra_params={"k": halving.k, "eta": halving.eta, "method": "successive-halving"},
     )
-    width = runner.slots()
+    study, verify_run = opened.study, opened.parent_run_id
+    assert verify_run is not None  # a tracked study always has its parent run
+
+    plan = _stored_plan(
+        opened, dataset.name, candidates, zero_shot_id, halving, kb_records, extra_plan
+    )
+    by_id = {c.candidate_id: c for c in plan.chosen}
+    dists = _plan_distributions(plan.chosen, plan.r0, halving.space)
+    from optuna.trial import TrialState  # heavy: Optuna loads only when a verification runs
+
+    waiting, recovered = _reclaim(study, name, plan, dists, kb)
+    ledger = _Ledger(study)
+    tally = _Tally(ledger, retried=opened.resumed - recovered, recovered=recovered)
+    tally.resumed = len(ledger.done)
+    checkpoints = checkpoint_dir(opened.storage_path, name)
+    estimate = _Estimator(plan.chosen, ledger)
+    runner = TrialRunner(settings, kb=kb)
+    width = runner.width()
     data = runner.ship(dataset)
-    skipped: dict[tuple[str, int], RunResult] = {}
-    runs_now = 0
-    stopped = False
     fatal: BaseException | None = None
 
     def run_rung(jobs: list[tuple[str, int, int]]) -> None:
         """Run ``(candidate, rung, epochs)`` jobs not yet done, as wide as the backend allows."""
-        nonlocal runs_now, stopped, fatal
+        nonlocal fatal
         todo = [j for j in jobs if (j[0], j[1]) not in ledger.done]
         started: dict[int, tuple[float, str, int, int]] = {}
 
         def next_job() -> tuple[Any, TrialJob, Any] | None:
-            nonlocal stopped
             while todo:
                 cid, rg, epochs = todo.pop(0)
                 full = _full_epochs(by_id[cid])
@@ -738,8 +799,8 @@ def run_verify(
                     budget_seconds is not None
                     and ledger.seconds() + pending + cost > budget_seconds
                 ):
-                    stopped = True
-                    skipped[(cid, rg)] = RunResult(
+                    tally.stopped = True
+                    tally.skipped[(cid, rg)] = RunResult(
                         rung=rg,
                         epochs=epochs,
                         state="skipped-budget",
@@ -757,20 +818,15 @@ def run_verify(
                     )
                     trial = study.ask({n: dists[n] for n in params})
                 trial.set_user_attr("schedule_epochs", full)
-                hp = by_id[cid].hyperparameters.model_copy(update={"epochs": full})
-                job = TrialJob(
-                    key=f"{name}#{trial.number}",
-                    model=by_id[cid].model,
-                    hp=hp,
-                    seed=seed,
-                    experiment=experiment,
-                    tracking_uri=uri,
-                    direct=runner.direct,
-                    threads=threads,
-                    max_train_images=max_train_images,
-                    max_val_images=max_val_images,
+                cand = by_id[cid]
+                spec = RunSpec(
+                    model=cand.model,
+                    hp=cand.hyperparameters.model_copy(update={"epochs": full}),
+                    seed=halving.seed,
+                    experiment=halving.experiment,
                     parent_run_id=verify_run,
-                    pretrained=by_id[cid].pretrained or space.is_pretrained(by_id[cid].model),
+                    pretrained=by_id[cid].pretrained
+                    or halving.space.is_pretrained(by_id[cid].model),
                     checkpoint=str(ckpt),
                     stop_after=epochs if epochs < full else None,
                     tags={
@@ -781,29 +837,25 @@ def run_verify(
                     },
                 )
                 started[trial.number] = (cost, cid, rg, epochs)
-                return trial, job, data
+                return trial, runner.job(f"{name}#{trial.number}", spec), data
             return None
 
         try:
             for finished in runner.run(next_job, width):
                 trial = finished.payload
                 _, cid, rg, epochs = started.pop(trial.number)
-                record = finished.record
                 trial.set_user_attr("seconds", finished.seconds)
                 trial.set_user_attr("epochs", epochs)
-                if record is None:
-                    reason = finished.error
-                    if finished.lost is not None:
-                        reason = f"worker lost on all {finished.attempts} attempt(s)"
-                    trial.set_user_attr("error", str(reason)[:1000])
+                if finished.record is None:
+                    trial.set_user_attr("error", finished.failure[:1000])
                     study.tell(trial, state=TrialState.FAIL)
                 else:
-                    _tell_record(study, trial, record)
+                    _tell_record(study, trial, finished.record)
                 frozen = study.get_trials(deepcopy=False)[trial.number]
                 done = frozen.state == TrialState.COMPLETE
                 result = _run_from_trial(frozen, "done" if done else "failed")
                 ledger.done[(cid, rg)] = result
-                runs_now += 1
+                tally.runs_now += 1
                 if on_run is not None:
                     on_run(cid, rg, result)
         except Exception as exc:  # a bug: its run is left RUNNING, retried on the next start
@@ -820,20 +872,17 @@ def run_verify(
             raise
 
     # Rung 0: every candidate, r0 epochs (its full epochs when those are fewer).
-    rung0 = [(c.candidate_id, 0, min(r0, _full_epochs(c))) for c in chosen]
+    rung0 = plan.jobs(0, [c.candidate_id for c in plan.chosen])
     run_rung_or_stop(rung0)
     scored = [
         (ledger.done[(cid, 0)].value or 0.0, -i, cid)
         for i, (cid, _, _) in enumerate(rung0)
         if (cid, 0) in ledger.done and ledger.done[(cid, 0)].state == "done"
     ]
-    n_promote = max(1, len(chosen) // eta)
-    promoted = [cid for _, _, cid in sorted(scored, reverse=True)[:n_promote]]
+    n_promote = max(1, len(plan.chosen) // plan.eta)
+    tally.promoted = [cid for _, _, cid in sorted(scored, reverse=True)[:n_promote]]
     if fatal is None:
-        rung1 = [
-            (cid, 1, _full_epochs(by_id[cid])) for cid in promoted if _full_epochs(by_id[cid]) > r0
-        ]
-        run_rung_or_stop(rung1)
+        run_rung_or_stop(plan.jobs(1, tally.promoted))
     for trial in waiting.values():  # re-queued runs no longer needed (budget, promotion)
         trial.set_user_attr("note", "re-queued run not needed")
         study.tell(trial, state=TrialState.FAIL)
@@ -842,26 +891,12 @@ def run_verify(
         raise fatal
 
     result = _result(
-        name=name,
-        storage=opened.storage_path,
-        dataset=dataset.name,
-        rung=rung,
-        eta=eta,
-        chosen=chosen,
-        zero_shot_id=zero_shot_id,
-        r0=r0,
-        ledger=ledger,
-        skipped=skipped,
-        promoted=promoted,
-        budget_seconds=budget_seconds,
-        stopped=stopped,
+        opened,
+        dataset.name,
+        plan,
+        tally,
+        halving=halving,
         wall=time.perf_counter() - wall_start,
-        runs_now=runs_now,
-        resumed_runs=resumed_runs,
-        retried=opened.resumed - recovered,
-        recovered=recovered,
-        verify_run=verify_run,
-        parent_run_id=parent_run_id,
     )
     try:  # the answer is known: a tracking failure is reported, never raised
         _log_summary(client, verify_run, result)
@@ -877,28 +912,16 @@ def run_verify(
 
 
 def _result(
-    *,
-    name: str,
-    storage: Path,
+    opened: OpenedStudy,
     dataset: str,
-    rung: RungChoice,
-    eta: int,
-    chosen: list[Candidate],
-    zero_shot_id: str,
-    r0: int,
-    ledger: _Ledger,
-    skipped: dict[tuple[str, int], RunResult],
-    promoted: list[str],
-    budget_seconds: float | None,
-    stopped: bool,
+    plan: _Plan,
+    tally: _Tally,
+    *,
+    halving: HalvingSpec,
     wall: float,
-    runs_now: int,
-    resumed_runs: int,
-    retried: int,
-    verify_run: str,
-    parent_run_id: str | None,
-    recovered: int = 0,
 ) -> VerifyResult:
+    chosen, zero_shot_id, ledger = plan.chosen, plan.zero_shot_id, tally.ledger
+    skipped, promoted = tally.skipped, tally.promoted
     results: list[CandidateResult] = []
     for cand in chosen:
         cid = cand.candidate_id
@@ -953,15 +976,15 @@ def _result(
         and all(
             (cid, 1) in ledger.done
             for cid in promoted
-            if _full_epochs(next(x for x in chosen if x.candidate_id == cid)) > r0
+            if _full_epochs(next(x for x in chosen if x.candidate_id == cid)) > plan.r0
         )
     )
     return VerifyResult(
-        study_name=name,
-        storage=str(storage),
+        study_name=opened.name,
+        storage=str(opened.storage_path),
         dataset=dataset,
-        first_rung=rung,
-        eta=eta,
+        first_rung=plan.rung,
+        eta=plan.eta,
         candidates=results,
         winner_id=winner.candidate_id if winner is not None else None,
         zero_shot_id=zero_shot_id,
@@ -970,17 +993,17 @@ def _result(
         zero_shot_value=zs_best.value if zs_best is not None else None,
         zero_shot_epochs=zs_best.epochs if zs_best is not None else None,
         metric="accuracy" if metrics == {"accuracy"} else "balanced_accuracy",
-        budget_seconds=budget_seconds,
+        budget_seconds=halving.budget_seconds,
         seconds_spent=ledger.seconds(),
         wall_seconds=wall,
-        stopped_by_budget=stopped,
+        stopped_by_budget=tally.stopped,
         complete=complete,
-        runs_this_time=runs_now,
-        runs_resumed=resumed_runs,
-        retried=retried,
-        recovered=recovered,
-        mlflow_run_id=verify_run,
-        parent_run_id=parent_run_id,
+        runs_this_time=tally.runs_now,
+        runs_resumed=tally.resumed,
+        retried=tally.retried,
+        recovered=tally.recovered,
+        mlflow_run_id=opened.parent_run_id,
+        parent_run_id=halving.parent_run_id,
     )
 
 
@@ -1012,6 +1035,7 @@ def _log_summary(client: Any, run_id: str, result: VerifyResult) -> None:
 
 __all__ = [
     "CandidateResult",
+    "HalvingSpec",
     "RunResult",
     "RungChoice",
     "VerifyResult",
