@@ -37,8 +37,9 @@ from metallmix.tools.kb.regime import check_regime
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training.runner import run_trial
-from metallmix.verify import recommend_verified
+from metallmix.tools.training.runner import RunSpec, run_trial
+from metallmix.tools.training.settings import TrialSettings
+from metallmix.verify import VerifyOptions, recommend_verified
 
 if TYPE_CHECKING:
     from metallmix.tools.kb.records import RunRecord
@@ -153,8 +154,9 @@ def recommend(
         return recommend_verified(
             data,
             zero_shot,
-            k=verify,
-            budget_minutes=budget_minutes,
+            VerifyOptions(
+                k=verify, budget_minutes=budget_minutes, backend=backend, **(verify_options or {})
+            ),
             modality=modality,
             llm=llm,
             kb=kb,
@@ -162,8 +164,6 @@ def recommend(
             shortlist=shortlist,
             space=space,
             n_candidates=n_candidates,
-            backend=backend,
-            **(verify_options or {}),
         )
 
     if max_attempts < 1:
@@ -382,19 +382,20 @@ def validate(
         hook = epoch_printer(recommendation.hyperparameters.epochs)
     record = run_trial(
         dataset,
-        recommendation.model,
-        recommendation.hyperparameters,
-        seed=seed,
+        RunSpec(
+            model=recommendation.model,
+            hp=recommendation.hyperparameters,
+            seed=seed,
+            parent_run_id=recommendation.mlflow_run_id if track else None,
+            pretrained=recommendation.pretrained,
+            tags={"metallmix.recommendation": recommendation.candidate_id, **nest.tags},
+            experiment=nest.experiment,
+            run_name=nest.run_name,
+        ),
         kb=store,
-        parent_run_id=recommendation.mlflow_run_id if track else None,
-        pretrained=recommendation.pretrained,
-        max_train_images=max_train_images,
-        threads=threads,
-        tags={"metallmix.recommendation": recommendation.candidate_id, **nest.tags},
-        experiment=nest.experiment,
-        run_name=nest.run_name,
-        progress=hook,
-        track=track,
+        settings=TrialSettings(
+            max_train_images=max_train_images, threads=threads, progress=hook, track=track
+        ),
     )
     if not track:
         return record

@@ -2,7 +2,7 @@
 
 The zero-shot answer comes first (shortlist, LLM, judge, in seconds to minutes); then the
 top-K shortlisted configurations, the zero-shot pick always among them, are trained with
-successive halving (:mod:`metallmix.tools.training.verify`) within the budget. The result
+successive halving (:mod:`metallmix.tools.training.halving`) within the budget. The result
 is the zero-shot :class:`~metallmix.agents.schemas.Recommendation` plus a ``verification``
 naming the verified winner, how the zero-shot pick fared and the time spent. Every run is
 an MLflow run nested (through the verification's run) under the recommendation's run and
@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -42,7 +43,8 @@ from metallmix.tools.meta.search_space import hp_values
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.backends import ExecutionBackend, make_backend
-from metallmix.tools.training.verify import (
+from metallmix.tools.training.halving import (
+    HalvingSpec,
     RunResult,
     VerifyResult,
     default_study_name,
@@ -50,8 +52,9 @@ from metallmix.tools.training.verify import (
     run_verify,
     select,
 )
+from metallmix.tools.training.settings import TrialSettings
 
-__all__ = ["VerifiedRecommendation", "ZeroShot", "recommend_verified"]
+__all__ = ["VerifiedRecommendation", "VerifyOptions", "ZeroShot", "recommend_verified"]
 
 # The zero-shot recommendation for a shortlist, from the caller: ``zero_shot(shortlist,
 # kb, dataset_name)`` runs the graph on that shortlist with that (writable) KB.
@@ -115,12 +118,37 @@ def hedge_first(candidates: list[Candidate], zero_shot_id: str, k: int) -> list[
     return out[:k]
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How a recommendation is verified: ``k`` candidates trained with successive halving.
+
+    ``budget_minutes`` bounds the summed training time (earlier invocations of the same
+    study included); ``backend`` is ``"local"``, ``"ray"`` or an ExecutionBackend;
+    ``study``/``storage`` name the Optuna study (default: derived from the dataset, K, the
+    seed and these settings); ``max_train_images``, ``max_val_images`` and ``threads`` cap
+    each run; ``first_rung_epochs`` fixes the first rung (default: from the KB's learning
+    curves); ``shortlist_rule`` picks the K (top, portfolio or family); ``on_run`` is called
+    as each run ends.
+    """
+
+    k: int
+    budget_minutes: float | None = None
+    backend: Any | None = None
+    study: str | None = None
+    storage: Path | None = None
+    max_train_images: int | None = None
+    max_val_images: int | None = 200
+    threads: int | None = None
+    first_rung_epochs: int | None = None
+    on_run: Callable[[str, int, RunResult], None] | None = None
+    shortlist_rule: str = VERIFY_RULE
+
+
 def recommend_verified(
     data: str | os.PathLike[str],
     zero_shot: ZeroShot,
+    options: VerifyOptions,
     *,
-    k: int,
-    budget_minutes: float | None = None,
     modality: str | None = None,
     llm: LlmSpec = None,
     kb: KbSpec = None,
@@ -128,28 +156,18 @@ def recommend_verified(
     shortlist: Shortlist | None = None,
     space: str | None = None,
     n_candidates: int = 5,
-    backend: Any | None = None,
-    study: str | None = None,
-    storage: Path | None = None,
-    max_train_images: int | None = None,
-    max_val_images: int | None = 200,
-    threads: int | None = None,
-    first_rung_epochs: int | None = None,
-    on_run: Callable[[str, int, RunResult], None] | None = None,
-    shortlist_rule: str = VERIFY_RULE,
 ) -> VerifiedRecommendation:
-    """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top-``k``
-    candidates (called by :func:`metallmix.recommend` with ``verify=k``).
+    """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top
+    ``options.k`` candidates (called by :func:`metallmix.recommend` with ``verify=k``).
 
-    ``llm`` only names the model in the study's fingerprint (``zero_shot`` loads it);
-    ``budget_minutes`` bounds the summed training time (earlier invocations of the same
-    study included); ``backend`` is ``"local"``, ``"ray"`` or an ExecutionBackend.
+    ``llm`` only names the model in the study's fingerprint (``zero_shot`` loads it).
     """
+    k, budget_minutes, backend = options.k, options.budget_minutes, options.backend
     if k < 1:
         raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
-    rule = check_rule(shortlist_rule)
+    rule = check_rule(options.shortlist_rule)
     path = Path(data).expanduser()
     if path.suffix.lower() == ".json":  # how compute_meta_features tells a card
         raise ConfigError(
@@ -166,13 +184,13 @@ def recommend_verified(
         "kb": _spec(kb if not isinstance(kb, KnowledgeBase) else store.location),
         "llm": _spec(llm),
         "space": space,
-        "max_train_images": max_train_images,
-        "max_val_images": max_val_images,
-        "first_rung_epochs": first_rung_epochs,
+        "max_train_images": options.max_train_images,
+        "max_val_images": options.max_val_images,
+        "first_rung_epochs": options.first_rung_epochs,
         **({"shortlist_rule": rule} if rule != "top" else {}),  # old studies keep their names
     }
-    study_name = study or default_study_name(dataset.name, k, seed, fingerprint=settings)
-    plan = load_plan(storage, study_name)
+    study_name = options.study or default_study_name(dataset.name, k, seed, fingerprint=settings)
+    plan = load_plan(options.storage, study_name)
     if plan is not None and "recommendation" in plan:
         rec = Recommendation.model_validate(plan["recommendation"])
         candidates = []  # the stored plan's candidates are used
@@ -215,21 +233,25 @@ def recommend_verified(
             dataset,
             candidates,
             zero_shot_id=rec.candidate_id,
-            k=k,
-            seed=seed,
-            budget_seconds=budget_minutes * 60 if budget_minutes is not None else None,
-            first_rung_epochs=first_rung_epochs,
-            kb_records=snapshot.runs,
-            storage=storage,
-            study_name=study_name,
+            halving=HalvingSpec(
+                k=k,
+                seed=seed,
+                budget_seconds=budget_minutes * 60 if budget_minutes is not None else None,
+                first_rung_epochs=options.first_rung_epochs,
+                storage=options.storage,
+                study_name=study_name,
+                parent_run_id=rec.mlflow_run_id,
+            ),
+            settings=TrialSettings(
+                max_train_images=options.max_train_images,
+                max_val_images=options.max_val_images,
+                threads=options.threads,
+                backend=engine,
+            ),
             kb=store,
-            parent_run_id=rec.mlflow_run_id,
-            max_train_images=max_train_images,
-            max_val_images=max_val_images,
-            threads=threads,
-            backend=engine,
+            kb_records=snapshot.runs,
             extra_plan={"recommendation": rec.model_dump(mode="json"), "settings": settings},
-            on_run=on_run,
+            on_run=options.on_run,
         )
     finally:
         if owned:

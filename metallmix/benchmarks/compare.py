@@ -15,10 +15,10 @@ the same data caps and the same seeds, and is scored on the same test split:
 - ``best-default``: the KB configuration with the best mean normalised score (the LODO
   baseline), trained once per seed;
 - ``metallmix+verify``: the same recommendation's shortlist, its top ``verify`` candidates
-  trained with successive halving (:mod:`metallmix.tools.training.verify`) per seed, the
+  trained with successive halving (:mod:`metallmix.tools.training.halving`) per seed, the
   winner's test accuracy reported;
 - ``random+sh`` / ``best-default+sh``: the same successive halving
-  (:func:`~metallmix.tools.training.verify.run_verify`, the same first rung as
+  (:func:`~metallmix.tools.training.halving.run_verify`, the same first rung as
   ``metallmix+verify`` at that seed) over ``verify`` other candidates: the first ``verify``
   configurations random search draws with that seed (the first trials of the RS study), or
   the ``verify`` configurations best on average across the KB (no meta-features). They
@@ -76,9 +76,10 @@ from metallmix.tools.meta.search_space import (
 )
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
-from metallmix.tools.training.runner import run_trial
-from metallmix.tools.training.search import model_based, random_configs, run_search
-from metallmix.tools.training.verify import VerifyResult, run_verify
+from metallmix.tools.training.halving import HalvingSpec, VerifyResult, run_verify
+from metallmix.tools.training.runner import RunSpec, run_trial
+from metallmix.tools.training.search import SearchSpec, model_based, random_configs, run_search
+from metallmix.tools.training.settings import TrialSettings
 
 if TYPE_CHECKING:
     from metallmix.agents.runtime.llm import ChatLLM
@@ -460,6 +461,17 @@ class _Run:
             self.on_piece(key, {**found, "resumed": True})
         return found
 
+    def trial_settings(self, parallel: int | None = None) -> TrialSettings:
+        """How every method's runs train: the same caps and threads; searches and halving on
+        the comparison's backend (a single run always trains here)."""
+        return TrialSettings(
+            max_train_images=self.settings.max_train_images,
+            max_val_images=self.settings.max_val_images,
+            threads=self.settings.threads,
+            backend=self.backend,
+            parallel=parallel,
+        )
+
     def llm(self) -> ChatLLM:
         """The LLM, loaded once and only when a recommendation is still to be made."""
         if self.llm_obj is None:
@@ -473,18 +485,18 @@ class _Run:
         self.space.check(model, hp)
         record = run_trial(
             dataset,
-            model,
-            hp,
-            seed=seed,
+            RunSpec(
+                model=model,
+                hp=hp,
+                seed=seed,
+                experiment=EXPERIMENT,
+                parent_run_id=parent,
+                pretrained=self.space.is_pretrained(model),
+                tags={"metallmix.compare": tag},
+                run_name=f"{tag}:s{seed}",
+            ),
             kb=None,
-            experiment=EXPERIMENT,
-            parent_run_id=parent,
-            pretrained=self.space.is_pretrained(model),
-            max_train_images=self.settings.max_train_images,
-            max_val_images=self.settings.max_val_images,
-            threads=self.settings.threads,
-            tags={"metallmix.compare": tag},
-            run_name=f"{tag}:s{seed}",
+            settings=self.trial_settings(),
         )
         out = record.outcomes
         return {
@@ -636,24 +648,19 @@ class _Run:
         found = self.cached(key)
         if found is not None:
             return found
-        result = run_search(
-            dataset,
+        search = SearchSpec(
             sampler=sampler,
             trials=self.settings.budget,
             seed=seed,
             space=self.space,
             storage=self.state_dir / "optuna.sqlite",
             study_name=f"{dataset.name}-{sampler}-s{seed}",
-            kb=None,
             experiment=EXPERIMENT,
-            max_train_images=self.settings.max_train_images,
-            max_val_images=self.settings.max_val_images,
-            threads=self.settings.threads,
-            backend=self.backend,
-            # TPE / GP one trial at a time, so their sequence is the in-process one; random
-            # search does not depend on results and runs as wide as the backend allows.
-            parallel=1 if model_based(sampler) else None,
         )
+        # TPE / GP one trial at a time, so their sequence is the in-process one; random
+        # search does not depend on results and runs as wide as the backend allows.
+        settings = self.trial_settings(parallel=1 if model_based(sampler) else None)
+        result = run_search(dataset, search, kb=None, settings=settings)
         if result.parent_run_id:
             self.client.set_tag(result.parent_run_id, "mlflow.parentRunId", parent)
         search_seconds = sum(t.seconds or 0.0 for t in result.trials if t.state != "RUNNING")
@@ -835,24 +842,25 @@ class _Run:
     ) -> VerifyResult:
         """One successive-halving run (:func:`run_verify`) under the method's MLflow run."""
         child = self.child(f"{dataset.name}/{method}", parent, f"{dataset.name}:{method}")
-        return run_verify(
-            dataset,
-            candidates,
-            zero_shot_id=zero_shot_id,
+        halving = HalvingSpec(
             k=self.settings.verify,
             seed=seed,
-            kb_records=kb_records,
             first_rung_epochs=first_rung_epochs,
             space=self.space,
             storage=self.state_dir / "optuna.sqlite",
             study_name=study,
-            kb=None,
             experiment=EXPERIMENT,
             parent_run_id=child,
-            max_train_images=self.settings.max_train_images,
-            max_val_images=self.settings.max_val_images,
-            threads=self.settings.threads,
-            backend=self.backend,
+        )
+        settings = self.trial_settings()
+        return run_verify(
+            dataset,
+            candidates,
+            zero_shot_id=zero_shot_id,
+            halving=halving,
+            settings=settings,
+            kb=None,
+            kb_records=kb_records,
         )
 
     def _default_pool(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[RunRecord]:

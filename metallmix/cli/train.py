@@ -8,14 +8,16 @@ fast on machines without the ``train`` extra.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metallmix.cli.groups import options_from
 from metallmix.cli.kb import kb_app
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.errors import EXIT_NOT_RECORDED, ConfigError
@@ -24,14 +26,11 @@ from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.search_space import get_space, make_hyperparameters
 from metallmix.tools.training.backends import Resources, make_backend
-from metallmix.tools.training.runner import run_trial
-from metallmix.tools.training.search import SAMPLERS, run_search
+from metallmix.tools.training.runner import RunSpec, run_trial
+from metallmix.tools.training.search import SAMPLERS, SearchSpec, run_search
+from metallmix.tools.training.settings import TrialSettings
 from metallmix.tools.training.trainer import FeatureCache
 
-KbOption = typer.Option(
-    None, "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
-)
-NoKbOption = typer.Option(False, "--no-kb", help="Record in MLflow only, not in the KB.")
 NoTrackOption = typer.Option(
     False,
     "--no-track",
@@ -42,39 +41,81 @@ ThreadsOption = typer.Option(None, "--threads", min=1, help="torch threads (defa
 MaxTrainOption = typer.Option(
     None, "--max-train-images", min=2, help="Train on a seeded stratified subsample of N images."
 )
-BackendOption = typer.Option(
-    "local", "--backend", help="Where trials run: local (this machine) or ray (a Ray cluster)."
-)
-AddressOption = typer.Option(
-    None,
-    "--address",
-    help="Ray cluster: auto (started with `ray start --head`) or ray://host:10001; "
-    "default RAY_ADDRESS, else a private Ray instance.",
-)
-WorkersOption = typer.Option(
-    0,
-    "--workers",
-    min=0,
-    help="local: worker processes (0 = in this process); ray: CPUs of a private instance, "
-    "or the most trials in flight on a cluster (0 = as many as fit).",
-)
-GpusOption = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs each Ray task asks for.")
-RetriesOption = typer.Option(
-    2, "--max-retries", min=0, help="Re-runs of a trial whose worker died before it is failed."
-)
 
 
-def _backend(name: str, address: str | None, workers: int) -> Any:
-    """None for the plain in-process path (unchanged behaviour), else an ExecutionBackend."""
-    if name == "local" and not workers and not address:
-        return None
-    backend = make_backend(name, address=address, workers=workers or None)
-    stderr.print(f"backend: {backend.describe()}")
-    return backend
+@dataclass(frozen=True, kw_only=True)
+class KbOptions:
+    """``--kb`` / ``--no-kb``: the knowledge base the runs join, or none."""
+
+    kb: Annotated[
+        Path | None,
+        typer.Option(
+            "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
+        ),
+    ] = None
+    no_kb: Annotated[
+        bool, typer.Option("--no-kb", help="Record in MLflow only, not in the KB.")
+    ] = False
+
+    def open(self) -> KnowledgeBase | None:
+        return None if self.no_kb else open_kb(self.kb)
 
 
-def _kb(path: Path | None, disabled: bool) -> KnowledgeBase | None:
-    return None if disabled else open_kb(path)
+@dataclass(frozen=True, kw_only=True)
+class BackendOptions:
+    """Where trials run (``--backend``, ``--address``, ``--workers``) and what each asks."""
+
+    backend_name: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="Where trials run: local (this machine) or ray (a Ray cluster)."
+        ),
+    ] = "local"
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray cluster: auto (started with `ray start --head`) or ray://host:10001; "
+            "default RAY_ADDRESS, else a private Ray instance.",
+        ),
+    ] = None
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="local: worker processes (0 = in this process); ray: CPUs of a private "
+            "instance, or the most trials in flight on a cluster (0 = as many as fit).",
+        ),
+    ] = 0
+    gpus_per_trial: Annotated[
+        float, typer.Option("--gpus-per-trial", min=0.0, help="GPUs each Ray task asks for.")
+    ] = 0.0
+    max_retries: Annotated[
+        int,
+        typer.Option(
+            "--max-retries",
+            min=0,
+            help="Re-runs of a trial whose worker died before it is failed.",
+        ),
+    ] = 2
+
+    def settings(self, threads: int | None, **given: Any) -> TrialSettings:
+        """Trial settings on the chosen backend; the plain in-process path (no backend, the
+        defaults) when it is local with neither workers nor an address."""
+        if self.backend_name == "local" and not self.workers and not self.address:
+            return TrialSettings(threads=threads, **given)
+        backend = make_backend(
+            self.backend_name, address=self.address, workers=self.workers or None
+        )
+        stderr.print(f"backend: {backend.describe()}")
+        return TrialSettings(
+            threads=threads,
+            backend=backend,
+            max_retries=self.max_retries,
+            resources=Resources(num_cpus=float(threads or 1), num_gpus=self.gpus_per_trial),
+            **given,
+        )
 
 
 def read_config(path: Path, model: str | None = None) -> tuple[str, Hyperparameters]:
@@ -141,18 +182,35 @@ def _record_summary(record: RunRecord) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, kw_only=True)
+class ValidateRun:
+    """What ``validate`` trains: the config's model (or ``--model``), its seed, and a
+    pretrained or scratch start (or local weights)."""
+
+    config_file: Annotated[
+        Path, typer.Option("--config", help="JSON with model + hyperparameters.")
+    ]
+    model: Annotated[str | None, typer.Option("--model", help="Override the config's model.")] = (
+        None
+    )
+    seed: Annotated[int, typer.Option("--seed")] = 0
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--scratch",
+            help="Start from pretrained weights (offline for efficientnet_lite0/1/2, else "
+            "timm's hub). Default: the config's 'pretrained' (a recommendation's), else scratch.",
+        ),
+    ] = None
+    weights: Annotated[Path | None, typer.Option("--weights", help="Local state-dict file.")] = None
+
+
+@options_from("run", ValidateRun)
+@options_from("store", KbOptions)
 def validate_command(
+    *,
     data: Path = typer.Option(..., "--data", help="Dataset (.npz, CSV manifest or folder)."),
-    config_file: Path = typer.Option(..., "--config", help="JSON with model + hyperparameters."),
-    model: str | None = typer.Option(None, "--model", help="Override the config's model."),
-    seed: int = typer.Option(0, "--seed"),
-    pretrained: bool | None = typer.Option(
-        None,
-        "--pretrained/--scratch",
-        help="Start from pretrained weights (offline for efficientnet_lite0/1/2, else timm's "
-        "hub). Default: the config's 'pretrained' (a recommendation's), else scratch.",
-    ),
-    weights: Path | None = typer.Option(None, "--weights", help="Local state-dict file."),
+    run: ValidateRun,  # expanded into its options
     modality: str | None = typer.Option(None, "--modality"),
     parent_run_id: str | None = typer.Option(
         None, "--parent-run-id", help="Nest under this MLflow run (a recommendation)."
@@ -160,8 +218,7 @@ def validate_command(
     experiment: str = typer.Option("metallmix-validation", "--experiment"),
     max_train_images: int | None = MaxTrainOption,
     threads: int | None = ThreadsOption,
-    kb: Path | None = KbOption,
-    no_kb: bool = NoKbOption,
+    store: KbOptions,  # expanded into its options
     no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -174,31 +231,33 @@ def validate_command(
             "nests the run under an MLflow run, which --no-track does not create; drop one",
             param_hint="'--parent-run-id'",
         )
-    chosen, hp = read_config(config_file, model)
+    chosen, hp = read_config(run.config_file, run.model)
+    pretrained = run.pretrained
     if pretrained is None:
-        pretrained = _config_pretrained(config_file)
-    dataset = load_dataset(data, modality=modality, seed=seed)
-    store = _kb(kb, no_kb)
+        pretrained = _config_pretrained(run.config_file)
+    dataset = load_dataset(data, modality=modality, seed=run.seed)
+    kb = store.open()
     epochs = hp.epochs or 5
     stderr.print(f"validating {chosen} on {dataset.name} ({len(dataset.split('train'))} train)")
     with progress(f"training {chosen}", epochs) as advance:
-        record = run_trial(
-            dataset,
-            chosen,
-            hp,
-            seed=seed,
-            kb=store,
+        spec = RunSpec(
+            model=chosen,
+            hp=hp,
+            seed=run.seed,
             experiment=experiment,
             parent_run_id=parent_run_id,
             pretrained=pretrained,
-            weights=weights,
+            weights=run.weights,
+        )
+        settings = TrialSettings(
             max_train_images=max_train_images,
             threads=threads,
             progress=lambda stats: advance(1),
             track=not no_track,
         )
+        record = run_trial(dataset, spec, kb=kb, settings=settings)
     result = _record_summary(record)
-    result["kb"] = store.location if store is not None else None
+    result["kb"] = kb.location if kb is not None else None
 
     def render(console: Console) -> None:
         table = Table(title=f"validation run {record.provenance.mlflow_run_id or record.run_id}")
@@ -236,32 +295,73 @@ def finish_line(record: RunRecord) -> None:
         raise typer.Exit(EXIT_NOT_RECORDED)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SearchOptions:
+    """The study ``search`` runs or resumes: sampler, trial budget, seed, space, storage."""
+
+    sampler: Annotated[
+        str,
+        typer.Option(
+            "--sampler", help="random | tpe | gp (TPE and GP model after max(3, trials//4))"
+        ),
+    ] = "tpe"
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to reach (resumes).")]
+    seed: Annotated[int, typer.Option("--seed")] = 0
+    space: Annotated[str, typer.Option("--space", help="Search space name.")] = "cpu-zoo"
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            "--storage", help="Optuna SQLite file (default: $METALLMIX_HOME/studies.sqlite)."
+        ),
+    ] = None
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default derived).")] = (
+        None
+    )
+
+    def spec(self) -> SearchSpec:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(
+                f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"
+            )
+        return SearchSpec(
+            sampler=self.sampler,
+            trials=self.trials,
+            seed=self.seed,
+            space=get_space(self.space),
+            storage=self.storage,
+            study_name=self.study,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchBackendOptions(BackendOptions):
+    """The backend options plus ``--parallel``: trials asked ahead (with a backend only)."""
+
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel", min=1, help="Trials asked ahead and run at once (backend only)."
+        ),
+    ] = None
+
+    def settings(self, threads: int | None, **given: Any) -> TrialSettings:
+        settings = super().settings(threads, **given)
+        return settings if settings.backend is None else settings.replace(parallel=self.parallel)
+
+
+@options_from("options", SearchOptions)
+@options_from("store", KbOptions)
+@options_from("execution", SearchBackendOptions)
 def search_command(
+    *,
     data: Path = typer.Option(..., "--data", help="Dataset (.npz, CSV manifest or folder)."),
-    sampler: str = typer.Option(
-        "tpe", "--sampler", help="random | tpe | gp (TPE and GP model after max(3, trials//4))"
-    ),
-    trials: int = typer.Option(..., "--trials", min=1, help="Trials to reach (resumes)."),
-    seed: int = typer.Option(0, "--seed"),
-    space: str = typer.Option("cpu-zoo", "--space", help="Search space name."),
-    storage: Path | None = typer.Option(
-        None, "--storage", help="Optuna SQLite file (default: $METALLMIX_HOME/studies.sqlite)."
-    ),
-    study: str | None = typer.Option(None, "--study", help="Study name (default derived)."),
+    options: SearchOptions,  # expanded into its options
     modality: str | None = typer.Option(None, "--modality"),
     max_train_images: int | None = MaxTrainOption,
     max_val_images: int | None = typer.Option(None, "--max-val-images", min=2),
     threads: int | None = ThreadsOption,
-    kb: Path | None = KbOption,
-    no_kb: bool = NoKbOption,
-    backend_name: str = BackendOption,
-    address: str | None = AddressOption,
-    workers: int = WorkersOption,
-    gpus_per_trial: float = GpusOption,
-    max_retries: int = RetriesOption,
-    parallel: int | None = typer.Option(
-        None, "--parallel", min=1, help="Trials asked ahead and run at once (backend only)."
-    ),
+    store: KbOptions,  # expanded into its options
+    execution: SearchBackendOptions,  # expanded into its options
     no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -270,37 +370,24 @@ def search_command(
     Exit 3: the study is complete but MLflow failed to record some trials (the last line
     says how many and why; their results are in the study and the KB).
     """
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    dataset = load_dataset(data, modality=modality, seed=seed)
-    backend = _backend(backend_name, address, workers)
-    backend_kwargs: dict[str, Any] = {}
-    if backend is not None:
-        backend_kwargs = {
-            "backend": backend,
-            "parallel": parallel,
-            "max_retries": max_retries,
-            "resources": Resources(num_cpus=float(threads or 1), num_gpus=gpus_per_trial),
-        }
-    with progress(f"{sampler} search on {dataset.name}", trials) as advance:
+    search = options.spec()
+    dataset = load_dataset(data, modality=modality, seed=options.seed)
+    settings = execution.settings(
+        threads,
+        max_train_images=max_train_images,
+        max_val_images=max_val_images,
+        track=not no_track,
+    )
+    with progress(f"{search.sampler} search on {dataset.name}", search.trials) as advance:
         result = run_search(
             dataset,
-            sampler=sampler,
-            trials=trials,
-            seed=seed,
-            space=get_space(space),
-            storage=storage,
-            study_name=study,
-            kb=_kb(kb, no_kb),
-            max_train_images=max_train_images,
-            max_val_images=max_val_images,
-            threads=threads,
+            search,
+            kb=store.open(),
             on_trial=lambda summary: advance(1),
-            track=not no_track,
-            **backend_kwargs,
+            settings=settings,
         )
-    if backend is not None:
-        backend.close()
+    if settings.backend is not None:
+        settings.backend.close()
 
     def render(console: Console) -> None:
         table = Table(title=f"study {result.study_name} ({result.sampler})")
@@ -341,47 +428,118 @@ def not_recorded(problems: list[str | None], what: str) -> None:
 BUILD_KINDS = ("all", "pretrained", "scratch", "full")
 
 
+@dataclass(frozen=True, kw_only=True)
+class BuildPlan:
+    """Which trials the learning plan holds per task, and of which kind."""
+
+    configs_per_task: Annotated[
+        int, typer.Option("--configs-per-task", min=0, help="From-scratch configurations per task.")
+    ] = 4
+    probes_per_task: Annotated[
+        int,
+        typer.Option(
+            "--probes-per-task", min=0, help="Pretrained EfficientNet-Lite linear probes per task."
+        ),
+    ] = 9
+    last_stages_per_task: Annotated[
+        int,
+        typer.Option(
+            "--last-stages-per-task", min=0, help="Last-stages fine-tunes per small task."
+        ),
+    ] = 1
+    full_per_task: Annotated[
+        int,
+        typer.Option(
+            "--full-per-task", min=0, help="Full fine-tunes of EfficientNet-Lite per small task."
+        ),
+    ] = 2
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind", help="Run only 'pretrained', 'scratch' or 'full' (full fine-tunes) trials."
+        ),
+    ] = "all"
+
+    def trials(self, tasks: list[Any], seed: int) -> list[Any]:
+        """The plan's trials for ``tasks``, only those of ``kind``."""
+        from metallmix.tools.training.build import learning_plan  # start-up: pandas
+
+        if self.kind not in BUILD_KINDS:
+            raise ConfigError(f"--kind must be one of {', '.join(BUILD_KINDS)}, got {self.kind!r}")
+        trials = learning_plan(
+            tasks,
+            scratch_per_task=self.configs_per_task,
+            probes_per_task=self.probes_per_task,
+            last_stages_per_task=self.last_stages_per_task,
+            full_per_task=self.full_per_task,
+            seed=seed,
+        )
+        if self.kind == "full":
+            return [t for t in trials if t.hp.extra.get("finetune") == "full"]
+        if self.kind != "all":
+            return [t for t in trials if t.pretrained == (self.kind == "pretrained")]
+        return trials
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildShare:
+    """How this process runs its share of the plan: threads, shard, order, how many, and
+    the validation cap."""
+
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads per run.")] = 1
+    shard: Annotated[str, typer.Option("--shard", help="i/n: run every n-th trial from i.")] = "0/1"
+    reverse: Annotated[
+        bool,
+        typer.Option("--reverse", help="Run the plan from its end (a 2nd process on the same KB)."),
+    ] = False
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Stop after N trials.")] = None
+    max_val_images: Annotated[
+        int | None,
+        typer.Option("--max-val-images", min=2, help="Cap on validation images (default: all)."),
+    ] = None
+
+    def index_count(self) -> tuple[int, int]:
+        try:
+            index, count = (int(p) for p in self.shard.split("/"))
+        except ValueError:
+            raise ConfigError(
+                f"--shard must look like i/n (e.g. 0/2), got {self.shard!r}"
+            ) from None
+        return index, count
+
+    def todo(self, trials: list[Any], done: set[str]) -> tuple[list[Any], int]:
+        """This shard's trials not yet done (in the chosen order, at most ``limit``), and
+        how many of the shard's are done already."""
+        index, count = self.index_count()
+        mine = [t for i, t in enumerate(trials) if i % count == index]
+        todo = [t for t in mine if t.key not in done]
+        n_done = len(mine) - len(todo)
+        if self.reverse:
+            todo.reverse()
+        if self.limit is not None:
+            todo = todo[: self.limit]
+        return todo, n_done
+
+
+@options_from("plan", BuildPlan)
+@options_from("share", BuildShare)
+@options_from("execution", BackendOptions)
 def build_command(
+    *,
     datasets: list[Path] = typer.Option(
         ..., "--datasets", help="Source datasets (repeat, or a shell glob after one flag)."
     ),
     extra: list[Path] = typer.Argument(None, help="More dataset files (from a shell glob)."),
-    configs_per_task: int = typer.Option(
-        4, "--configs-per-task", min=0, help="From-scratch configurations per task."
-    ),
-    probes_per_task: int = typer.Option(
-        9, "--probes-per-task", min=0, help="Pretrained EfficientNet-Lite linear probes per task."
-    ),
-    last_stages_per_task: int = typer.Option(
-        1, "--last-stages-per-task", min=0, help="Last-stages fine-tunes per small task."
-    ),
-    full_per_task: int = typer.Option(
-        2, "--full-per-task", min=0, help="Full fine-tunes of EfficientNet-Lite per small task."
-    ),
-    kind: str = typer.Option(
-        "all",
-        "--kind",
-        help="Run only 'pretrained', 'scratch' or 'full' (full fine-tunes) trials.",
-    ),
+    plan: BuildPlan,  # expanded into its options
     feature_cache: Path | None = typer.Option(
         None, "--feature-cache", help="Folder keeping frozen-backbone features across runs."
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds the sampled configurations."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads per run."),
-    shard: str = typer.Option("0/1", "--shard", help="i/n: run every n-th trial from i."),
-    reverse: bool = typer.Option(
-        False, "--reverse", help="Run the plan from its end (a 2nd process on the same KB)."
+    share: BuildShare,  # expanded into its options
+    kb: Path | None = typer.Option(
+        None, "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
     ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N trials."),
-    max_val_images: int | None = typer.Option(
-        None, "--max-val-images", min=2, help="Cap on validation images (default: all)."
-    ),
-    kb: Path | None = KbOption,
-    backend_name: str = BackendOption,
-    address: str | None = AddressOption,
-    workers: int = WorkersOption,
-    gpus_per_trial: float = GpusOption,
-    max_retries: int = RetriesOption,
+    execution: BackendOptions,  # expanded into its options
     no_track: bool = typer.Option(
         False,
         "--no-track",
@@ -392,43 +550,15 @@ def build_command(
 ) -> None:
     """Build a KB from real runs on the datasets and derived tasks (resumable by trial key)."""
     # start-up time: pandas loads only for this verb
-    from metallmix.tools.training.build import (
-        build,
-        default_tasks_for,
-        done_keys,
-        learning_plan,
-        resolve_sources,
-    )
+    from metallmix.tools.training.build import build, default_tasks_for, done_keys, resolve_sources
 
-    try:
-        index, count = (int(p) for p in shard.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard must look like i/n (e.g. 0/2), got {shard!r}") from None
+    index, count = share.index_count()
     sources = resolve_sources([*datasets, *(extra or [])])
-    if kind not in BUILD_KINDS:
-        raise ConfigError(f"--kind must be one of {', '.join(BUILD_KINDS)}, got {kind!r}")
     tasks = default_tasks_for(sources)
-    trials = learning_plan(
-        tasks,
-        scratch_per_task=configs_per_task,
-        probes_per_task=probes_per_task,
-        last_stages_per_task=last_stages_per_task,
-        full_per_task=full_per_task,
-        seed=seed,
-    )
-    if kind == "full":
-        trials = [t for t in trials if t.hp.extra.get("finetune") == "full"]
-    elif kind != "all":
-        trials = [t for t in trials if t.pretrained == (kind == "pretrained")]
+    trials = plan.trials(tasks, seed)
     store = open_kb(kb)
-    already = done_keys(store)
-    mine = [t for i, t in enumerate(trials) if i % count == index]
-    todo = [t for t in mine if t.key not in already]
-    n_done = len(mine) - len(todo)
-    if reverse:
-        todo.reverse()
-    if limit is not None:
-        todo = todo[:limit]
+    todo, n_done = share.todo(trials, done_keys(store))
+    kind = plan.kind
     stderr.print(
         f"{len(tasks)} tasks, {len(trials)} {'' if kind == 'all' else kind + ' '}trials; "
         f"shard {index}/{count}: {n_done} done, {len(todo)} to run -> "
@@ -437,25 +567,14 @@ def build_command(
     counts = {"ok": 0, "diverged": 0, "failed": 0}
     errors: list[str] = []
     untracked: list[str | None] = []
-    backend = _backend(backend_name, address, workers)
-    backend_kwargs: dict[str, Any] = {}
-    if backend is not None:
-        backend_kwargs = {
-            "backend": backend,
-            "max_retries": max_retries,
-            "resources": Resources(num_cpus=float(threads), num_gpus=gpus_per_trial),
-        }
+    settings = execution.settings(
+        share.threads,
+        max_val_images=share.max_val_images,
+        feature_cache=FeatureCache(feature_cache),
+        track=not no_track,
+    )
     with progress("kb build", len(todo)) as advance:
-        for event in build(
-            store,
-            todo,
-            sources,
-            threads=threads,
-            max_val_images=max_val_images,
-            feature_cache=FeatureCache(feature_cache),
-            track=not no_track,
-            **backend_kwargs,
-        ):
+        for event in build(store, todo, sources, settings=settings):
             if event.record is not None:
                 counts[event.record.status] = counts.get(event.record.status, 0) + 1
                 problem = event.record.provenance.notes.get("mlflow_logging_error")
@@ -479,8 +598,8 @@ def build_command(
                 errors.append(f"{event.trial.task.name} {event.trial.model}: {event.error}")
                 stderr.print(f"[{event.done}/{event.total}] failed: {errors[-1]}")
             advance(1)
-    if backend is not None:
-        backend.close()
+    if settings.backend is not None:
+        settings.backend.close()
     summary = store.info()
     result = {
         "tasks": [t.name for t in tasks],

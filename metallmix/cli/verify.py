@@ -17,7 +17,7 @@ from rich.table import Table
 from metallmix.cli.output import stderr
 
 if TYPE_CHECKING:  # annotations only: the CLI starts without the training code
-    from metallmix.tools.training.verify import RunResult
+    from metallmix.tools.training.halving import RunResult
 
 
 def run_printer(advance: Callable[[int], None]) -> Callable[[str, int, RunResult], None]:
