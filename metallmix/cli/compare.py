@@ -11,12 +11,15 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from metallmix.cli.bench import bench_app
+from metallmix.cli.groups import options_from
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.errors import ConfigError
 from metallmix.tools.datasets import load_dataset
@@ -38,35 +41,171 @@ def _names(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+@dataclass(frozen=True, kw_only=True)
+class CompareData:
+    """The datasets compared: given one by one and/or every one in a folder."""
+
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="Dataset to compare on (repeat for several)."),
+    ] = None
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Folder of datasets (.npz / .csv with their .json cards, image folders): "
+            "every one is compared; any folder, e.g. data we have never seen.",
+        ),
+    ] = None
+
+    def paths(self) -> list[Path]:
+        from metallmix.benchmarks.compare import datasets_in  # heavy: torch, MLflow, LLM
+
+        found = list(self.data or [])
+        if self.data_dir is not None:
+            found += datasets_in(self.data_dir)
+        if not found:
+            raise ConfigError(
+                "give the datasets to compare: --data PATH (repeatable) or --data-dir"
+            )
+        return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareSize:
+    """How big the comparison is: ``--quick``, trials per search, seeds."""
+
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Budget 10, 1 seed, ≤3 epochs, ≤300 train / 150 val images, 1 thread, no "
+            "LLM (options given explicitly win).",
+        ),
+    ] = False
+    budget: Annotated[
+        int | None, typer.Option("--budget", min=1, help="Trials per search (default 10).")
+    ] = None
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", min=1, help="Number of seeds (default 3; --quick: 1)."),
+    ] = None
+    first_seed: Annotated[
+        int, typer.Option("--seed", help="First seed (seeds are consecutive).")
+    ] = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareLlm:
+    """The LLM of the zero-shot pick, or none."""
+
+    llm: Annotated[
+        str | None,
+        typer.Option("--llm", help="LLM name, profile (fast, default) or .gguf."),
+    ] = None
+    no_llm: Annotated[
+        bool,
+        typer.Option(
+            "--no-llm",
+            help="Pick the zero-shot configuration without the LLM (it only explains the top "
+            "candidate, so no configuration changes); no LLM time is spent.",
+        ),
+    ] = False
+
+    def use(self, quick: bool) -> bool:
+        if self.llm is not None and self.no_llm:
+            raise ConfigError("--llm and --no-llm contradict each other; give one")
+        return not self.no_llm and not (quick and self.llm is None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareCaps:
+    """What every run may cost (epochs, models, sizes, images, threads) and K."""
+
+    epoch_cap: Annotated[
+        int | None,
+        typer.Option("--epochs-max", min=1, help="Epoch cap for every run (default 5)."),
+    ] = None
+    models: Annotated[
+        str | None, typer.Option("--models", help="Comma-separated subset of the CPU zoo.")
+    ] = None
+    image_sizes: Annotated[
+        str | None, typer.Option("--image-sizes", help="Subset of 28,32,48,64.")
+    ] = None
+    max_train_images: Annotated[
+        int | None,
+        typer.Option("--max-train-images", min=10, help="Seeded stratified training subsample."),
+    ] = None
+    max_val_images: Annotated[
+        int | None, typer.Option("--max-val-images", min=10, help="(default 200)")
+    ] = None
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch threads per run.")
+    ] = None
+    verify: Annotated[
+        int, typer.Option("--verify", min=1, help="K: candidates each successive halving trains.")
+    ] = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareOutput:
+    """Where the results and the resumable state go."""
+
+    out: Annotated[Path, typer.Option("--out", help="Folder for md/json/png.")] = Path(
+        "bench/results"
+    )
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Base name of the results (default: compare_<datasets>)."),
+    ] = None
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", help="State folder for resumption (default: <out>/<name>.state)."),
+    ] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareBackend:
+    """Where search trials and halving runs go."""
+
+    backend_name: Annotated[
+        str,
+        typer.Option("--backend", help="Where search trials and halving runs go: local or ray."),
+    ] = "local"
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster: auto or ray://host:10001 (default: private)."),
+    ] = None
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=0, help="local: worker processes; ray: CPUs of a private instance."
+        ),
+    ] = 0
+
+    def open(self) -> Any:
+        """The backend, or None for the plain in-process path."""
+        if self.backend_name == "local" and not self.workers and not self.address:
+            return None
+        backend = make_backend(
+            self.backend_name, address=self.address, workers=self.workers or None
+        )
+        stderr.print(f"search trials on {backend.describe()}")
+        return backend
+
+
 @bench_app.command("compare")
+@options_from("datasets", CompareData)
+@options_from("size", CompareSize)
+@options_from("llms", CompareLlm)
+@options_from("caps", CompareCaps)
+@options_from("output", CompareOutput)
+@options_from("execution", CompareBackend)
 def compare(
-    data: list[Path] = typer.Option(
-        None, "--data", help="Dataset to compare on (repeat for several)."
-    ),
-    data_dir: Path = typer.Option(
-        None,
-        "--data-dir",
-        help="Folder of datasets (.npz / .csv with their .json cards, image folders): "
-        "every one is compared; any folder, e.g. data we have never seen.",
-    ),
-    quick: bool = typer.Option(
-        False,
-        "--quick",
-        help="Budget 10, 1 seed, ≤3 epochs, ≤300 train / 150 val images, 1 thread, no LLM "
-        "(options given explicitly win).",
-    ),
-    budget: int = typer.Option(None, "--budget", min=1, help="Trials per search (default 10)."),
-    seeds: int = typer.Option(
-        None, "--seeds", min=1, help="Number of seeds (default 3; --quick: 1)."
-    ),
-    first_seed: int = typer.Option(0, "--seed", help="First seed (seeds are consecutive)."),
-    llm: str = typer.Option(None, "--llm", help="LLM name, profile (fast, default) or .gguf."),
-    no_llm: bool = typer.Option(
-        False,
-        "--no-llm",
-        help="Pick the zero-shot configuration without the LLM (it only explains the top "
-        "candidate, so no configuration changes); no LLM time is spent.",
-    ),
+    *,
+    datasets: CompareData,  # expanded into its options
+    size: CompareSize,  # expanded into its options
+    llms: CompareLlm,  # expanded into its options
     methods: str = typer.Option(
         None,
         "--methods",
@@ -76,85 +215,44 @@ def compare(
     kb: Path = typer.Option(
         None, "--kb", help="KB .sqlite (default: METALLMIX_KB or the shipped KB); snapshotted."
     ),
-    epoch_cap: int = typer.Option(
-        None, "--epochs-max", min=1, help="Epoch cap for every run (default 5)."
-    ),
-    models: str = typer.Option(None, "--models", help="Comma-separated subset of the CPU zoo."),
-    image_sizes: str = typer.Option(None, "--image-sizes", help="Subset of 28,32,48,64."),
-    max_train_images: int = typer.Option(
-        None, "--max-train-images", min=10, help="Seeded stratified training subsample."
-    ),
-    max_val_images: int = typer.Option(None, "--max-val-images", min=10, help="(default 200)"),
-    threads: int = typer.Option(None, "--threads", min=1, help="torch threads per run."),
-    verify: int = typer.Option(
-        5, "--verify", min=1, help="K: candidates each successive halving trains."
-    ),
+    caps: CompareCaps,  # expanded into its options
     modality: str = typer.Option(None, "--modality"),
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for md/json/png."),
-    name: str = typer.Option(
-        None, "--name", help="Base name of the results (default: compare_<datasets>)."
-    ),
-    state: Path = typer.Option(
-        None, "--state", help="State folder for resumption (default: <out>/<name>.state)."
-    ),
-    backend_name: str = typer.Option(
-        "local", "--backend", help="Where search trials and halving runs go: local or ray."
-    ),
-    address: str = typer.Option(
-        None, "--address", help="Ray cluster: auto or ray://host:10001 (default: private)."
-    ),
-    workers: int = typer.Option(
-        0, "--workers", min=0, help="local: worker processes; ray: CPUs of a private instance."
-    ),
+    output: CompareOutput,  # expanded into its options
+    execution: CompareBackend,  # expanded into its options
     as_json: bool = JsonOption,
 ) -> None:
     """Head-to-head on real training; resumable (re-run the same command to continue)."""
     # Imported here: the benchmark pulls in torch, MLflow and the LLM runtime, which
     # `metallmix --help` and every other verb must not pay for.
-    from metallmix.benchmarks.compare import (
-        datasets_in,
-        finish_mlflow,
-        n_pieces,
-        resolve_settings,
-        run_compare,
-    )
+    from metallmix.benchmarks.compare import finish_mlflow, n_pieces, resolve_settings, run_compare
     from metallmix.benchmarks.compare_report import markdown_table, write_results
     from metallmix.tools import tracking
 
     wall = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
     code = tracking.code_version()  # the code that starts the run (HEAD may move meanwhile)
-    paths_in = list(data or [])
-    if data_dir is not None:
-        paths_in += datasets_in(data_dir)
-    if not paths_in:
-        raise ConfigError("give the datasets to compare: --data PATH (repeatable) or --data-dir")
-    if llm is not None and no_llm:
-        raise ConfigError("--llm and --no-llm contradict each other; give one")
-
+    paths_in = datasets.paths()
+    quick = size.quick
+    use_llm = llms.use(quick)
     settings = resolve_settings(
         quick=quick,
-        first_seed=first_seed,
+        first_seed=size.first_seed,
         methods=_names(methods) or [] if methods is not None else None,
-        budget=budget,
-        n_seeds=seeds,
-        epoch_cap=epoch_cap,
-        max_train_images=max_train_images,
-        max_val_images=max_val_images,
-        threads=threads,
-        models=_names(models),
-        image_sizes=_ints(image_sizes, "--image-sizes"),
-        verify=verify,
+        budget=size.budget,
+        n_seeds=size.seeds,
+        epoch_cap=caps.epoch_cap,
+        max_train_images=caps.max_train_images,
+        max_val_images=caps.max_val_images,
+        threads=caps.threads,
+        models=_names(caps.models),
+        image_sizes=_ints(caps.image_sizes, "--image-sizes"),
+        verify=caps.verify,
     )
-    use_llm = not no_llm and not (quick and llm is None)
     for path in paths_in:  # fail on a bad dataset before any progress output
         load_dataset(path, modality=modality)
-    base = name or "compare_" + "+".join(Path(d).stem for d in paths_in)
-    state_dir = state or out / f"{base}.state"
-    backend = None
-    if backend_name != "local" or workers or address:
-        backend = make_backend(backend_name, address=address, workers=workers or None)
-        stderr.print(f"search trials on {backend.describe()}")
+    base = output.name or "compare_" + "+".join(Path(d).stem for d in paths_in)
+    state_dir = output.state or output.out / f"{base}.state"
+    backend = execution.open()
     if not use_llm:
         stderr.print("zero-shot pick without the LLM (the top-scored candidate, as it explains)")
     with progress("comparison pieces", total=n_pieces(settings, len(paths_in))) as advance:
@@ -169,7 +267,7 @@ def compare(
             settings,
             state_dir=state_dir,
             kb=kb,
-            llm=llm,
+            llm=llms.llm,
             modality=modality,
             on_piece=on_piece,
             backend=backend,
@@ -187,7 +285,7 @@ def compare(
         "quick": quick,
         "llm": use_llm,
     }
-    paths = write_results(report, out, base)
+    paths = write_results(report, output.out, base)
     finish_mlflow(report, paths)
     stderr.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     payload = {**report, "files": {k: str(v) for k, v in paths.items()}}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from metallmix.agents.evidence import pct, ranked_candidates, seconds
+from metallmix.cli.groups import options_from
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.cli.verify import render_verification, run_printer
 from metallmix.errors import EXIT_NOT_RECORDED, DatasetError, KnowledgeBaseError
@@ -219,6 +221,85 @@ def judge_line(rec: Any) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True, kw_only=True)
+class VerifyCliOptions:
+    """``--verify K`` and the options that only apply with it."""
+
+    verify: Annotated[
+        int | None,
+        typer.Option(
+            "--verify",
+            min=1,
+            help="Then train the top K shortlisted configurations with successive halving "
+            "and keep the best (resumable: re-run the same command to continue).",
+        ),
+    ] = None
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option("--budget-minutes", help="--verify: training-time budget in minutes."),
+    ] = None
+    backend: Annotated[str, typer.Option("--backend", help="--verify: where runs train.")] = "local"
+    address: Annotated[str | None, typer.Option("--address", help="--verify: Ray cluster.")] = None
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=0, help="--verify: local processes / CPUs of a private Ray."),
+    ] = 0
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="--verify: torch threads per run.")
+    ] = None
+    max_train_images: Annotated[
+        int | None,
+        typer.Option("--max-train-images", min=10, help="--verify: seeded training subsample."),
+    ] = None
+    study: Annotated[str | None, typer.Option("--study", help="--verify: Optuna study name.")] = (
+        None
+    )
+    shortlist_rule: Annotated[
+        str | None,
+        typer.Option(
+            "--shortlist",
+            help="--verify: which K to train: top (the best-ranked), portfolio (the best, "
+            "then the greedy hedge over the KB's datasets) or family (one per family first); "
+            "default: the rule LODO supports (docs/guide/verify.md).",
+        ),
+    ] = None
+
+    def check_unused(self) -> None:
+        """Without ``--verify``, any of its options is a mistake worth saying."""
+        given = {
+            "--budget-minutes": self.budget_minutes is not None,
+            "--backend": self.backend != "local",
+            "--address": self.address is not None,
+            "--workers": self.workers != 0,
+            "--threads": self.threads is not None,
+            "--max-train-images": self.max_train_images is not None,
+            "--study": self.study is not None,
+            "--shortlist": self.shortlist_rule is not None,
+        }
+        for option, used in given.items():
+            if used:
+                raise typer.BadParameter(
+                    "only applies with --verify K (training the top K candidates); add "
+                    "--verify or drop it",
+                    param_hint=f"'{option}'",
+                )
+
+    def request(self, engine: Any) -> dict[str, Any]:
+        """What :func:`metallmix.recommend` takes for ``verify=K`` on ``engine``."""
+        return {
+            "verify": self.verify,
+            "budget_minutes": self.budget_minutes,
+            "backend": engine,
+            "verify_options": {
+                "study": self.study,
+                "max_train_images": self.max_train_images,
+                "threads": self.threads,
+                **({"shortlist_rule": self.shortlist_rule} if self.shortlist_rule else {}),
+            },
+        }
+
+
+@options_from("verification", VerifyCliOptions)
 def recommend_cmd(
     path: Path = typer.Argument(
         ..., metavar="DATA", help="Dataset (.npz, folder, .csv manifest) or card JSON."
@@ -230,35 +311,8 @@ def recommend_cmd(
     no_judge_llm: bool = typer.Option(
         False, "--no-judge-llm", help="Judge by code checks only (faster; no LLM scores)."
     ),
-    verify: int | None = typer.Option(
-        None,
-        "--verify",
-        min=1,
-        help="Then train the top K shortlisted configurations with successive halving "
-        "and keep the best (resumable: re-run the same command to continue).",
-    ),
-    budget_minutes: float | None = typer.Option(
-        None, "--budget-minutes", help="--verify: training-time budget in minutes."
-    ),
-    backend: str = typer.Option("local", "--backend", help="--verify: where runs train."),
-    address: str | None = typer.Option(None, "--address", help="--verify: Ray cluster."),
-    workers: int = typer.Option(
-        0, "--workers", min=0, help="--verify: local processes / CPUs of a private Ray."
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="--verify: torch threads per run."
-    ),
-    max_train_images: int | None = typer.Option(
-        None, "--max-train-images", min=10, help="--verify: seeded training subsample."
-    ),
-    study: str | None = typer.Option(None, "--study", help="--verify: Optuna study name."),
-    shortlist_rule: str | None = typer.Option(
-        None,
-        "--shortlist",
-        help="--verify: which K to train: top (the best-ranked), portfolio (the best, then "
-        "the greedy hedge over the KB's datasets) or family (one per family first); "
-        "default: the rule LODO supports (docs/guide/verify.md).",
-    ),
+    *,
+    verification: VerifyCliOptions,  # expanded into its options
     compute: Compute = ComputeOption,
     no_track: bool = NoTrackOption,
     as_json: bool = JsonOption,
@@ -267,27 +321,10 @@ def recommend_cmd(
 
     Exit 3: the answer is printed but recording it in MLflow failed (the last line says why).
     """
-    if verify is None:
-        given = {
-            "--budget-minutes": budget_minutes is not None,
-            "--backend": backend != "local",
-            "--address": address is not None,
-            "--workers": workers != 0,
-            "--threads": threads is not None,
-            "--max-train-images": max_train_images is not None,
-            "--study": study is not None,
-            "--shortlist": shortlist_rule is not None,
-        }
-        for option, used in given.items():
-            if used:
-                raise typer.BadParameter(
-                    "only applies with --verify K (training the top K candidates); add "
-                    "--verify or drop it",
-                    param_hint=f"'{option}'",
-                )
-        rec = _run(
-            path, modality, llm, kb, seed, no_judge_llm, _regime(compute), track=not no_track
-        )
+    regime = _regime(compute)
+    if verification.verify is None:
+        verification.check_unused()
+        rec = _run(path, modality, llm, kb, seed, no_judge_llm, regime, track=not no_track)
     else:
         if no_track:
             raise typer.BadParameter(
@@ -295,7 +332,11 @@ def recommend_cmd(
                 "and the KB are where they go); drop one of the two",
                 param_hint="'--no-track'",
             )
-        engine = make_backend(backend, address=address, workers=workers or None)
+        engine = make_backend(
+            verification.backend,
+            address=verification.address,
+            workers=verification.workers or None,
+        )
         try:
             rec = _run(
                 path,
@@ -304,18 +345,8 @@ def recommend_cmd(
                 kb,
                 seed,
                 no_judge_llm,
-                _regime(compute),
-                verify={
-                    "verify": verify,
-                    "budget_minutes": budget_minutes,
-                    "backend": engine,
-                    "verify_options": {
-                        "study": study,
-                        "max_train_images": max_train_images,
-                        "threads": threads,
-                        **({"shortlist_rule": shortlist_rule} if shortlist_rule else {}),
-                    },
-                },
+                regime,
+                verify=verification.request(engine),
                 track=not no_track,
             )
         finally:
