@@ -56,7 +56,14 @@ def main() -> None:
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
     from metallmix.tools.meta.search_space import Choice, IntRange
     from metallmix.tools.training.backends import RayBackend
-    from metallmix.tools.training.build import BUILD_SPACE, TaskSpec, build, plan, resolve_sources
+    from metallmix.tools.training.build import (
+        BUILD_SETTINGS,
+        BUILD_SPACE,
+        TaskSpec,
+        build,
+        plan,
+        resolve_sources,
+    )
 
     path = _dataset(tmp)
     space = BUILD_SPACE.model_copy(
@@ -77,7 +84,7 @@ def main() -> None:
 
     # Warm imports and the MLflow store so the first backend measured is not penalised.
     warm = SQLiteKnowledgeBase(tmp / "warm.sqlite")
-    list(build(warm, trials[:1], sources, threads=1, max_val_images=100))
+    list(build(warm, trials[:1], sources, settings=BUILD_SETTINGS.replace(max_val_images=100)))
 
     rows: dict[str, list[tuple[float, float, int]]] = {"local": [], "ray-seq": [], "ray": []}
 
@@ -85,7 +92,12 @@ def main() -> None:
         kb = SQLiteKnowledgeBase(tmp / f"{label}-{round_}.sqlite")
         started = time.perf_counter()
         events = list(
-            build(kb, trials, sources, threads=1, max_val_images=100, backend=backend)  # type: ignore[arg-type]
+            build(
+                kb,
+                trials,
+                sources,
+                settings=BUILD_SETTINGS.replace(max_val_images=100, backend=backend),
+            )  # type: ignore[arg-type]
         )
         wall = time.perf_counter() - started
         failed = sum(e.record is None for e in events)
@@ -102,7 +114,14 @@ def main() -> None:
     # once per build, reported apart from the per-trial figures.
     started = time.perf_counter()
     warm_ray = SQLiteKnowledgeBase(tmp / "warm-ray.sqlite")
-    list(build(warm_ray, trials[: args.cpus], sources, threads=1, backend=ray_backend))
+    list(
+        build(
+            warm_ray,
+            trials[: args.cpus],
+            sources,
+            settings=BUILD_SETTINGS.replace(backend=ray_backend),
+        )
+    )
     warmup_seconds = time.perf_counter() - started
     # Rounds interleave the backends, so load from other jobs hits them alike; medians.
     for round_ in range(args.rounds):

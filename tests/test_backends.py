@@ -27,6 +27,7 @@ from metallmix.tools.training.backends import (
     make_backend,
 )
 from metallmix.tools.training.build import (
+    BUILD_SETTINGS,
     TRIAL_KEY_TAG,
     TaskSpec,
     Trial,
@@ -88,7 +89,7 @@ def test_relayed_mlflow_run_matches_a_direct_one(data_dir: Path, tmp_path: Path)
     class Remote(LocalBackend):
         remote = True  # behave like Ray: ship materialised data, relay MLflow calls
 
-    events = list(build(kb, trials[:2], sources, backend=Remote(), threads=1))
+    events = list(build(kb, trials[:2], sources, settings=BUILD_SETTINGS.replace(backend=Remote())))
     assert [e.error for e in events] == [None, None]
     client = tracking.client()
     for record in kb.iter_records():
@@ -112,12 +113,17 @@ def test_local_backend_equals_the_plain_build(data_dir: Path, tmp_path: Path) ->
     trials, sources = tiny_plan(data_dir)
     trials = trials[:2]  # one per task
     plain = SQLiteKnowledgeBase(tmp_path / "plain.sqlite")
-    list(build(plain, trials, sources, threads=1))
+    list(build(plain, trials, sources))
     local = SQLiteKnowledgeBase(tmp_path / "local.sqlite")
-    events = list(build(local, trials, sources, threads=1, backend=LocalBackend()))
+    events = list(
+        build(local, trials, sources, settings=BUILD_SETTINGS.replace(backend=LocalBackend()))
+    )
     assert len(events) == len(trials) and all(e.record is not None for e in events)
     assert by_key(local) == by_key(plain)
-    assert list(build(local, trials, sources, backend=LocalBackend())) == []  # resumable
+    assert (
+        list(build(local, trials, sources, settings=BUILD_SETTINGS.replace(backend=LocalBackend())))
+        == []
+    )  # resumable
 
 
 def crash_once(job: TrialJob, data: object) -> TrialOutcome:
@@ -140,7 +146,14 @@ def test_pool_worker_death_is_retried_without_partial_rows(
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     with LocalBackend(workers=1) as backend:
         events = list(
-            build(kb, [trial], sources, backend=backend, max_retries=1, trial_fn=crash_once)
+            build(
+                kb,
+                [trial],
+                sources,
+                settings=BUILD_SETTINGS.replace(
+                    backend=backend, max_retries=1, trial_fn=crash_once
+                ),
+            )
         )
     assert (markers / trial.key).exists()  # the first worker really died
     assert [(e.trial.key, e.error) for e in events] == [(trial.key, None)]

@@ -6,6 +6,7 @@ the slow part, so the trials themselves are 1-epoch lcnet_050 runs on 16-pixel i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -23,13 +24,14 @@ from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.training.backends import RayBackend
-from metallmix.tools.training.build import BUILD_EXPERIMENT, TRIAL_KEY_TAG, build
+from metallmix.tools.training.build import BUILD_EXPERIMENT, BUILD_SETTINGS, TRIAL_KEY_TAG, build
 from metallmix.tools.training.distributed import (
     TrialJob,
     TrialOutcome,
     execute_trial,
 )
-from metallmix.tools.training.search import run_search
+from metallmix.tools.training.search import SearchSpec, run_search
+from metallmix.tools.training.settings import TrialSettings
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -71,7 +73,7 @@ def test_ray_build_survives_killed_workers_and_equals_local(
 ) -> None:
     trials, sources = tiny_plan(data_dir)
     local = SQLiteKnowledgeBase(tmp_path / "local.sqlite")
-    list(build(local, trials, sources, threads=1))
+    list(build(local, trials, sources))
 
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -82,10 +84,11 @@ def test_ray_build_survives_killed_workers_and_equals_local(
             kb,
             trials,
             sources,
-            backend=ray_backend,
-            threads=1,
-            max_retries=1,
-            trial_fn=functools.partial(crashing, policy, markers),
+            settings=BUILD_SETTINGS.replace(
+                backend=ray_backend,
+                max_retries=1,
+                trial_fn=functools.partial(crashing, policy, markers),
+            ),
         )
     )
     assert (markers / trials[0].key).exists() and (markers / trials[1].key).exists()
@@ -96,9 +99,11 @@ def test_ray_build_survives_killed_workers_and_equals_local(
     assert set(by_key(kb)) == {t.key for t in trials} - {trials[1].key}  # no partial row
 
     # The build resumes: only the failed trial runs again, and now it completes.
-    again = list(build(kb, trials, sources, backend=ray_backend, threads=1))
+    again = list(build(kb, trials, sources, settings=BUILD_SETTINGS.replace(backend=ray_backend)))
     assert [e.trial.key for e in again] == [trials[1].key] and again[0].record is not None
-    assert list(build(kb, trials, sources, backend=ray_backend)) == []
+    assert (
+        list(build(kb, trials, sources, settings=BUILD_SETTINGS.replace(backend=ray_backend))) == []
+    )
 
     records = kb.records()
     keys = Counter(r.provenance.notes[TRIAL_KEY_TAG] for r in records)
@@ -122,16 +127,16 @@ def test_ray_tpe_search_matches_the_local_search(
     ray_backend: RayBackend, data_dir: Path, tmp_path: Path
 ) -> None:
     dataset = load_dataset(data_dir / "toy.npz")
-    common = {"sampler": "tpe", "trials": 3, "seed": 5, "space": TINY_SEARCH, "threads": 1}
-    local = run_search(dataset, storage=tmp_path / "local.sqlite", **common)  # type: ignore[arg-type]
+    search = SearchSpec(sampler="tpe", trials=3, seed=5, space=TINY_SEARCH)
+    one_thread = TrialSettings(threads=1)
+    here = dataclasses.replace(search, storage=tmp_path / "local.sqlite")
+    local = run_search(dataset, here, settings=one_thread)
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     remote = run_search(
         dataset,
-        storage=tmp_path / "ray.sqlite",
+        dataclasses.replace(search, storage=tmp_path / "ray.sqlite"),
         kb=kb,
-        backend=ray_backend,
-        parallel=1,
-        **common,  # type: ignore[arg-type]
+        settings=one_thread.replace(backend=ray_backend, parallel=1),
     )
     assert remote.trials_done == 3 and len(kb) == 3
     assert [(t.state, t.model, t.params, t.value) for t in remote.trials] == [
@@ -217,9 +222,9 @@ def test_ray_workers_log_to_an_mlflow_server_themselves(
             kb,
             trials[:2],
             sources,
-            backend=ray_backend,
-            tracking_uri=mlflow_server,
-            trial_fn=logs_directly,
+            settings=BUILD_SETTINGS.replace(
+                backend=ray_backend, tracking_uri=mlflow_server, trial_fn=logs_directly
+            ),
         )
     )
     assert [e.error for e in events] == [None, None] and len(kb) == 2

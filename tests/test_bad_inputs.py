@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -768,7 +769,8 @@ def test_logging_failure_after_training_keeps_the_result(
     from metallmix.tools.datasets import load_dataset
     from metallmix.tools.kb.records import Hyperparameters, RunRecord
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
-    from metallmix.tools.training.runner import run_trial
+    from metallmix.tools.training.runner import RunSpec, run_trial
+    from metallmix.tools.training.settings import TrialSettings
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     artifacts = tmp_path / "mlruns" / "artifacts"
@@ -782,13 +784,9 @@ def test_logging_failure_after_training_keeps_the_result(
 
         record = run_trial(
             load_dataset(write_npz(tmp_path)),
-            "lcnet_050",
-            hp,
-            seed=0,
+            RunSpec(model="lcnet_050", hp=hp, seed=0),
             kb=kb,
-            threads=1,
-            tracking_uri=uri,
-            progress=lock_artifacts,
+            settings=TrialSettings(threads=1, tracking_uri=uri, progress=lock_artifacts),
         )
     assert record.outcomes.val_accuracy is not None
     assert "mlflow_logging_error" in record.provenance.notes
@@ -927,20 +925,22 @@ def test_sigint_during_verify_leaves_kb_and_study_agreeing(at_write: int, tmp_pa
     KB rows = distinct runs = completed trials (issue 25: 7 rows for 6 runs before)."""
     import optuna
     from test_train_trainer import write_npz
-    from test_verify import FIVE, fake_trial
+    from test_verify import FIVE, fake_trial, halving
 
     from metallmix.tools.datasets import load_dataset
     from metallmix.tools.kb.store import SQLiteKnowledgeBase
-    from metallmix.tools.training.verify import run_verify
+    from metallmix.tools.training.halving import run_verify
+    from metallmix.tools.training.settings import TrialSettings
 
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     storage = tmp_path / "studies.sqlite"
     data = load_dataset(write_npz(tmp_path))
-    args = dict(zero_shot_id="c1", k=4, first_rung_epochs=1, storage=storage, study_name="S")
+    spec, fake = halving(tmp_path, "S", k=4), TrialSettings(trial_fn=fake_trial)
+    args: dict[str, Any] = dict(zero_shot_id="c1", halving=spec, settings=fake)
     with pytest.raises(KeyboardInterrupt):
-        run_verify(data, FIVE, kb=_InterruptingKB(kb, at_write), trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+        run_verify(data, FIVE, kb=_InterruptingKB(kb, at_write), **args)  # type: ignore[arg-type]
     assert len(kb) == at_write  # the interrupted run reached the KB
-    result = run_verify(data, FIVE, kb=kb, trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    result = run_verify(data, FIVE, kb=kb, **args)
     assert result.complete and result.recovered == 1 and result.retried == 0
     study = optuna.load_study(study_name="S", storage=f"sqlite:///{storage}")
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
@@ -950,7 +950,7 @@ def test_sigint_during_verify_leaves_kb_and_study_agreeing(at_write: int, tmp_pa
     ]
     assert len(keys) == len(set(keys)) == len(done) == 6  # 4 first rungs + 2 promoted
     assert {t.user_attrs["record_id"] for t in done} == kb.run_ids()
-    again = run_verify(data, FIVE, kb=kb, trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    again = run_verify(data, FIVE, kb=kb, **args)
     assert again.runs_this_time == 0 and len(kb) == 6
 
 
@@ -1120,17 +1120,18 @@ def test_store_failing_mid_training_keeps_the_result_and_exits_3(
     real_run_trial = train_cli.run_trial
     epochs: list[int] = []
 
-    def store_fails_after_epoch_1(*args: object, **kwargs: object) -> object:
-        outer = kwargs.pop("progress")
+    def store_fails_after_epoch_1(*args: object, settings: Any, **kwargs: object) -> object:
+        outer = settings.progress
         with ExitStack() as stack:
 
             def hook(stats: object) -> None:
                 epochs.append(stats.epoch)  # type: ignore[attr-defined]
                 if len(epochs) == 1:
                     stack.enter_context(read_only(store))
-                outer(stats)  # type: ignore[operator]
+                outer(stats)
 
-            return real_run_trial(*args, progress=hook, **kwargs)  # type: ignore[arg-type]
+            hooked = settings.replace(progress=hook)
+            return real_run_trial(*args, settings=hooked, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(train_cli, "run_trial", store_fails_after_epoch_1)
     kb = tmp_path / "kb.sqlite"

@@ -91,13 +91,13 @@ def test_build_appends_and_resumes(data_dir: Path, tmp_path: Path) -> None:
     ]
     trials = plan(tasks, 2, space=TINY)
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
-    first = list(build(kb, trials[:3], sources, threads=1))
+    first = list(build(kb, trials[:3], sources))
     assert [e.error for e in first] == [None, None, None]
     assert len(kb) == 3 and done_keys(kb) == {t.key for t in trials[:3]}
     # Resuming runs only what is missing.
-    second = list(build(kb, trials, sources, threads=1))
+    second = list(build(kb, trials, sources))
     assert [e.trial.key for e in second] == [trials[3].key]
-    assert list(build(kb, trials, sources, threads=1)) == []
+    assert list(build(kb, trials, sources)) == []
     records = kb.records()
     assert {r.dataset for r in records} == {"toy", "quad/c1+3/n24/r12"}
     assert {r.dataset_group for r in records} == {"toy", "quad"}
@@ -113,7 +113,7 @@ def test_sharding_splits_the_plan(data_dir: Path, tmp_path: Path) -> None:
     sources = resolve_sources([data_dir / "toy.npz"])
     trials = plan([TaskSpec(source="toy")], 2, space=TINY)
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
-    ran = [e.trial.key for e in build(kb, trials, sources, threads=1, shard=(1, 2))]
+    ran = [e.trial.key for e in build(kb, trials, sources, shard=(1, 2))]
     assert ran == [trials[1].key]
     with pytest.raises(ConfigError, match="shard"):
         list(build(kb, trials, sources, shard=(2, 2)))
@@ -162,7 +162,7 @@ def test_a_trial_recorded_meanwhile_by_another_process_is_skipped(
             prov = record.provenance.model_copy(update={"notes": notes})
             other.add([record.model_copy(update={"run_id": "other-1", "provenance": prov})])
 
-    ran = [e.trial.key for e in build(kb, trials, sources, threads=1, on_trial=copy_as_last_trial)]
+    ran = [e.trial.key for e in build(kb, trials, sources, on_trial=copy_as_last_trial)]
     assert ran == [trials[0].key, trials[1].key]
     assert done_keys(kb) == {t.key for t in trials}
 

@@ -184,7 +184,8 @@ def test_contract_with_the_real_trainer(tmp_path: Path) -> None:
     from metallmix.tools.datasets import load_dataset
     from metallmix.tools.kb.mlflow_import import _reconstruct
     from metallmix.tools.kb.records import Hyperparameters
-    from metallmix.tools.training.runner import run_trial
+    from metallmix.tools.training.runner import RunSpec, run_trial
+    from metallmix.tools.training.settings import TrialSettings
 
     rng = np.random.default_rng(0)
     arrays = {}
@@ -201,7 +202,10 @@ def test_contract_with_the_real_trainer(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     hp = Hyperparameters(epochs=2, image_size=16, batch_size=16, lr=3e-3)
     record = run_trial(
-        load_dataset(tmp_path / "toy.npz"), "lcnet_050", hp, kb=None, tracking_uri=uri, threads=1
+        load_dataset(tmp_path / "toy.npz"),
+        RunSpec(model="lcnet_050", hp=hp),
+        kb=None,
+        settings=TrialSettings(tracking_uri=uri, threads=1),
     )
     imported = import_mlflow(uri)
     assert len(imported) == 1

@@ -17,7 +17,8 @@ from metallmix.tools.meta.search_space import (
     IntRange,
     SearchSpace,
 )
-from metallmix.tools.training.search import distributions, run_search
+from metallmix.tools.training.search import SearchSpec, distributions, run_search
+from metallmix.tools.training.settings import TrialSettings
 from metallmix.tools.training.trainer import EpochStats
 
 # A space of cheap configurations so a trial takes about a second.
@@ -64,12 +65,9 @@ def test_random_search_runs_trials_in_mlflow_and_kb(toy: Path, tmp_path: Path) -
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     result = run_search(
         load_dataset(toy),
-        sampler="random",
-        trials=2,
-        space=TINY,
-        storage=tmp_path / "studies.sqlite",
+        SearchSpec(sampler="random", trials=2, space=TINY, storage=tmp_path / "studies.sqlite"),
         kb=kb,
-        threads=1,
+        settings=TrialSettings(threads=1),
     )
     assert result.trials_done == 2 and len(result.trials) == 2
     assert all(t.state == "COMPLETE" and t.model == "lcnet_050" for t in result.trials)
@@ -85,12 +83,9 @@ def test_random_search_runs_trials_in_mlflow_and_kb(toy: Path, tmp_path: Path) -
     # Asking again for the same budget runs nothing new.
     again = run_search(
         load_dataset(toy),
-        sampler="random",
-        trials=2,
-        space=TINY,
-        storage=tmp_path / "studies.sqlite",
+        SearchSpec(sampler="random", trials=2, space=TINY, storage=tmp_path / "studies.sqlite"),
         kb=kb,
-        threads=1,
+        settings=TrialSettings(threads=1),
     )
     assert again.trials_done == 2 and len(kb) == 2
     assert again.parent_run_id == result.parent_run_id
@@ -109,12 +104,8 @@ def test_interrupted_search_resumes(toy: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_search(
             load_dataset(toy),
-            sampler="tpe",
-            trials=3,
-            space=TINY,
-            storage=storage,
-            threads=1,
-            progress=interrupt,
+            SearchSpec(sampler="tpe", trials=3, space=TINY, storage=storage),
+            settings=TrialSettings(threads=1, progress=interrupt),
         )
     import optuna
 
@@ -124,7 +115,9 @@ def test_interrupted_search_resumes(toy: Path, tmp_path: Path) -> None:
     interrupted = study.get_trials()[1].params
 
     result = run_search(
-        load_dataset(toy), sampler="tpe", trials=3, space=TINY, storage=storage, threads=1
+        load_dataset(toy),
+        SearchSpec(sampler="tpe", trials=3, space=TINY, storage=storage),
+        settings=TrialSettings(threads=1),
     )
     assert result.resumed == 1
     assert result.trials_done == 3
@@ -136,9 +129,15 @@ def test_interrupted_search_resumes(toy: Path, tmp_path: Path) -> None:
 
 def test_bad_sampler_and_budget(toy: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sampler"):
-        run_search(load_dataset(toy), sampler="grid", trials=1, space=TINY, storage=tmp_path / "s")
+        run_search(
+            load_dataset(toy),
+            SearchSpec(sampler="grid", trials=1, space=TINY, storage=tmp_path / "s"),
+        )
     with pytest.raises(ConfigError, match="trials"):
-        run_search(load_dataset(toy), sampler="tpe", trials=0, space=TINY, storage=tmp_path / "s")
+        run_search(
+            load_dataset(toy),
+            SearchSpec(sampler="tpe", trials=0, space=TINY, storage=tmp_path / "s"),
+        )
 
 
 def test_rejected_configuration_is_a_failed_trial(toy: Path, tmp_path: Path) -> None:
@@ -146,11 +145,8 @@ def test_rejected_configuration_is_a_failed_trial(toy: Path, tmp_path: Path) -> 
     space = TINY.model_copy(update={"name": "tiny-bad", "models": ["convnext_atto"]})
     result = run_search(
         load_dataset(toy),
-        sampler="random",
-        trials=1,
-        space=space,
-        storage=tmp_path / "studies.sqlite",
-        threads=1,
+        SearchSpec(sampler="random", trials=1, space=space, storage=tmp_path / "studies.sqlite"),
+        settings=TrialSettings(threads=1),
     )
     assert result.trials_done == 1
     assert result.trials[0].state == "FAIL"

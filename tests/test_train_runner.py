@@ -13,7 +13,8 @@ from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
-from metallmix.tools.training.runner import RECORD_ARTIFACT, run_trial
+from metallmix.tools.training.runner import RECORD_ARTIFACT, RunSpec, run_trial
+from metallmix.tools.training.settings import TrialSettings
 
 HP = Hyperparameters(lr=3e-3, epochs=1, image_size=16, batch_size=32, augmentation="light")
 
@@ -36,13 +37,11 @@ def test_run_is_logged_and_appended(toy: Path, tracking_uri: str, tmp_path: Path
     epochs: list[int] = []
     record = run_trial(
         load_dataset(toy),
-        "lcnet_050",
-        HP,
-        seed=7,
+        RunSpec(model="lcnet_050", hp=HP, seed=7),
         kb=kb,
-        threads=1,
-        tracking_uri=tracking_uri,
-        progress=lambda s: epochs.append(s.epoch),
+        settings=TrialSettings(
+            threads=1, tracking_uri=tracking_uri, progress=lambda s: epochs.append(s.epoch)
+        ),
     )
     assert epochs == [1]
     # The KB row is the returned record.
@@ -107,7 +106,12 @@ def test_kb_importer_reads_what_we_log(toy: Path, tmp_path: Path) -> None:
     """The contract with the KB's MLflow importer: a logged run comes back unchanged."""
     mlflow_import = pytest.importorskip("metallmix.tools.kb.mlflow_import")
     uri = f"sqlite:///{tmp_path / 'own.db'}"
-    record = run_trial(load_dataset(toy), "lcnet_050", HP, kb=None, threads=1, tracking_uri=uri)
+    record = run_trial(
+        load_dataset(toy),
+        RunSpec(model="lcnet_050", hp=HP),
+        kb=None,
+        settings=TrialSettings(threads=1, tracking_uri=uri),
+    )
     imported = mlflow_import.import_mlflow(uri)
     assert [r.run_id for r in imported] == [record.run_id]
     assert imported[0].outcomes == record.outcomes
@@ -122,13 +126,9 @@ def test_nested_subsample_and_no_kb(toy: Path, tracking_uri: str) -> None:
     parent = client.create_run(exp).info.run_id
     record = run_trial(
         load_dataset(toy),
-        "lcnet_050",
-        HP,
+        RunSpec(model="lcnet_050", hp=HP, parent_run_id=parent),
         kb=None,
-        parent_run_id=parent,
-        max_train_images=30,
-        threads=1,
-        tracking_uri=tracking_uri,
+        settings=TrialSettings(max_train_images=30, threads=1, tracking_uri=tracking_uri),
     )
     run = client.get_run(record.provenance.mlflow_run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent
@@ -150,7 +150,10 @@ def test_diverged_run_is_recorded(toy: Path, tracking_uri: str, tmp_path: Path) 
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     hp = Hyperparameters(lr=1e6, optimizer="sgd", epochs=2, image_size=16, batch_size=32)
     record = run_trial(
-        load_dataset(toy), "resnet10t", hp, kb=kb, threads=1, tracking_uri=tracking_uri
+        load_dataset(toy),
+        RunSpec(model="resnet10t", hp=hp),
+        kb=kb,
+        settings=TrialSettings(threads=1, tracking_uri=tracking_uri),
     )
     assert record.status == "diverged"
     assert kb.records(status="diverged") == [record]
@@ -169,12 +172,9 @@ def test_failure_marks_mlflow_run_and_leaves_kb(
     with pytest.raises(ConfigError, match="image_size"):
         run_trial(
             load_dataset(toy),
-            "convnext_atto",
-            HP,
+            RunSpec(model="convnext_atto", hp=HP, experiment="failing"),
             kb=kb,
-            threads=1,
-            tracking_uri=tracking_uri,
-            experiment="failing",
+            settings=TrialSettings(threads=1, tracking_uri=tracking_uri),
         )
     assert len(kb) == 0
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -198,12 +198,11 @@ def test_real_dataset_run(shared_data: Path, tracking_uri: str) -> None:
     ds = load_dataset(shared_data / "medical" / "breastmnist.npz")
     record = run_trial(
         ds,
-        "resnet10t",
-        Hyperparameters(lr=1e-3, epochs=1, image_size=28, batch_size=64),
+        RunSpec(
+            model="resnet10t", hp=Hyperparameters(lr=1e-3, epochs=1, image_size=28, batch_size=64)
+        ),
         kb=None,
-        max_train_images=120,
-        threads=1,
-        tracking_uri=tracking_uri,
+        settings=TrialSettings(max_train_images=120, threads=1, tracking_uri=tracking_uri),
     )
     assert record.status == "ok"
     assert record.provenance.dataset_source_repo == "KamalJain777/AMLS_25_26_SN24205421"

@@ -7,8 +7,10 @@ candidate is better is known in advance; their real twin,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -22,7 +24,8 @@ from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, Ru
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.training.distributed import TrialJob, TrialOutcome
-from metallmix.tools.training.verify import first_rung, run_verify, select
+from metallmix.tools.training.halving import HalvingSpec, first_rung, run_verify, select
+from metallmix.tools.training.settings import TrialSettings
 
 MF = TOY_MF
 
@@ -30,6 +33,20 @@ MF = TOY_MF
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_npz(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def fake() -> TrialSettings:
+    """Every scheduling test's trial settings: the fake worker below, no real training."""
+    return TrialSettings(trial_fn=fake_trial)
+
+
+def halving(tmp_path: Path, name: str, **changes: Any) -> HalvingSpec:
+    """The tests' study: five candidates, a one-epoch first rung, stored in ``tmp_path``."""
+    spec = HalvingSpec(
+        k=5, first_rung_epochs=1, storage=tmp_path / "studies.sqlite", study_name=name
+    )
+    return dataclasses.replace(spec, **changes)
 
 
 def cand(
@@ -116,19 +133,14 @@ def trials_by_rung(storage: Path, name: str) -> dict[int, list[str]]:
     return out
 
 
-def test_successive_halving_promotes_the_better_half(toy: Path, tmp_path: Path) -> None:
+def test_successive_halving_promotes_the_better_half(
+    toy: Path, tmp_path: Path, fake: TrialSettings
+) -> None:
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     storage = tmp_path / "studies.sqlite"
+    spec = halving(tmp_path, "v")
     result = run_verify(
-        load_dataset(toy),
-        FIVE,
-        zero_shot_id="c1",
-        k=5,
-        first_rung_epochs=1,
-        storage=storage,
-        study_name="v",
-        kb=kb,
-        trial_fn=fake_trial,
+        load_dataset(toy), FIVE, zero_shot_id="c1", halving=spec, settings=fake, kb=kb
     )
     rungs = trials_by_rung(storage, "v")
     assert sorted(rungs[0]) == ["c1", "c2", "c3", "c4", "c5"]  # everyone ran the first rung
@@ -155,7 +167,7 @@ def test_successive_halving_promotes_the_better_half(toy: Path, tmp_path: Path) 
 
 
 def test_the_first_rung_pauses_the_full_schedule_and_promotion_continues_it(
-    toy: Path, tmp_path: Path
+    toy: Path, tmp_path: Path, fake: TrialSettings
 ) -> None:
     jobs: list[TrialJob] = []
 
@@ -163,16 +175,13 @@ def test_the_first_rung_pauses_the_full_schedule_and_promotion_continues_it(
         jobs.append(job)
         return fake_trial(job, data)
 
-    storage = tmp_path / "studies.sqlite"
+    spec = halving(tmp_path, "p")
     run_verify(
         load_dataset(toy),
         FIVE,
         zero_shot_id="c1",
-        k=5,
-        first_rung_epochs=1,
-        storage=storage,
-        study_name="p",
-        trial_fn=seen,
+        halving=spec,
+        settings=fake.replace(trial_fn=seen),
     )
     rung0 = {j.tags["metallmix.candidate"]: j for j in jobs if j.tags["metallmix.rung"] == "0"}
     rung1 = {j.tags["metallmix.candidate"]: j for j in jobs if j.tags["metallmix.rung"] == "1"}
@@ -203,20 +212,17 @@ def test_optunas_pruner_alone_would_promote_the_first_trial() -> None:
     assert continued[0]  # 0.50, the worst first-rung value, would continue to full epochs
 
 
-def test_budget_stops_cleanly_and_more_budget_continues(toy: Path, tmp_path: Path) -> None:
+def test_budget_stops_cleanly_and_more_budget_continues(
+    toy: Path, tmp_path: Path, fake: TrialSettings
+) -> None:
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     storage = tmp_path / "studies.sqlite"
-    args = dict(
-        zero_shot_id="c1",
-        k=5,
-        first_rung_epochs=1,
-        storage=storage,
-        study_name="b",
-        kb=kb,
-        trial_fn=slow_trial,
-    )
+    slow = fake.replace(trial_fn=slow_trial)
     # The first rung costs ~5 x 0.2 s; a promoted run ~0.8 s more: it does not fit in 1.5 s.
-    result = run_verify(load_dataset(toy), FIVE, budget_seconds=1.5, **args)  # type: ignore[arg-type]
+    spec = halving(tmp_path, "b", budget_seconds=1.5)
+    result = run_verify(
+        load_dataset(toy), FIVE, zero_shot_id="c1", halving=spec, settings=slow, kb=kb
+    )
     assert result.stopped_by_budget and not result.complete
     assert result.seconds_spent <= 1.5
     assert trials_by_rung(storage, "b") == {0: ["c1", "c2", "c3", "c4", "c5"]}
@@ -227,12 +233,17 @@ def test_budget_stops_cleanly_and_more_budget_continues(toy: Path, tmp_path: Pat
     run = tracking.client().get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["stopped_by_budget"] == 1.0
     # The same call with a larger budget runs only the two promoted full runs.
-    more = run_verify(load_dataset(toy), FIVE, budget_seconds=30, **args)  # type: ignore[arg-type]
+    more_time = dataclasses.replace(spec, budget_seconds=30)
+    more = run_verify(
+        load_dataset(toy), FIVE, zero_shot_id="c1", halving=more_time, settings=slow, kb=kb
+    )
     assert more.runs_resumed == 5 and more.runs_this_time == 2 and more.complete
     assert more.winner_id == "c2" and len(kb) == 7
 
 
-def test_resumption_retries_the_killed_run_and_retrains_nothing(toy: Path, tmp_path: Path) -> None:
+def test_resumption_retries_the_killed_run_and_retrains_nothing(
+    toy: Path, tmp_path: Path, fake: TrialSettings
+) -> None:
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     storage = tmp_path / "studies.sqlite"
     calls = {"n": 0}
@@ -243,18 +254,23 @@ def test_resumption_retries_the_killed_run_and_retrains_nothing(toy: Path, tmp_p
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third run
         return fake_trial(job, data)
 
-    args = dict(zero_shot_id="c1", k=5, first_rung_epochs=1, storage=storage, study_name="r", kb=kb)
+    spec = halving(tmp_path, "r")
     with pytest.raises(KeyboardInterrupt):
-        run_verify(load_dataset(toy), FIVE, trial_fn=killed_third, **args)  # type: ignore[arg-type]
+        killed = fake.replace(trial_fn=killed_third)
+        run_verify(load_dataset(toy), FIVE, zero_shot_id="c1", halving=spec, settings=killed, kb=kb)
     assert len(kb) == 2
     # A later call gets another shortlist (the KB grew): the stored plan wins.
     other = [cand(9, lr=0.009)]
-    result = run_verify(load_dataset(toy), other, trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    result = run_verify(
+        load_dataset(toy), other, zero_shot_id="c1", halving=spec, settings=fake, kb=kb
+    )
     assert result.retried == 1 and result.runs_resumed == 2 and result.runs_this_time == 5
     assert result.winner_id == "c2" and len(kb) == 7
     rungs = trials_by_rung(storage, "r")
     assert sorted(rungs[0]) == ["c1", "c2", "c3", "c4", "c5"]  # each exactly once
-    again = run_verify(load_dataset(toy), FIVE, trial_fn=fake_trial, **args)  # type: ignore[arg-type]
+    again = run_verify(
+        load_dataset(toy), FIVE, zero_shot_id="c1", halving=spec, settings=fake, kb=kb
+    )
     assert again.runs_this_time == 0 and again.runs_resumed == 7 and len(kb) == 7
 
 
@@ -271,8 +287,15 @@ def test_select_and_bad_settings(toy: Path, tmp_path: Path) -> None:
             load_dataset(toy),
             FIVE,
             zero_shot_id="c1",
-            budget_seconds=0,
-            storage=tmp_path / "s.sqlite",
+            halving=halving(tmp_path, "s", budget_seconds=0),
+        )
+    with pytest.raises(ConfigError, match="untracked"):
+        run_verify(
+            load_dataset(toy),
+            FIVE,
+            zero_shot_id="c1",
+            halving=halving(tmp_path, "s"),
+            settings=TrialSettings(track=False),
         )
 
 
@@ -316,23 +339,16 @@ def test_real_verify_nests_every_run_and_appends_to_the_kb(toy: Path, tmp_path: 
 
     parent = rec_tracking.start_run(run_name="toy")
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
-    storage = tmp_path / "studies.sqlite"
     three = [
         cand(1, lr=0.01, epochs=2),
         cand(2, lr=0.003, epochs=2, model="resnet10t"),
         cand(3, lr=0.001, epochs=2),
     ]
-    args = dict(
-        zero_shot_id="c1",
-        k=3,
-        first_rung_epochs=1,
-        storage=storage,
-        study_name="real",
-        kb=kb,
-        parent_run_id=parent,
-        threads=1,
+    spec = halving(tmp_path, "real", k=3, parent_run_id=parent)
+    one_thread = TrialSettings(threads=1)
+    result = run_verify(
+        load_dataset(toy), three, zero_shot_id="c1", halving=spec, settings=one_thread, kb=kb
     )
-    result = run_verify(load_dataset(toy), three, **args)  # type: ignore[arg-type]
     assert result.complete and result.winner_id is not None
     runs = [r for c in result.candidates for r in c.runs]
     assert len(runs) == 4 and all(r.state == "done" for r in runs)  # 3 first-rung + 1 full
@@ -361,5 +377,7 @@ def test_real_verify_nests_every_run_and_appends_to_the_kb(toy: Path, tmp_path: 
     assert len(final.outcomes.learning_curve) == 2  # the whole curve, paused part included
     assert not (tmp_path / "verify-checkpoints").exists()  # complete: removed
     # Resumed: nothing is retrained.
-    again = run_verify(load_dataset(toy), three, **args)  # type: ignore[arg-type]
+    again = run_verify(
+        load_dataset(toy), three, zero_shot_id="c1", halving=spec, settings=one_thread, kb=kb
+    )
     assert again.runs_this_time == 0 and len(kb) == 4 and again.winner_id == result.winner_id

@@ -4,6 +4,7 @@ local backend's (same seeds, one thread)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -19,7 +20,8 @@ from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.training.backends import RayBackend
 from metallmix.tools.training.distributed import TrialJob, TrialOutcome, execute_trial
-from metallmix.tools.training.verify import run_verify
+from metallmix.tools.training.halving import HalvingSpec, run_verify
+from metallmix.tools.training.settings import TrialSettings
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -50,18 +52,20 @@ def test_ray_verify_reports_a_lost_run_and_equals_local(
 ) -> None:
     data = load_dataset(write_npz(tmp_path, "toy"))
     three = [cand(1, lr=0.01, epochs=2), cand(2, lr=0.003, epochs=2), cand(3, lr=0.001, epochs=2)]
-    args = dict(zero_shot_id="c1", k=3, first_rung_epochs=1, threads=1)
+    spec = HalvingSpec(k=3, first_rung_epochs=1)
+    one_thread = TrialSettings(threads=1)
     kb = SQLiteKnowledgeBase(tmp_path / "ray.sqlite")
     result = run_verify(
         data,
         three,
-        storage=tmp_path / "ray-studies.sqlite",
-        study_name="rv",
+        zero_shot_id="c1",
+        halving=dataclasses.replace(spec, storage=tmp_path / "ray-studies.sqlite", study_name="rv"),
+        settings=one_thread.replace(
+            backend=ray_backend,
+            max_retries=1,
+            trial_fn=functools.partial(dies_on, "rv#1"),  # c2's first-rung run, every attempt
+        ),
         kb=kb,
-        backend=ray_backend,
-        max_retries=1,
-        trial_fn=functools.partial(dies_on, "rv#1"),  # c2's first-rung run, every attempt
-        **args,  # type: ignore[arg-type]
     )
     c2 = result.candidate("c2")
     assert c2 is not None and c2.status == "failed"
@@ -77,8 +81,12 @@ def test_ray_verify_reports_a_lost_run_and_equals_local(
         assert mlflow_run.info.status == "FINISHED"
 
     local = run_verify(
-        data, three, storage=tmp_path / "local.sqlite", study_name="lv", kb=None, **args
-    )  # type: ignore[arg-type]
+        data,
+        three,
+        zero_shot_id="c1",
+        halving=dataclasses.replace(spec, storage=tmp_path / "local.sqlite", study_name="lv"),
+        settings=one_thread,
+    )
     for cid in ("c1", "c3"):  # first-rung values: the same runs on both backends
         on_ray, here = result.candidate(cid), local.candidate(cid)
         assert on_ray is not None and here is not None
