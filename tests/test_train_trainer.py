@@ -300,3 +300,38 @@ def test_feature_cache_reuses_rows_and_persists(tmp_path: Path) -> None:
     assert calls == [6] and hit and np.array_equal(again, feats)
     cache.features("other-size", images[:2], extract)
     assert calls == [6, 2]
+
+
+def test_batchnorm_recalibration_keeps_frozen_statistics() -> None:
+    """Precise BN through ``update_bn`` re-estimates only the layers that train: a frozen
+    (pretrained) layer keeps its running statistics and stays in eval mode, a trainable one
+    ends at the plain average of its per-batch means over the calibration images."""
+    import torch
+
+    from metallmix.tools.training.trainer import _freeze_modes, _recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    frozen = torch.nn.BatchNorm2d(4)
+    trainable = torch.nn.BatchNorm2d(4)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), frozen, torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), trainable
+    )
+    for p in [*model[0].parameters(), *frozen.parameters()]:
+        p.requires_grad_(False)
+    with torch.no_grad():
+        frozen.running_mean.fill_(0.25)
+        frozen.running_var.fill_(2.0)
+    x = torch.randn(10, 1, 8, 8)
+    model.train()
+    _freeze_modes(model)
+    with torch.no_grad():  # what the trainable layer sees, in batches of 4, 4 and 2
+        features = model[:4](x)
+    expected = torch.stack([features[i : i + 4].mean(dim=(0, 2, 3)) for i in (0, 4, 8)]).mean(0)
+
+    _recalibrate_batchnorm(model, x, batch=4)
+
+    assert torch.equal(frozen.running_mean, torch.full((4,), 0.25))
+    assert torch.equal(frozen.running_var, torch.full((4,), 2.0))
+    assert not frozen.training and trainable.training
+    assert torch.allclose(trainable.running_mean, expected, atol=1e-6)
+    assert trainable.momentum == 0.1  # restored after the cumulative pass

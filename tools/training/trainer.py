@@ -386,13 +386,14 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
     From scratch and over few steps, the running averages lag far behind the fast-moving
     weights, and eval-mode predictions collapse to one class even when training accuracy is
     high. One gradient-free pass with a cumulative average fixes that for a fraction of an
-    epoch's cost.
+    epoch's cost: :func:`torch.optim.swa_utils.update_bn`.
 
-    Why not ``torch.optim.swa_utils.update_bn``: it resets *every* batch-norm layer and puts
-    the whole model in train mode. A linear probe or a partial fine-tune keeps its frozen
+    ``update_bn`` resets *every* batch-norm layer of the module it is given and puts that
+    module in train mode. A linear probe or a partial fine-tune must keep its frozen
     backbone's pretrained statistics (they describe ImageNet features the head was trained
-    on), so only layers with trainable parameters are reset here, and frozen blocks stay in
-    eval mode (``_freeze_modes``) while the pass runs.
+    on), so it is given :func:`_trainable_norms`: a module whose only submodules are the
+    batch-norm layers with trainable parameters and whose forward runs the whole network,
+    which is put in its training mode first (frozen blocks stay in eval, ``_freeze_modes``).
     """
     import torch  # heavy: torch loads only when something trains
 
@@ -404,19 +405,29 @@ def _recalibrate_batchnorm(model: Any, x: Any, batch: int) -> None:
     ]
     if not norms:
         return
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
     model.train()
     _freeze_modes(model)
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            chunk = x[i : i + batch]
-            if len(chunk) > 1:
-                model(chunk)
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
+    chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
+    torch.optim.swa_utils.update_bn(
+        [c for c in chunks if len(c) > 1],  # batch-norm cannot train on one image
+        _trainable_norms(model, norms),
+    )
+
+
+def _trainable_norms(model: Any, norms: list[Any]) -> Any:
+    """The network seen through its trainable batch-norm layers (see _recalibrate_batchnorm)."""
+    import torch  # heavy: torch loads only when something trains
+
+    class TrainableNorms(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norms = torch.nn.ModuleList(norms)  # what update_bn resets and re-estimates
+            self._network = (model,)  # a tuple: not a submodule, so left as it is
+
+        def forward(self, x: Any) -> Any:
+            return self._network[0](x)
+
+    return TrainableNorms()
 
 
 def _predict(model: Any, x: Any, batch: int) -> Any:
