@@ -18,7 +18,6 @@ The zero-shot answer itself comes from the caller (:func:`metallmix.recommend` p
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist
 from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
-from metallmix.tools.meta.search_space import hp_values
 from metallmix.tools.meta.shortlist import build_shortlist
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.backends import ExecutionBackend, make_backend
@@ -48,6 +46,7 @@ from metallmix.tools.training.halving import (
     RunResult,
     VerifyResult,
     default_study_name,
+    distinct,
     load_plan,
     run_verify,
     select,
@@ -108,14 +107,7 @@ def hedge_first(candidates: list[Candidate], zero_shot_id: str, k: int) -> list[
     ordered = [c for c in candidates if c.candidate_id == zero_shot_id] + [
         c for c in candidates if c.candidate_id != zero_shot_id
     ]
-    out: list[Candidate] = []
-    seen: set[str] = set()
-    for c in ordered:
-        key = json.dumps([c.model, hp_values(c.hyperparameters)], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
-    return out[:k]
+    return distinct(ordered)[:k]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from metallmix.tools.training.search import SAMPLERS, SearchSpec, run_search
 from metallmix.tools.training.settings import TrialSettings
 from metallmix.tools.training.trainer import FeatureCache
 
+KB_HELP = "Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
 NoTrackOption = typer.Option(
     False,
     "--no-track",
@@ -49,9 +50,7 @@ class KbOptions:
 
     kb: Annotated[
         Path | None,
-        typer.Option(
-            "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
-        ),
+        typer.Option("--kb", help=KB_HELP),
     ] = None
     no_kb: Annotated[
         bool, typer.Option("--no-kb", help="Record in MLflow only, not in the KB.")
@@ -536,9 +535,7 @@ def build_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds the sampled configurations."),
     share: BuildShare,  # expanded into its options
-    kb: Path | None = typer.Option(
-        None, "--kb", help="Knowledge-base file to append to (default: METALLMIX_KB or workspace)."
-    ),
+    kb: Path | None = typer.Option(None, "--kb", help=KB_HELP),
     execution: BackendOptions,  # expanded into its options
     no_track: bool = typer.Option(
         False,

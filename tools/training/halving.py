@@ -45,7 +45,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,14 +355,20 @@ def select(candidates: Sequence[Candidate], k: int, zero_shot_id: str) -> list[C
         by_id[zero_shot_id],
         *sorted((c for c in candidates if c.candidate_id != zero_shot_id), key=lambda c: -c.score),
     ]
+    return distinct(ordered)[:k]
+
+
+def distinct(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """``candidates`` in their order, each configuration (model + hyperparameters) once:
+    training the same configuration twice would tell nothing new."""
     out: list[Candidate] = []
     seen: set[str] = set()
-    for cand in ordered:
+    for cand in candidates:
         key = json.dumps([cand.model, hp_values(cand.hyperparameters)], sort_keys=True)
         if key not in seen:
             seen.add(key)
             out.append(cand)
-    return out[:k]
+    return out
 
 
 def _full_epochs(candidate: Candidate) -> int:
@@ -1040,6 +1046,7 @@ __all__ = [
     "RungChoice",
     "VerifyResult",
     "default_study_name",
+    "distinct",
     "first_rung",
     "load_plan",
     "run_verify",
