@@ -104,6 +104,18 @@ def recommender_messages(ev: Evidence, critique: str | None = None) -> list[dict
     ]
 
 
+@dataclass(frozen=True)
+class AnswerOrigin:
+    """How an answer came about: the LLM that wrote it, its seed, the attempt it passed on and
+    whether it is the templated fallback. Every answer carries the four together, so they
+    travel as one value rather than four keywords."""
+
+    llm: str
+    seed: int
+    attempts: int
+    fallback: bool = False
+
+
 def from_candidate(
     candidate: Candidate,
     *,
@@ -112,10 +124,7 @@ def from_candidate(
     facts: list[ShapFact],
     runs: list[SimilarRun],
     rationale: str,
-    attempts: int,
-    llm: str,
-    seed: int,
-    fallback: bool = False,
+    origin: AnswerOrigin,
     shown_runs: list[SimilarRun] | None = None,
 ) -> Recommendation:
     """A recommendation whose numbers and confidence are the candidate's and the evidence's,
@@ -152,11 +161,11 @@ def from_candidate(
         rationale=rationale.strip(),
         cited_runs=[r.run_id for r in runs] or list(dict.fromkeys(citations(explanation))),
         cited_facts=[f.sentence for f in facts],
-        fallback=fallback,
-        attempts=attempts,
+        fallback=origin.fallback,
+        attempts=origin.attempts,
         meta_features=shortlist.meta_features,
-        llm=llm,
-        seed=seed,
+        llm=origin.llm,
+        seed=origin.seed,
         ood=shortlist.ood,
         ood_reasons=list(shortlist.ood_reasons),
         metric=shortlist.metric,
@@ -190,9 +199,7 @@ def from_choice(
         facts=[ev.facts[f] for f in dict.fromkeys(choice.facts)],
         runs=[run for r in dict.fromkeys(choice.runs) for run in ev.cited(r)],
         rationale=choice.rationale,
-        attempts=attempts,
-        llm=llm,
-        seed=seed,
+        origin=AnswerOrigin(llm=llm, seed=seed, attempts=attempts),
         shown_runs=list(ev.runs.values()),
     )
 
@@ -278,10 +285,7 @@ def fallback_recommendation(
             f"This explanation is templated because {why}: this is "
             "the candidate the meta-learner ranks first in the shortlist"
         ),
-        attempts=attempts,
-        llm=llm,
-        seed=seed,
-        fallback=True,
+        origin=AnswerOrigin(llm=llm, seed=seed, attempts=attempts, fallback=True),
         shown_runs=runs,
     )
     return rec.model_copy(update={"llm_error": llm_error}) if llm_error else rec

@@ -14,7 +14,7 @@ from cases import BREAST_MF
 
 from metallmix.agents.attribution import confidence_problems, misattributions
 from metallmix.agents.judge import hard_checks
-from metallmix.agents.recommender import fallback_recommendation, from_candidate
+from metallmix.agents.recommender import AnswerOrigin, fallback_recommendation, from_candidate
 from metallmix.agents.schemas import Recommendation
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
@@ -122,9 +122,7 @@ def rendered(shortlist: Shortlist, rationale: str = "") -> Recommendation:
         facts=shortlist.facts[:2],
         runs=shortlist.similar_runs[:1],
         rationale=rationale,
-        attempts=1,
-        llm="scripted",
-        seed=0,
+        origin=AnswerOrigin(llm="scripted", seed=0, attempts=1),
         shown_runs=shortlist.similar_runs,
     )
 

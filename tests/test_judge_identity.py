@@ -18,7 +18,12 @@ from cases import BREAST_MF
 
 from metallmix.agents.evidence import example_rationale, render_evidence, whole_sentences
 from metallmix.agents.judge import hard_checks
-from metallmix.agents.recommender import evidence_for, fallback_recommendation, from_candidate
+from metallmix.agents.recommender import (
+    AnswerOrigin,
+    evidence_for,
+    fallback_recommendation,
+    from_candidate,
+)
 from metallmix.agents.schemas import Recommendation
 from metallmix.benchmarks.judge_plants import PLANT_TYPES, PLANTERS, Case, correct_cases
 from metallmix.prompts import load_prompt
@@ -135,9 +140,7 @@ def pick(sl: Shortlist, rationale: str, candidate: str = "c1", runs: int = 1) ->
         facts=sl.facts_for(candidate)[:2],
         runs=[r for rid in list(ev.runs)[:runs] for r in ev.cited(rid)],
         rationale=rationale,
-        attempts=1,
-        llm="scripted",
-        seed=0,
+        origin=AnswerOrigin(llm="scripted", seed=0, attempts=1),
         shown_runs=list(ev.runs.values()),
     )
 
@@ -292,9 +295,7 @@ def test_evidence_puts_own_model_runs_first_and_collapses_near_duplicates() -> N
         facts=sl.facts_for("c2"),
         runs=ev.cited(dup),
         rationale="This pretrained configuration suits a small dataset",
-        attempts=1,
-        llm="x",
-        seed=0,
+        origin=AnswerOrigin(llm="x", seed=0, attempts=1),
     )
     assert "Two past runs" in rec.explanation and rec.explanation.count("reached") == 1
     assert not failed(rec, sl)

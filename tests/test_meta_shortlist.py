@@ -79,7 +79,7 @@ def test_ood_flag_on_a_far_away_card(kb: SQLiteKnowledgeBase) -> None:
     """1,000 classes x 10 images is nothing like the KB: flagged, wider interval, low
     confidence, and the reason is in the JSON and in the evidence the LLM reads."""
     from metallmix.agents.evidence import render_evidence
-    from metallmix.agents.recommender import from_candidate
+    from metallmix.agents.recommender import AnswerOrigin, from_candidate
 
     records = list(kb.iter_records())
     near = records[0].meta_features
@@ -110,9 +110,7 @@ def test_ood_flag_on_a_far_away_card(kb: SQLiteKnowledgeBase) -> None:
         facts=[],
         runs=[],
         rationale="the best score of the shortlist",
-        attempts=1,
-        llm="test",
-        seed=0,
+        origin=AnswerOrigin(llm="test", seed=0, attempts=1),
     )
     assert rec.ood and rec.confidence == "low" and rec.ood_reasons == reasons
     assert '"ood":true' in rec.model_dump_json() and "OUT OF THE KB" in rec.summary()

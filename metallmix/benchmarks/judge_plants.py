@@ -36,7 +36,7 @@ from metallmix.agents.evidence import (
 )
 from metallmix.agents.identity import model_key
 from metallmix.agents.judge import hard_checks
-from metallmix.agents.recommender import from_candidate
+from metallmix.agents.recommender import AnswerOrigin, from_candidate
 from metallmix.agents.schemas import Recommendation
 from metallmix.tools.meta.contracts import Candidate, Shortlist, SimilarRun
 from metallmix.tools.meta.search_space import SPACES
@@ -124,9 +124,7 @@ def correct_cases(
                 facts=facts[: 1 + (k % 2)],
                 runs=[r for rid in cited_ids for r in ev.cited(rid)],
                 rationale=rationale,
-                attempts=1,
-                llm="plants",
-                seed=0,
+                origin=AnswerOrigin(llm="plants", seed=0, attempts=1),
                 shown_runs=list(ev.runs.values()),
             )
             cases.append(Case(f"{name}:{chosen.candidate_id}:{k}", None, rec, shortlist, ev))
