@@ -8,6 +8,7 @@ candidate is better is known in advance; their real twin,
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,13 @@ from metallmix.tools.kb.records import Hyperparameters, Outcomes, Provenance, Ru
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.training.distributed import TrialJob, TrialOutcome
-from metallmix.tools.training.halving import HalvingSpec, first_rung, run_verify, select
+from metallmix.tools.training.halving import (
+    HalvingSpec,
+    first_rung,
+    run_verify,
+    score_margin,
+    select,
+)
 from metallmix.tools.training.settings import TrialSettings
 
 MF = TOY_MF
@@ -160,6 +167,12 @@ def test_successive_halving_promotes_the_better_half(
     assert result.metric == "accuracy"  # the fake reports no balanced accuracy
     assert len(kb) == 7  # every run joined the KB (the closed loop)
     assert "c2" in result.summary() and "c1" in result.summary()
+    # 24 validation images cannot separate 0.80 from 0.70: the summary says so (issue 29).
+    assert result.val_images == 24
+    assert result.winner_margin == pytest.approx(1.96 * math.sqrt(0.8 * 0.2 / 24))
+    assert result.indistinct == ["c3"]
+    assert "on 24 validation images" in result.summary()
+    assert "c3 cannot be told apart from it" in result.summary()
     # Per-epoch values are reported to Optuna as intermediate values.
     study = optuna.load_study(study_name="v", storage=f"sqlite:///{storage}")
     full = [t for t in study.get_trials() if t.user_attrs.get("rung") == 1]
@@ -381,3 +394,16 @@ def test_real_verify_nests_every_run_and_appends_to_the_kb(toy: Path, tmp_path: 
         load_dataset(toy), three, zero_shot_id="c1", halving=spec, settings=one_thread, kb=kb
     )
     assert again.runs_this_time == 0 and len(kb) == 4 and again.winner_id == result.winner_id
+
+
+def test_score_margin_is_the_validation_sets_binomial_noise() -> None:
+    """Balanced accuracy: the mean of per-class binomials; more images, a narrower band."""
+    assert score_margin(0.5, [10, 10], "balanced_accuracy") == pytest.approx(
+        1.96 * math.sqrt(0.25 / 10 + 0.25 / 10) / 2
+    )
+    small = score_margin(0.8, [15, 5], "balanced_accuracy")
+    large = score_margin(0.8, [1500, 500], "balanced_accuracy")
+    assert large < 0.03 < 0.2 < small
+    assert score_margin(0.8, [15, 5], "accuracy") == pytest.approx(1.96 * math.sqrt(0.16 / 20))
+    assert score_margin(0.8, [], "accuracy") == 1.0  # no images: no information
+    assert score_margin(1.0, [10, 10], "balanced_accuracy") == 0.0

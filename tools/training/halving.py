@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -50,11 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix.errors import ConfigError
 from metallmix.tools import tracking
-from metallmix.tools.datasets import Dataset
+from metallmix.tools.datasets import Dataset, stratified_sample
 from metallmix.tools.kb.records import RunRecord, Scalar
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
@@ -258,6 +260,19 @@ class VerifyResult(BaseModel):
     tracking_error: str | None = Field(
         default=None, description="why the verification's summary is not in MLflow"
     )
+    val_images: int | None = Field(
+        default=None, description="validation images every run was scored on (after the cap)"
+    )
+    winner_margin: float | None = Field(
+        default=None,
+        description="half-width of the 95% band of the winner's validation value: the "
+        "validation set's sampling noise (binomial per class), not a training-seed spread",
+    )
+    indistinct: list[str] = Field(
+        default_factory=list,
+        description="finalists whose value is within the noise of the winner's: on this "
+        "validation set they cannot be told apart from it",
+    )
 
     def candidate(self, candidate_id: str) -> CandidateResult | None:
         return next((c for c in self.candidates if c.candidate_id == candidate_id), None)
@@ -291,11 +306,78 @@ class VerifyResult(BaseModel):
                 f"{status}"
             )
         stop = " - stopped by the budget" if self.stopped_by_budget else ""
-        return f"{head}{cmp}. {spent}{budget}{stop}."
+        return f"{head}{cmp}{self._noise()}. {spent}{budget}{stop}."
+
+    def _noise(self) -> str:
+        """What the validation set can resolve: said whenever it is small or the call is close."""
+        if self.winner_margin is None or self.val_images is None:
+            return ""
+        small = self.val_images < SMALL_VALIDATION
+        if not small and not self.indistinct:
+            return ""
+        spread = f"{100 * self.winner_margin:.1f} points"
+        note = f"; on {self.val_images} validation images the winner's value is ±{spread} (95%)"
+        if self.indistinct:
+            note += f", and {', '.join(self.indistinct)} cannot be told apart from it"
+        return note
 
 
 def _metric_label(metric: str) -> str:
     return "balanced accuracy" if metric == "balanced_accuracy" else "accuracy"
+
+
+# Below this many validation images the summary always states the winner's noise (issue 29:
+# a verification that chose by 20 images must not read as precise).
+SMALL_VALIDATION = 100
+
+
+def score_margin(value: float, class_counts: Sequence[int], metric: str) -> float:
+    """Half-width of the 95% band of a validation score from the validation set's size alone.
+
+    Binomial per class with each class's recall at ``value`` (balanced accuracy is the mean
+    of the class recalls; plain accuracy one binomial over all images). Written here rather
+    than bootstrapped because runs keep their scores, not their per-image predictions.
+    """
+    counts = [int(n) for n in class_counts if n > 0]
+    if not counts:
+        return 1.0
+    v = min(max(value, 0.0), 1.0)
+    if metric == "balanced_accuracy":
+        se = math.sqrt(sum(v * (1 - v) / n for n in counts)) / len(counts)
+    else:
+        se = math.sqrt(v * (1 - v) / sum(counts))
+    return 1.96 * se
+
+
+def val_class_counts(dataset: Dataset, max_val_images: int | None, seed: int) -> list[int]:
+    """Images per class of the validation set the runs are scored on (the cap applied as the
+    runner applies it: a seeded stratified subsample)."""
+    if "val" not in dataset.splits:
+        return []
+    labels = dataset.split("val").labels
+    if max_val_images is not None and max_val_images < len(labels):
+        labels = labels[stratified_sample(labels, max_val_images, seed)]
+    return [int(c) for c in np.bincount(labels, minlength=dataset.n_classes)]
+
+
+def _indistinct(
+    results: Sequence[CandidateResult], winner: CandidateResult, counts: Sequence[int], metric: str
+) -> tuple[float | None, list[str]]:
+    """The winner's margin and the finalists within the noise of the difference (the two
+    margins combined as independent: conservative, the runs share the validation images)."""
+    best = winner.final or winner.best_known
+    if best is None or best.value is None or not counts:
+        return None, []
+    margin = score_margin(best.value, counts, metric)
+    close = []
+    for c in results:
+        run = c.final
+        if c is winner or run is None or run.value is None:
+            continue
+        other = score_margin(run.value, counts, metric)
+        if best.value - run.value <= math.sqrt(margin**2 + other**2):
+            close.append(c.candidate_id)
+    return margin, close
 
 
 def _pct(value: float | None) -> str:
@@ -903,6 +985,7 @@ def run_verify(
         tally,
         halving=halving,
         wall=time.perf_counter() - wall_start,
+        val_counts=val_class_counts(dataset, settings.max_val_images, halving.seed),
     )
     try:  # the answer is known: a tracking failure is reported, never raised
         _log_summary(client, verify_run, result)
@@ -925,6 +1008,7 @@ def _result(
     *,
     halving: HalvingSpec,
     wall: float,
+    val_counts: Sequence[int] = (),
 ) -> VerifyResult:
     chosen, zero_shot_id, ledger = plan.chosen, plan.zero_shot_id, tally.ledger
     skipped, promoted = tally.skipped, tally.promoted
@@ -976,6 +1060,8 @@ def _result(
     zs_best = zs.final or zs.best_known
     win_best = (winner.final or winner.best_known) if winner is not None else None
     metrics = {r.metric for c in results for r in c.runs if r.state == "done"}
+    metric = "accuracy" if metrics == {"accuracy"} else "balanced_accuracy"
+    margin, close = _indistinct(results, winner, val_counts, metric) if winner else (None, [])
     complete = (
         not skipped
         and all(c.status != "skipped-budget" for c in results)
@@ -998,7 +1084,7 @@ def _result(
         winner_value=win_best.value if win_best is not None else None,
         zero_shot_value=zs_best.value if zs_best is not None else None,
         zero_shot_epochs=zs_best.epochs if zs_best is not None else None,
-        metric="accuracy" if metrics == {"accuracy"} else "balanced_accuracy",
+        metric=metric,
         budget_seconds=halving.budget_seconds,
         seconds_spent=ledger.seconds(),
         wall_seconds=wall,
@@ -1010,6 +1096,9 @@ def _result(
         recovered=tally.recovered,
         mlflow_run_id=opened.parent_run_id,
         parent_run_id=halving.parent_run_id,
+        val_images=sum(val_counts) or None,
+        winner_margin=margin,
+        indistinct=close,
     )
 
 
@@ -1022,6 +1111,8 @@ def _log_summary(client: Any, run_id: str, result: VerifyResult) -> None:
         "seconds_spent": result.seconds_spent,
         "wall_seconds": result.wall_seconds,
         "winner_value": result.winner_value,
+        "winner_margin": result.winner_margin,
+        "val_images": result.val_images,
         "zero_shot_value": result.zero_shot_value,
         "winner_is_zero_shot": float(result.winner_is_zero_shot),
         "stopped_by_budget": float(result.stopped_by_budget),
@@ -1050,5 +1141,6 @@ __all__ = [
     "first_rung",
     "load_plan",
     "run_verify",
+    "score_margin",
     "select",
 ]
