@@ -131,7 +131,10 @@ def fit(
     kb: Path | None = KbOption,
     seed: int = SeedOption,
     objective: str = typer.Option(
-        None, "--objective", help="raw, normalized or rank (default: the LODO winner)"
+        None,
+        "--objective",
+        help="a registered target (raw, normalized, rank, percentile) or ensemble "
+        "(default: the LODO winner, ensemble)",
     ),
     as_json: bool = JsonOption,
 ) -> None:
