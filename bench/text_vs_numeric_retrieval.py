@@ -7,6 +7,7 @@ embeds readable dataset summaries with an offline hashing embedding (scikit-lear
 download; numbers are bucketed into words so they can match). The numeric index is the one
 the product uses (standardised meta-features, cosine). Dataset names are not in the text,
 so neither side can match by name. Prints both and writes bench/results/. Not a test.
+The text index is langchain-community's FAISS store: ``pip install 'metallmix[langchain]'``.
 
     python bench/text_vs_numeric_retrieval.py --kb ../shared/data/quicktune/extended
 """
