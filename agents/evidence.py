@@ -181,7 +181,7 @@ def fact_lines(shortlist: Shortlist, candidate_id: str, n: int) -> list[str]:
 
 class Evidence(BaseModel):
     """One request's evidence: what the LLM may choose and cite, under short ids. Built once
-    per recommendation (the graph's ``explain`` node) and read by the recommender and the
+    per recommendation (the graph's ``evidence`` node) and read by the recommender and the
     judge, so both see the same text."""
 
     model_config = ConfigDict(frozen=True)

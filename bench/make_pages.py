@@ -750,7 +750,9 @@ def verify_page() -> str:
 # Latency
 
 LATENCY = "latency_cli.json"
-NODE_ORDER = ["features", "retrieve", "shortlist", "explain", "recommender_1", "judge_1"]
+NODE_ORDER = ["features", "retrieve", "shortlist", "evidence", "recommender_1", "judge_1"]
+# results recorded before the node was renamed name it by its old name
+NODE_ALIASES = {"evidence": "explain"}
 NODE_COLOURS = ["#999999", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00"]
 TARGETS = {"fast": 15.0, "default": 40.0}
 
@@ -858,8 +860,10 @@ def latency_page() -> str:
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 1.2 + 0.55 * len(models)))
     for i, v in enumerate(models.values()):
         left = 0.0
-        for node, colour in zip(NODE_ORDER, NODE_COLOURS, strict=True):
-            width = v["warm"]["nodes"].get(node, {}).get("p50", 0.0)
+        for slot, colour in zip(NODE_ORDER, NODE_COLOURS, strict=True):
+            recorded = v["warm"]["nodes"]
+            node = slot if slot in recorded else NODE_ALIASES.get(slot, slot)
+            width = recorded.get(node, {}).get("p50", 0.0)
             ax.barh(
                 i, width, left=left, color=colour, label=node.removesuffix("_1") if i == 0 else None
             )

@@ -1,4 +1,4 @@
-"""The recommendation graph: features -> retrieve -> shortlist -> explain -> recommender ->
+"""The recommendation graph: features -> retrieve -> shortlist -> evidence -> recommender ->
 judge -> (record | one more recommender attempt | fallback -> record); a recommender or
 judge whose LLM died, hung or could not load goes straight to the fallback.
 
@@ -26,6 +26,7 @@ from metallmix.graphs.state import (
     RecommendationOutput,
     RecommendationState,
 )
+from metallmix.node_names import NodeName
 
 
 class UserInputError(ValueError):
@@ -67,23 +68,24 @@ def build_graph(*, internal_inputs: bool = False, surface_errors: bool | None = 
         input_schema=RecommendationState if internal_inputs else RecommendationInput,
         output_schema=RecommendationOutput,
     )
-    builder.add_node("features", wrap(nodes.features))
-    builder.add_node("retrieve", wrap(nodes.retrieve))
-    builder.add_node("shortlist", wrap(nodes.shortlist))
-    builder.add_node("explain", wrap(nodes.explain))
-    builder.add_node("recommender", wrap(nodes.recommender))
-    builder.add_node("judge", wrap(nodes.judge))
-    builder.add_node("fallback", wrap(nodes.fallback))
-    builder.add_node("record", wrap(nodes.record))
-    builder.add_edge(START, "features")
-    builder.add_edge("features", "retrieve")
-    builder.add_edge("retrieve", "shortlist")
-    builder.add_edge("shortlist", "explain")
-    builder.add_edge("explain", "recommender")
-    builder.add_conditional_edges("recommender", nodes.after_recommender, ["judge", "fallback"])
-    builder.add_conditional_edges("judge", nodes.after_judge, ["record", "recommender", "fallback"])
-    builder.add_edge("fallback", "record")
-    builder.add_edge("record", END)
+    N = NodeName
+    builder.add_node(N.FEATURES, wrap(nodes.features))
+    builder.add_node(N.RETRIEVE, wrap(nodes.retrieve))
+    builder.add_node(N.SHORTLIST, wrap(nodes.shortlist))
+    builder.add_node(N.EVIDENCE, wrap(nodes.evidence))
+    builder.add_node(N.RECOMMENDER, wrap(nodes.recommender))
+    builder.add_node(N.JUDGE, wrap(nodes.judge))
+    builder.add_node(N.FALLBACK, wrap(nodes.fallback))
+    builder.add_node(N.RECORD, wrap(nodes.record))
+    builder.add_edge(START, N.FEATURES)
+    builder.add_edge(N.FEATURES, N.RETRIEVE)
+    builder.add_edge(N.RETRIEVE, N.SHORTLIST)
+    builder.add_edge(N.SHORTLIST, N.EVIDENCE)
+    builder.add_edge(N.EVIDENCE, N.RECOMMENDER)
+    builder.add_conditional_edges(N.RECOMMENDER, nodes.after_recommender, [N.JUDGE, N.FALLBACK])
+    builder.add_conditional_edges(N.JUDGE, nodes.after_judge, [N.RECORD, N.RECOMMENDER, N.FALLBACK])
+    builder.add_edge(N.FALLBACK, N.RECORD)
+    builder.add_edge(N.RECORD, END)
     return builder.compile(name="metallmix-recommender")
 
 

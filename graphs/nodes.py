@@ -28,6 +28,7 @@ from metallmix.graphs.recording import log_recommendation
 from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.graphs.tracing import node_span
+from metallmix.node_names import NodeName
 from metallmix.progress import waiting
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.snapshot import KBSnapshot
@@ -54,7 +55,7 @@ class Node(Protocol):
     def __call__(self, state: RecommendationState, config: RunnableConfig) -> dict[str, Any]: ...
 
 
-def timed(name: str) -> Callable[[Node], Node]:
+def timed(name: NodeName) -> Callable[[Node], Node]:
     """Record the node's wall time under ``timings`` and give the call its trace span
     (graphs/tracing: under the API's root span or a served run's own)."""
 
@@ -63,9 +64,9 @@ def timed(name: str) -> Callable[[Node], Node]:
         def wrapper(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
             # attempts is incremented by the recommender, so both of one attempt share a number
             key = {
-                "recommender": f"recommender_{state.attempts + 1}",
-                "judge": f"judge_{state.attempts}",
-            }.get(name, name)
+                NodeName.RECOMMENDER: f"recommender_{state.attempts + 1}",
+                NodeName.JUDGE: f"judge_{state.attempts}",
+            }.get(name, str(name))
             started = time.perf_counter()
             with node_span(key, name, state, config) as trace:
                 update = fn(state, config)
@@ -93,7 +94,7 @@ def _brief(value: Any) -> Any:
     return value
 
 
-@timed("features")
+@timed(NodeName.FEATURES)
 def features(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Meta-features of the user's dataset (skipped when given)."""
     if state.meta_features is not None:
@@ -124,7 +125,7 @@ def _name_of(path: Path) -> str:
     return path.stem if path.is_file() else path.name
 
 
-@timed("retrieve")
+@timed(NodeName.RETRIEVE)
 def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Past runs on the most similar KB datasets (FAISS over meta-features): the ones the LLM
     is shown and the ones whose configurations join the shortlist's pool. The KB is read
@@ -145,7 +146,7 @@ def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     }
 
 
-@timed("shortlist")
+@timed(NodeName.SHORTLIST)
 def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """The meta-learner's scored, diverse shortlist (skipped when given)."""
     if state.shortlist is not None:
@@ -173,11 +174,11 @@ def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, A
     return {"shortlist": result}
 
 
-@timed("explain")
-def explain(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
-    """The shortlist's SHAP facts (skipped when given with them), the numbers of each
-    candidate's waterfall and, for the MLflow record, the KB's global SHAP importance; then
-    the evidence the recommender and the judge both read, built once."""
+@timed(NodeName.EVIDENCE)
+def evidence(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+    """The evidence the recommender and the judge both read, built once: the shortlist's
+    SHAP facts (skipped when given with them), the numbers of each candidate's waterfall
+    and, for the MLflow record, the KB's global SHAP importance; then the id'd evidence."""
     assert state.shortlist is not None
     cfg = Configuration.from_runnable_config(config)
     result = state.shortlist
@@ -237,7 +238,7 @@ def llm_failure(exc: Exception) -> dict[str, Any]:
     return {"llm_error": str(exc)}
 
 
-@timed("recommender")
+@timed(NodeName.RECOMMENDER)
 def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """The LLM picks a candidate and explains; hard fields are copied by code."""
     assert state.evidence is not None
@@ -260,7 +261,7 @@ def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str,
     }
 
 
-@timed("judge")
+@timed(NodeName.JUDGE)
 def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Code checks decide; the LLM grades. Passing drafts become the recommendation."""
     assert state.shortlist is not None
@@ -293,7 +294,7 @@ def judged_space(cfg: Configuration, shortlist: Shortlist) -> SearchSpace | None
     return space_for(cfg, shortlist.regime, [c.model for c in shortlist.candidates])
 
 
-@timed("fallback")
+@timed(NodeName.FALLBACK)
 def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Top candidate with a templated explanation, after the last attempt failed."""
     assert state.shortlist is not None
@@ -339,7 +340,7 @@ def llm_identity(state: RecommendationState, cfg: Configuration) -> tuple[str, s
     return str(cfg.llm or "default"), ""
 
 
-@timed("record")
+@timed(NodeName.RECORD)
 def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     """Log the decision (params, metrics, artifacts) as one MLflow run, from the state only.
 
@@ -370,15 +371,15 @@ def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]
 
 def after_recommender(state: RecommendationState) -> str:
     """To the judge, unless the LLM failed outright (then straight to the fallback)."""
-    return "fallback" if state.llm_error else "judge"
+    return NodeName.FALLBACK if state.llm_error else NodeName.JUDGE
 
 
 def after_judge(state: RecommendationState) -> str:
     """Done when the judge passed; one more attempt while under the cap; else fallback."""
     if state.llm_error:
-        return "fallback"
+        return NodeName.FALLBACK
     if state.recommendation is not None:
-        return "record"
+        return NodeName.RECORD
     if state.attempts < state.max_attempts:
-        return "recommender"
-    return "fallback"
+        return NodeName.RECOMMENDER
+    return NodeName.FALLBACK

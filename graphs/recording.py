@@ -250,7 +250,7 @@ def _write_artifacts(state: RecommendationState, folder: Path) -> None:
 
 def shap_plots(state: RecommendationState, folder: Path) -> list[Path]:
     """The SHAP waterfall of the recommended candidate and the KB's global importance, drawn
-    from what the ``explain`` node computed; nothing when it computed none."""
+    from what the ``evidence`` node computed; nothing when it computed none."""
     rec = state.recommendation
     if rec is None:
         return []

@@ -41,10 +41,11 @@ class RecommendationState(BaseModel):
     shortlist: Shortlist | None = None
     evidence: Evidence | None = None
     waterfalls: dict[str, Waterfall] = Field(
-        default_factory=dict, description="SHAP waterfall numbers per candidate (explain)"
+        default_factory=dict, description="SHAP waterfall numbers per candidate (evidence node)"
     )
     global_importance: dict[str, float] = Field(
-        default_factory=dict, description="mean |SHAP| per feature group over the KB (explain)"
+        default_factory=dict,
+        description="mean |SHAP| per feature group over the KB (evidence node)",
     )
     llm: str = ""
     llm_sha256: str = ""

@@ -25,10 +25,11 @@ from metallmix import config as settings
 from metallmix.graphs import recording
 from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.state import RecommendationState
+from metallmix.node_names import NodeName
 from metallmix.tools import tracking
 
 ROOT_SPAN = "recommend"
-FINAL_NODE = "record"
+FINAL_NODE = NodeName.RECORD
 SOURCE_RUN = "mlflow.sourceRun"  # trace metadata key MLflow links a trace to its run by
 
 

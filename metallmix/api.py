@@ -30,6 +30,7 @@ from metallmix.graphs.resources import (
     require_runs,
     resolve_kb,
 )
+from metallmix.node_names import NodeName
 from metallmix.progress import epoch_printer, node_printer, wait_lines
 from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
@@ -112,7 +113,7 @@ def recommend(
     ``progress`` prints one line per finished graph node on stderr, and lines every 2 s
     while the meta-learner is fitted for new KB content (``progress=False``: silent).
     ``on_node(name)`` is your own hook, called with each node's name as it finishes
-    (``features``, ``retrieve``, ``shortlist``, ``explain``, ``recommender``, ``judge``,
+    (``features``, ``retrieve``, ``shortlist``, ``evidence``, ``recommender``, ``judge``,
     ``fallback``, ``record``; the recommender and judge once per attempt), e.g. to drive a
     progress bar.
     ``compute`` (``cpu`` or ``gpu``; default: ``gpu`` when torch sees CUDA) picks the
@@ -239,8 +240,8 @@ class _Hooks:
         return self.on_node is not None or self.on_shortlist is not None
 
     def __call__(self, node: str, update: Any) -> None:
-        scored = node == "shortlist" and isinstance(update, dict) and update.get("shortlist")
-        if self.on_shortlist is not None and scored:  # not again when explain adds its facts
+        scored = node == NodeName.SHORTLIST and isinstance(update, dict) and update.get("shortlist")
+        if self.on_shortlist is not None and scored:  # not again when evidence adds its facts
             self.on_shortlist(update["shortlist"])
         if self.on_node is not None:
             self.on_node(node)

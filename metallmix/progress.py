@@ -16,15 +16,17 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-NODE_TEXT = {
-    "features": "meta-features computed",
-    "retrieve": "similar past runs retrieved",
-    "shortlist": "candidates scored by the meta-learner",
-    "explain": "evidence written",
-    "recommender": "LLM answered",
-    "judge": "judge done",
-    "fallback": "fallback built",
-    "record": "recorded in MLflow",
+from metallmix.node_names import NodeName
+
+NODE_TEXT: dict[str, str] = {
+    NodeName.FEATURES: "meta-features computed",
+    NodeName.RETRIEVE: "similar past runs retrieved",
+    NodeName.SHORTLIST: "candidates scored by the meta-learner",
+    NodeName.EVIDENCE: "evidence written",
+    NodeName.RECOMMENDER: "LLM answered",
+    NodeName.JUDGE: "judge done",
+    NodeName.FALLBACK: "fallback built",
+    NodeName.RECORD: "recorded in MLflow",
 }
 
 

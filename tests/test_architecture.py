@@ -22,12 +22,13 @@ FOLDERS = {
     "prompts": "metallmix.prompts",
     "metallmix": "metallmix",
 }
-# The bottom layer anything may import: errors, settings, progress lines, atomic files and
-# the prompt templates (text, no code dependencies).
+# The bottom layer anything may import: errors, settings, progress lines, the graph's node
+# names, atomic files and the prompt templates (text, no code dependencies).
 CORE = (
     "metallmix.errors",
     "metallmix.config",
     "metallmix.progress",
+    "metallmix.node_names",
     "metallmix.atomic",
     "metallmix.prompts",
 )

@@ -3,7 +3,7 @@
 Retrieval, the shortlist and the SHAP facts all need the KB's runs and every fitted model is
 cached by their content hash; reading (and hashing) the store once, in ``retrieve``, gives all
 nodes one content and keeps a large KB's cost to one read. ``record`` reads nothing: it logs
-what the state holds (the SHAP plots come from the numbers ``explain`` computed).
+what the state holds (the SHAP plots come from the numbers the ``evidence`` node computed).
 """
 
 from __future__ import annotations

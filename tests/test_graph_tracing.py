@@ -16,7 +16,7 @@ from metallmix.graphs import tracing
 from metallmix.graphs.graph import build_graph
 from metallmix.tools import tracking
 
-NODE_SPANS = {"recommend", "features", "retrieve", "shortlist", "explain", "recommender_1"}
+NODE_SPANS = {"recommend", "features", "retrieve", "shortlist", "evidence", "recommender_1"}
 
 
 def _served_run(llm: ScriptedLLM, **inputs: Any) -> dict[str, Any]:

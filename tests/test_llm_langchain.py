@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from metallmix.agents.runtime.langchain_adapter import (
     chat_llama_cpp,
     to_chat_messages,
 )
-from metallmix.errors import MetaLLMiXError
+from metallmix.errors import MetaLLMiXError, ModelUnavailableError
 
 MESSAGES = [SystemMessage("Answer in one word."), HumanMessage("Colour of the sky?")]
 
@@ -61,9 +62,20 @@ def test_real_model_behind_langchain_interface() -> None:
     assert reply.response_metadata["sha256"] == llm.sha256
 
 
+def test_chat_llama_cpp_without_the_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """langchain-community is the optional extra metallmix[langchain]: without it the one
+    function that needs it fails with what to install, not an ImportError traceback."""
+    monkeypatch.setitem(sys.modules, "langchain_community.chat_models", None)
+    with pytest.raises(ModelUnavailableError, match=r"metallmix\[langchain\]"):
+        chat_llama_cpp("fast")
+
+
 @pytest.mark.real
 @pytest.mark.usefixtures("real")
 def test_real_chat_llama_cpp_on_verified_weights() -> None:
+    pytest.importorskip("langchain_community", reason="the langchain extra")
     model = chat_llama_cpp("fast", max_tokens=6, threads=1)
     reply = model.invoke(MESSAGES)
     assert isinstance(reply.content, str) and reply.content.strip()

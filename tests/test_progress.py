@@ -115,7 +115,7 @@ def test_api_recommend_reports_a_slow_llm_load_and_kb_read(
         return real_load(*args, **kwargs)
 
     def on_node(node: str) -> None:
-        if node == "explain":  # the recommender node, next, needs the LLM at once
+        if node == "evidence":  # the recommender node, next, needs the LLM at once
             shortlisted.set()
 
     def slow_run_kb(*args: object, **kwargs: object) -> object:

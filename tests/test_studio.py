@@ -224,7 +224,7 @@ def test_studio_streams_every_node_of_a_real_run(studio: str) -> None:
         return nodes, updates, final
 
     nodes, updates, final = asyncio.run(run())
-    assert nodes[:5] == ["features", "retrieve", "shortlist", "explain", "recommender"]
+    assert nodes[:5] == ["features", "retrieve", "shortlist", "evidence", "recommender"]
     assert nodes[-1] == "record" and "judge" in nodes
     rec = final["recommendation"]
     # the served stream carries the output schema's channels; the shortlist is internal state
@@ -244,7 +244,7 @@ def test_studio_streams_every_node_of_a_real_run(studio: str) -> None:
     traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id)
     assert len(traces) == 1, "the Studio run left no MLflow trace"
     names = {s.name for s in traces[0].data.spans}
-    expected = {"recommend", "features", "retrieve", "shortlist", "explain", "recommender_1"}
+    expected = {"recommend", "features", "retrieve", "shortlist", "evidence", "recommender_1"}
     assert expected | {"judge_1", "record"} <= names
 
 

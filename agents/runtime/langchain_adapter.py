@@ -3,7 +3,8 @@
 The graph itself calls :class:`~metallmix.agents.runtime.llm.ChatLLM` directly; this module exists
 so code that expects a LangChain ``BaseChatModel`` can use the same verified, already-loaded
 model. ``langchain-community`` (whose ``ChatLlamaCpp`` is being sunset) is imported only here,
-so replacing it later touches one file.
+so replacing it later touches one file; it is the optional extra ``metallmix[langchain]``,
+and :func:`chat_llama_cpp` says so when it is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
 from metallmix.agents.runtime.llm import ChatLLM
-from metallmix.errors import MetaLLMiXError
+from metallmix.errors import MetaLLMiXError, ModelUnavailableError
 
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
     (SystemMessage, "system"),
@@ -113,7 +114,13 @@ def chat_llama_cpp(
 
     with warnings.catch_warnings():  # the sunset is known; this module is the only user
         warnings.filterwarnings("ignore", "`langchain-community` is being sunset")
-        from langchain_community.chat_models import ChatLlamaCpp
+        try:  # an optional extra: the product never needs it
+            from langchain_community.chat_models import ChatLlamaCpp
+        except ImportError as exc:
+            raise ModelUnavailableError(
+                "chat_llama_cpp needs langchain-community: pip install 'metallmix[langchain]' "
+                "(or use as_langchain(load_llm(...)), which needs nothing more)"
+            ) from exc
 
     from metallmix.agents.runtime.llm import default_threads
     from metallmix.agents.runtime.weights import resolve_weights

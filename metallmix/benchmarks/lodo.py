@@ -56,7 +56,6 @@ from metallmix.tools.meta.metalearner import (
     MetaLearner,
     MetaLearnerConfig,
     Objective,
-    normalized_target,
     training_rows,
 )
 from metallmix.tools.meta.portfolio import (
@@ -68,6 +67,7 @@ from metallmix.tools.meta.portfolio import (
     kb_score_matrix,
 )
 from metallmix.tools.meta.retrieval import DatasetScaler, config_vector
+from metallmix.tools.meta.targets import normalized_target
 
 BASELINES = ("random", "random-best-of-5", "random-best-of-10", "best-default", "nearest-dataset")
 CONFIG_ONLY = "config-only"

@@ -10,14 +10,16 @@ from rich.table import Table
 
 from metallmix import config
 from metallmix.cli.output import JsonOption, emit, progress, stderr
-from metallmix.errors import KnowledgeBaseError
+from metallmix.errors import ConfigError, KnowledgeBaseError
 from metallmix.tools.kb.download import QUICKTUNE_ARCHIVE_SHA256, download_quicktune
-from metallmix.tools.kb.mlflow_import import scan_mlflow
-from metallmix.tools.kb.quicktune import read_quicktune
+from metallmix.tools.kb.importers import Importer, get_importer, run_import
+from metallmix.tools.kb.importers.csv import CsvImporter
+from metallmix.tools.kb.importers.mlflow import MlflowImporter
+from metallmix.tools.kb.importers.quicktune import QuickTuneImporter
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.regime import REGIME_DESCRIPTION
 from metallmix.tools.kb.store import AddResult, open_kb
-from metallmix.tools.kb.tabular import check_format, export_records, import_csv, read_records
+from metallmix.tools.kb.tabular import check_format, export_records, read_records
 
 kb_app = typer.Typer(help="Inspect and grow the knowledge base.", no_args_is_help=True)
 
@@ -87,6 +89,15 @@ def _report(result: AddResult, extra: dict[str, object], as_json: bool, what: st
     emit(summary, as_json, render)
 
 
+def _import(importer: Importer, location: str, kb: Path | None, as_json: bool) -> None:
+    """Every ``kb import-*`` verb: the registry's import path, then the summary (which
+    names the KB written to)."""
+    done = run_import(
+        importer, location, lambda: open_kb(kb), progress=progress, notify=stderr.print
+    )
+    _report(done.added, {**done.imported.details, "kb": done.kb}, as_json, done.imported.label)
+
+
 @kb_app.command("import-quicktune")
 def import_quicktune_cmd(
     root: Path = typer.Argument(..., help="Quick-Tune version folder (holds table.csv)."),
@@ -97,26 +108,7 @@ def import_quicktune_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import the public Quick-Tune meta-dataset (idempotent: re-running inserts nothing)."""
-    # The folder first: a mistyped path must not leave an empty KB file behind.
-    source = read_quicktune(root)
-    chosen = source.select(datasets.split(",") if datasets else None)
-    store = open_kb(kb)  # before the long read: a locked or read-only KB fails now
-    with progress(f"reading Quick-Tune {source.version}", source.count(chosen)) as advance:
-        records = source.records(chosen, on_record=advance)
-    stderr.print(f"writing {len(records)} runs to {store.location}")
-    result = store.add(records)
-    _report(
-        result,
-        {
-            "datasets": chosen,
-            "version": source.version,
-            "kb": store.location,
-            "completed_runs": source.completed_count(chosen),
-            "clipped_values": source.clipped,
-        },
-        as_json,
-        f"Quick-Tune {source.version}",
-    )
+    _import(QuickTuneImporter(datasets=datasets), str(root), kb, as_json)
 
 
 def _add_all(store_spec: Path | None, records: list[RunRecord], what: str) -> AddResult:
@@ -135,9 +127,28 @@ def import_csv_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Import runs from a CSV (source 'csv' unless a source column says otherwise)."""
-    records = import_csv(file)
-    result = _add_all(kb, records, f"{len(records)} runs from {file.name}")
-    _report(result, {"file": str(file), "rows": len(records)}, as_json, str(file))
+    _import(CsvImporter(), str(file), kb, as_json)
+
+
+@kb_app.command("import-from")
+def import_from_cmd(
+    source: str = typer.Argument(..., help="A registered source, e.g. quicktune, mlflow, csv."),
+    location: str = typer.Argument(..., help="Where the importer reads: a folder, file or URI."),
+    option: list[str] | None = typer.Option(
+        None, "--option", help="An importer option as key=value; repeat for several."
+    ),
+    kb: Path | None = KbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import runs with any registered importer (a new source is one module in
+    tools/kb/importers/, see docs/architecture.md)."""
+    options: dict[str, str] = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: write key=value")
+        options[key.strip()] = value
+    _import(get_importer(source).from_options(options), location, kb, as_json)
 
 
 @kb_app.command("import")
@@ -204,18 +215,8 @@ def import_mlflow_cmd(
 ) -> None:
     """Import training runs from an MLflow tracking store."""
     uri = tracking_uri or config.tracking_uri()
-    with progress(f"reading MLflow runs from {uri}", None) as advance:
-        scan = scan_mlflow(uri, list(experiment) if experiment else None, on_run=advance)
-    for run_id, reason in scan.skipped:
-        stderr.print(f"skipped MLflow run {run_id}: {reason}")
-    result = _add_all(kb, scan.records, f"{len(scan.records)} MLflow runs")
-    extra = {
-        "tracking_uri": uri,
-        "experiments": scan.experiments,
-        "not_importable": len(scan.skipped),
-        "not_importable_runs": [{"run_id": r, "reason": why} for r, why in scan.skipped],
-    }
-    _report(result, extra, as_json, f"MLflow {uri}")
+    importer = MlflowImporter(experiments=list(experiment) if experiment else None)
+    _import(importer, uri, kb, as_json)
 
 
 @kb_app.command("download-quicktune")
@@ -255,9 +256,8 @@ def download_quicktune_cmd(
         "verified": bool(sha256) or (url is None and QUICKTUNE_ARCHIVE_SHA256 is not None),
     }
     if import_too:
-        records = read_quicktune(result.path).records()
-        added = _add_all(kb, records, f"{len(records)} Quick-Tune runs")
-        summary.update(inserted=added.inserted, skipped=added.skipped)
+        done = run_import(QuickTuneImporter(), str(result.path), lambda: open_kb(kb))
+        summary.update(inserted=done.added.inserted, skipped=done.added.skipped)
 
     def render(console: Console) -> None:
         state = "already present" if result.reused else f"downloaded ({result.bytes} bytes)"

@@ -131,12 +131,15 @@ def fit(
     kb: Path | None = KbOption,
     seed: int = SeedOption,
     objective: str = typer.Option(
-        None, "--objective", help="raw, normalized or rank (default: the LODO winner)"
+        None,
+        "--objective",
+        help="a registered target (raw, normalized, rank, percentile) or ensemble "
+        "(default: the LODO winner, ensemble)",
     ),
     as_json: bool = JsonOption,
 ) -> None:
     """Fit (or load from cache) the meta-learner for the KB's current content."""
-    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
+    # start-up time: the meta-learner stack (xgboost, faiss) loads only for this verb
     from metallmix.tools.meta.metalearner import OBJECTIVES, MetaLearnerConfig, fit_or_load
 
     if objective is not None and objective not in OBJECTIVES:
@@ -172,7 +175,7 @@ def predict(
     as_json: bool = JsonOption,
 ) -> None:
     """Predict accuracy (with a 10-90% band) and cost of one configuration, with SHAP facts."""
-    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
+    # start-up time: the meta-learner stack (xgboost, faiss) loads only for this verb
     from metallmix.tools.meta.encoding import candidates_frame
     from metallmix.tools.meta.explain import facts_for_rows
     from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
@@ -218,7 +221,7 @@ def similar(
     as_json: bool = JsonOption,
 ) -> None:
     """The most similar KB datasets and their best runs (FAISS over meta-features)."""
-    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
+    # start-up time: the meta-learner stack (xgboost, faiss) loads only for this verb
     from metallmix.tools.meta.retrieval import RetrievalIndex, load_or_build
 
     store = open_kb(kb, read_only=True)
@@ -271,7 +274,7 @@ def shortlist(
     as_json: bool = JsonOption,
 ) -> None:
     """A scored, diverse shortlist with SHAP facts: what the recommender chooses from."""
-    # start-up time: the meta-learner stack (xgboost, faiss, shap) loads only for this verb
+    # start-up time: the meta-learner stack (xgboost, faiss) loads only for this verb
     from metallmix.tools.meta.shortlist import build_shortlist
 
     store = open_kb(kb, read_only=True)

@@ -1,6 +1,7 @@
 """The one record type of the knowledge base: a single training run and its outcome.
 
-Every source (our own runs, Quick-Tune, MLflow history, CSV) is converted to
+Every source (our own runs, Quick-Tune, MLflow history, CSV, any registered importer,
+see ``sources.py``) is converted to
 :class:`RunRecord` so that the meta-learner and retrieval see one shape. Accuracies are
 fractions in [0, 1] whatever the source reported; provenance says where each row came from.
 
@@ -18,11 +19,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from metallmix.tools.kb.sources import check_source
 from metallmix.tools.metafeatures import MetaFeatures
 
 KB_SCHEMA_VERSION = 1
 
-Source = Literal["own", "quicktune", "mlflow", "csv"]
+# Where a run came from: "own" or a registered importer's name (tools/kb/sources.py); the
+# set is open, so it is checked when a record is built, not by the type.
+Source = str
 Status = Literal["ok", "failed", "diverged"]
 Scalar = float | int | str | bool | None
 ScoreMetric = Literal["balanced_accuracy", "accuracy", "accuracy_for_balanced"]
@@ -276,6 +280,11 @@ class RunRecord(BaseModel):
     status: Status = "ok"
     seed: int | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _registered_source(cls, value: str) -> str:
+        return check_source(value)
 
     @field_validator("dataset_group", mode="after")
     @classmethod

@@ -2,11 +2,8 @@
 
 Raw accuracy mixes "how hard is this dataset" with "how good is this configuration", and a
 recommender only needs the second. So the model that *ranks* candidates is trained on one of
-three targets (compared by the leave-one-dataset-out benchmark, see ``bench/results``):
-
-- ``raw``: validation accuracy as is;
-- ``normalized``: accuracy min-max scaled within each training dataset;
-- ``rank``: XGBoost's pairwise ranking objective with one query group per dataset.
+the registered targets (``targets.py``: raw, normalized, rank, percentile; compared by the
+leave-one-dataset-out benchmark, see ``bench/results``), or on an ensemble of them.
 
 Whatever ranks, the *numbers* shown to people come from a plain accuracy regressor (the
 predicted accuracy, fraction) and an interval, plus a cost regressor on log seconds. The
@@ -23,15 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from metallmix import config
 from metallmix.atomic import atomic_dir
@@ -41,13 +38,52 @@ from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
 from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
+from metallmix.tools.meta.targets import (
+    BLIND_PREFIX,
+    ENSEMBLE,
+    Target,
+    get_target,
+    member_names,
+    objective_names,
+    target_column,
+    target_names,
+)
 
 if TYPE_CHECKING:
     from crepes import ConformalRegressor as ConformalRegressorLike
 
-Objective = Literal["raw", "normalized", "rank", "percentile", "ensemble"]
-OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile", "ensemble")
-SINGLE_OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percentile")
+# An objective is a registered target's name (tools/meta/targets.py) or "ensemble"; it is
+# checked against the registry when a MetaLearnerConfig is built.
+Objective = str
+
+
+class _RegistryNames(Sequence[str]):
+    """A live, read-only view of registry names: ``in``, iteration and ``join`` see targets
+    registered after import (the CLI's choices and LODO's rows follow the registry)."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._names()[index]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+# Every valid objective (the targets, then "ensemble") and the single targets.
+OBJECTIVES: Sequence[str] = _RegistryNames(objective_names)
+SINGLE_OBJECTIVES: Sequence[str] = _RegistryNames(target_names)
 # The product's pick rule, chosen by the LODO benchmark over seeds 0-2 on Quick-Tune and on
 # the shipped KB (README "Meta-learner"; bench/results/lodo_*). One XGBoost's top-1 pick is
 # noise-dominated: with a dozen training datasets the winning target, tree depth or seed flips
@@ -58,7 +94,7 @@ SINGLE_OBJECTIVES: tuple[Objective, ...] = ("raw", "normalized", "rank", "percen
 # toward what is good everywhere; the meta-feature half moves it where the data says so.
 # Averaging over tree settings is what removed the catastrophic picks (max regret 0.99 ->
 # 0.28 on Quick-Tune); bagging seeds alone did not.
-DEFAULT_OBJECTIVE: Objective = "ensemble"
+DEFAULT_OBJECTIVE: Objective = ENSEMBLE
 DEFAULT_MEMBERS: tuple[str, ...] = ("normalized", "percentile", "co-normalized", "co-percentile")
 DEFAULT_BAGS = 2
 
@@ -137,6 +173,14 @@ class MetaLearnerConfig(BaseModel):
         description="tree shapes each ensemble member is fitted with (ensemble only)",
     )
 
+    @field_validator("objective")
+    @classmethod
+    def _registered_objective(cls, value: str) -> str:
+        """An objective names a registered target or the ensemble (targets.py)."""
+        if value not in objective_names():
+            raise ValueError(f"objective {value!r}: choose from {', '.join(objective_names())}")
+        return value
+
     @model_validator(mode="after")
     def _distinct_tree_settings(self) -> MetaLearnerConfig:
         """Members are named after their tree setting, so two settings cannot share a name."""
@@ -196,12 +240,6 @@ def completed_mask(frame: pd.DataFrame) -> np.ndarray:
         return np.isnan(budget) | np.isnan(ran) | (ran >= budget)
 
 
-def target_column(frame: pd.DataFrame) -> str:
-    """``out_score`` (validation balanced accuracy where recorded, see ``kb.frame``), or
-    ``out_val_accuracy`` for frames built without it."""
-    return "out_score" if "out_score" in frame else "out_val_accuracy"
-
-
 def training_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows the meta-learner learns from: completed runs (status ok, whole epoch budget)
     with a validation score."""
@@ -221,12 +259,6 @@ def run_weights(frame: pd.DataFrame) -> np.ndarray:
     return np.where(full, 1.0, CAPPED_RUN_WEIGHT)
 
 
-def percentile_target(frame: pd.DataFrame) -> np.ndarray:
-    """Score as its percentile within the dataset (robust to one catastrophic run)."""
-    acc = frame[target_column(frame)].astype(float)
-    return acc.groupby(frame["dataset"]).rank(pct=True).to_numpy(dtype=float)
-
-
 def within_pool_percentile(values: np.ndarray) -> np.ndarray:
     """Percentile (0, 1] of each value among ``values``; ties share their mean rank."""
     from scipy.stats import rankdata
@@ -237,39 +269,24 @@ def within_pool_percentile(values: np.ndarray) -> np.ndarray:
     return np.asarray(rankdata(values), dtype=float) / values.size
 
 
-def normalized_target(frame: pd.DataFrame) -> np.ndarray:
-    """Score min-max scaled within each dataset (0 worst, 1 best; 0.5 when constant)."""
-    acc = frame[target_column(frame)].astype(float)
-    grouped = acc.groupby(frame["dataset"])
-    low, high = grouped.transform("min"), grouped.transform("max")
-    span = (high - low).to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm = np.where(span > 0, (acc.to_numpy() - low.to_numpy()) / span, 0.5)
-    return norm
-
-
-def _member_target(name: str) -> str:
-    return name.removeprefix("co-")
-
-
 def score_members(cfg: MetaLearnerConfig) -> tuple[str, ...]:
     """The ranking models this configuration fits ('' when the accuracy model ranks).
 
     Ensemble members are named ``<target>@<tree setting>#<bag>``, e.g. ``co-normalized@d3#1``.
     """
-    if cfg.objective != "ensemble":
-        return ("",) if cfg.objective == "raw" else (cfg.objective,)
+    if cfg.objective != ENSEMBLE:
+        return ("",) if get_target(cfg.objective).is_accuracy else (cfg.objective,)
     names = [t.name for t in cfg.tree_settings]  # distinct: checked by the config
     # without meta-features every member is blind already; a repeated member is another
     # seed of it (a bag): 'normalized' twice -> normalized@d5#0 .. #3
-    members = [m if cfg.use_meta_features else _member_target(m) for m in cfg.members]
+    members = [m if cfg.use_meta_features else m.removeprefix(BLIND_PREFIX) for m in cfg.members]
     out: list[str] = []
     seen: dict[str, int] = {}
     for m in members:
-        if _member_target(m) not in SINGLE_OBJECTIVES:
+        if m.removeprefix(BLIND_PREFIX) not in member_names():
             raise ValueError(
-                f"ensemble member {m!r}: choose from {', '.join(SINGLE_OBJECTIVES)} "
-                "(optionally prefixed 'co-')"
+                f"ensemble member {m!r}: choose from {', '.join(member_names())} "
+                f"(optionally prefixed {BLIND_PREFIX!r})"
             )
         for setting in names:
             key = f"{m}@{setting}"
@@ -363,33 +380,35 @@ class MetaLearner:
 
         accuracy = train(cfg.xgb_params("reg:squarederror"), acc)
         scores: dict[str, xgb.Booster] = {}
+        labels: dict[str, np.ndarray] = {}  # each target's label, computed once per fit
+
+        def label_of(target: Target) -> np.ndarray:
+            if target.name not in labels:
+                labels[target.name] = target.label(rows)
+            return labels[target.name]
+
         for member in score_members(cfg):
             if not member:
                 continue
             name, setting, bag = parse_member(member)
-            target = _member_target(name)
-            cols = blind if name.startswith("co-") else None
+            target = get_target(name)
+            cols = blind if name.startswith(BLIND_PREFIX) else None
             params = cfg.xgb_params(
-                "reg:squarederror", cfg.tree_setting(setting) if setting else None
+                target.xgb_objective, cfg.tree_setting(setting) if setting else None
             )
             params["seed"] = cfg.seed + 1000 * bag
-            if target == "raw" and cols is None and params == cfg.xgb_params("reg:squarederror"):
+            if target.is_accuracy and cols is None and params == cfg.xgb_params("reg:squarederror"):
                 scores[member] = accuracy  # the very same fit: reuse it
                 tick(1)
-            elif target == "raw":
-                scores[member] = train(params, acc, cols)
-            elif target == "normalized":
-                scores[member] = train(params, normalized_target(rows), cols)
-            elif target == "percentile":
-                scores[member] = train(params, percentile_target(rows), cols)
-            else:  # rank: pairwise, one query group per dataset
+            elif target.grouped:  # ranking: one query group per dataset, no per-run weight
                 order = np.argsort(rows["dataset"].to_numpy(), kind="stable")
                 codes = pd.factorize(rows["dataset"].to_numpy()[order])[0]
                 xs = x[order] if cols is None else x[order][:, cols]
-                dm = xgb.DMatrix(xs, label=normalized_target(rows)[order], qid=codes)
-                params["objective"] = "rank:pairwise"
+                dm = xgb.DMatrix(xs, label=label_of(target)[order], qid=codes)
                 scores[member] = xgb.train(params, dm, num_boost_round=n_rounds)
                 tick(1)
+            else:
+                scores[member] = train(params, label_of(target), cols)
         quantile: xgb.Booster | None = None
         calibration: dict[str, list[float]] = {}
         if cfg.with_uncertainty:
@@ -463,7 +482,7 @@ class MetaLearner:
         members = self.member_scores(frame)
         if not members:
             score = acc
-        elif self.config.objective == "ensemble":
+        elif self.config.objective == ENSEMBLE:
             score = np.mean([within_pool_percentile(v) for v in members.values()], axis=0)
         else:
             score = next(iter(members.values()))
@@ -507,7 +526,7 @@ class MetaLearner:
         if not set(old_ids) <= ids or not new or len(new) > WARM_MAX_NEW_RUNS:
             return None
         cfg = self.config
-        if any(_member_target(parse_member(m)[0]) == "rank" for m in self.score_boosters):
+        if any(not get_target(parse_member(m)[0]).warm_startable for m in self.score_boosters):
             return None
         x = self.encoder.transform(rows)
         acc = rows[target_column(rows)].to_numpy(dtype=float)
@@ -521,23 +540,23 @@ class MetaLearner:
             return xgb.train(params, dm, num_boost_round=WARM_ROUNDS, xgb_model=booster)
 
         accuracy = grow(self.accuracy_booster, cfg.xgb_params("reg:squarederror"), acc, False)
-        targets = {
-            "raw": acc,
-            "normalized": normalized_target(rows),
-            "percentile": percentile_target(rows),
-        }
+        labels: dict[str, np.ndarray] = {}
         scores: dict[str, xgb.Booster] = {}
         for member, booster in self.score_boosters.items():
             if booster is self.accuracy_booster:
                 scores[member] = accuracy
                 continue
             name, setting, bag = parse_member(member)
+            target = get_target(name)
             params = cfg.xgb_params(
-                "reg:squarederror", cfg.tree_setting(setting) if setting else None
+                target.xgb_objective, cfg.tree_setting(setting) if setting else None
             )
             params["seed"] = cfg.seed + 1000 * bag
-            target = targets[_member_target(name)]
-            scores[member] = grow(booster, params, target, name.startswith("co-"))
+            if target.name not in labels:
+                labels[target.name] = target.label(rows)
+            scores[member] = grow(
+                booster, params, labels[target.name], name.startswith(BLIND_PREFIX)
+            )
         quantile = None
         if self.quantile_booster is not None:
             quantile = grow(self.quantile_booster, quantile_params(cfg), acc, False)
