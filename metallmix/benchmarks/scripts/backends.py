@@ -97,7 +97,7 @@ def main() -> None:
                 trials,
                 sources,
                 settings=BUILD_SETTINGS.replace(max_val_images=100, backend=backend),
-            )  # type: ignore[arg-type]
+            )
         )
         wall = time.perf_counter() - started
         failed = sum(e.record is None for e in events)
