@@ -443,3 +443,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match="no such file"):
         metallmix.recommend(tmp_path / "nope.npz", llm=ScriptedLLM([]), track=False)
+
+
+def test_node_names_are_written_once() -> None:
+    """The wiring, the progress lines and the enum name the same nodes (a node added to one
+    but not the others would lose its progress line or never run)."""
+    from metallmix.graphs.graph import build_graph
+    from metallmix.node_names import NodeName
+    from metallmix.progress import NODE_TEXT
+
+    wired = set(build_graph().get_graph().nodes) - {"__start__", "__end__"}
+    assert wired == {n.value for n in NodeName} == set(NODE_TEXT)

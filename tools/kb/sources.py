@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 
 from metallmix.errors import ConfigError
 
@@ -26,6 +27,7 @@ _SOURCES: dict[str, str] = {
     OWN: "runs this installation trained (metallmix validate, kb build, recommend --verify)"
 }
 _discovered = False
+_lock = threading.RLock()
 
 
 def register_source(name: str, description: str) -> None:
@@ -46,27 +48,29 @@ def unregister_source(name: str) -> None:
 
 
 def discover() -> None:
-    """Import every module of the importers package once (each registers its importer)."""
+    """Import every module of the importers package once (each registers its importer).
+
+    Under a lock, and marked done only when all are imported: a thread validating a record
+    meanwhile waits instead of seeing half the names. Re-entry from the importing thread
+    (an importer module that validates a record at import) finds the modules in progress.
+    """
     global _discovered
     if _discovered:
         return
-    _discovered = True  # first: an importer module being imported may validate records
-    package = importlib.import_module(IMPORTERS_PACKAGE)
-    for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{IMPORTERS_PACKAGE}.{module.name}")
+    with _lock:
+        if _discovered:
+            return
+        package = importlib.import_module(IMPORTERS_PACKAGE)
+        for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{IMPORTERS_PACKAGE}.{module.name}")
+        _discovered = True
 
 
 def source_names() -> tuple[str, ...]:
     """Every valid source name: ``own``, then the importers' in registration order."""
     discover()
     return tuple(_SOURCES)
-
-
-def describe_sources() -> dict[str, str]:
-    """Source name -> what its records are."""
-    discover()
-    return dict(_SOURCES)
 
 
 def check_source(name: str) -> str:

@@ -97,11 +97,6 @@ def unregister_importer(name: str) -> None:
     unregister_source(name)
 
 
-def importer_names() -> tuple[str, ...]:
-    discover()
-    return tuple(_IMPORTERS)
-
-
 def get_importer(name: str) -> type[Importer]:
     """The importer class of source ``name``."""
     discover()
