@@ -59,7 +59,8 @@ def test_learners_never_see_the_held_out_group(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(MetaLearner, "fit", classmethod(spy))
     result = lodo.run_lodo(
-        _records(), objectives=("raw",), n_estimators=20, max_depth=3, config_only=False
+        _records(),
+        lodo.LodoSpec(objectives=("raw",), n_estimators=20, max_depth=3, config_only=False),
     )
     assert [f["group"] for f in result.folds] == ["origin", "synth02", "synth03"]
     # two fits per fold: the ranking learner and the interval learner (calibrated in-fold)
@@ -168,7 +169,7 @@ def test_scores_against_completed_runs_only() -> None:
             ),
         }
     )
-    result = lodo.run_lodo([*records, snapshot], n_estimators=10, max_depth=3)
+    result = lodo.run_lodo([*records, snapshot], lodo.LodoSpec(n_estimators=10, max_depth=3))
     assert result.n_partial_runs == 1
     rows = [r for r in result.rows if r.dataset == "synth02"]
     assert rows and all(r.n_configs == len(held) for r in rows)
@@ -190,7 +191,7 @@ def test_ground_truth_is_the_score_the_product_optimises() -> None:
         )
         for r in records
     ]
-    result = lodo.run_lodo(balanced, n_estimators=10, max_depth=3, intervals=False)
+    result = lodo.run_lodo(balanced, lodo.LodoSpec(n_estimators=10, max_depth=3, intervals=False))
     for dataset in {"synth02", "synth03"}:
         held = [r for r in balanced if r.dataset == dataset]
         rows = [r for r in result.rows if r.dataset == dataset]
@@ -213,7 +214,9 @@ def test_each_regime_learns_from_its_own_runs_as_the_product_does() -> None:
         )
         for r in synthetic_records(3, 12, seed=9)
     ]
-    per = lodo.run_lodo([*cpu, *gpu], objectives=("raw",), n_estimators=10, max_depth=3)
+    per = lodo.run_lodo(
+        [*cpu, *gpu], lodo.LodoSpec(objectives=("raw",), n_estimators=10, max_depth=3)
+    )
     gpu_groups = {r.dataset_group for r in gpu}
     for fold in per.folds:
         train_groups = set(fold["train_groups"])  # type: ignore[arg-type]
@@ -222,12 +225,15 @@ def test_each_regime_learns_from_its_own_runs_as_the_product_does() -> None:
         else:
             assert not train_groups & gpu_groups
     one = lodo.run_lodo(
-        [*cpu, *gpu], objectives=("raw",), n_estimators=10, max_depth=3, per_regime=False
+        [*cpu, *gpu],
+        lodo.LodoSpec(objectives=("raw",), n_estimators=10, max_depth=3, per_regime=False),
     )
     assert any(set(f["train_groups"]) & gpu_groups for f in one.folds if f["group"] == "origin")  # type: ignore[arg-type]
     # The only group of a regime has nobody to learn from: skipped and said so.
     lone = [r for r in gpu if r.dataset_group == gpu[0].dataset_group]
-    alone = lodo.run_lodo([*cpu, *lone], objectives=("raw",), n_estimators=10, max_depth=3)
+    alone = lodo.run_lodo(
+        [*cpu, *lone], lodo.LodoSpec(objectives=("raw",), n_estimators=10, max_depth=3)
+    )
     skipped = [f for f in alone.folds if "skipped" in f]
     assert [f["group"] for f in skipped] == [lone[0].dataset_group]
 
@@ -235,15 +241,10 @@ def test_each_regime_learns_from_its_own_runs_as_the_product_does() -> None:
 def test_parallel_folds_give_the_serial_figures() -> None:
     """Folds fitted in 2 worker processes (one XGBoost thread each) score exactly as the
     serial run with 2 threads per fit: same rows, intervals and fold records."""
-    kwargs = {"objectives": ("raw",), "n_estimators": 10, "max_depth": 3, "seed": 3}
+    spec = lodo.LodoSpec(objectives=("raw",), n_estimators=10, max_depth=3, seed=3)
     finished: list[str] = []
-    serial = lodo.run_lodo(_records(), n_jobs=1, nthread=2, **kwargs)  # type: ignore[arg-type]
-    parallel = lodo.run_lodo(
-        _records(),
-        n_jobs=2,
-        on_fold=finished.append,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    serial = lodo.run_lodo(_records(), spec, n_jobs=1, nthread=2)
+    parallel = lodo.run_lodo(_records(), spec, n_jobs=2, on_fold=finished.append)
     assert (parallel.n_jobs, parallel.nthread) == (2, 1)
     assert sorted(finished) == ["origin", "synth02", "synth03"]
     assert [r.model_dump() for r in parallel.rows] == [r.model_dump() for r in serial.rows]

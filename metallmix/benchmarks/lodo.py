@@ -499,27 +499,44 @@ def _run_fold(task: _FoldTask) -> _FoldOut:
     return _FoldOut(group, rows, info, fit_seconds, covered)
 
 
+@dataclass(frozen=True)
+class LodoSpec:
+    """What one LODO benchmark fits and scores: the learners' objectives, trees and seed,
+    whether the dataset-blind twin and the intervals are scored, and per-regime learners.
+    One value, so the figures' settings travel (and are recorded) together; how the folds
+    are scheduled (``n_jobs``, ``nthread``) is not part of it, since it never changes them."""
+
+    objectives: Sequence[Objective] = (DEFAULT_OBJECTIVE,)
+    seed: int = 0
+    n_estimators: int = 300
+    max_depth: int = 5
+    config_only: bool = True
+    intervals: bool = True
+    per_regime: bool = True
+
+
 def run_lodo(
     records: Sequence[RunRecord],
+    spec: LodoSpec = LodoSpec(),
     *,
     kb_label: str = "",
-    objectives: Sequence[Objective] = (DEFAULT_OBJECTIVE,),
-    seed: int = 0,
-    n_estimators: int = 300,
-    max_depth: int = 5,
-    config_only: bool = True,
-    intervals: bool = True,
     on_fold: Callable[[str], None] | None = None,
-    per_regime: bool = True,
     n_jobs: int | None = 1,
     nthread: int | None = None,
 ) -> LodoResult:
-    """The whole benchmark; deterministic for a seed. Completed runs only (module doc).
-    ``per_regime=False`` fits one learner on every regime's runs (what the product does not
-    do; kept to measure that choice). ``n_jobs`` folds are fitted at once, in worker
+    """The whole benchmark; deterministic for ``spec.seed``. Completed runs only (module doc).
+    ``spec.per_regime=False`` fits one learner on every regime's runs (what the product does
+    not do; kept to measure that choice). ``n_jobs`` folds are fitted at once, in worker
     processes (None: one per CPU; 1, the default: in this process); the figures do not depend on it.
     ``nthread``: XGBoost threads per fold (default 1: processes, not threads, share the CPUs).
     ``on_fold(group)`` is called in this process as each fold finishes."""
+    objectives, seed, n_estimators, max_depth = (
+        spec.objectives,
+        spec.seed,
+        spec.n_estimators,
+        spec.max_depth,
+    )
+    config_only, intervals, per_regime = spec.config_only, spec.intervals, spec.per_regime
     if n_jobs is not None and n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
     ok = [r for r in records if r.status == "ok" and r.score is not None]

@@ -6,13 +6,15 @@ Other benchmark verbs attach to :data:`bench_app` from their own modules.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
 
 from metallmix import config
+from metallmix.cli.groups import options_from
 from metallmix.cli.output import JsonOption, emit, progress, stderr
 from metallmix.errors import ConfigError
 
@@ -69,8 +71,37 @@ def _results_name(spec: str) -> str:
     return f"lodo_{path.stem}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class LodoLearnerOptions:
+    """What the LODO meta-learners are: seed, objectives, trees, depth, one or per-regime."""
+
+    seed: Annotated[int, typer.Option("--seed")] = 0
+    objectives: Annotated[
+        str,
+        typer.Option(
+            "--objectives",
+            help="Comma-separated meta-learner objectives to score (raw, normalized, rank, "
+            "percentile, ensemble; ensemble is the product's pick rule). config-only always runs.",
+        ),
+    ] = "ensemble"
+    n_estimators: Annotated[
+        int, typer.Option("--trees", min=1, help="XGBoost trees per model.")
+    ] = 300
+    max_depth: Annotated[int, typer.Option("--depth", min=1, help="XGBoost tree depth.")] = 5
+    one_learner: Annotated[
+        bool,
+        typer.Option(
+            "--one-learner",
+            help="Fit one meta-learner on every compute regime's runs (the product fits one per "
+            "regime, and so does LODO by default).",
+        ),
+    ] = False
+
+
 @bench_app.command("lodo")
+@options_from("learner", LodoLearnerOptions)
 def lodo(
+    *,
     kb: str = typer.Option(
         None,
         "--kb",
@@ -81,21 +112,7 @@ def lodo(
     name: str = typer.Option(
         None, "--name", help="Base name of the result files (default: lodo_<kb name>)."
     ),
-    seed: int = typer.Option(0, "--seed"),
-    objectives: str = typer.Option(
-        "ensemble",
-        "--objectives",
-        help="Comma-separated meta-learner objectives to score (raw, normalized, rank, "
-        "percentile, ensemble; ensemble is the product's pick rule). config-only always runs.",
-    ),
-    n_estimators: int = typer.Option(300, "--trees", min=1, help="XGBoost trees per model."),
-    max_depth: int = typer.Option(5, "--depth", min=1, help="XGBoost tree depth."),
-    one_learner: bool = typer.Option(
-        False,
-        "--one-learner",
-        help="Fit one meta-learner on every compute regime's runs (the product fits one per "
-        "regime, and so does LODO by default).",
-    ),
+    learner: LodoLearnerOptions,  # expanded into its options
     jobs: int = typer.Option(
         None,
         "--jobs",
@@ -113,9 +130,16 @@ def lodo(
 ) -> None:
     """Leave-one-dataset-out on completed runs: the product's pick vs config-only and baselines."""
     # Imported here: xgboost, pandas and scipy must not slow down `metallmix --help`.
-    from metallmix.benchmarks.lodo import load_kb_records, markdown_table, run_lodo, write_results
+    from metallmix.benchmarks.lodo import (
+        LodoSpec,
+        load_kb_records,
+        markdown_table,
+        run_lodo,
+        write_results,
+    )
     from metallmix.tools.meta.metalearner import OBJECTIVES, Objective
 
+    seed, objectives = learner.seed, learner.objectives
     chosen = [o.strip() for o in objectives.split(",") if o.strip()]
     unknown = [o for o in chosen if o not in OBJECTIVES]
     if unknown or not chosen:
@@ -139,17 +163,14 @@ def lodo(
             advance(1)
             fold_log.fold_done(group)
 
-        result = run_lodo(
-            records,
-            kb_label=label,
-            seed=seed,
+        lodo_spec = LodoSpec(
             objectives=chosen_objectives,
-            n_estimators=n_estimators,
-            max_depth=max_depth,
-            on_fold=on_fold,
-            per_regime=not one_learner,
-            n_jobs=jobs,
+            seed=seed,
+            n_estimators=learner.n_estimators,
+            max_depth=learner.max_depth,
+            per_regime=not learner.one_learner,
         )
+        result = run_lodo(records, lodo_spec, kb_label=label, on_fold=on_fold, n_jobs=jobs)
         fold_log.write(f"done in {result.seconds:.0f} s ({result.n_jobs} folds at once)")
     paths = write_results(result, out, base)
     stderr.print(f"wrote {', '.join(str(p) for p in paths.values())} (progress log {log_path})")
@@ -161,7 +182,7 @@ def lodo(
         "seconds": result.seconds,
         "load_average": result.load_average,
         "default_method": result.default_method,
-        "per_regime": not one_learner,
+        "per_regime": not learner.one_learner,
         "n_runs": result.n_runs,
         "n_partial_runs_ignored": result.n_partial_runs,
         "summary": summary.to_dict(orient="records"),

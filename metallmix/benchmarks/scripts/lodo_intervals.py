@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from metallmix.atomic import write_text
-from metallmix.benchmarks.lodo import load_kb_records, run_lodo
+from metallmix.benchmarks.lodo import LodoSpec, load_kb_records, run_lodo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout.strip()
     per_seed = []
     for seed in args.seeds:
-        result = run_lodo(
-            records, kb_label=label, seed=seed, objectives=("raw",), config_only=False,
-            n_estimators=args.trees,
-        )  # fmt: skip
+        spec = LodoSpec(objectives=("raw",), seed=seed, n_estimators=args.trees, config_only=False)
+        result = run_lodo(records, spec, kb_label=label)
         row = {"seed": seed, "seconds": result.seconds, "load_average": result.load_average,
                **result.interval}  # fmt: skip
         per_seed.append(row)
