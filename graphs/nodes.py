@@ -28,11 +28,13 @@ from metallmix.graphs.recording import log_recommendation
 from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.graphs.tracing import node_span
-from metallmix.progress import waiting
+from metallmix.progress import step_line, waiting
+from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.explain import global_importance, waterfall
+from metallmix.tools.meta.landmarks import attach_landmarks
 from metallmix.tools.meta.metalearner import MetaLearner, training_rows
 from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.retrieval import load_or_build
@@ -110,7 +112,16 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory; check the dataset path")
     mf = compute_meta_features(path, modality=state.modality)
-    return {"meta_features": mf, "dataset_name": state.dataset_name or _name_of(path)}
+    # Landmarks: seconds-cheap scores of the user's own images (a card has none).
+    images = None if path.suffix.lower() == ".json" else load_dataset(path, modality=state.modality)
+    mf, measured, note = attach_landmarks(mf, images)
+    step_line(note)
+    return {
+        "meta_features": mf,
+        "dataset_name": state.dataset_name or _name_of(path),
+        "landmarks_note": note,
+        "landmarks_seconds": measured.seconds if measured is not None else None,
+    }
 
 
 def _name_of(path: Path) -> str:

@@ -38,6 +38,7 @@ def record_to_row(record: RunRecord) -> dict[str, Any]:
         "mf_modality": record.meta_features.modality,
     }
     row.update({f"mf_{k}": v for k, v in record.meta_features.numeric().items()})
+    row["landmarks"] = record.meta_features.landmarks  # raw, for rows moved to other datasets
     row.update(landmark_columns(record.meta_features.landmarks, record.model, record.pretrained))
     row.update({f"hp_{k}": v for k, v in record.hyperparameters.flat().items()})
     outcomes = record.outcomes.model_dump(exclude={"learning_curve", "balanced_learning_curve"})

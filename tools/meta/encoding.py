@@ -167,6 +167,7 @@ def candidate_row(
         "mf_modality": meta_features.modality,
     }
     row.update({f"mf_{k}": v for k, v in meta_features.numeric().items()})
+    row["landmarks"] = meta_features.landmarks
     row.update(landmark_columns(meta_features.landmarks, model, pretrained))
     row.update({f"hp_{k}": v for k, v in hp.flat().items()})
     return row

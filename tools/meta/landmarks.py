@@ -34,12 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from metallmix.errors import DatasetError, ModelUnavailableError
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.datasets.base import resize_image
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.meta.search_space import PRETRAINED_LITE_MODELS
+from metallmix.tools.metafeatures import MetaFeatures
 from metallmix.tools.training.trainer import FeatureCache, frozen_features
 
 LANDMARKS_VERSION = 1
@@ -96,6 +98,22 @@ def landmark_columns(
         PIXEL_COLUMN: pixels,
         BEST_BACKBONE_COLUMN: max(known) if known else nan,
     }
+
+
+def with_landmark_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``lm_`` columns recomputed from its ``landmarks`` column (the
+    dataset's raw mapping, as ``records_to_frame`` writes it), ``model`` and ``pretrained``:
+    for rows moved to another dataset (the portfolio scores candidates on KB datasets)."""
+    out = frame.copy()
+    raw = out["landmarks"] if "landmarks" in out else pd.Series([None] * len(out), out.index)
+    pretrained = out["pretrained"] if "pretrained" in out else pd.Series(False, out.index)
+    rows = [
+        landmark_columns(lm if isinstance(lm, dict) else None, str(model), bool(flag))
+        for lm, model, flag in zip(raw, out["model"], pretrained, strict=True)
+    ]
+    for column in LANDMARK_COLUMNS:
+        out[column] = [row[column] for row in rows]
+    return out
 
 
 def _finite(value: object) -> float:
@@ -214,6 +232,23 @@ def compute_landmarks(
         images=len(labels),
         skipped=skipped,
     )
+
+
+def attach_landmarks(
+    mf: MetaFeatures, dataset: Dataset | None, *, seed: int = 0
+) -> tuple[MetaFeatures, LandmarkResult | None, str]:
+    """``mf`` with the landmarks of ``dataset``, the measurement, and one line saying what
+    happened (a progress step, an MLflow param). ``dataset`` None (a card: no images), or
+    data the read-out cannot score (fewer than 4 images), leaves them missing: the
+    recommendation goes on with NaN landmark columns rather than failing."""
+    if dataset is None:
+        return mf, None, MISSING_NO_IMAGES
+    try:
+        result = compute_landmarks(dataset, seed=seed)
+    except DatasetError as exc:
+        return mf, None, f"landmarks missing ({exc})"
+    line = f"landmarks: {result.describe()} ({result.seconds:.1f} s)"
+    return mf.model_copy(update={"landmarks": dict(result.values)}), result, line
 
 
 # --- the KB's tasks ----------------------------------------------------------------------
@@ -337,10 +372,12 @@ __all__ = [
     "KBLandmarks",
     "LandmarkResult",
     "TaskName",
+    "attach_landmarks",
     "balanced_accuracy",
     "compute_landmarks",
     "find_sources",
     "landmark_columns",
     "landmarks_for_kb",
     "loo_probe_score",
+    "with_landmark_columns",
 ]
