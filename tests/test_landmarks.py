@@ -121,6 +121,11 @@ def test_learner_reads_landmarks_and_accepts_them_missing() -> None:
         mf = records[0].meta_features.model_copy(update={"landmarks": landmarks})
         prediction = learner.predict(candidates_frame(mf, configs))
         assert np.isfinite(prediction.accuracy).all()
+    # a KB without any landmark (Quick-Tune) encodes as before landmarks existed
+    plain = MetaLearner.fit(
+        records_to_frame(synthetic_records(4, 20, seed=3)), MetaLearnerConfig(**SMALL)
+    )
+    assert not [c for c in plain.encoder.columns if c.startswith("lm_")]
     blind = MetaLearner.fit(frame, MetaLearnerConfig(use_meta_features=False, **SMALL))
     assert not [c for c in blind.encoder.columns if c.startswith("lm_")]
     assert all(not learner.encoder.columns[i].startswith("lm_") for i in learner.blind_columns)

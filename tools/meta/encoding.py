@@ -248,7 +248,10 @@ class FeatureEncoder(BaseModel):
         landmarks (``lm_``): the model then cannot tell datasets apart, which is the baseline
         meta-features must beat.
         """
-        dataset = [*_MF_COLUMNS, *LANDMARK_COLUMNS] if meta_features else []
+        # Landmarks only when some training run has them: a KB without images (Quick-Tune)
+        # then encodes exactly as before landmarks existed (same columns, same trees).
+        measured = any(c in frame and frame[c].notna().any() for c in LANDMARK_COLUMNS)
+        dataset = [*_MF_COLUMNS, *(LANDMARK_COLUMNS if measured else ())] if meta_features else []
         numeric = dataset + list(_HP_CORE_NUMERIC)
         categorical_cols = [
             *(["mf_modality"] if meta_features else []),
