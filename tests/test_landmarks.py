@@ -27,7 +27,7 @@ from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig
 from metallmix.tools.meta.search_space import make_hyperparameters
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 
-SMALL = {"n_estimators": 30, "members": ["score"]}
+SMALL = {"n_estimators": 30, "max_depth": 3}
 
 
 def _write_npz(path: Path, *, separable: bool, n: int = 60, seed: int = 0) -> Path:

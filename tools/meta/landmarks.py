@@ -134,10 +134,14 @@ def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
 def loo_probe_score(features: np.ndarray, labels: np.ndarray) -> float:
     """Leave-one-out balanced accuracy of a ridge classifier on ``features`` (N x D).
 
-    Features are standardised and scaled by 1/sqrt(D) so the kernel has unit scale whatever
-    D is; targets are one-hot, centred (the intercept). With K = U diag(s) U^T, the hat
-    matrix for strength l is U diag(s / (s + l)) U^T and the leave-one-out prediction of row
-    i is (f_i - h_ii y_i) / (1 - h_ii): every strength of the grid costs one matrix product.
+    Features are standardised (label-free) and scaled by 1/sqrt(D) so the kernel has unit
+    scale whatever D is; a constant column is the intercept (its kernel term is 1, far above
+    the ridge strengths, so it is barely shrunk); targets are one-hot. With
+    K = U diag(s) U^T, the hat matrix for strength l is U diag(s / (s + l)) U^T and the
+    leave-one-out prediction of row i is (f_i - h_ii y_i) / (1 - h_ii), exact for this model:
+    every strength of the grid costs one matrix product. (Centring the targets instead of the
+    constant column would leave the intercept out of the hat matrix, and with D >= N the
+    "left-out" prediction would then recover the row's own label.)
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
@@ -149,22 +153,18 @@ def loo_probe_score(features: np.ndarray, labels: np.ndarray) -> float:
     x = x - x.mean(axis=0, keepdims=True)
     scale = x.std(axis=0, keepdims=True)
     x = x / np.where(scale > 1e-8, scale, 1.0) / math.sqrt(x.shape[1])
-    onehot = np.eye(len(classes))[codes]
-    target_mean = onehot.mean(axis=0, keepdims=True)
-    target = onehot - target_mean
-    kernel = x @ x.T
+    target = np.eye(len(classes))[codes]
+    kernel = x @ x.T + 1.0  # + the intercept's constant column
     s, u = np.linalg.eigh(kernel)
     s = np.clip(s, 0.0, None)
     ut_y = u.T @ target
-    scale_k = max(float(np.trace(kernel)) / len(y), 1e-12)
     best = -1.0
     for strength in RIDGE_GRID:
-        shrink = s / (s + strength * scale_k)
+        shrink = s / (s + strength)
         fitted = u @ (shrink[:, None] * ut_y)
         h = np.einsum("ij,j,ij->i", u, shrink, u)
-        loo = (fitted - h[:, None] * target) / np.clip(1.0 - h, 1e-6, None)[:, None]
-        predicted = np.argmax(loo + target_mean, axis=1)
-        best = max(best, balanced_accuracy(codes, predicted))
+        loo = (fitted - h[:, None] * target) / np.clip(1.0 - h, 1e-9, None)[:, None]
+        best = max(best, balanced_accuracy(codes, np.argmax(loo, axis=1)))
     return round(best, 4)
 
 
