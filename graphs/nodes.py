@@ -102,7 +102,11 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
         mf = state.meta_features
         if state.modality and mf.modality != state.modality:
             mf = mf.model_copy(update={"modality": state.modality})
-        return {"meta_features": mf, "dataset_name": state.dataset_name or "meta-features"}
+        return {
+            "meta_features": mf,
+            "dataset_name": state.dataset_name or "meta-features",
+            "landmarks_note": "given with the meta-features" if mf.landmarks else "",
+        }
     if not state.data:
         raise DatasetError(
             "nothing to recommend for: give 'data' (a dataset path or dataset card) "

@@ -225,3 +225,39 @@ def test_replace_writes_all_or_nothing(tmp_path: Path) -> None:
     assert store.content_hash() == hash_before
     assert store.replace(changed) == len(records)
     assert all(r.meta_features.landmarks == {"pixels": 0.7} for r in store.records())
+
+
+def test_the_features_node_measures_images_and_says_a_card_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metallmix.graphs import nodes
+    from metallmix.graphs.state import RecommendationState
+
+    _no_backbones(monkeypatch)
+    npz = _write_npz(tmp_path / "tiny.npz", separable=True)
+    update = nodes.features(RecommendationState(data=str(npz)), {})
+    assert update["meta_features"].landmarks[L.PIXELS] > 0.9
+    assert update["landmarks_seconds"] > 0 and update["landmarks_note"].startswith("landmarks: ")
+    assert "landmarks: pixels" in capsys.readouterr().err  # the progress step, with seconds
+    card = tmp_path / "card.json"
+    card.write_text(
+        '{"name": "c", "class_names": ["a", "b"], "train_counts": {"a": 50, "b": 40}, '
+        '"image_height": 28, "image_width": 28, "channels": 1}'
+    )
+    update = nodes.features(RecommendationState(data=str(card)), {})
+    assert update["meta_features"].landmarks is None
+    assert update["landmarks_note"] == L.MISSING_NO_IMAGES == "landmarks missing (no images)"
+    assert update["landmarks_seconds"] is None
+    assert "landmarks missing (no images)" in capsys.readouterr().err
+
+
+def test_the_recommendation_run_records_the_landmarks_and_their_cost() -> None:
+    from metallmix.graphs import recording
+    from metallmix.graphs.configuration import Configuration
+    from metallmix.graphs.state import RecommendationState
+
+    state = RecommendationState(landmarks_note="landmarks: pixels 0.70", landmarks_seconds=2.5)
+    assert ("landmarks_seconds", 2.5, 0) in recording._metrics(state)
+    assert recording._params(state, Configuration())["landmarks"] == "landmarks: pixels 0.70"
+    card = RecommendationState(landmarks_note=L.MISSING_NO_IMAGES)
+    assert not [m for m in recording._metrics(card) if m[0] == "landmarks_seconds"]
