@@ -183,8 +183,8 @@ def recommend_verified(
             # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
             cfg = Configuration(space=space, kb_instance=store, seed=seed, compute="cpu")
             mf = compute_meta_features(path, modality=modality)
-            mf, _, note = attach_landmarks(mf, dataset)  # the zero-shot answer reads them too
-            step_line(note)
+            mf, _, measured = attach_landmarks(mf, dataset)  # the zero-shot answer reads them
+            step_line(measured)
             regime, regime_store = regime_kb_for(cfg, snapshot)
             shortlist = build_shortlist(
                 mf,
