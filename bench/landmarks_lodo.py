@@ -111,8 +111,8 @@ def table(seeds: list[int]) -> str:
         shown = [f"{x:.3f}" if x is not None else "-" for x in values]
         lines.append(f"| {label} | " + " | ".join(shown) + " | " + " | ".join(means) + " |")
     for key, label in (
-        ("coverage_conformal", "interval coverage (conformal, target 0.80)"),
-        ("mean_width_conformal", "interval mean width (conformal)"),
+        ("cpu_coverage", "10-90% interval coverage, cpu (target 0.80)"),
+        ("cpu_mean_width", "10-90% interval mean width, cpu"),
     ):
         values = [intervals.get((v, s), {}).get(key) for v, s in cols]
         shown = [f"{x:.3f}" if isinstance(x, float) else "-" for x in values]
