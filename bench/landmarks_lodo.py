@@ -117,6 +117,20 @@ def table(seeds: list[int]) -> str:
         values = [intervals.get((v, s), {}).get(key) for v, s in cols]
         shown = [f"{x:.3f}" if isinstance(x, float) else "-" for x in values]
         lines.append(f"| {label} | " + " | ".join(shown) + " | | |")
+    lines.append("")
+    for seed in seeds:
+        paths = [RESULTS / f"issue29_lodo_{v}_seed{seed}.json" for v in VARIANTS]
+        if not all(p.is_file() for p in paths):
+            continue
+        frames = [pd.DataFrame(json.loads(p.read_text())["rows"]) for p in paths]
+        for method in ("metalearner-ensemble", "metalearner-ensemble-family5"):
+            a, b = (f[f["method"] == method].set_index("dataset")["regret"] for f in frames)
+            diff = (a - b).dropna()
+            lines.append(
+                f"- seed {seed}, {METHODS[method]}: with landmarks better on "
+                f"{int((diff < -1e-9).sum())}, worse on {int((diff > 1e-9).sum())}, tied on "
+                f"{int((diff.abs() <= 1e-9).sum())} held-out datasets"
+            )
     return "\n".join([*meta, "", *lines, ""])
 
 
