@@ -29,11 +29,13 @@ from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, spac
 from metallmix.graphs.state import RecommendationState
 from metallmix.graphs.tracing import node_span
 from metallmix.node_names import NodeName
-from metallmix.progress import waiting
+from metallmix.progress import step_line, waiting
+from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.explain import global_importance, waterfall
+from metallmix.tools.meta.landmarks import attach_landmarks
 from metallmix.tools.meta.metalearner import MetaLearner, training_rows
 from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.retrieval import load_or_build
@@ -101,7 +103,11 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
         mf = state.meta_features
         if state.modality and mf.modality != state.modality:
             mf = mf.model_copy(update={"modality": state.modality})
-        return {"meta_features": mf, "dataset_name": state.dataset_name or "meta-features"}
+        return {
+            "meta_features": mf,
+            "dataset_name": state.dataset_name or "meta-features",
+            "landmarks_note": "given with the meta-features" if mf.landmarks else "",
+        }
     if not state.data:
         raise DatasetError(
             "nothing to recommend for: give 'data' (a dataset path or dataset card) "
@@ -111,7 +117,16 @@ def features(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory; check the dataset path")
     mf = compute_meta_features(path, modality=state.modality)
-    return {"meta_features": mf, "dataset_name": state.dataset_name or _name_of(path)}
+    # Landmarks: seconds-cheap scores of the user's own images (a card has none).
+    images = None if path.suffix.lower() == ".json" else load_dataset(path, modality=state.modality)
+    mf, measured, note = attach_landmarks(mf, images)
+    step_line(note)
+    return {
+        "meta_features": mf,
+        "dataset_name": state.dataset_name or _name_of(path),
+        "landmarks_note": note,
+        "landmarks_seconds": measured.seconds if measured is not None else None,
+    }
 
 
 def _name_of(path: Path) -> str:

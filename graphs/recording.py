@@ -68,6 +68,7 @@ def _params(state: RecommendationState, cfg: Configuration) -> dict[str, str]:
     }
     if mf is not None:
         params.update({f"mf_{k}": v for k, v in mf.model_dump().items() if k != "modality"})
+    params["landmarks"] = state.landmarks_note
     params.update(recommendation_params(state))
     return {k: ("" if v is None else str(v)[:6000]) for k, v in params.items()}
 
@@ -104,6 +105,8 @@ def _metrics(state: RecommendationState) -> list[tuple[str, float, int]]:
         (f"latency_{node}_s", seconds, 0) for node, seconds in state.timings.items()
     ]
     out.append(("latency_total_s", sum(state.timings.values()), 0))
+    if state.landmarks_seconds is not None:  # inside the features node's latency
+        out.append(("landmarks_seconds", state.landmarks_seconds, 0))
     out += [("attempts", float(state.attempts), 0), ("fallback", float(state.fallback), 0)]
     if rec is not None:
         out += [

@@ -58,6 +58,8 @@ class RecommendationState(BaseModel):
     verdicts: Annotated[list[JudgeVerdict], operator.add] = Field(default_factory=list)
     exchanges: Annotated[list[dict[str, Any]], operator.add] = Field(default_factory=list)
     timings: Annotated[dict[str, float], merge_dicts] = Field(default_factory=dict)
+    landmarks_note: str = Field(default="", description="what the landmarks step measured")
+    landmarks_seconds: float | None = Field(default=None, description="what it cost")
     fallback: bool = False
     llm_error: str | None = Field(
         default=None, description="the LLM died, timed out or failed to load: go to fallback"

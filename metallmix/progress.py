@@ -68,6 +68,13 @@ def epoch_printer(epochs: int | None, stream: TextIO | None = None) -> Callable[
     return hook
 
 
+def step_line(text: str, stream: TextIO | None = None) -> None:
+    """One line for a step inside a node (the landmarks' scores and cost), unless progress
+    lines are off (``recommend(progress=False)``)."""
+    if WAIT_LINES.get() is not False:
+        _write(stream, text)
+
+
 # --- long waits inside a step (a meta-learner fit): "what, how far, about how long" ------
 
 #: Whether wait lines print: None (not decided: print), True (the CLI asks for them beside

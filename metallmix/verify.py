@@ -31,11 +31,13 @@ from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError
 from metallmix.graphs.configuration import Configuration
 from metallmix.graphs.resources import KbSpec, LlmSpec, regime_kb_for, resolve_kb, space_for
+from metallmix.progress import step_line
 from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist
+from metallmix.tools.meta.landmarks import attach_landmarks
 from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
 from metallmix.tools.meta.shortlist import build_shortlist
@@ -191,6 +193,8 @@ def recommend_verified(
             # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
             cfg = Configuration(space=space, kb_instance=store, seed=seed, compute="cpu")
             mf = compute_meta_features(path, modality=modality)
+            mf, _, measured = attach_landmarks(mf, dataset)  # the zero-shot answer reads them
+            step_line(measured)
             regime, regime_store = regime_kb_for(cfg, snapshot)
             shortlist = build_shortlist(
                 mf,

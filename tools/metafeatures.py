@@ -62,6 +62,20 @@ class MetaFeatures(BaseModel):
     )
     pixel_mean: float | None = Field(default=None, description="mean intensity in [0, 1]")
     pixel_std: float | None = Field(default=None, description="intensity std in [0, 1]")
+    landmarks: dict[str, float] | None = Field(
+        default=None,
+        description="scores measured on the images (tools/meta/landmarks.py): per pretrained "
+        "backbone and 'pixels', balanced accuracies in [0, 1]; None when not measured "
+        "(cards and public meta-datasets have no images)",
+    )
+
+    @field_validator("landmarks", mode="after")
+    @classmethod
+    def _scores(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, score in (value or {}).items():
+            if not (np.isfinite(score) and 0.0 <= score <= 1.0):
+                raise ValueError(f"landmark {name} is {score}, not a score in [0, 1]")
+        return value
 
     @field_validator("*", mode="before")
     @classmethod
@@ -78,10 +92,13 @@ class MetaFeatures(BaseModel):
         return float((self.resolution_h * self.resolution_w) ** 0.5)
 
     def numeric(self) -> dict[str, float]:
-        """Numeric view for the meta-learner and retrieval (modality excluded, None -> NaN)."""
+        """Numeric view for the meta-learner and retrieval (modality excluded, None -> NaN).
+
+        Landmarks are not in it: they describe candidates as much as the dataset (the score
+        of *its* backbone), so the encoding reads them per candidate (``lm_`` columns)."""
         out: dict[str, float] = {}
         for name, value in self.model_dump().items():
-            if name in {"version", "modality"}:
+            if name in {"version", "modality", "landmarks"}:
                 continue
             out[name] = float("nan") if value is None else float(value)
         return out

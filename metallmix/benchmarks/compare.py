@@ -67,6 +67,7 @@ from metallmix.tools.kb.records import Hyperparameters, RunRecord
 from metallmix.tools.kb.regime_view import regime_kb
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
+from metallmix.tools.meta.landmarks import attach_landmarks
 from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.search_space import (
     CPU_ZOO_SPACE,
@@ -540,7 +541,7 @@ class _Run:
         kb = self.heldout(dataset, kb_path)
         started = time.perf_counter()
         view = _train_view(dataset, self.settings.max_train_images, seed)
-        mf = compute_meta_features(view)
+        mf, _, _ = attach_landmarks(compute_meta_features(view), view)
         mf_seconds = time.perf_counter() - started
         # Every method here trains on this CPU: learn only from the KB's CPU-regime runs.
         cpu_kb = regime_kb(kb, "cpu")
@@ -881,7 +882,8 @@ class _Run:
 
     def _shortlist(self, dataset: Dataset, kb: SQLiteKnowledgeBase) -> list[Any]:
         seed = self.settings.seeds[0]
-        mf = compute_meta_features(_train_view(dataset, self.settings.max_train_images, seed))
+        view = _train_view(dataset, self.settings.max_train_images, seed)
+        mf, _, _ = attach_landmarks(compute_meta_features(view), view)
         shortlist = build_shortlist(  # CPU-regime runs only, as in metallmix_config
             mf, regime_kb(kb, "cpu"), n=self.settings.n_candidates, space=self.space, seed=seed
         )

@@ -202,6 +202,64 @@ def remove_cmd(
     emit(summary, as_json, lambda c: c.print(f"removed {removed} run(s) from {store.location}"))
 
 
+@kb_app.command("landmarks")
+def landmarks_cmd(
+    data_dir: Path = typer.Option(
+        ...,
+        "--data-dir",
+        help="Folder of the KB's datasets (.npz files or folders), matched by task name.",
+    ),
+    kb: Path | None = KbOption,
+    seed: int = typer.Option(0, "--seed", help="Seed of the landmarks' image subsample."),
+    as_json: bool = JsonOption,
+) -> None:
+    """(Re)compute the landmarks of every KB task whose images are in --data-dir.
+
+    Landmarks are seconds-cheap scores measured on a task's own images (a frozen-feature
+    read-out per pretrained backbone, and one on raw pixels; see the meta-learner's docs).
+    Tasks without reachable images (Quick-Tune, cards) keep them missing. All records are
+    rewritten in one transaction after every task is measured: a failure or an interrupt
+    leaves the KB as it was.
+    """
+    # Imported here: torch and the datasets load only for this verb.
+    from metallmix.tools.meta.landmarks import landmarks_for_kb
+
+    store = open_kb(kb, read_only=True)  # a mistyped --kb must not create a file
+    records = store.records()
+
+    def on_task(done: int, total: int, task: str, result: object, error: str | None) -> None:
+        what = error if error is not None else getattr(result, "describe", lambda: "")()
+        seconds = getattr(result, "seconds", None)
+        took = f" ({seconds:.1f} s)" if isinstance(seconds, float) else ""
+        stderr.print(f"  landmarks {done}/{total} {task}: {what}{took}", soft_wrap=True)
+
+    found = landmarks_for_kb(records, data_dir, seed=seed, on_task=on_task)
+    if found.missing:
+        stderr.print(
+            f"  landmarks missing (no images) for {len(found.missing)} task(s): "
+            + ", ".join(found.missing[:8])
+            + (" ..." if len(found.missing) > 8 else ""),
+            soft_wrap=True,
+        )
+    rewritten = open_kb(kb).replace(found.records) if found.records else 0
+    summary = {
+        "kb": store.location,
+        "rewritten": rewritten,
+        "tasks_measured": sorted(found.measured),
+        "tasks_missing": found.missing,
+        "tasks_failed": found.failed,
+        "seconds": round(sum(r.seconds for r in found.measured.values()), 2),
+    }
+    emit(
+        summary,
+        as_json,
+        lambda c: c.print(
+            f"landmarks of {len(found.measured)} task(s) written to {rewritten} run(s) in "
+            f"{store.location}; {len(found.missing)} task(s) without images keep them missing"
+        ),
+    )
+
+
 @kb_app.command("import-mlflow")
 def import_mlflow_cmd(
     tracking_uri: str | None = typer.Option(

@@ -13,6 +13,7 @@ from rich.table import Table
 from metallmix import config
 from metallmix.cli.output import JsonOption, emit, stderr
 from metallmix.errors import ConfigError, DatasetError, KnowledgeBaseError
+from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.records import Scalar
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.contracts import Shortlist
@@ -84,8 +85,18 @@ def _features_of(data: Path, modality: str | None) -> MetaFeatures:
             return mf.model_copy(update={"modality": modality}) if modality else mf
         except (OSError, ValueError):
             pass  # not meta-features: read it as a dataset card
+    # Imported here: pandas and the trainer stay off the CLI's start-up path.
+    from metallmix.tools.meta.landmarks import MISSING_NO_IMAGES, attach_landmarks
+
     with stderr.status(f"meta-features of {data.name}"):
-        return compute_meta_features(data, modality=modality)
+        mf = compute_meta_features(data, modality=modality)
+    if data.suffix.lower() == ".json":  # a card: no images, no landmarks
+        stderr.print(f"  {MISSING_NO_IMAGES}")
+        return mf
+    with stderr.status(f"landmarks of {data.name}"):  # the recommendation reads them too
+        mf, _, note = attach_landmarks(mf, load_dataset(data, modality=modality))
+    stderr.print(f"  {note}", soft_wrap=True)
+    return mf
 
 
 def _parse_hp(pairs: list[str]) -> dict[str, Scalar]:

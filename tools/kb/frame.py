@@ -17,6 +17,7 @@ import pandas as pd
 
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.regime import regime_of
+from metallmix.tools.meta.landmarks import landmark_columns
 
 ID_COLUMNS = ["run_id", "source", "dataset", "dataset_group", "model", "pretrained", "status"]
 
@@ -37,6 +38,8 @@ def record_to_row(record: RunRecord) -> dict[str, Any]:
         "mf_modality": record.meta_features.modality,
     }
     row.update({f"mf_{k}": v for k, v in record.meta_features.numeric().items()})
+    row["landmarks"] = record.meta_features.landmarks  # raw, for rows moved to other datasets
+    row.update(landmark_columns(record.meta_features.landmarks, record.model, record.pretrained))
     row.update({f"hp_{k}": v for k, v in record.hyperparameters.flat().items()})
     outcomes = record.outcomes.model_dump(exclude={"learning_curve", "balanced_learning_curve"})
     row.update({f"out_{k}": v for k, v in outcomes.items()})

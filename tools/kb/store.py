@@ -121,6 +121,11 @@ class KnowledgeBase(ABC):
         """Delete records by run id in one transaction; returns how many were deleted."""
         raise KnowledgeBaseError(f"knowledge base {self.location} cannot remove records")
 
+    def replace(self, records: Iterable[RunRecord]) -> int:
+        """Rewrite stored records (same run ids) in one transaction, e.g. with recomputed
+        landmarks: every row changes or none does. Returns how many were rewritten."""
+        raise KnowledgeBaseError(f"knowledge base {self.location} cannot rewrite records")
+
     def unreadable_records(self) -> dict[str, str]:
         """Rows skipped by the last reads because they no longer validate: run_id -> reason."""
         return {}
@@ -452,6 +457,24 @@ class SQLiteKnowledgeBase(KnowledgeBase):
         for (run_id,) in ids:
             self.unreadable.pop(run_id, None)
         return removed
+
+    def replace(self, records: Iterable[RunRecord]) -> int:
+        if self.read_only:
+            raise KnowledgeBaseError(f"knowledge base {self.path} is read-only")
+        rows = [
+            (r.dataset, r.dataset_group, r.status, r.model_dump_json(), r.run_id) for r in records
+        ]
+        missing = {row[-1] for row in rows} - self.run_ids()
+        if missing:
+            raise KnowledgeBaseError(
+                f"cannot rewrite {len(missing)} run(s) not in {self.path} "
+                f"(e.g. {sorted(missing)[0]}); nothing was changed"
+            )
+        return self._write(
+            "UPDATE runs SET dataset = ?, dataset_group = ?, status = ?, record = ? "
+            "WHERE run_id = ?",
+            rows,
+        )
 
     def unreadable_records(self) -> dict[str, str]:
         return dict(self.unreadable)

@@ -24,12 +24,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix.tools.kb.records import Hyperparameters
+from metallmix.tools.meta.landmarks import LANDMARK_COLUMNS, landmark_columns
 from metallmix.tools.metafeatures import MetaFeatures
 
 # 2: optional meta-features (config-only), completed runs only
 # 3: meta-features on the one log scale retrieval also uses (scale_meta_feature)
 # 4: resolution as the run trains at it: min(native resolution, the run's image_size)
-ENCODING_VERSION = 4
+# 5: landmarks (lm_ columns: the candidate's own, pixels, best backbone), NaN without images
+ENCODING_VERSION = 5
 OTHER = "__other__"
 MAX_CATEGORIES = 32
 
@@ -140,7 +142,9 @@ _LOG2 = {"hp_batch_size"}
 _SKIP = {"mf_version", "hp_x_opt_betas"}
 # Meta-features and core hyperparameters are always encoded, even when constant in the KB
 # (a candidate can still differ from it).
-_MF_COLUMNS = [f"mf_{k}" for k in MetaFeatures.model_fields if k not in {"version", "modality"}]
+_MF_COLUMNS = [
+    f"mf_{k}" for k in MetaFeatures.model_fields if k not in {"version", "modality", "landmarks"}
+]
 _HP_CORE_NUMERIC = [
     "hp_lr",
     "hp_batch_size",
@@ -163,6 +167,8 @@ def candidate_row(
         "mf_modality": meta_features.modality,
     }
     row.update({f"mf_{k}": v for k, v in meta_features.numeric().items()})
+    row["landmarks"] = meta_features.landmarks
+    row.update(landmark_columns(meta_features.landmarks, model, pretrained))
     row.update({f"hp_{k}": v for k, v in hp.flat().items()})
     return row
 
@@ -238,10 +244,15 @@ class FeatureEncoder(BaseModel):
     def fit(cls, frame: pd.DataFrame, *, meta_features: bool = True) -> FeatureEncoder:
         """Decide columns and categories from the training rows only.
 
-        ``meta_features=False`` leaves out every ``mf_`` column (modality included): the
-        model then cannot tell datasets apart, which is the baseline meta-features must beat.
+        ``meta_features=False`` leaves out every ``mf_`` column (modality included) and the
+        landmarks (``lm_``): the model then cannot tell datasets apart, which is the baseline
+        meta-features must beat.
         """
-        numeric = (list(_MF_COLUMNS) if meta_features else []) + list(_HP_CORE_NUMERIC)
+        # Landmarks only when some training run has them: a KB without images (Quick-Tune)
+        # then encodes exactly as before landmarks existed (same columns, same trees).
+        measured = any(c in frame and frame[c].notna().any() for c in LANDMARK_COLUMNS)
+        dataset = [*_MF_COLUMNS, *(LANDMARK_COLUMNS if measured else ())] if meta_features else []
+        numeric = dataset + list(_HP_CORE_NUMERIC)
         categorical_cols = [
             *(["mf_modality"] if meta_features else []),
             "model",
@@ -349,8 +360,13 @@ def _group(column: str) -> str:
 
 
 def group_kind(group: str) -> str:
-    """'hyperparameter', 'meta-feature' or 'model', for wording and filtering."""
-    if group in MetaFeatures.model_fields:
+    """'hyperparameter', 'meta-feature' or 'model', for wording and filtering.
+
+    The candidate's own landmark (its backbone's score on these images) differs between
+    candidates like the model does; the other landmarks describe the dataset."""
+    if group == LANDMARK_COLUMNS[0]:
+        return "model"
+    if group in MetaFeatures.model_fields or group in LANDMARK_COLUMNS:
         return "meta-feature"
     if group in {"model", "pretrained"}:
         return "model"

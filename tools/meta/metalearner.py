@@ -329,9 +329,11 @@ class MetaLearner:
 
     @property
     def blind_columns(self) -> np.ndarray:
-        """Indices of the encoded columns a 'co-' member sees (no meta-feature column)."""
+        """Indices of the encoded columns a 'co-' member sees (no meta-feature nor landmark
+        column: both describe the dataset)."""
         return np.array(
-            [i for i, c in enumerate(self.encoder.columns) if not c.startswith("mf_")], dtype=int
+            [i for i, c in enumerate(self.encoder.columns) if not c.startswith(("mf_", "lm_"))],
+            dtype=int,
         )
 
     # ---------------------------------------------------------------- fitting

@@ -30,6 +30,7 @@ import pandas as pd
 
 from metallmix.errors import ConfigError
 from metallmix.tools.kb.records import RunRecord
+from metallmix.tools.meta.landmarks import with_landmark_columns
 
 Rule = Literal["top", "portfolio", "family"]
 RULES: tuple[Rule, ...] = ("top", "portfolio", "family")
@@ -92,10 +93,11 @@ def kb_score_matrix(
     n = len(frame)
     if n == 0 or not names:
         return np.zeros((n, len(names)))
-    base = frame.drop(columns=[c for c in frame.columns if c.startswith("mf_")])
-    base = base.reset_index(drop=True)
+    moved = [c for c in frame.columns if c.startswith(("mf_", "lm_")) or c == "landmarks"]
+    base = frame.drop(columns=moved).reset_index(drop=True)
     blocks = [pd.concat([base, pd.DataFrame([dict(kb_meta[name])] * n)], axis=1) for name in names]
-    stacked = pd.concat(blocks, ignore_index=True)
+    # each KB dataset's own landmarks, read per candidate (its backbone's score there)
+    stacked = with_landmark_columns(pd.concat(blocks, ignore_index=True))
     members = learner.member_scores(stacked)
     if members and learner.config.objective == "ensemble":
         score = np.column_stack(
@@ -117,7 +119,7 @@ def kb_meta_of(
 ) -> tuple[dict[str, dict[str, object]], dict[str, float]]:
     """(dataset -> its ``mf_`` values, dataset -> weight) from a KB frame (``records_to_frame``):
     each dataset group weighs the same, split evenly over its datasets."""
-    mf_cols = [c for c in frame.columns if c.startswith("mf_")]
+    mf_cols = [c for c in frame.columns if c.startswith("mf_") or c == "landmarks"]
     firsts = frame.drop_duplicates("dataset").set_index("dataset")
     meta = {str(d): {c: row[c] for c in mf_cols} for d, row in firsts.iterrows()}
     group = firsts[weights_by] if weights_by in firsts else pd.Series(firsts.index, firsts.index)
@@ -204,6 +206,7 @@ def kb_meta_of_records(
     for name, r in firsts.items():
         row: dict[str, object] = {"mf_modality": r.meta_features.modality}
         row.update({f"mf_{k}": v for k, v in r.meta_features.numeric().items()})
+        row["landmarks"] = r.meta_features.landmarks
         meta[name] = row
     sizes: dict[str, int] = {}
     for r in firsts.values():

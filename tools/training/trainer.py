@@ -710,6 +710,35 @@ def _extractor(model: Any, size: int, mean: Any, std: Any, batch: int) -> Any:
     return extract
 
 
+def frozen_features(
+    model_name: str,
+    images: np.ndarray,
+    *,
+    image_size: int,
+    cache: FeatureCache | None = None,
+    batch: int = 128,
+) -> tuple[np.ndarray, float]:
+    """Pooled pre-logit features (N x D) of the ImageNet-pretrained ``model_name`` for uint8
+    ``images`` (N x H x W x C), and the seconds they cost.
+
+    The linear probe's own extraction (same model, normalisation and cache key), so a
+    dataset's landmarks (tools/meta/landmarks.py) and a later probe of the same images share
+    one extraction instead of two extractors drifting apart.
+    """
+    config = TrainConfig(
+        model=model_name, pretrained=True, image_size=image_size, finetune="linear_probe"
+    )
+    channels = int(images.shape[-1])
+    model = create_model(config, 2, channels)  # the head is unused: pre-logit features
+    mean, std = _normaliser(config, model, _to_tensor(images[:2], image_size))
+    key = f"{config.model}|imagenet|{image_size}|{channels}"  # as in _train_probe
+    extract = _extractor(model, image_size, mean, std, batch)
+    feats, seconds, _ = (cache if cache is not None else FEATURE_CACHE).features(
+        key, images, extract
+    )
+    return feats, seconds
+
+
 class _BestEpoch:
     """Tracks the best epoch by validation balanced accuracy and decides early stopping."""
 
