@@ -34,14 +34,13 @@ from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.explain import global_importance, waterfall
 from metallmix.tools.meta.metalearner import MetaLearner, training_rows
-from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.retrieval import load_or_build
 from metallmix.tools.meta.search_space import SearchSpace
 from metallmix.tools.meta.shortlist import (
     Retrieved,
     candidate_rows,
     explain_shortlist,
-    rank,
+    regime_shortlist,
 )
 from metallmix.tools.meta.shortlist import retrieve as retrieve_runs
 from metallmix.tools.metafeatures import compute_meta_features
@@ -153,17 +152,16 @@ def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, A
     assert state.meta_features is not None
     cfg = Configuration.from_runnable_config(config)
     run = run_kb(cfg, state.kb_hash)
-    result = rank(
+    result = regime_shortlist(
         state.meta_features,
-        learner_for(run, cfg.seed),
-        run.snapshot.runs,
-        Retrieved(shown=state.similar_runs, neighbours=state.candidate_runs),
+        run.snapshot,
+        run.regime,
         n=cfg.n_candidates,
-        space=space_for(cfg, run.regime),
         seed=cfg.seed,
+        space=space_for(cfg, run.regime),
+        learner=learner_for(run, cfg.seed),
+        found=Retrieved(shown=state.similar_runs, neighbours=state.candidate_runs),
     )
-    metric, note = metric_of_runs(run.snapshot.runs)
-    result = result.model_copy(update={"metric": metric, "metric_note": note, "regime": run.regime})
     if not result.candidates:
         raise KnowledgeBaseError(
             f"the meta-learner produced no candidate from the knowledge base "

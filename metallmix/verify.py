@@ -29,17 +29,19 @@ from pydantic import ConfigDict
 
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError
-from metallmix.graphs.configuration import Configuration
-from metallmix.graphs.resources import KbSpec, LlmSpec, regime_kb_for, resolve_kb, space_for
+from metallmix.graphs.resources import KbSpec, LlmSpec, resolve_kb
 from metallmix.tools import tracking
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist
-from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
-from metallmix.tools.meta.search_space import hp_values
-from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.meta.search_space import get_space, hp_values
+from metallmix.tools.meta.shortlist import (
+    FACTS_PER_CANDIDATE,
+    ShortlistOptions,
+    regime_shortlist,
+)
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.backends import ExecutionBackend, make_backend
 from metallmix.tools.training.verify import (
@@ -179,20 +181,14 @@ def recommend_verified(
     else:
         if shortlist is None:
             # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
-            cfg = Configuration(space=space, kb_instance=store, seed=seed, compute="cpu")
-            mf = compute_meta_features(path, modality=modality)
-            regime, regime_store = regime_kb_for(cfg, snapshot)
-            shortlist = build_shortlist(
-                mf,
-                regime_store,
+            shortlist = regime_shortlist(
+                compute_meta_features(path, modality=modality),
+                snapshot,
+                "cpu",
                 n=max(n_candidates, k),
-                space=space_for(cfg, regime),
                 seed=seed,
-                rule=rule,
-            )
-            metric, note = metric_of_runs(regime_store.iter_records())
-            shortlist = shortlist.model_copy(
-                update={"metric": metric, "metric_note": note, "regime": regime}
+                space=get_space(space) if space else None,
+                options=ShortlistOptions(rule=rule, facts_per_candidate=FACTS_PER_CANDIDATE),
             )
         found = shortlist.candidates
         distinct = len(select(found, len(found), _top(shortlist))) if found else 0
