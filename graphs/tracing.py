@@ -19,11 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-
 from metallmix import config as settings
 from metallmix.graphs import recording
-from metallmix.graphs.configuration import Configuration
+from metallmix.graphs.configuration import Context
 from metallmix.graphs.state import RecommendationState
 from metallmix.tools import tracking
 
@@ -53,14 +51,13 @@ _LOCK = threading.Lock()
 
 
 def _served_root(
-    state: RecommendationState, config: RunnableConfig
+    state: RecommendationState, cfg: Context
 ) -> tuple[_OpenRun | None, dict[str, Any]]:
     """This served run's open root (made on its first node), or None when it is untracked."""
     import mlflow  # slow to import: only for a tracked run
 
-    cfg = Configuration.from_runnable_config(config)
-    if not cfg.track or (config.get("configurable") or {}).get("mlflow_run_id"):
-        return None, {}
+    if not cfg.track or (cfg.resources is not None and cfg.resources.mlflow_run_id):
+        return None, {}  # untracked, or the session opened the run
     if state.trace_id:
         with _LOCK:
             return _OPEN.get(state.trace_id), {}
@@ -100,9 +97,7 @@ def _finish(opened: _OpenRun, *, failed: bool, outputs: Any = None) -> None:
 
 
 @contextmanager
-def node_span(
-    key: str, node: str, state: RecommendationState, config: RunnableConfig
-) -> Iterator[NodeTrace]:
+def node_span(key: str, node: str, state: RecommendationState, cfg: Context) -> Iterator[NodeTrace]:
     """The span of one node call: a child of the API's active root span, or of this served
     run's root (opened on its first node, closed after ``record``), or none when untracked."""
     import mlflow  # slow to import: loaded at the first node, not at graph import
@@ -111,7 +106,7 @@ def node_span(
         with mlflow.start_span(name=key) as span:
             yield NodeTrace(span=span)
         return
-    opened, update = _served_root(state, config)
+    opened, update = _served_root(state, cfg)
     if opened is None:
         yield NodeTrace()
         return

@@ -12,8 +12,8 @@ Re-running the same call continues: the Optuna study (named from the dataset, K,
 and the settings) stores the zero-shot recommendation and the plan, so a resumed call
 neither asks the LLM again nor retrains a finished run; it only runs what is missing.
 
-The zero-shot answer itself comes from the caller (:func:`metallmix.recommend` passes a
-``zero_shot`` function), so this module never imports the API that imports it.
+:meth:`metallmix.Session.verify` runs the steps: :func:`plan_verification`, the shortlist
+(:func:`verify_shortlist`), the session's own zero-shot answer, :func:`run_verification`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 from pydantic import ConfigDict
 
@@ -31,11 +32,11 @@ from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError
 from metallmix.graphs.resources import KbSpec, LlmSpec, resolve_kb
 from metallmix.tools import tracking
-from metallmix.tools.datasets import load_dataset
+from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist
-from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
+from metallmix.tools.meta.portfolio import VERIFY_RULE, Rule, check_rule
 from metallmix.tools.meta.search_space import get_space, hp_values
 from metallmix.tools.meta.shortlist import (
     FACTS_PER_CANDIDATE,
@@ -53,11 +54,7 @@ from metallmix.tools.training.verify import (
     select,
 )
 
-__all__ = ["VerifiedRecommendation", "ZeroShot", "recommend_verified"]
-
-# The zero-shot recommendation for a shortlist, from the caller: ``zero_shot(shortlist,
-# kb, dataset_name)`` runs the graph on that shortlist with that (writable) KB.
-ZeroShot: TypeAlias = Callable[[Shortlist, KnowledgeBase, str], Recommendation]
+__all__ = ["VerifiedRecommendation", "VerifyOptions"]
 
 
 class VerifiedRecommendation(Recommendation):
@@ -117,41 +114,58 @@ def hedge_first(candidates: list[Candidate], zero_shot_id: str, k: int) -> list[
     return out[:k]
 
 
-def recommend_verified(
-    data: str | os.PathLike[str],
-    zero_shot: ZeroShot,
-    *,
-    k: int,
-    budget_minutes: float | None = None,
-    modality: str | None = None,
-    llm: LlmSpec = None,
-    kb: KbSpec = None,
-    seed: int = 0,
-    shortlist: Shortlist | None = None,
-    space: str | None = None,
-    n_candidates: int = 5,
-    backend: Any | None = None,
-    study: str | None = None,
-    storage: Path | None = None,
-    max_train_images: int | None = None,
-    max_val_images: int | None = 200,
-    threads: int | None = None,
-    first_rung_epochs: int | None = None,
-    on_run: Callable[[str, int, RunResult], None] | None = None,
-    shortlist_rule: str = VERIFY_RULE,
-) -> VerifiedRecommendation:
-    """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top-``k``
-    candidates (called by :func:`metallmix.recommend` with ``verify=k``).
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How ``recommend(..., verify=K)`` trains: the budget (minutes of summed training,
+    earlier invocations of the same study included), the backend (``"local"``, ``"ray"`` or
+    an ExecutionBackend), the Optuna study and its storage, the training caps, the rung
+    schedule, a per-run hook and the shortlist's hedging rule."""
 
-    ``llm`` only names the model in the study's fingerprint (``zero_shot`` loads it);
-    ``budget_minutes`` bounds the summed training time (earlier invocations of the same
-    study included); ``backend`` is ``"local"``, ``"ray"`` or an ExecutionBackend.
-    """
+    budget_minutes: float | None = None
+    backend: Any | None = None
+    study: str | None = None
+    storage: Path | None = None
+    max_train_images: int | None = None
+    max_val_images: int | None = 200
+    threads: int | None = None
+    first_rung_epochs: int | None = None
+    on_run: Callable[[str, int, RunResult], None] | None = None
+    shortlist_rule: str = VERIFY_RULE
+
+
+@dataclass
+class VerifyPlan:
+    """What a verification starts from: the dataset, the writable store and its snapshot
+    (read once: the shortlist, the zero-shot answer and the trials' KB priors see one
+    content), the study and, when the same call ran before, its stored zero-shot answer."""
+
+    dataset: Dataset
+    store: KnowledgeBase
+    snapshot: KBSnapshot
+    rule: Rule
+    settings: dict[str, Any]
+    study_name: str
+    stored: Recommendation | None
+
+
+def plan_verification(
+    data: str | os.PathLike[str],
+    k: int,
+    options: VerifyOptions,
+    *,
+    kb: KbSpec,
+    llm: LlmSpec,
+    seed: int,
+    space: str | None,
+    modality: str | None,
+) -> VerifyPlan:
+    """Check the request, load the dataset, read the KB and find the study (``llm`` only
+    names the model in the study's fingerprint)."""
     if k < 1:
         raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
-    if budget_minutes is not None and budget_minutes <= 0:
-        raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
-    rule = check_rule(shortlist_rule)
+    if options.budget_minutes is not None and options.budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be positive, got {options.budget_minutes}")
+    rule = check_rule(options.shortlist_rule)
     path = Path(data).expanduser()
     if path.suffix.lower() == ".json":  # how compute_meta_features tells a card
         raise ConfigError(
@@ -161,71 +175,109 @@ def recommend_verified(
         )
     dataset = load_dataset(path, modality=modality, seed=seed)
     store = resolve_kb(kb, read_only=False)  # verified runs join the KB
-    # Read once: the shortlist, the zero-shot answer and the trials' KB priors see one content.
     snapshot = KBSnapshot.of(store)
     settings = {
         "data": str(path.resolve()),
         "kb": _spec(kb if not isinstance(kb, KnowledgeBase) else store.location),
         "llm": _spec(llm),
         "space": space,
-        "max_train_images": max_train_images,
-        "max_val_images": max_val_images,
-        "first_rung_epochs": first_rung_epochs,
+        "max_train_images": options.max_train_images,
+        "max_val_images": options.max_val_images,
+        "first_rung_epochs": options.first_rung_epochs,
         **({"shortlist_rule": rule} if rule != "top" else {}),  # old studies keep their names
     }
-    study_name = study or default_study_name(dataset.name, k, seed, fingerprint=settings)
-    plan = load_plan(storage, study_name)
+    study_name = options.study or default_study_name(dataset.name, k, seed, fingerprint=settings)
+    plan = load_plan(options.storage, study_name)
+    stored = None
     if plan is not None and "recommendation" in plan:
-        rec = Recommendation.model_validate(plan["recommendation"])
-        candidates = []  # the stored plan's candidates are used
-    else:
-        if shortlist is None:
-            # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
-            shortlist = regime_shortlist(
-                compute_meta_features(path, modality=modality),
-                snapshot,
-                "cpu",
-                n=max(n_candidates, k),
-                seed=seed,
-                space=get_space(space) if space else None,
-                options=ShortlistOptions(rule=rule, facts_per_candidate=FACTS_PER_CANDIDATE),
-            )
-        found = shortlist.candidates
-        distinct = len(select(found, len(found), _top(shortlist))) if found else 0
-        if k > distinct:
-            raise ConfigError(
-                f"--verify {k} asks for more candidates than there are: the shortlist holds "
-                f"{distinct} distinct configuration(s) for this dataset and search space; "
-                f"use --verify {distinct} or fewer"
-            )
-        rec = zero_shot(shortlist, snapshot, dataset.name)
-        candidates = list(shortlist.candidates)
-        if rule != "top":  # train the hedge as chosen, not re-sorted by score
-            candidates = hedge_first(candidates, rec.candidate_id, k)
+        stored = Recommendation.model_validate(plan["recommendation"])
+    return VerifyPlan(dataset, store, snapshot, rule, settings, study_name, stored)
+
+
+def verify_shortlist(
+    plan: VerifyPlan,
+    data: str | os.PathLike[str],
+    k: int,
+    *,
+    n_candidates: int,
+    seed: int,
+    space: str | None,
+    modality: str | None,
+) -> Shortlist:
+    """The shortlist to verify: verification trains here, with the CPU trainer, so it is
+    learnt from the CPU-regime runs (and carries the SHAP facts the zero-shot answer cites)."""
+    return regime_shortlist(
+        compute_meta_features(Path(data).expanduser(), modality=modality),
+        plan.snapshot,
+        "cpu",
+        n=max(n_candidates, k),
+        seed=seed,
+        space=get_space(space) if space else None,
+        options=ShortlistOptions(rule=plan.rule, facts_per_candidate=FACTS_PER_CANDIDATE),
+    )
+
+
+def check_k(shortlist: Shortlist, k: int) -> None:
+    """``k`` must not exceed the distinct configurations the shortlist holds."""
+    found = shortlist.candidates
+    distinct = len(select(found, len(found), _top(shortlist))) if found else 0
+    if k > distinct:
+        raise ConfigError(
+            f"--verify {k} asks for more candidates than there are: the shortlist holds "
+            f"{distinct} distinct configuration(s) for this dataset and search space; "
+            f"use --verify {distinct} or fewer"
+        )
+
+
+def to_train(plan: VerifyPlan, shortlist: Shortlist, zero_shot_id: str, k: int) -> list[Candidate]:
+    """The candidates handed to successive halving: the shortlist, or under a hedging rule
+    the hedge as chosen (not re-sorted by score)."""
+    candidates = list(shortlist.candidates)
+    if plan.rule != "top":
+        candidates = hedge_first(candidates, zero_shot_id, k)
+    return candidates
+
+
+def run_verification(
+    plan: VerifyPlan,
+    rec: Recommendation,
+    candidates: list[Candidate],
+    *,
+    k: int,
+    seed: int,
+    options: VerifyOptions,
+) -> VerifiedRecommendation:
+    """Successive halving over ``candidates`` (none: the stored plan's) with the zero-shot
+    answer ``rec``; the verdict is logged on the recommendation's run too."""
+    backend = options.backend
     owned = backend is None or isinstance(backend, str)
     engine: ExecutionBackend = (
         make_backend(backend or "local") if owned else backend  # type: ignore[assignment]
     )
+    budget = options.budget_minutes
     try:
         result = run_verify(
-            dataset,
+            plan.dataset,
             candidates,
             zero_shot_id=rec.candidate_id,
             k=k,
             seed=seed,
-            budget_seconds=budget_minutes * 60 if budget_minutes is not None else None,
-            first_rung_epochs=first_rung_epochs,
-            kb_records=snapshot.runs,
-            storage=storage,
-            study_name=study_name,
-            kb=store,
+            budget_seconds=budget * 60 if budget is not None else None,
+            first_rung_epochs=options.first_rung_epochs,
+            kb_records=plan.snapshot.runs,
+            storage=options.storage,
+            study_name=plan.study_name,
+            kb=plan.store,
             parent_run_id=rec.mlflow_run_id,
-            max_train_images=max_train_images,
-            max_val_images=max_val_images,
-            threads=threads,
+            max_train_images=options.max_train_images,
+            max_val_images=options.max_val_images,
+            threads=options.threads,
             backend=engine,
-            extra_plan={"recommendation": rec.model_dump(mode="json"), "settings": settings},
-            on_run=on_run,
+            extra_plan={
+                "recommendation": rec.model_dump(mode="json"),
+                "settings": plan.settings,
+            },
+            on_run=options.on_run,
         )
     finally:
         if owned:
