@@ -34,6 +34,7 @@ from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
 from metallmix.tools.meta.search_space import SPACES, SearchSpace, get_space
+from metallmix.tools.tracking import TracedRun
 
 # What callers may pass as ``llm=``: a registry name, a profile ('fast', 'default'), a
 # .gguf path, a loaded model, or None (METALLMIX_LLM or the bundled default).
@@ -158,7 +159,8 @@ class RunResources:
     ``kb`` is read on the first :meth:`read` (the ``retrieve`` node; a snapshot given here is
     not read again), so every node sees one content; ``llm`` is a loaded model, a background
     load (:func:`load_llm_in_background`) or a name loaded when a node first needs it.
-    ``mlflow_run_id`` is the run the caller opened (the ``record`` node logs into it).
+    ``trace`` is the MLflow run and root span the caller opened (each node's span is a
+    child of that root; the ``record`` node logs into that run).
     """
 
     def __init__(
@@ -167,11 +169,11 @@ class RunResources:
         llm: LlmSpec | Future[ChatLLM],
         *,
         learners: Learners | None = None,
-        mlflow_run_id: str | None = None,
+        trace: TracedRun | None = None,
     ) -> None:
         self.kb = kb
         self.learners = learners or Learners()
-        self.mlflow_run_id = mlflow_run_id
+        self.trace = trace
         self._llm = llm
         self._snapshot: KBSnapshot | None = kb if isinstance(kb, KBSnapshot) else None
         self._views: dict[tuple[str | None, str | None, bool], RunKB] = {}
@@ -182,6 +184,11 @@ class RunResources:
         """From plain names (LangGraph Studio's form): the KB opened read-only, the LLM
         loaded when a node first needs it."""
         return cls(resolve_kb(kb), llm)
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The run the caller opened (the ``record`` node logs into it), if any."""
+        return self.trace.run_id if self.trace is not None else None
 
     @property
     def snapshot(self) -> KBSnapshot | None:

@@ -19,7 +19,6 @@ process-global caches.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,7 +30,7 @@ from metallmix import config
 from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError, DatasetError, MetaLLMiXError
-from metallmix.graphs import recording
+from metallmix.graphs import recording, tracing
 from metallmix.graphs.configuration import EXPERIMENT, Context
 from metallmix.graphs.graph import build_graph
 from metallmix.graphs.resources import (
@@ -171,7 +170,8 @@ class Session:
         return self._llm
 
     def _tracked(self, inputs: dict[str, Any], context: Context, hooks: Hooks) -> Recommendation:
-        """Run the graph inside an active MLflow run and a root trace span.
+        """Run the graph inside an MLflow run and its root trace span (one opener for this
+        and served runs: :func:`~metallmix.graphs.tracing.open_run`).
 
         The store must be writable before any work starts (a read-only ``mlflow.db`` is a
         one-line :class:`~metallmix.errors.TrackingError` here, not after the LLM answered).
@@ -179,39 +179,29 @@ class Session:
         is put on the result as ``tracking_error``. Ctrl-C or SIGTERM close the run as KILLED
         (and its trace with an error), any other error as FAILED.
         """
-        import mlflow  # slow to import: only for a tracked run
-
+        assert context.resources is not None
         uri = self.tracking_uri
         tracking.check_writable_store(uri)
-        exp_id = tracking.experiment_id(tracking.client(uri), self.experiment)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment_id=exp_id)
-        run_id = recording.start_run(
-            experiment=self.experiment,
-            run_name=inputs.get("dataset_name") or _stem(inputs.get("data")),
-        )
-        assert context.resources is not None
-        context.resources.mlflow_run_id = run_id
-        # Resuming the run makes it "active", which is what links the trace to it.
-        mlflow.start_run(run_id=run_id)
+        run_name = inputs.get("dataset_name") or _stem(inputs.get("data"))
+        shown = {k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"}
+        opened = tracing.open_run(context, run_name, shown, uri)
+        context.resources.trace = opened
         try:
-            with mlflow.start_span(name="recommend") as span:
-                span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-                try:
-                    final = _invoke(inputs, context, hooks)
-                except KeyboardInterrupt:  # not an Exception: the span would otherwise end "OK"
-                    span.set_status("ERROR")
-                    raise
-                result = _result(final)
-                span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
+            result = _result(_invoke(inputs, context, hooks))
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
-            _close(mlflow, "KILLED")
+            tracking.close_traced_run(opened, "KILLED", tracking_uri=uri)
             raise
         except BaseException:
-            _close(mlflow, "FAILED")
+            tracking.close_traced_run(opened, "FAILED", tracking_uri=uri)
             raise
-        status = "FAILED" if result.tracking_error else "FINISHED"
-        problem = _close(mlflow, status, run_id=run_id, note=result.tracking_error)
+        problem = tracking.close_traced_run(
+            opened,
+            "FAILED" if result.tracking_error else "FINISHED",
+            outputs=result.model_dump(mode="json", exclude={"meta_features"}),
+            note=result.tracking_error,
+            span_status="OK",  # the answer is whole; only its record failed
+            tracking_uri=uri,
+        )
         if problem and not result.tracking_error:
             result = result.model_copy(update={"tracking_error": problem})
         return result
@@ -375,25 +365,6 @@ def _invoke(inputs: dict[str, Any], context: Context, hooks: Hooks) -> Any:
         else:
             final = chunk
     return final
-
-
-def _close(
-    mlflow: Any, status: str, *, run_id: str | None = None, note: str | None = None
-) -> str | None:
-    """End the active run with ``status``; never raises (returns the reason it failed)."""
-    reason: str | None = None
-    with contextlib.suppress(Exception):  # a lost trace must not cost the answer
-        mlflow.flush_trace_async_logging()
-    if run_id is not None and note:
-        with contextlib.suppress(Exception):  # the store that failed the record may fail too
-            tracking.client().set_tag(run_id, "metallmix.tracking_error", note)
-    try:
-        mlflow.end_run(status)
-    except Exception as exc:
-        reason = tracking.redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:500]
-        with contextlib.suppress(Exception):  # leave no active run behind in this process
-            mlflow.tracking.fluent._active_run_stack.get().clear()
-    return reason
 
 
 def _stem(data: Any) -> str | None:
