@@ -95,7 +95,7 @@ def test_one_shortlist_whether_learner_and_runs_are_given_or_not(kb: SQLiteKnowl
         mf, snapshot, "cpu", n=3, seed=2, learner=learner, found=found, options=SMALL
     )
     assert given.model_dump() == alone.model_dump()
-    with pytest.raises(KnowledgeBaseError, match="no run of the gpu regime"):
+    with pytest.raises(KnowledgeBaseError, match="holds no gpu run"):
         regime_shortlist(mf, kb, "gpu", options=SMALL)
 
 

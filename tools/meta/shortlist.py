@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
-from metallmix.tools.kb.regime import REGIME_SPACE, Regime
-from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
+from metallmix.tools.kb.regime import REGIME_DESCRIPTION, REGIME_SPACE, Regime
+from metallmix.tools.kb.regime_view import regime_kb
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
@@ -366,9 +367,12 @@ def regime_shortlist(
     snapshot = KBSnapshot.of(kb)
     view: KnowledgeBase = snapshot
     if regime is not None:
-        # an explicit regime: its one rule, and its one error when the KB holds none of it
-        regime = resolve_regime(snapshot, regime, records=snapshot.runs)
         view = regime_kb(snapshot, regime, snapshot.runs)
+        if not view.run_ids():
+            raise KnowledgeBaseError(
+                f"the knowledge base {snapshot.location} holds no {regime} run "
+                f"({REGIME_DESCRIPTION[regime]})"
+            )
         space = space or get_space(REGIME_SPACE[regime])
     view_snapshot = KBSnapshot.of(view)
     records = view_snapshot.runs
