@@ -1,24 +1,36 @@
-"""Run-time settings of the graph: the run's context (LangGraph 1.x) and ``configurable``.
+"""Run-time settings of the graph: the run's context (LangGraph 1.x ``context_schema``).
 
-:class:`Context` is the graph's ``context_schema``: the form LangGraph Studio shows (``llm``,
-``kb``, ``seed``, ``n_candidates``, ``compute``...), sent by Studio and the SDK as plain values. The
-Python API passes the same names, plus live objects (``llm_instance``, ``kb_instance``) so a
-loaded model is reused, in ``config["configurable"]``; both are read, ``configurable`` wins.
+:class:`Context` is the one settings object of a graph run. Its form fields (``llm``,
+``kb``, ``seed``, ``n_candidates``, ``compute``...) are what LangGraph Studio shows and what
+Studio and the SDK send as plain values; :func:`metallmix.Session.recommend` sends the same
+fields plus ``resources``, the live objects of the run (the KB snapshot, the session's
+meta-learners, the LLM handle; :class:`~metallmix.graphs.resources.RunResources`), hidden
+from the form. Nodes take the context from their ``runtime`` argument, built once per run
+by LangGraph; a run given plain values only resolves its resources from them on the first
+node that needs them (:func:`resources_of`) and keeps them on the context for the others.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, is_dataclass
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Literal
 
-from langchain_core.runnables import RunnableConfig
-from pydantic import Field
+from langgraph.runtime import Runtime
+from pydantic import ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from metallmix.graphs.resources import RunResources
+
+EXPERIMENT = "metallmix-recommendations"  # the MLflow experiment of recommendation runs
 
 
 @dataclass
 class Context:
-    """What a user may set per run (Studio's configuration form)."""
+    """What a user may set per run (Studio's configuration form), and the run's live
+    resources when a session passes them."""
+
+    __pydantic_config__ = ConfigDict(arbitrary_types_allowed=True)  # ``resources``
 
     llm: Annotated[
         str | None,
@@ -44,59 +56,42 @@ class Context:
     judge_with_llm: Annotated[
         bool, Field(description="let the LLM grade the answer after the code checks")
     ] = True
+    # "top1": the LLM explains the meta-learner's top candidate; "llm": it chooses among the
+    # top 3. top1 is the default: on bench/judge_quality.py's runs the 0.5B model picked c2
+    # in 5 of 5 inputs whatever the evidence, and on the LODO folds measured so far its pick
+    # was not better than the top-1 (bench/results/judge_quality_*.md).
     choose: Annotated[
         Literal["llm", "top1"],
         Field(description="'top1': the LLM explains the top candidate; 'llm': it chooses"),
     ] = "top1"
     track: Annotated[bool, Field(description="record the decision as an MLflow run")] = True
+    experiment: SkipJsonSchema[str] = EXPERIMENT
+    resources: SkipJsonSchema[RunResources | None] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # Studio sends an empty form field as ""
+            if getattr(self, f.name) == "":
+                setattr(self, f.name, None)
+        if self.llm is None and os.environ.get("METALLMIX_LLM"):
+            self.llm = os.environ["METALLMIX_LLM"]
+        if self.experiment is None:
+            self.experiment = EXPERIMENT
 
 
-@dataclass
-class Configuration:
-    """Which LLM and KB to use, the seed and the shortlist/judge settings."""
-
-    llm: str | None = None  # registry name, profile ('fast', 'default') or .gguf path
-    kb: str | None = None  # .sqlite path; None = METALLMIX_KB or the layered default
-    seed: int = 0
-    n_candidates: int = 5
-    space: str | None = None  # search-space name; None = the compute regime's space
-    compute: str | None = None  # 'cpu' | 'gpu'; None = torch.cuda.is_available()
-    judge_with_llm: bool = True
-    # "top1": the LLM explains the meta-learner's top candidate; "llm": it chooses among the
-    # top 3. top1 is the default: on bench/judge_quality.py's runs the 0.5B model picked c2
-    # in 5 of 5 inputs whatever the evidence, and on the LODO folds measured so far its pick
-    # was not better than the top-1 (bench/results/judge_quality_*.md).
-    choose: Literal["llm", "top1"] = "top1"
-    track: bool = True  # record the decision as an MLflow run
-    experiment: str = "metallmix-recommendations"
-    llm_instance: Any = None
-    kb_instance: Any = None
-
-    @classmethod
-    def from_runnable_config(cls, config: RunnableConfig | None = None) -> Configuration:
-        configurable = dict((config or {}).get("configurable") or {})
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in _run_context().items() if k in names}
-        values.update({k: v for k, v in configurable.items() if k in names})
-        if values.get("llm") in (None, "") and os.environ.get("METALLMIX_LLM"):
-            values["llm"] = os.environ["METALLMIX_LLM"]
-        return cls(**values)
+def context_of(runtime: Runtime[Context] | None) -> Context:
+    """The run's context; the defaults (with the environment's LLM) when none was given."""
+    context = runtime.context if runtime is not None else None
+    if isinstance(context, Context):
+        return context
+    if isinstance(context, dict):  # a context LangGraph did not coerce (no schema)
+        return Context(**context)
+    return Context()
 
 
-def _run_context() -> dict[str, Any]:
-    """The context the current graph run was started with (empty outside a run)."""
-    try:
-        from langgraph.runtime import get_runtime
-
-        context = get_runtime().context
-    except Exception:  # not inside a graph run, or no context given
-        return {}
-    if context is None:
-        return {}
-    if is_dataclass(context) and not isinstance(context, type):
-        values = asdict(context)
-    elif isinstance(context, dict):
-        values = dict(context)
-    else:
-        return {}
-    return {k: (None if v == "" else v) for k, v in values.items()}  # Studio's empty fields
+def resources_of(context: Context) -> RunResources:
+    """The run's live resources: the session's, else resolved from the plain ``kb`` and
+    ``llm`` fields on first use and kept on the context, so every node of the run shares
+    them (one KB read, one model load)."""
+    if context.resources is None:
+        context.resources = RunResources.named(context.kb, context.llm)
+    return context.resources

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
 from metallmix.errors import MetaLLMiXError
 from metallmix.graphs import nodes
@@ -40,9 +40,9 @@ class UserInputError(ValueError):
 
 def _surface_errors(fn: nodes.Node) -> nodes.Node:
     @wraps(fn)
-    def wrapper(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+    def wrapper(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
         try:
-            return fn(state, config)
+            return fn(state, runtime)
         except MetaLLMiXError as exc:
             raise UserInputError(f"{type(exc).__name__}: {exc}") from exc
 

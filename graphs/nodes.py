@@ -1,8 +1,10 @@
 """The nodes of the recommendation graph, one small function each.
 
 Each node reads the typed state, does one thing and returns a partial update with its own
-latency, so the MLflow run can report where time goes. Expensive resources (the loaded LLM,
-the opened KB) are resolved through :mod:`metallmix.graphs.resources` and cached per process.
+latency, so the MLflow run can report where time goes. Settings and expensive resources (the
+loaded LLM, the KB snapshot, the meta-learner) come from the run's context, LangGraph's
+``runtime.context`` (:class:`~metallmix.graphs.configuration.Context`): built once per run,
+shared by every node.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import Any, Protocol
 
-from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 
 from metallmix.agents.judge import hard_checks
 from metallmix.agents.judge import judge as run_judge
@@ -23,9 +24,9 @@ from metallmix.agents.recommender import evidence_for, fallback_recommendation, 
 from metallmix.agents.runtime.isolated import LLMProcessError
 from metallmix.agents.schemas import JudgeVerdict
 from metallmix.errors import DatasetError, KnowledgeBaseError, ModelUnavailableError
-from metallmix.graphs.configuration import Configuration
+from metallmix.graphs.configuration import Context, context_of, resources_of
 from metallmix.graphs.recording import log_recommendation
-from metallmix.graphs.resources import RunKB, get_llm, learner_for, run_kb, space_for
+from metallmix.graphs.resources import RunKB, space_for
 from metallmix.graphs.state import RecommendationState
 from metallmix.graphs.tracing import node_span
 from metallmix.node_names import NodeName
@@ -37,14 +38,13 @@ from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.meta.explain import global_importance, waterfall
 from metallmix.tools.meta.landmarks import attach_landmarks
 from metallmix.tools.meta.metalearner import MetaLearner, training_rows
-from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.retrieval import load_or_build
 from metallmix.tools.meta.search_space import SearchSpace
 from metallmix.tools.meta.shortlist import (
     Retrieved,
     candidate_rows,
     explain_shortlist,
-    rank,
+    regime_shortlist,
 )
 from metallmix.tools.meta.shortlist import retrieve as retrieve_runs
 from metallmix.tools.metafeatures import compute_meta_features
@@ -52,9 +52,9 @@ from metallmix.tools.tracking import redact_text
 
 
 class Node(Protocol):
-    """A graph node: LangGraph passes the state and the run's config by these names."""
+    """A graph node: LangGraph passes the state and the run's runtime by these names."""
 
-    def __call__(self, state: RecommendationState, config: RunnableConfig) -> dict[str, Any]: ...
+    def __call__(self, state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]: ...
 
 
 def timed(name: NodeName) -> Callable[[Node], Node]:
@@ -63,15 +63,15 @@ def timed(name: NodeName) -> Callable[[Node], Node]:
 
     def decorate(fn: Node) -> Node:
         @wraps(fn)
-        def wrapper(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+        def wrapper(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
             # attempts is incremented by the recommender, so both of one attempt share a number
             key = {
                 NodeName.RECOMMENDER: f"recommender_{state.attempts + 1}",
                 NodeName.JUDGE: f"judge_{state.attempts}",
             }.get(name, str(name))
             started = time.perf_counter()
-            with node_span(key, name, state, config) as trace:
-                update = fn(state, config)
+            with node_span(key, name, state, context_of(runtime)) as trace:
+                update = fn(state, runtime)
                 if trace.span is not None:
                     trace.span.set_outputs({k: _brief(v) for k, v in update.items()})
                 trace.result = update
@@ -97,7 +97,7 @@ def _brief(value: Any) -> Any:
 
 
 @timed(NodeName.FEATURES)
-def features(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def features(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Meta-features of the user's dataset (skipped when given)."""
     if state.meta_features is not None:
         mf = state.meta_features
@@ -141,16 +141,16 @@ def _name_of(path: Path) -> str:
 
 
 @timed(NodeName.RETRIEVE)
-def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def retrieve(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Past runs on the most similar KB datasets (FAISS over meta-features): the ones the LLM
     is shown and the ones whose configurations join the shortlist's pool. The KB is read
     here, once for the whole recommendation."""
     if state.shortlist is not None:
         return {"similar_runs": state.shortlist.similar_runs}
     assert state.meta_features is not None
-    cfg = Configuration.from_runnable_config(config)
+    cfg = context_of(runtime)
     with waiting("reading the knowledge base and its retrieval index"):
-        run = run_kb(cfg)
+        run = resources_of(cfg).run_kb(cfg.compute, cfg.space)
         snapshot = run.snapshot
         index = load_or_build(snapshot, records=snapshot.runs, kb_hash=run.kb_hash)
     found = retrieve_runs(state.meta_features, index)
@@ -162,24 +162,24 @@ def retrieve(state: RecommendationState, config: RunnableConfig) -> dict[str, An
 
 
 @timed(NodeName.SHORTLIST)
-def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def shortlist(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """The meta-learner's scored, diverse shortlist (skipped when given)."""
     if state.shortlist is not None:
         return {}
     assert state.meta_features is not None
-    cfg = Configuration.from_runnable_config(config)
-    run = run_kb(cfg, state.kb_hash)
-    result = rank(
+    cfg = context_of(runtime)
+    resources = resources_of(cfg)
+    run = resources.run_kb(cfg.compute, cfg.space)
+    result = regime_shortlist(
         state.meta_features,
-        learner_for(run, cfg.seed),
-        run.snapshot.runs,
-        Retrieved(shown=state.similar_runs, neighbours=state.candidate_runs),
+        run.snapshot,
+        run.regime,
         n=cfg.n_candidates,
-        space=space_for(cfg, run.regime),
         seed=cfg.seed,
+        space=space_for(cfg.space, run.regime),
+        learner=resources.learner(run, cfg.seed),
+        found=Retrieved(shown=state.similar_runs, neighbours=state.candidate_runs),
     )
-    metric, note = metric_of_runs(run.snapshot.runs)
-    result = result.model_copy(update={"metric": metric, "metric_note": note, "regime": run.regime})
     if not result.candidates:
         raise KnowledgeBaseError(
             f"the meta-learner produced no candidate from the knowledge base "
@@ -190,16 +190,16 @@ def shortlist(state: RecommendationState, config: RunnableConfig) -> dict[str, A
 
 
 @timed(NodeName.EVIDENCE)
-def evidence(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def evidence(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """The evidence the recommender and the judge both read, built once: the shortlist's
     SHAP facts (skipped when given with them), the numbers of each candidate's waterfall
     and, for the MLflow record, the KB's global SHAP importance; then the id'd evidence."""
     assert state.shortlist is not None
-    cfg = Configuration.from_runnable_config(config)
+    cfg = context_of(runtime)
     result = state.shortlist
     update: dict[str, Any] = {}
     run = _shortlist_kb(state, cfg)
-    learner = learner_for(run, cfg.seed) if run is not None else None
+    learner = resources_of(cfg).learner(run, cfg.seed) if run is not None else None
     if run is not None and learner is not None and learner.version == result.metalearner_version:
         if not result.facts:
             result = result.model_copy(update={"facts": explain_shortlist(learner, result)})
@@ -215,19 +215,18 @@ def evidence(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     return update
 
 
-def _shortlist_kb(state: RecommendationState, cfg: Configuration) -> RunKB | None:
+def _shortlist_kb(state: RecommendationState, cfg: Context) -> RunKB | None:
     """The KB snapshot the shortlist was scored on: this run's (in memory); for a shortlist
     given as input, read only for the record's plots and only when it is the same content."""
+    resources = resources_of(cfg)
     if state.kb_hash is not None:
-        return run_kb(cfg, state.kb_hash)
+        return resources.run_kb(cfg.compute, cfg.space)
     shortlist = state.shortlist
     if not cfg.track or shortlist is None or not shortlist.kb_hash:
         return None
     try:
-        regime = shortlist.regime  # None: scored on the whole KB (build_shortlist directly)
-        run = run_kb(
-            replace(cfg, compute=regime or cfg.compute), shortlist.kb_hash, whole=regime is None
-        )
+        regime = shortlist.regime  # None: scored on the whole KB (regime_shortlist's None)
+        run = resources.run_kb(regime or cfg.compute, cfg.space, whole=regime is None)
     except KnowledgeBaseError:  # e.g. an empty KB: the answer needs no plot
         return None
     return run if run.kb_hash == shortlist.kb_hash else None
@@ -254,13 +253,13 @@ def llm_failure(exc: Exception) -> dict[str, Any]:
 
 
 @timed(NodeName.RECOMMENDER)
-def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def recommender(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """The LLM picks a candidate and explains; hard fields are copied by code."""
     assert state.evidence is not None
-    cfg = Configuration.from_runnable_config(config)
+    cfg = context_of(runtime)
     attempt = state.attempts + 1
     try:
-        llm = get_llm(cfg)
+        llm = resources_of(cfg).llm(cfg.seed)
         draft = recommend_once(
             llm, state.evidence, attempt=attempt, critique=state.critique, seed=cfg.seed
         )
@@ -277,12 +276,12 @@ def recommender(state: RecommendationState, config: RunnableConfig) -> dict[str,
 
 
 @timed(NodeName.JUDGE)
-def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def judge(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Code checks decide; the LLM grades. Passing drafts become the recommendation."""
     assert state.shortlist is not None
-    cfg = Configuration.from_runnable_config(config)
+    cfg = context_of(runtime)
     try:
-        llm = get_llm(cfg) if cfg.judge_with_llm else None
+        llm = resources_of(cfg).llm(cfg.seed) if cfg.judge_with_llm else None
         result = run_judge(
             llm,
             state.draft,
@@ -304,16 +303,16 @@ def judge(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
     return update
 
 
-def judged_space(cfg: Configuration, shortlist: Shortlist) -> SearchSpace | None:
+def judged_space(cfg: Context, shortlist: Shortlist) -> SearchSpace | None:
     """The space the shortlist was proposed from (:func:`space_for`), checked by the judge."""
-    return space_for(cfg, shortlist.regime, [c.model for c in shortlist.candidates])
+    return space_for(cfg.space, shortlist.regime, [c.model for c in shortlist.candidates])
 
 
 @timed(NodeName.FALLBACK)
-def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def fallback(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Top candidate with a templated explanation, after the last attempt failed."""
     assert state.shortlist is not None
-    cfg = Configuration.from_runnable_config(config)
+    cfg = context_of(runtime)
     name, sha = llm_identity(state, cfg)
     rec = fallback_recommendation(
         state.dataset_name,
@@ -341,14 +340,14 @@ def fallback(state: RecommendationState, config: RunnableConfig) -> dict[str, An
     }
 
 
-def llm_identity(state: RecommendationState, cfg: Configuration) -> tuple[str, str]:
+def llm_identity(state: RecommendationState, cfg: Context) -> tuple[str, str]:
     """The model's name and sha256 for the record, without loading it (the fallback must not
     wait on, or restart, an LLM that just failed)."""
     if state.llm:
         return state.llm, state.llm_sha256
     if state.llm_error is None:
         try:
-            llm = get_llm(cfg)
+            llm = resources_of(cfg).llm(cfg.seed)
             return llm.name, llm.sha256
         except LLM_FAILURES:
             pass
@@ -356,18 +355,19 @@ def llm_identity(state: RecommendationState, cfg: Configuration) -> tuple[str, s
 
 
 @timed(NodeName.RECORD)
-def record(state: RecommendationState, config: RunnableConfig) -> dict[str, Any]:
+def record(state: RecommendationState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Log the decision (params, metrics, artifacts) as one MLflow run, from the state only.
 
     Tracking never costs the answer: a failure to log (read-only artifacts, a full disk, a
     store gone away) is kept on the recommendation as ``tracking_error`` and the graph ends
     normally; the caller reports it (the CLI exits 3).
     """
-    cfg = Configuration.from_runnable_config(config)
+    cfg = context_of(runtime)
     if not cfg.track or state.recommendation is None:
         return {}
-    # the API's run, or the one graphs/tracing opened for a served run; else a new one
-    given = (config.get("configurable") or {}).get("mlflow_run_id") or state.mlflow_run_id
+    # the session's run, or the one graphs/tracing opened for a served run; else a new one
+    opened = cfg.resources.mlflow_run_id if cfg.resources is not None else None
+    given = opened or state.mlflow_run_id
     try:
         run_id = log_recommendation(state, cfg, run_id=given)
     except Exception as exc:  # MLflow, SQLAlchemy, OS errors alike

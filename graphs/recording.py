@@ -28,7 +28,7 @@ import pandas as pd
 
 from metallmix import config
 from metallmix.graphs import report
-from metallmix.graphs.configuration import Configuration
+from metallmix.graphs.configuration import EXPERIMENT, Context
 from metallmix.graphs.state import RecommendationState
 from metallmix.tools import tracking
 from metallmix.tools.meta.explain import draw_waterfall, plot_bar
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from metallmix.agents.schemas import Recommendation
     from metallmix.tools.kb.records import RunRecord
 
-EXPERIMENT = "metallmix-recommendations"
 KIND = "recommendation"
 
 
@@ -49,7 +48,7 @@ def start_run(
     return tracking.start_run(experiment, kind=KIND, run_name=run_name, tracking_uri=tracking_uri)
 
 
-def _params(state: RecommendationState, cfg: Configuration) -> dict[str, str]:
+def _params(state: RecommendationState, cfg: Context) -> dict[str, str]:
     shortlist = state.shortlist
     mf = state.meta_features
     params: dict[str, Any] = {
@@ -93,9 +92,9 @@ def recommendation_params(state: RecommendationState) -> dict[str, Any]:
     return out
 
 
-def _kb_location(cfg: Configuration) -> str:
-    if cfg.kb_instance is not None:
-        return str(cfg.kb_instance.location)
+def _kb_location(cfg: Context) -> str:
+    if cfg.resources is not None:
+        return str(cfg.resources.kb.location)
     return str(cfg.kb or config.kb_uri() or "default (workspace over bundled KB)")
 
 
@@ -269,7 +268,7 @@ def shap_plots(state: RecommendationState, folder: Path) -> list[Path]:
 
 
 def log_recommendation(
-    state: RecommendationState, cfg: Configuration, *, run_id: str | None = None
+    state: RecommendationState, cfg: Context, *, run_id: str | None = None
 ) -> str:
     """Log ``state`` into ``run_id`` (left running) or into a new, finished run of
     ``cfg.experiment``."""

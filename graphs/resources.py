@@ -5,13 +5,17 @@ The API, ``recommend(verify=K)``, the graph's nodes and the benchmarks all resol
 loaded or opened" means the same everywhere. Loading a GGUF takes seconds, so the API starts
 it on a worker thread (:func:`load_llm_in_background`) while features and shortlist run, and
 the node that first needs the model waits for it (:func:`resolve_llm`).
-One recommendation reads its KB once (:func:`run_kb`, in the ``retrieve`` node): the later
-nodes find that snapshot again by its content hash, which the state carries.
+
+:class:`RunResources` is what one graph run uses, handed to the nodes in the run's context
+(:class:`~metallmix.graphs.configuration.Context`): the KB, read once (in the ``retrieve``
+node) and hashed, its compute regime's view, the meta-learners fitted on it (a
+:class:`Learners` a :class:`metallmix.Session` keeps across its answers) and the LLM handle.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +27,6 @@ from metallmix.agents.runtime import llm as runtime_llm
 from metallmix.agents.runtime.llm import ChatLLM
 from metallmix.agents.runtime.weights import resolve_weights
 from metallmix.errors import KnowledgeBaseError
-from metallmix.graphs.configuration import Configuration
 from metallmix.progress import waiting
 from metallmix.tools.kb.regime import REGIME_SPACE, Regime
 from metallmix.tools.kb.regime_view import regime_kb, resolve_regime
@@ -31,6 +34,7 @@ from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase, open_kb
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
 from metallmix.tools.meta.search_space import SPACES, SearchSpace, get_space
+from metallmix.tools.tracking import TracedRun
 
 # What callers may pass as ``llm=``: a registry name, a profile ('fast', 'default'), a
 # .gguf path, a loaded model, or None (METALLMIX_LLM or the bundled default).
@@ -80,41 +84,23 @@ def resolve_kb(kb: KbSpec, *, read_only: bool = True) -> KnowledgeBase:
     return open_kb(kb, read_only=read_only)
 
 
-def get_llm(cfg: Configuration) -> ChatLLM:
-    """The graph run's model: the live object (or background load) the API passed, else
-    the configured name."""
-    return resolve_llm(cfg.llm_instance if cfg.llm_instance is not None else cfg.llm, cfg.seed)
-
-
-def get_kb(cfg: Configuration) -> KnowledgeBase:
-    """The graph run's KB, opened read-only when only named."""
-    return resolve_kb(cfg.kb_instance if cfg.kb_instance is not None else cfg.kb)
-
-
-def regime_kb_for(cfg: Configuration, kb: KnowledgeBase) -> tuple[Regime, KnowledgeBase]:
-    """The compute regime of this run (see :func:`resolve_regime`) and its part of ``kb``."""
-    records = list(kb.iter_records())
-    regime = resolve_regime(kb, cfg.compute, cfg.space, records)
-    return regime, regime_kb(kb, regime, records)
-
-
 def space_for(
-    cfg: Configuration, regime: Regime | None = None, models: Iterable[str] = ()
+    space: str | None, regime: Regime | None = None, models: Iterable[str] = ()
 ) -> SearchSpace | None:
     """The one rule for the search space a run proposes from and is judged against: the
-    configured space, else the compute regime's, else the shipped space most of ``models``
+    named ``space``, else the compute regime's, else the shipped space most of ``models``
     belong to (None when no shipped space holds any of them)."""
-    if cfg.space:
-        return get_space(cfg.space)
+    if space:
+        return get_space(space)
     if regime is not None:
         return get_space(REGIME_SPACE[regime])
     counts = Counter(models)
     best: SearchSpace | None = None
     best_count = 0
-    for space in SPACES.values():
-        count = sum(n for m, n in counts.items() if m in space.models)
+    for candidate in SPACES.values():
+        count = sum(n for m, n in counts.items() if m in candidate.models)
         if count > best_count:
-            best, best_count = space, count
+            best, best_count = candidate, count
     return best
 
 
@@ -139,55 +125,108 @@ class RunKB:
         return self.snapshot.content_hash()
 
 
-_KEEP = 4  # snapshots (and meta-learners) kept per process: a few KBs or regimes in turn
-_RUN_KBS: OrderedDict[str, RunKB] = OrderedDict()
-# The last whole read of each store (location -> snapshot): what the answer saw, for callers
-# after the graph (the KB-change notice) that would otherwise read the store a second time.
-_WHOLE: OrderedDict[str, KBSnapshot] = OrderedDict()
-_LEARNERS: OrderedDict[tuple[str, int], MetaLearner] = OrderedDict()
+class Learners:
+    """Fitted meta-learners by (content hash, seed), the few most recent: a session keeps
+    one across its answers, so a KB whose content did not change is not loaded again."""
 
+    KEEP = 4  # a few KBs or regimes in turn
 
-def run_kb(cfg: Configuration, kb_hash: str | None = None, *, whole: bool = False) -> RunKB:
-    """The snapshot with content hash ``kb_hash`` when this process holds it, else the
-    configured KB read now (once), restricted to the run's compute regime (``whole``: not
-    restricted, for a shortlist scored on the whole KB)."""
-    if kb_hash is not None and kb_hash in _RUN_KBS:
-        _RUN_KBS.move_to_end(kb_hash)
-        return _RUN_KBS[kb_hash]
-    kb = get_kb(cfg)
-    everything = KBSnapshot.of(kb)  # the one read of the store
-    _WHOLE[everything.location] = everything
-    _WHOLE.move_to_end(everything.location)
-    while len(_WHOLE) > _KEEP:
-        _WHOLE.popitem(last=False)
-    require_runs(everything)
-    regime = resolve_regime(everything, cfg.compute, cfg.space, everything.runs)
-    view = everything if whole else regime_kb(everything, regime, everything.runs)
-    snapshot = (
-        everything
-        if view is everything
-        else KBSnapshot(view.iter_records(), view.location, view.layers())
-    )
-    found = RunKB(regime, snapshot)
-    _RUN_KBS[found.kb_hash] = found
-    while len(_RUN_KBS) > _KEEP:
-        _RUN_KBS.popitem(last=False)
-    return found
+    def __init__(self) -> None:
+        self._fitted: OrderedDict[tuple[str, int], MetaLearner] = OrderedDict()
+        self._lock = threading.Lock()  # served runs may share one from worker threads
 
-
-def last_read(location: str) -> KBSnapshot | None:
-    """The store at ``location`` as this process's last recommendation read it, if any."""
-    return _WHOLE.get(location)
-
-
-def learner_for(run: RunKB, seed: int) -> MetaLearner:
-    """The meta-learner of ``run``'s snapshot (fitted or loaded once per process)."""
-    key = (run.kb_hash, seed)
-    if key not in _LEARNERS:
+    def get(self, run: RunKB, seed: int) -> MetaLearner:
+        """The meta-learner of ``run``'s snapshot, fitted or loaded (disk cache) once."""
+        key = (run.kb_hash, seed)
+        with self._lock:
+            if key in self._fitted:
+                self._fitted.move_to_end(key)
+                return self._fitted[key]
         snapshot = run.snapshot
-        _LEARNERS[key] = fit_or_load(
+        learner = fit_or_load(
             snapshot, MetaLearnerConfig(seed=seed), records=snapshot.runs, kb_hash=run.kb_hash
         )
-        while len(_LEARNERS) > _KEEP:
-            _LEARNERS.popitem(last=False)
-    return _LEARNERS[key]
+        with self._lock:
+            self._fitted[key] = learner
+            while len(self._fitted) > self.KEEP:
+                self._fitted.popitem(last=False)
+        return learner
+
+
+class RunResources:
+    """The live objects of one graph run, resolved once and shared by its nodes.
+
+    ``kb`` is read on the first :meth:`read` (the ``retrieve`` node; a snapshot given here is
+    not read again), so every node sees one content; ``llm`` is a loaded model, a background
+    load (:func:`load_llm_in_background`) or a name loaded when a node first needs it.
+    ``trace`` is the MLflow run and root span the caller opened (each node's span is a
+    child of that root; the ``record`` node logs into that run).
+    """
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        llm: LlmSpec | Future[ChatLLM],
+        *,
+        learners: Learners | None = None,
+        trace: TracedRun | None = None,
+    ) -> None:
+        self.kb = kb
+        self.learners = learners or Learners()
+        self.trace = trace
+        self._llm = llm
+        self._snapshot: KBSnapshot | None = kb if isinstance(kb, KBSnapshot) else None
+        self._views: dict[tuple[str | None, str | None, bool], RunKB] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def named(cls, kb: str | None, llm: str | None) -> RunResources:
+        """From plain names (LangGraph Studio's form): the KB opened read-only, the LLM
+        loaded when a node first needs it."""
+        return cls(resolve_kb(kb), llm)
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The run the caller opened (the ``record`` node logs into it), if any."""
+        return self.trace.run_id if self.trace is not None else None
+
+    @property
+    def snapshot(self) -> KBSnapshot | None:
+        """The KB as this run read it; None before the first read."""
+        return self._snapshot
+
+    def read(self) -> KBSnapshot:
+        """The whole KB, read and checked on the first call only."""
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = KBSnapshot.of(self.kb)  # the one read of the store
+            snapshot = self._snapshot
+        require_runs(snapshot)
+        return snapshot
+
+    def run_kb(self, compute: str | None, space: str | None, *, whole: bool = False) -> RunKB:
+        """The run's compute regime (:func:`resolve_regime`) and that regime's part of the KB
+        (``whole``: not restricted, for a shortlist scored on the whole KB)."""
+        everything = self.read()
+        key = (compute, space, whole)
+        if key not in self._views:
+            regime = resolve_regime(everything, compute, space, everything.runs)
+            view = everything if whole else regime_kb(everything, regime, everything.runs)
+            snapshot = (
+                everything
+                if view is everything
+                else KBSnapshot(view.iter_records(), view.location, view.layers())
+            )
+            self._views[key] = RunKB(regime, snapshot)
+        return self._views[key]
+
+    def learner(self, run: RunKB, seed: int) -> MetaLearner:
+        """The meta-learner of ``run``'s snapshot."""
+        return self.learners.get(run, seed)
+
+    def llm(self, seed: int = 0) -> ChatLLM:
+        """The run's model, waited for or loaded on first use (its loading error raised
+        here, in the node that needs it)."""
+        loaded = resolve_llm(self._llm, seed)
+        self._llm = loaded
+        return loaded

@@ -16,6 +16,7 @@ _LAZY = {
     "open_kb": ("metallmix.tools.kb.store", "open_kb"),
     "recommend": ("metallmix.api", "recommend"),
     "validate": ("metallmix.api", "validate"),
+    "Session": ("metallmix.session", "Session"),
     "build_graph": ("metallmix.api", "build_graph"),
     "Recommendation": ("metallmix.agents.schemas", "Recommendation"),
 }

@@ -10,69 +10,35 @@ trace of the graph; ``validate`` trains the recommendation and nests its run und
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from metallmix import config
 from metallmix.agents.schemas import Recommendation
-from metallmix.errors import ConfigError, DatasetError, MetaLLMiXError
-from metallmix.graphs import recording
-from metallmix.graphs.configuration import Configuration
+from metallmix.errors import ConfigError
+from metallmix.graphs.configuration import Context
 from metallmix.graphs.graph import build_graph as build
-from metallmix.graphs.resources import (
-    KbSpec,
-    LlmSpec,
-    last_read,
-    load_llm_in_background,
-    require_runs,
-    resolve_kb,
-)
-from metallmix.node_names import NodeName
-from metallmix.progress import epoch_printer, node_printer, wait_lines
-from metallmix.tools import tracking
-from metallmix.tools.datasets import load_dataset
-from metallmix.tools.kb.regime import check_regime
-from metallmix.tools.kb.store import KnowledgeBase
+from metallmix.graphs.resources import KbSpec, Learners, LlmSpec
+from metallmix.session import Hooks, Session
 from metallmix.tools.meta.contracts import Shortlist
 from metallmix.tools.metafeatures import MetaFeatures
-from metallmix.tools.training.runner import RunSpec, run_trial
-from metallmix.tools.training.settings import TrialSettings
-from metallmix.verify import VerifyOptions, recommend_verified
+from metallmix.verify import VerifyOptions
 
 if TYPE_CHECKING:
     from metallmix.tools.kb.records import RunRecord
 
-__all__ = ["Recommendation", "build_graph", "recommend", "validate"]
+__all__ = ["Recommendation", "Session", "build_graph", "recommend", "validate"]
+
+# The module-level functions' sessions share their fitted meta-learners (keyed by KB
+# content), so repeated calls on an unchanged KB do not load them again.
+_LEARNERS = Learners()
 
 
 def build_graph() -> Any:
     """A freshly compiled recommendation graph (a LangChain runnable), as ``recommend``
     runs it: it also takes a precomputed ``shortlist`` and ``max_attempts`` as input."""
     return build(internal_inputs=True)
-
-
-_GRAPH: Any = None
-
-
-def _graph() -> Any:
-    global _GRAPH
-    if _GRAPH is None:
-        _GRAPH = build_graph()
-    return _GRAPH
-
-
-def _configurable(llm: LlmSpec, kb: KbSpec, seed: int, **extra: Any) -> dict[str, Any]:
-    """The graph's live objects: the KB first (an empty or unreadable KB fails before any
-    model is touched), then the LLM, loading in the background while features and shortlist
-    run."""
-    out: dict[str, Any] = {"seed": seed, **extra}
-    out["kb_instance"] = resolve_kb(kb, read_only=True)
-    require_runs(out["kb_instance"])
-    out["llm_instance"] = load_llm_in_background(llm, seed)
-    return out
 
 
 def recommend(
@@ -123,232 +89,51 @@ def recommend(
     within ``budget_minutes`` on ``backend`` (``"local"``, ``"ray"`` or an execution
     backend) and returns a :class:`~metallmix.verify.VerifiedRecommendation`; re-running
     the same call resumes it. ``verify_options`` go to
-    :func:`metallmix.verify.recommend_verified` (``max_train_images``, ``threads``, ...).
+    :class:`metallmix.verify.VerifyOptions` (``max_train_images``, ``threads``, ...).
     """
     if verify is None and budget_minutes is not None:
         raise ConfigError(
             "budget_minutes only applies with verify=K (training the top K candidates); "
             "pass verify or drop budget_minutes"
         )
-    if verify is not None:
-        if data is None or isinstance(data, MetaFeatures):
-            raise ConfigError("verify needs a dataset path to train on, not only meta-features")
-
-        def zero_shot(found: Shortlist, store: KnowledgeBase, dataset_name: str) -> Recommendation:
-            return recommend(
-                data,
-                modality=modality,
-                llm=llm,
-                kb=store,
-                seed=seed,
-                shortlist=found,
-                name=name or dataset_name,
-                space=space,
-                n_candidates=max(n_candidates, verify),
-                judge_with_llm=judge_with_llm,
-                max_attempts=max_attempts,
-                track=track,
-                on_node=on_node,
-                progress=progress,
-            )
-
-        return recommend_verified(
-            data,
-            zero_shot,
-            VerifyOptions(
-                k=verify, budget_minutes=budget_minutes, backend=backend, **(verify_options or {})
-            ),
-            modality=modality,
-            llm=llm,
-            kb=kb,
-            seed=seed,
-            shortlist=shortlist,
-            space=space,
-            n_candidates=n_candidates,
-        )
-
-    if max_attempts < 1:
-        raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
-    if compute is not None:
-        compute = check_regime(compute)
-    inputs: dict[str, Any] = {"modality": modality, "max_attempts": max_attempts}
-    if isinstance(data, MetaFeatures):
-        inputs["meta_features"] = data
-        inputs["dataset_name"] = name or "meta-features"
-    elif data is not None:
-        path = Path(data).expanduser()
-        if not path.exists():  # before the KB is read or the LLM loaded
-            raise DatasetError(f"{path}: no such file or directory; check the dataset path")
-        inputs["data"] = str(path)
-        if name:
-            inputs["dataset_name"] = name
-    elif shortlist is None:
-        raise ConfigError("recommend() needs data: a dataset path, a card or MetaFeatures")
-    if shortlist is not None:
-        inputs["shortlist"] = shortlist
-        inputs.setdefault("meta_features", shortlist.meta_features)
-        inputs.setdefault("dataset_name", name or "meta-features")
-    if progress:
-        on_node = node_printer(on_node)
-    configurable = _configurable(
-        llm,
-        kb,
-        seed,
-        space=space,
-        compute=compute,
+    session = Session(kb, llm, learners=_LEARNERS)
+    settings = Context(
+        seed=seed,
         n_candidates=n_candidates,
+        space=space,
+        compute=cast(Any, compute),  # checked by the session
         judge_with_llm=judge_with_llm,
         track=track,
-        **({"choose": choose} if choose else {}),
     )
-    hooks = _Hooks(on_node, on_shortlist)
-    with wait_lines(progress):  # the meta-learner fit's lines follow ``progress`` too
-        if not track:
-            rec = _result(_invoke(inputs, configurable, hooks))
-        else:
-            rec = _tracked(inputs, configurable, hooks)
-    return with_kb_change(rec, kb)
-
-
-def with_kb_change(rec: Recommendation, kb: KbSpec) -> Recommendation:
-    """``rec`` with :attr:`Recommendation.kb_change` set when the KB changed since the last
-    answer (see :mod:`metallmix.kb_changes`); the workspace remembers this answer. The
-    notice never costs the answer: a KB or workspace that cannot be read leaves it out."""
-    from metallmix.kb_changes import answer_of, note_answer
-
-    try:
-        store = resolve_kb(kb)
-        seen = last_read(store.location)  # what the answer saw: no second read of the store
-        records = seen.runs if seen is not None else list(store.iter_records())
-        notice = note_answer(records, store.location, answer_of(rec))
-    except (MetaLLMiXError, OSError, ValueError):
-        return rec
-    return rec.model_copy(update={"kb_change": notice}) if notice else rec
-
-
-class _Hooks:
-    """The caller's progress callbacks, fed from the graph's stream of node updates."""
-
-    def __init__(
-        self,
-        on_node: Callable[[str], None] | None,
-        on_shortlist: Callable[[Shortlist], None] | None,
-    ) -> None:
-        self.on_node, self.on_shortlist = on_node, on_shortlist
-
-    def __bool__(self) -> bool:
-        return self.on_node is not None or self.on_shortlist is not None
-
-    def __call__(self, node: str, update: Any) -> None:
-        scored = node == NodeName.SHORTLIST and isinstance(update, dict) and update.get("shortlist")
-        if self.on_shortlist is not None and scored:  # not again when evidence adds its facts
-            self.on_shortlist(update["shortlist"])
-        if self.on_node is not None:
-            self.on_node(node)
-
-
-def _invoke(
-    inputs: dict[str, Any],
-    configurable: dict[str, Any],
-    hooks: Any = None,
-) -> Any:
-    """Run the graph; stream node updates only when someone listens."""
-    config: Any = {"configurable": configurable}
-    if not hooks:
-        return _graph().invoke(inputs, config=config)
-    final: Any = None
-    for mode, chunk in _graph().stream(inputs, config=config, stream_mode=["updates", "values"]):
-        if mode == "updates":
-            for node, update in chunk.items():
-                hooks(str(node), update)
-        else:
-            final = chunk
-    return final
-
-
-def _tracked(
-    inputs: dict[str, Any],
-    configurable: dict[str, Any],
-    hooks: Any = None,
-) -> Recommendation:
-    """Run the graph inside an active MLflow run and a root trace span.
-
-    The store must be writable before any work starts (a read-only ``mlflow.db`` is a
-    one-line :class:`~metallmix.errors.TrackingError` here, not after the LLM answered).
-    From then on tracking never costs the answer: a failure to log or to close the run is
-    put on the result as ``tracking_error``. Ctrl-C or SIGTERM close the run as KILLED (and
-    its trace with an error), any other error as FAILED.
-    """
-    import mlflow  # slow to import: only for a tracked run
-
-    experiment = Configuration.from_runnable_config({"configurable": configurable}).experiment
-    uri = config.tracking_uri()
-    tracking.check_writable_store(uri)
-    exp_id = tracking.experiment_id(tracking.client(uri), experiment)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=exp_id)
-    run_id = recording.start_run(
-        experiment=experiment, run_name=inputs.get("dataset_name") or _stem(inputs.get("data"))
+    if choose:
+        settings.choose = choose
+    hooks = Hooks(on_node, on_shortlist, progress)
+    if verify is None:
+        return session.recommend(
+            data,
+            settings,
+            modality=modality,
+            name=name,
+            shortlist=shortlist,
+            max_attempts=max_attempts,
+            hooks=hooks,
+        )
+    if data is None or isinstance(data, MetaFeatures):
+        raise ConfigError("verify needs a dataset path to train on, not only meta-features")
+    options = VerifyOptions(
+        budget_minutes=budget_minutes, backend=backend, **(verify_options or {})
     )
-    configurable = {**configurable, "mlflow_run_id": run_id}
-    # Resuming the run makes it "active", which is what links the trace to it.
-    mlflow.start_run(run_id=run_id)
-    try:
-        with mlflow.start_span(name="recommend") as span:
-            span.set_inputs({k: str(v)[:200] for k, v in inputs.items() if k != "shortlist"})
-            try:
-                final = _invoke(inputs, configurable, hooks)
-            except KeyboardInterrupt:  # not an Exception: the span would otherwise end "OK"
-                span.set_status("ERROR")
-                raise
-            result = _result(final)
-            span.set_outputs(result.model_dump(mode="json", exclude={"meta_features"}))
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
-        _close(mlflow, "KILLED")
-        raise
-    except BaseException:
-        _close(mlflow, "FAILED")
-        raise
-    status = "FAILED" if result.tracking_error else "FINISHED"
-    problem = _close(mlflow, status, run_id=run_id, note=result.tracking_error)
-    if problem and not result.tracking_error:
-        result = result.model_copy(update={"tracking_error": problem})
-    return result
-
-
-def _close(
-    mlflow: Any, status: str, *, run_id: str | None = None, note: str | None = None
-) -> str | None:
-    """End the active run with ``status``; never raises (returns the reason it failed)."""
-    reason: str | None = None
-    with contextlib.suppress(Exception):  # a lost trace must not cost the answer
-        mlflow.flush_trace_async_logging()
-    if run_id is not None and note:
-        with contextlib.suppress(Exception):  # the store that failed the record may fail too
-            tracking.client().set_tag(run_id, "metallmix.tracking_error", note)
-    try:
-        mlflow.end_run(status)
-    except Exception as exc:
-        reason = tracking.redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:500]
-        with contextlib.suppress(Exception):  # leave no active run behind in this process
-            mlflow.tracking.fluent._active_run_stack.get().clear()
-    return reason
-
-
-def _stem(data: Any) -> str | None:
-    return Path(str(data)).stem if data else None
-
-
-def _result(final: Any) -> Recommendation:
-    rec = final["recommendation"] if isinstance(final, dict) else final.recommendation
-    if rec is None:  # pragma: no cover - the graph always ends with one (or raises)
-        raise MetaLLMiXError("the recommendation graph ended without a recommendation")
-    if isinstance(rec, dict):
-        rec = Recommendation.model_validate(rec)
-    run_id = final.get("mlflow_run_id") if isinstance(final, dict) else None
-    if run_id and rec.mlflow_run_id != run_id:
-        rec = rec.model_copy(update={"mlflow_run_id": run_id})
-    return rec
+    return session.verify(
+        data,
+        verify,
+        replace(settings, compute=None),  # the verified shortlist fixes the regime: CPU
+        modality=modality,
+        name=name,
+        shortlist=shortlist,
+        max_attempts=max_attempts,
+        options=options,
+        hooks=Hooks(on_node, None, progress),
+    )
 
 
 def validate(
@@ -372,41 +157,13 @@ def validate(
     training has started never costs the result: it is returned, with the reason in
     ``record.provenance.notes["mlflow_logging_error"]``.
     """
-    store = resolve_kb(kb, read_only=False)  # the validated run joins the KB
-    dataset = load_dataset(Path(data), modality=modality, seed=seed)
-    if track:
-        nest = recording.validation_nesting(recommendation)
-    else:
-        nest = recording.Nesting("metallmix-validation", f"validate {recommendation.model}", {})
-    hook = None
-    if progress:
-        hook = epoch_printer(recommendation.hyperparameters.epochs)
-    record = run_trial(
-        dataset,
-        RunSpec(
-            model=recommendation.model,
-            hp=recommendation.hyperparameters,
-            seed=seed,
-            parent_run_id=recommendation.mlflow_run_id if track else None,
-            pretrained=recommendation.pretrained,
-            tags={"metallmix.recommendation": recommendation.candidate_id, **nest.tags},
-            experiment=nest.experiment,
-            run_name=nest.run_name,
-        ),
-        kb=store,
-        settings=TrialSettings(
-            max_train_images=max_train_images, threads=threads, progress=hook, track=track
-        ),
+    return Session(kb, learners=_LEARNERS).validate(
+        recommendation,
+        data,
+        seed,
+        modality=modality,
+        max_train_images=max_train_images,
+        threads=threads,
+        progress=progress,
+        track=track,
     )
-    if not track:
-        return record
-    try:
-        recording.link_validation(recommendation, record)
-    except Exception as exc:  # the training result is known: tracking must not cost it
-        problem = tracking.redact_text(f"linking to the recommendation's run failed: {exc}")
-        notes = {**record.provenance.notes}
-        notes.setdefault("mlflow_logging_error", problem[:500])
-        record = record.model_copy(
-            update={"provenance": record.provenance.model_copy(update={"notes": notes})}
-        )
-    return record

@@ -12,21 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from metallmix.errors import KnowledgeBaseError
 from metallmix.graphs.resources import KbSpec, resolve_kb
-from metallmix.tools.kb.regime import (
-    REGIME_DESCRIPTION,
-    REGIME_SPACE,
-    Regime,
-    check_regime,
-    counts_by_regime,
-)
-from metallmix.tools.kb.regime_view import regime_kb
+from metallmix.tools.kb.regime import REGIME_DESCRIPTION, REGIME_SPACE, check_regime
 from metallmix.tools.meta import metric as m
 from metallmix.tools.meta.contracts import Shortlist
-from metallmix.tools.meta.metric import metric_of_runs
-from metallmix.tools.meta.search_space import get_space
-from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.meta.shortlist import regime_shortlist as tools_regime_shortlist
 from metallmix.tools.metafeatures import MetaFeatures, compute_meta_features
 
 
@@ -40,18 +30,9 @@ def regime_shortlist(
 ) -> Shortlist:
     """The scored shortlist for ``data`` from the ``compute`` regime's runs and space,
     carrying that regime's metric (as the graph's shortlist node makes it)."""
-    regime: Regime = check_regime(compute)
-    store = resolve_kb(kb, read_only=True)
-    if counts_by_regime(store.iter_records())[regime] == 0:
-        raise KnowledgeBaseError(
-            f"the knowledge base {store.location} holds no {regime} run "
-            f"({REGIME_DESCRIPTION[regime]})"
-        )
     mf = data if isinstance(data, MetaFeatures) else compute_meta_features(Path(data))
-    view = regime_kb(store, regime)
-    shortlist = build_shortlist(mf, view, n=n, space=get_space(REGIME_SPACE[regime]), seed=seed)
-    metric, note = metric_of_runs(view.iter_records())
-    return shortlist.model_copy(update={"metric": metric, "metric_note": note, "regime": regime})
+    store = resolve_kb(kb, read_only=True)
+    return tools_regime_shortlist(mf, store, check_regime(compute), n=n, seed=seed)
 
 
 def preview(shortlist: Shortlist) -> dict[str, Any]:

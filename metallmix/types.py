@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from metallmix.tools.kb.records import Fidelity, RunRecord
     from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
     from metallmix.tools.metafeatures import MetaFeatures
-    from metallmix.tools.training.verify import CandidateResult, RunResult, VerifyResult
+    from metallmix.tools.training.halving import CandidateResult, RunResult, VerifyResult
     from metallmix.verify import VerifiedRecommendation
 
 _WHERE = {
@@ -35,9 +35,9 @@ _WHERE = {
     "ShapFact": "metallmix.tools.meta.contracts",
     "SimilarRun": "metallmix.tools.meta.contracts",
     # recommend(verify=K)'s verification
-    "VerifyResult": "metallmix.tools.training.verify",
-    "CandidateResult": "metallmix.tools.training.verify",
-    "RunResult": "metallmix.tools.training.verify",
+    "VerifyResult": "metallmix.tools.training.halving",
+    "CandidateResult": "metallmix.tools.training.halving",
+    "RunResult": "metallmix.tools.training.halving",
     # validate() returns a run record; the dataset description
     "RunRecord": "metallmix.tools.kb.records",
     "Fidelity": "metallmix.tools.kb.records",

@@ -12,8 +12,8 @@ Re-running the same call continues: the Optuna study (named from the dataset, K,
 and the settings) stores the zero-shot recommendation and the plan, so a resumed call
 neither asks the LLM again nor retrains a finished run; it only runs what is missing.
 
-The zero-shot answer itself comes from the caller (:func:`metallmix.recommend` passes a
-``zero_shot`` function), so this module never imports the API that imports it.
+:meth:`metallmix.Session.verify` runs the steps: :func:`plan_verification`, the shortlist
+(:func:`verify_shortlist`), the session's own zero-shot answer, :func:`run_verification`.
 """
 
 from __future__ import annotations
@@ -23,24 +23,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 from pydantic import ConfigDict
 
 from metallmix.agents.schemas import Recommendation
 from metallmix.errors import ConfigError
-from metallmix.graphs.configuration import Configuration
-from metallmix.graphs.resources import KbSpec, LlmSpec, regime_kb_for, resolve_kb, space_for
+from metallmix.graphs.resources import KbSpec, LlmSpec, resolve_kb
 from metallmix.progress import step_line
 from metallmix.tools import tracking
-from metallmix.tools.datasets import load_dataset
+from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, Shortlist
 from metallmix.tools.meta.landmarks import attach_landmarks
-from metallmix.tools.meta.metric import metric_of_runs
-from metallmix.tools.meta.portfolio import VERIFY_RULE, check_rule
-from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.meta.portfolio import VERIFY_RULE, Rule, check_rule
+from metallmix.tools.meta.search_space import get_space
+from metallmix.tools.meta.shortlist import (
+    FACTS_PER_CANDIDATE,
+    ShortlistOptions,
+    regime_shortlist,
+)
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.backends import ExecutionBackend, make_backend
 from metallmix.tools.training.halving import (
@@ -55,11 +58,7 @@ from metallmix.tools.training.halving import (
 )
 from metallmix.tools.training.settings import TrialSettings
 
-__all__ = ["VerifiedRecommendation", "VerifyOptions", "ZeroShot", "recommend_verified"]
-
-# The zero-shot recommendation for a shortlist, from the caller: ``zero_shot(shortlist,
-# kb, dataset_name)`` runs the graph on that shortlist with that (writable) KB.
-ZeroShot: TypeAlias = Callable[[Shortlist, KnowledgeBase, str], Recommendation]
+__all__ = ["VerifiedRecommendation", "VerifyOptions"]
 
 
 class VerifiedRecommendation(Recommendation):
@@ -114,18 +113,11 @@ def hedge_first(candidates: list[Candidate], zero_shot_id: str, k: int) -> list[
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """How a recommendation is verified: ``k`` candidates trained with successive halving.
+    """How ``recommend(..., verify=K)`` trains: the budget (minutes of summed training,
+    earlier invocations of the same study included), the backend (``"local"``, ``"ray"`` or
+    an ExecutionBackend), the Optuna study and its storage, the training caps, the rung
+    schedule, a per-run hook and the shortlist's hedging rule."""
 
-    ``budget_minutes`` bounds the summed training time (earlier invocations of the same
-    study included); ``backend`` is ``"local"``, ``"ray"`` or an ExecutionBackend;
-    ``study``/``storage`` name the Optuna study (default: derived from the dataset, K, the
-    seed and these settings); ``max_train_images``, ``max_val_images`` and ``threads`` cap
-    each run; ``first_rung_epochs`` fixes the first rung (default: from the KB's learning
-    curves); ``shortlist_rule`` picks the K (top, portfolio or family); ``on_run`` is called
-    as each run ends.
-    """
-
-    k: int
     budget_minutes: float | None = None
     backend: Any | None = None
     study: str | None = None
@@ -138,29 +130,38 @@ class VerifyOptions:
     shortlist_rule: str = VERIFY_RULE
 
 
-def recommend_verified(
+@dataclass
+class VerifyPlan:
+    """What a verification starts from: the dataset, the writable store and its snapshot
+    (read once: the shortlist, the zero-shot answer and the trials' KB priors see one
+    content), the study and, when the same call ran before, its stored zero-shot answer."""
+
+    dataset: Dataset
+    store: KnowledgeBase
+    snapshot: KBSnapshot
+    rule: Rule
+    settings: dict[str, Any]
+    study_name: str
+    stored: Recommendation | None
+
+
+def plan_verification(
     data: str | os.PathLike[str],
-    zero_shot: ZeroShot,
+    k: int,
     options: VerifyOptions,
     *,
-    modality: str | None = None,
-    llm: LlmSpec = None,
-    kb: KbSpec = None,
-    seed: int = 0,
-    shortlist: Shortlist | None = None,
-    space: str | None = None,
-    n_candidates: int = 5,
-) -> VerifiedRecommendation:
-    """``zero_shot`` on the CPU-regime shortlist, then successive halving over its top
-    ``options.k`` candidates (called by :func:`metallmix.recommend` with ``verify=k``).
-
-    ``llm`` only names the model in the study's fingerprint (``zero_shot`` loads it).
-    """
-    k, budget_minutes, backend = options.k, options.budget_minutes, options.backend
+    kb: KbSpec,
+    llm: LlmSpec,
+    seed: int,
+    space: str | None,
+    modality: str | None,
+) -> VerifyPlan:
+    """Check the request, load the dataset, read the KB and find the study (``llm`` only
+    names the model in the study's fingerprint)."""
     if k < 1:
         raise ConfigError(f"--verify must be at least 1 candidate, got {k}")
-    if budget_minutes is not None and budget_minutes <= 0:
-        raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
+    if options.budget_minutes is not None and options.budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be positive, got {options.budget_minutes}")
     rule = check_rule(options.shortlist_rule)
     path = Path(data).expanduser()
     if path.suffix.lower() == ".json":  # how compute_meta_features tells a card
@@ -171,7 +172,6 @@ def recommend_verified(
         )
     dataset = load_dataset(path, modality=modality, seed=seed)
     store = resolve_kb(kb, read_only=False)  # verified runs join the KB
-    # Read once: the shortlist, the zero-shot answer and the trials' KB priors see one content.
     snapshot = KBSnapshot.of(store)
     settings = {
         "data": str(path.resolve()),
@@ -185,57 +185,88 @@ def recommend_verified(
     }
     study_name = options.study or default_study_name(dataset.name, k, seed, fingerprint=settings)
     plan = load_plan(options.storage, study_name)
+    stored = None
     if plan is not None and "recommendation" in plan:
-        rec = Recommendation.model_validate(plan["recommendation"])
-        candidates = []  # the stored plan's candidates are used
-    else:
-        if shortlist is None:
-            # Verification trains here, with the CPU trainer: learn from CPU-regime runs.
-            cfg = Configuration(space=space, kb_instance=store, seed=seed, compute="cpu")
-            mf = compute_meta_features(path, modality=modality)
-            mf, _, measured = attach_landmarks(mf, dataset)  # the zero-shot answer reads them
-            step_line(measured)
-            regime, regime_store = regime_kb_for(cfg, snapshot)
-            shortlist = build_shortlist(
-                mf,
-                regime_store,
-                n=max(n_candidates, k),
-                space=space_for(cfg, regime),
-                seed=seed,
-                rule=rule,
-            )
-            metric, note = metric_of_runs(regime_store.iter_records())
-            shortlist = shortlist.model_copy(
-                update={"metric": metric, "metric_note": note, "regime": regime}
-            )
-        found = shortlist.candidates
-        distinct = len(select(found, len(found), _top(shortlist))) if found else 0
-        if k > distinct:
-            raise ConfigError(
-                f"--verify {k} asks for more candidates than there are: the shortlist holds "
-                f"{distinct} distinct configuration(s) for this dataset and search space; "
-                f"use --verify {distinct} or fewer"
-            )
-        rec = zero_shot(shortlist, snapshot, dataset.name)
-        candidates = list(shortlist.candidates)
-        if rule != "top":  # train the hedge as chosen, not re-sorted by score
-            candidates = hedge_first(candidates, rec.candidate_id, k)
+        stored = Recommendation.model_validate(plan["recommendation"])
+    return VerifyPlan(dataset, store, snapshot, rule, settings, study_name, stored)
+
+
+def verify_shortlist(
+    plan: VerifyPlan,
+    data: str | os.PathLike[str],
+    k: int,
+    *,
+    n_candidates: int,
+    seed: int,
+    space: str | None,
+    modality: str | None,
+) -> Shortlist:
+    """The shortlist to verify: verification trains here, with the CPU trainer, so it is
+    learnt from the CPU-regime runs (and carries the SHAP facts the zero-shot answer cites)."""
+    mf = compute_meta_features(Path(data).expanduser(), modality=modality)
+    mf, _, measured = attach_landmarks(mf, plan.dataset)  # the zero-shot answer reads them
+    step_line(measured)
+    return regime_shortlist(
+        mf,
+        plan.snapshot,
+        "cpu",
+        n=max(n_candidates, k),
+        seed=seed,
+        space=get_space(space) if space else None,
+        options=ShortlistOptions(rule=plan.rule, facts_per_candidate=FACTS_PER_CANDIDATE),
+    )
+
+
+def check_k(shortlist: Shortlist, k: int) -> None:
+    """``k`` must not exceed the distinct configurations the shortlist holds."""
+    found = shortlist.candidates
+    distinct = len(select(found, len(found), _top(shortlist))) if found else 0
+    if k > distinct:
+        raise ConfigError(
+            f"--verify {k} asks for more candidates than there are: the shortlist holds "
+            f"{distinct} distinct configuration(s) for this dataset and search space; "
+            f"use --verify {distinct} or fewer"
+        )
+
+
+def to_train(plan: VerifyPlan, shortlist: Shortlist, zero_shot_id: str, k: int) -> list[Candidate]:
+    """The candidates handed to successive halving: the shortlist, or under a hedging rule
+    the hedge as chosen (not re-sorted by score)."""
+    candidates = list(shortlist.candidates)
+    if plan.rule != "top":
+        candidates = hedge_first(candidates, zero_shot_id, k)
+    return candidates
+
+
+def run_verification(
+    plan: VerifyPlan,
+    rec: Recommendation,
+    candidates: list[Candidate],
+    *,
+    k: int,
+    seed: int,
+    options: VerifyOptions,
+) -> VerifiedRecommendation:
+    """Successive halving over ``candidates`` (none: the stored plan's) with the zero-shot
+    answer ``rec``; the verdict is logged on the recommendation's run too."""
+    backend = options.backend
     owned = backend is None or isinstance(backend, str)
     engine: ExecutionBackend = (
         make_backend(backend or "local") if owned else backend  # type: ignore[assignment]
     )
+    budget = options.budget_minutes
     try:
         result = run_verify(
-            dataset,
+            plan.dataset,
             candidates,
             zero_shot_id=rec.candidate_id,
             halving=HalvingSpec(
                 k=k,
                 seed=seed,
-                budget_seconds=budget_minutes * 60 if budget_minutes is not None else None,
+                budget_seconds=budget * 60 if budget is not None else None,
                 first_rung_epochs=options.first_rung_epochs,
                 storage=options.storage,
-                study_name=study_name,
+                study_name=plan.study_name,
                 parent_run_id=rec.mlflow_run_id,
             ),
             settings=TrialSettings(
@@ -244,9 +275,12 @@ def recommend_verified(
                 threads=options.threads,
                 backend=engine,
             ),
-            kb=store,
-            kb_records=snapshot.runs,
-            extra_plan={"recommendation": rec.model_dump(mode="json"), "settings": settings},
+            kb=plan.store,
+            kb_records=plan.snapshot.runs,
+            extra_plan={
+                "recommendation": rec.model_dump(mode="json"),
+                "settings": plan.settings,
+            },
             on_run=options.on_run,
         )
     finally:

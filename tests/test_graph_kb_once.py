@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 import metallmix
 from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.benchmarks.synthetic import synthetic_records
@@ -51,3 +53,31 @@ def test_a_recommendation_reads_the_kb_once(tmp_path: Path) -> None:
     assert shap == {f"shap/waterfall_{rec.candidate_id}.png", "shap/global_bar.png"}
     params = client.get_run(rec.mlflow_run_id).data.params
     assert params["llm"] == "scripted" and params["kb_hash"]
+
+
+def test_a_served_run_given_plain_values_reads_the_kb_once(
+    tmp_path: Path, scripted: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Studio sends the context as plain values: the first node that needs the KB opens and
+    reads it from the ``kb`` path, and the later nodes find it on the run's context."""
+    from metallmix.graphs import resources
+    from metallmix.graphs.graph import build_graph
+
+    path = tmp_path / "kb.sqlite"
+    SQLiteKnowledgeBase(path).add(synthetic_records(5, 24, seed=7))
+    mf = next(SQLiteKnowledgeBase(path).iter_records()).meta_features
+    reads: list[str] = []
+    real_of = resources.KBSnapshot.of
+
+    def counting_of(kb: object) -> object:
+        if not isinstance(kb, resources.KBSnapshot):  # a snapshot is returned as it is
+            reads.append(str(getattr(kb, "location", kb)))
+        return real_of(kb)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resources.KBSnapshot, "of", counting_of)
+    context = {"kb": str(path), "compute": "cpu", "track": False, "judge_with_llm": False}
+    final = build_graph(internal_inputs=True).invoke(
+        {"meta_features": mf, "max_attempts": 1}, context=context
+    )
+    assert final["recommendation"].model  # answered (the scripted model, or the fallback)
+    assert reads == [str(path)]

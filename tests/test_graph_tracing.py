@@ -13,7 +13,9 @@ from test_graph_unit import GOOD, SCORES, make_shortlist
 from metallmix import api
 from metallmix.agents.runtime.fake import ScriptedLLM
 from metallmix.graphs import tracing
+from metallmix.graphs.configuration import Context
 from metallmix.graphs.graph import build_graph
+from metallmix.graphs.resources import RunResources, resolve_kb
 from metallmix.tools import tracking
 
 NODE_SPANS = {"recommend", "features", "retrieve", "shortlist", "evidence", "recommender_1"}
@@ -29,10 +31,9 @@ def _served_run(llm: ScriptedLLM, **inputs: Any) -> dict[str, Any]:
         "dataset_name": "breast",
         **inputs,
     }
-    configurable = api._configurable(llm, None, 0, track=True)
-    out: dict[str, Any] = build_graph(internal_inputs=True).invoke(
-        state, config={"configurable": configurable}
-    )
+    # live resources, as a session passes them, but no run opened: the graph opens its own
+    context = Context(track=True, resources=RunResources(resolve_kb(None), llm))
+    out: dict[str, Any] = build_graph(internal_inputs=True).invoke(state, context=context)
     return out
 
 
@@ -82,10 +83,12 @@ def test_a_failing_served_run_closes_its_trace_and_run() -> None:
 
 def test_an_untracked_served_run_opens_nothing() -> None:
     shortlist = make_shortlist()
-    configurable = api._configurable(ScriptedLLM([GOOD, SCORES]), None, 0, track=False)
+    context = Context(
+        track=False, resources=RunResources(resolve_kb(None), ScriptedLLM([GOOD, SCORES]))
+    )
     final = build_graph(internal_inputs=True).invoke(
         {"shortlist": shortlist, "meta_features": shortlist.meta_features},
-        config={"configurable": configurable},
+        context=context,
     )
     assert final.get("mlflow_run_id") is None and final.get("trace_id") is None
     assert tracing.open_runs() == 0

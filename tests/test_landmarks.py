@@ -253,11 +253,11 @@ def test_the_features_node_measures_images_and_says_a_card_has_none(
 
 def test_the_recommendation_run_records_the_landmarks_and_their_cost() -> None:
     from metallmix.graphs import recording
-    from metallmix.graphs.configuration import Configuration
+    from metallmix.graphs.configuration import Context
     from metallmix.graphs.state import RecommendationState
 
     state = RecommendationState(landmarks_note="landmarks: pixels 0.70", landmarks_seconds=2.5)
     assert ("landmarks_seconds", 2.5, 0) in recording._metrics(state)
-    assert recording._params(state, Configuration())["landmarks"] == "landmarks: pixels 0.70"
+    assert recording._params(state, Context())["landmarks"] == "landmarks: pixels 0.70"
     card = RecommendationState(landmarks_note=L.MISSING_NO_IMAGES)
     assert not [m for m in recording._metrics(card) if m[0] == "landmarks_seconds"]

@@ -26,7 +26,7 @@ from metallmix.tools.meta.portfolio import (
     kb_score_matrix,
 )
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
-from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.meta.shortlist import ShortlistOptions, regime_shortlist
 from metallmix.verify import hedge_first
 
 # Candidates 0 and 1 are near-copies, both good on KB datasets A and B; candidate 2 is the
@@ -109,14 +109,21 @@ def test_kb_scores_are_the_learners_predictions_on_each_kb_dataset(objective: st
         np.testing.assert_allclose(matrix[:, j], expected, atol=1e-12)
 
 
-def test_build_shortlist_under_each_rule(tmp_path: Path) -> None:
+def test_shortlist_under_each_rule(tmp_path: Path) -> None:
     """The hedging rules keep the meta-learner's best first, then hedge; a bad name fails."""
     kb = SQLiteKnowledgeBase(tmp_path / "kb.sqlite")
     kb.add(synthetic_records(5, 24, seed=7))
     mf = next(kb.iter_records()).meta_features
     fast = MetaLearnerConfig(n_estimators=30, max_depth=3, nthread=1)
     built = {
-        rule: build_shortlist(mf, kb, n=4, seed=2, n_samples=60, learner_config=fast, rule=rule)
+        rule: regime_shortlist(
+            mf,
+            kb,
+            None,
+            n=4,
+            seed=2,
+            options=ShortlistOptions(rule, n_samples=60, learner_config=fast),
+        )
         for rule in ("top", "portfolio", "family")
     }
     best = max(built["top"].candidates, key=lambda c: c.score)
@@ -128,7 +135,8 @@ def test_build_shortlist_under_each_rule(tmp_path: Path) -> None:
     # the family rule trains a pretrained backbone and a scratch CNN, whatever ranks first
     assert len({c.pretrained for c in built["family"].candidates}) == 2
     with pytest.raises(ConfigError, match="shortlist rule 'best'"):
-        build_shortlist(mf, kb, n=4, n_samples=60, learner_config=fast, rule="best")  # type: ignore[arg-type]
+        bad = ShortlistOptions("best", n_samples=60, learner_config=fast)  # type: ignore[arg-type]
+        regime_shortlist(mf, kb, None, n=4, options=bad)
 
 
 def _cand(cid: str, lr: float, score: float) -> Candidate:

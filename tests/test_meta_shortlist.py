@@ -1,4 +1,4 @@
-"""build_shortlist: the contract the agent relies on, on a small KB the test builds."""
+"""regime_shortlist: the contract the agent relies on, on a small KB the test builds."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ import pytest
 
 from metallmix.benchmarks.synthetic import LR_OPTIMUM, synthetic_records
 from metallmix.errors import KnowledgeBaseError
+from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Shortlist
-from metallmix.tools.meta.metalearner import MetaLearnerConfig
+from metallmix.tools.meta.metalearner import MetaLearnerConfig, fit_or_load
+from metallmix.tools.meta.retrieval import load_or_build
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE
-from metallmix.tools.meta.shortlist import build_shortlist, diverse_top, kb_coverage
+from metallmix.tools.meta.shortlist import (
+    FACTS_PER_CANDIDATE,
+    ShortlistOptions,
+    diverse_top,
+    kb_coverage,
+    regime_shortlist,
+    retrieve,
+)
 
 FAST = MetaLearnerConfig(n_estimators=60, max_depth=4)
+SMALL = ShortlistOptions(n_samples=60, learner_config=FAST)
 
 
 @pytest.fixture
@@ -27,9 +37,13 @@ def kb(tmp_path: Path) -> SQLiteKnowledgeBase:
 def test_shortlist_contract(kb: SQLiteKnowledgeBase) -> None:
     records = list(kb.iter_records())
     mf = records[0].meta_features
-    result = build_shortlist(
-        mf, kb, n=4, seed=1, exclude_datasets={"synth00"}, n_samples=120, learner_config=FAST
+    options = ShortlistOptions(
+        exclude_datasets=frozenset({"synth00"}),
+        n_samples=120,
+        learner_config=FAST,
+        facts_per_candidate=FACTS_PER_CANDIDATE,
     )
+    result = regime_shortlist(mf, kb, None, n=4, seed=1, options=options)
     assert isinstance(result, Shortlist)
     Shortlist.model_validate_json(result.model_dump_json())
     assert [c.candidate_id for c in result.candidates] == ["c1", "c2", "c3", "c4"]
@@ -54,8 +68,8 @@ def test_shortlist_contract(kb: SQLiteKnowledgeBase) -> None:
 
 def test_shortlist_is_deterministic(kb: SQLiteKnowledgeBase) -> None:
     mf = next(kb.iter_records()).meta_features
-    a = build_shortlist(mf, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
-    b = build_shortlist(mf, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
+    a = regime_shortlist(mf, kb, None, n=3, seed=2, options=SMALL)
+    b = regime_shortlist(mf, kb, None, n=3, seed=2, options=SMALL)
     assert a.model_dump() == b.model_dump()
 
 
@@ -63,7 +77,26 @@ def test_empty_kb_is_a_clear_error(tmp_path: Path) -> None:
     kb = SQLiteKnowledgeBase(tmp_path / "empty.sqlite")
     mf = synthetic_records(1, 1)[0].meta_features
     with pytest.raises(KnowledgeBaseError, match="at least"):
-        build_shortlist(mf, kb, learner_config=FAST)
+        regime_shortlist(mf, kb, None, options=ShortlistOptions(learner_config=FAST))
+
+
+def test_one_shortlist_whether_learner_and_runs_are_given_or_not(kb: SQLiteKnowledgeBase) -> None:
+    """The graph hands in its session's learner and its retrieve node's runs; the CLI, the
+    regime preview and ``verify`` let the function fit and retrieve: one content, one
+    shortlist, carrying the regime's metric. A regime the KB lacks is the regime error."""
+    mf = next(kb.iter_records()).meta_features
+    alone = regime_shortlist(mf, kb, "cpu", n=3, seed=2, options=SMALL)
+    assert alone.regime == "cpu" and alone.metric == "accuracy" and not alone.facts
+    snapshot = KBSnapshot.of(kb)
+    digest = snapshot.content_hash()
+    learner = fit_or_load(snapshot, FAST, records=snapshot.runs, kb_hash=digest)
+    found = retrieve(mf, load_or_build(snapshot, records=snapshot.runs, kb_hash=digest))
+    given = regime_shortlist(
+        mf, snapshot, "cpu", n=3, seed=2, learner=learner, found=found, options=SMALL
+    )
+    assert given.model_dump() == alone.model_dump()
+    with pytest.raises(KnowledgeBaseError, match="holds no gpu run"):
+        regime_shortlist(mf, kb, "gpu", options=SMALL)
 
 
 def test_diverse_top_prefers_distinct_models() -> None:
@@ -97,8 +130,8 @@ def test_ood_flag_on_a_far_away_card(kb: SQLiteKnowledgeBase) -> None:
     ood, reasons = kb_coverage(far, records, train_sizes=CPU_ZOO_SPACE.image_sizes())
     assert ood and any(r.startswith("n_classes 1,000 is outside") for r in reasons)
     assert any("x the KB's largest" in r for r in reasons)  # says how far
-    inside = build_shortlist(near, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
-    outside = build_shortlist(far, kb, n=3, seed=2, n_samples=60, learner_config=FAST)
+    inside = regime_shortlist(near, kb, None, n=3, seed=2, options=SMALL)
+    outside = regime_shortlist(far, kb, None, n=3, seed=2, options=SMALL)
     assert not inside.ood and outside.ood and outside.ood_reasons == reasons
     width = [c.accuracy_high - c.accuracy_low for c in inside.candidates]
     wide = [c.accuracy_high - c.accuracy_low for c in outside.candidates]

@@ -85,14 +85,19 @@ def recommendation() -> Any:
     from metallmix.agents.runtime.fake import ScriptedLLM
     from metallmix.cli.recommend import example_card
     from metallmix.tools.kb.store import open_kb
-    from metallmix.tools.meta.shortlist import build_shortlist
+    from metallmix.tools.meta.shortlist import (
+        FACTS_PER_CANDIDATE,
+        ShortlistOptions,
+        regime_shortlist,
+    )
     from metallmix.tools.metafeatures import compute_meta_features
 
     kb = open_kb()  # the shipped KB under an empty (test) workspace
     if not kb.run_ids():
         pytest.skip("the shipped KB is empty in this checkout")
     mf = compute_meta_features(example_card("isic2018"))
-    shortlist = build_shortlist(mf, kb, n=5, seed=0)
+    with_facts = ShortlistOptions(facts_per_candidate=FACTS_PER_CANDIDATE)
+    shortlist = regime_shortlist(mf, kb, None, n=5, seed=0, options=with_facts)
     answer = _scripted_answer(shortlist)
     return metallmix.recommend(
         None,

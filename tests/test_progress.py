@@ -101,11 +101,11 @@ def test_api_recommend_reports_a_slow_llm_load_and_kb_read(
 
     import metallmix
     from metallmix.cli.recommend import example_card
-    from metallmix.graphs import nodes
     from metallmix.graphs import resources as graph_resources
+    from metallmix.graphs.resources import RunResources
 
     real_load = graph_resources.runtime_llm.load_llm
-    real_run_kb = nodes.run_kb
+    real_run_kb = RunResources.run_kb
     shortlisted = threading.Event()
 
     def slow_load(*args: object, **kwargs: object) -> object:
@@ -123,7 +123,7 @@ def test_api_recommend_reports_a_slow_llm_load_and_kb_read(
         return real_run_kb(*args, **kwargs)
 
     monkeypatch.setattr(graph_resources.runtime_llm, "load_llm", slow_load)
-    monkeypatch.setattr(nodes, "run_kb", slow_run_kb)
+    monkeypatch.setattr(RunResources, "run_kb", slow_run_kb)
     card = example_card("chest-xray")
     metallmix.recommend(card, kb=kb, track=False, compute="cpu", on_node=on_node)
     err = capsys.readouterr().err

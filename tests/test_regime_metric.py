@@ -194,22 +194,27 @@ def test_resolve_regime_explicit_default_and_fallback(
 def test_shortlist_node_uses_the_regimes_space_and_runs(
     mixed_kb: Path, compute: str, models: list[str], source: str
 ) -> None:
+    from langgraph.runtime import Runtime
+
     from metallmix.graphs import nodes
+    from metallmix.graphs.configuration import Context
+    from metallmix.graphs.resources import RunResources
     from metallmix.graphs.state import RecommendationState
 
     kb = SQLiteKnowledgeBase(mixed_kb)
-    config: Any = {"configurable": {"kb_instance": kb, "compute": compute, "track": False}}
+    resources = RunResources(kb, None)
+    runtime = Runtime(context=Context(compute=compute, track=False, resources=resources))
     state = RecommendationState(meta_features=ISIC, dataset_name="ISIC")
-    found = nodes.retrieve(state, config)  # the shortlist scores what retrieval found
+    found = nodes.retrieve(state, runtime)  # the shortlist scores what retrieval found
     state = state.model_copy(update={k: v for k, v in found.items() if k != "timings"})
-    shortlist = nodes.shortlist(state, config)["shortlist"]
+    shortlist = nodes.shortlist(state, runtime)["shortlist"]
     assert shortlist.regime == compute
     assert shortlist.candidates and all(c.model in models for c in shortlist.candidates)
     space = CPU_ZOO_SPACE if compute == "cpu" else QUICKTUNE_SPACE
     assert all(c.pretrained == space.is_pretrained(c.model) for c in shortlist.candidates)
     by_id = {r.run_id: r for r in kb.iter_records()}
     assert {by_id[s.run_id].source for s in shortlist.similar_runs} == {source}
-    retrieved = nodes.retrieve(state, config)["similar_runs"]
+    retrieved = nodes.retrieve(state, runtime)["similar_runs"]
     assert {by_id[s.run_id].source for s in retrieved} == {source}
     expected = "balanced_accuracy" if compute == "gpu" else "accuracy"
     assert shortlist.metric == expected

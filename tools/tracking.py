@@ -10,6 +10,7 @@ other's "active run". Experiments get their artifact root beside the tracking da
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import logging
@@ -236,3 +237,70 @@ def ui_hint(run_id: str, tracking_uri: str | None = None) -> tuple[str, str, str
     except Exception:  # the hint must never fail the command that printed the answer
         pass
     return store, command, url
+
+
+SOURCE_RUN = "mlflow.sourceRun"  # trace metadata key MLflow links a trace to its run by
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedRun:
+    """A running MLflow run and the root span of its trace (linked to the run)."""
+
+    run_id: str
+    root: Any  # mlflow LiveSpan, ended by :func:`close_traced_run`
+
+
+def open_traced_run(
+    experiment: str,
+    *,
+    kind: str,
+    root_span: str,
+    inputs: dict[str, Any],
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+) -> TracedRun:
+    """Start a run of ``kind`` and a root span ``root_span`` linked to it: the one opener of
+    a recommendation's run and trace, whether a session or a served graph run opens it.
+
+    The root is made without a context (a span cannot stay open across LangGraph's node
+    calls, which may run on other threads); each node adds a child with the root as parent.
+    """
+    import mlflow  # slow to import: only for a tracked run
+
+    uri = tracking_uri or config.tracking_uri()
+    exp_id = experiment_id(client(uri), experiment)
+    run_id = start_run(experiment, kind=kind, run_name=run_name, tracking_uri=uri)
+    mlflow.set_tracking_uri(uri)
+    root = mlflow.start_span_no_context(
+        name=root_span, inputs=inputs, metadata={SOURCE_RUN: run_id}, experiment_id=exp_id
+    )
+    return TracedRun(run_id=run_id, root=root)
+
+
+def close_traced_run(
+    opened: TracedRun,
+    status: str,
+    *,
+    outputs: Any = None,
+    note: str | None = None,
+    span_status: str | None = None,
+    tracking_uri: str | None = None,
+) -> str | None:
+    """End the root span (``span_status``; default ``OK`` for a finished run, else
+    ``ERROR``) and the run with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``), tagging
+    ``note`` as the tracking error. Never raises: returns why the run could not be ended."""
+    import mlflow  # already imported by the opener
+
+    span_status = span_status or ("OK" if status == "FINISHED" else "ERROR")
+    with contextlib.suppress(Exception):  # a lost trace must not cost the answer
+        opened.root.end(outputs=outputs, status=span_status)
+    with contextlib.suppress(Exception):
+        mlflow.flush_trace_async_logging()
+    if note:
+        with contextlib.suppress(Exception):  # the store that failed the record may fail too
+            client(tracking_uri).set_tag(opened.run_id, "metallmix.tracking_error", note)
+    try:
+        end_run(opened.run_id, status, tracking_uri)
+    except Exception as exc:
+        return redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:500]
+    return None

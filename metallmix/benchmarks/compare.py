@@ -64,18 +64,21 @@ from metallmix.graphs.resources import LlmSpec, resolve_llm
 from metallmix.tools import tracking
 from metallmix.tools.datasets import Dataset, load_dataset
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
-from metallmix.tools.kb.regime_view import regime_kb
+from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import SQLiteKnowledgeBase
 from metallmix.tools.meta.contracts import Candidate
 from metallmix.tools.meta.landmarks import attach_landmarks
-from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.search_space import (
     CPU_ZOO_SPACE,
     Choice,
     IntRange,
     SearchSpace,
 )
-from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.meta.shortlist import (
+    FACTS_PER_CANDIDATE,
+    ShortlistOptions,
+    regime_shortlist,
+)
 from metallmix.tools.metafeatures import compute_meta_features
 from metallmix.tools.training.halving import HalvingSpec, VerifyResult, run_verify
 from metallmix.tools.training.runner import RunSpec, run_trial
@@ -544,15 +547,11 @@ class _Run:
         mf, _, _ = attach_landmarks(compute_meta_features(view), view)
         mf_seconds = time.perf_counter() - started
         # Every method here trains on this CPU: learn only from the KB's CPU-regime runs.
-        cpu_kb = regime_kb(kb, "cpu")
+        snapshot = KBSnapshot.of(kb)  # read before the clock starts, as the graph does
         cache = tmp / f"cache-{dataset.name}"  # empty: the first call fits, the second loads
-        shortlist, cold = _timed_shortlist(mf, cpu_kb, self.settings, self.space, seed, cache)
-        again, warm = _timed_shortlist(mf, cpu_kb, self.settings, self.space, seed, cache)
+        shortlist, cold = _timed_shortlist(mf, snapshot, self.settings, self.space, seed, cache)
+        again, warm = _timed_shortlist(mf, snapshot, self.settings, self.space, seed, cache)
         same = _configs(again.candidates) == _configs(shortlist.candidates)  # reported
-        metric, note = metric_of_runs(cpu_kb.iter_records())
-        shortlist = shortlist.model_copy(
-            update={"metric": metric, "metric_note": note, "regime": "cpu"}
-        )
         shortlist_seconds = mf_seconds + cold
         child = self.child(f"{dataset.name}/metallmix", parent, f"{dataset.name}:metallmix")
         llm_fields: dict[str, Any] = {
@@ -884,8 +883,8 @@ class _Run:
         seed = self.settings.seeds[0]
         view = _train_view(dataset, self.settings.max_train_images, seed)
         mf, _, _ = attach_landmarks(compute_meta_features(view), view)
-        shortlist = build_shortlist(  # CPU-regime runs only, as in metallmix_config
-            mf, regime_kb(kb, "cpu"), n=self.settings.n_candidates, space=self.space, seed=seed
+        shortlist = regime_shortlist(  # CPU-regime runs only, as in metallmix_config
+            mf, kb, "cpu", n=self.settings.n_candidates, space=self.space, seed=seed
         )
         return list(shortlist.candidates)
 
@@ -952,10 +951,17 @@ def _cache_at(path: Path) -> Iterator[None]:
 def _timed_shortlist(
     mf: Any, kb: Any, settings: CompareSettings, space: SearchSpace, seed: int, cache: Path
 ) -> tuple[Any, float]:
-    """The CPU-regime shortlist and its wall time, its learner and index kept in ``cache``."""
+    """The CPU-regime shortlist (with its SHAP facts, as the graph explains it) and its wall
+    time, its learner and index kept in ``cache``."""
     started = time.perf_counter()
-    shortlist = build_shortlist(
-        mf, kb, n=settings.n_candidates, space=space, seed=seed, cache=cache
+    shortlist = regime_shortlist(
+        mf,
+        kb,
+        "cpu",
+        n=settings.n_candidates,
+        space=space,
+        seed=seed,
+        options=ShortlistOptions(facts_per_candidate=FACTS_PER_CANDIDATE, cache=cache),
     )
     return shortlist, time.perf_counter() - started
 

@@ -286,13 +286,21 @@ def shortlist(
 ) -> None:
     """A scored, diverse shortlist with SHAP facts: what the recommender chooses from."""
     # start-up time: the meta-learner stack (xgboost, faiss) loads only for this verb
-    from metallmix.tools.meta.shortlist import build_shortlist
+    from metallmix.tools.meta.shortlist import (
+        FACTS_PER_CANDIDATE,
+        ShortlistOptions,
+        regime_shortlist,
+    )
 
     store = open_kb(kb, read_only=True)
     mf, excluded = _meta_features(store, features, like, data, modality)
     chosen = get_space(space_name)
     with stderr.status("scoring candidates"):
-        result = build_shortlist(mf, store, n=n, space=chosen, seed=seed, exclude_datasets=excluded)
+        options = ShortlistOptions(
+            exclude_datasets=frozenset(excluded), facts_per_candidate=FACTS_PER_CANDIDATE
+        )
+        # the whole KB (regime None): the space is named here, not derived from a regime
+        result = regime_shortlist(mf, store, None, n=n, space=chosen, seed=seed, options=options)
     written: list[str] = []
     if plots is not None:
         written = [str(p) for p in _write_plots(store, result, plots, seed, excluded)]

@@ -20,7 +20,11 @@ from metallmix.tools.meta.explain import facts_for_rows
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
 from metallmix.tools.meta.retrieval import RetrievalIndex, load_or_build
 from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, make_hyperparameters
-from metallmix.tools.meta.shortlist import build_shortlist
+from metallmix.tools.meta.shortlist import (
+    FACTS_PER_CANDIDATE,
+    ShortlistOptions,
+    regime_shortlist,
+)
 from metallmix.tools.metafeatures import MetaFeatures
 
 
@@ -114,14 +118,19 @@ class MetaToolbox:
         return [r.model_dump(mode="json") for r in runs]
 
     def build_shortlist(self, n: int = 5) -> dict[str, Any]:
-        result = build_shortlist(
+        options = ShortlistOptions(
+            exclude_datasets=frozenset(self.exclude),
+            facts_per_candidate=FACTS_PER_CANDIDATE,
+            learner_config=self.learner_config,
+        )
+        result = regime_shortlist(
             self.meta_features,
             self.kb,
+            None,
             n=n,
             space=self.space,
             seed=self.seed,
-            exclude_datasets=self.exclude,
-            learner_config=self.learner_config,
+            options=options,
         )
         return result.model_dump(mode="json")
 

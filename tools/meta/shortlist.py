@@ -15,13 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metallmix.errors import KnowledgeBaseError
 from metallmix.tools.kb.records import Hyperparameters, RunRecord
+from metallmix.tools.kb.regime import REGIME_DESCRIPTION, REGIME_SPACE, Regime
+from metallmix.tools.kb.regime_view import regime_kb
 from metallmix.tools.kb.snapshot import KBSnapshot
 from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
 from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
+from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.portfolio import DEFAULT_RULE, Rule, check_rule, hedged
 from metallmix.tools.meta.retrieval import (
     DatasetScaler,
@@ -30,7 +34,7 @@ from metallmix.tools.meta.retrieval import (
     _similar,
     load_or_build,
 )
-from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace
+from metallmix.tools.meta.search_space import CPU_ZOO_SPACE, SearchSpace, get_space
 from metallmix.tools.metafeatures import MetaFeatures
 
 N_SAMPLES = 300
@@ -317,48 +321,84 @@ def diverse_top(models: list[str], scores: np.ndarray, n: int, *, per_model: int
     return picked
 
 
-def build_shortlist(
+@dataclass(frozen=True)
+class ShortlistOptions:
+    """How a shortlist is made beyond its size and seed (the defaults are the product's).
+
+    ``rule``: ``top`` or a hedging rule of :mod:`~metallmix.tools.meta.portfolio`.
+    ``exclude_datasets`` (dataset names or groups) are invisible to the meta-learner and to
+    retrieval, e.g. when the user's dataset is itself in the KB. ``facts_per_candidate``:
+    SHAP facts added per candidate (0: none; the graph adds them in its own node).
+    ``learner_config`` and ``cache`` (where the fitted meta-learner and retrieval index are
+    kept; an empty folder times a cold start) apply when no learner is given.
+    """
+
+    rule: Rule = DEFAULT_RULE
+    exclude_datasets: frozenset[str] = frozenset()
+    n_samples: int = N_SAMPLES
+    facts_per_candidate: int = 0
+    learner_config: MetaLearnerConfig | None = None
+    cache: Path | None = None
+
+
+def regime_shortlist(
     meta_features: MetaFeatures,
     kb: KnowledgeBase,
+    regime: Regime | None,
     *,
     n: int = 5,
-    space: SearchSpace | None = None,
     seed: int = 0,
-    exclude_datasets: set[str] | None = None,
-    n_samples: int = N_SAMPLES,
-    facts_per_candidate: int = FACTS_PER_CANDIDATE,
-    learner_config: MetaLearnerConfig | None = None,
-    cache: Path | None = None,
-    rule: Rule = DEFAULT_RULE,
+    space: SearchSpace | None = None,
+    learner: MetaLearner | None = None,
+    found: Retrieved | None = None,
+    options: ShortlistOptions | None = None,
 ) -> Shortlist:
-    """Scored, diverse shortlist with SHAP facts and similar runs: the agent's evidence.
+    """The scored, diverse shortlist for ``meta_features`` from the ``regime``'s runs of
+    ``kb`` (a store or a snapshot), carrying that regime's metric: the one place the steps
+    regime -> view -> retrieval -> scoring -> metric are written. The graph's ``shortlist``
+    node, ``recommend(verify=K)``, the other-regime preview and the CLI all call it.
 
-    The graph runs the same steps as separate nodes (:func:`retrieve`, :func:`rank`,
-    :func:`explain_shortlist`); this is them in one call, for the CLI and the benchmarks.
-    ``exclude_datasets`` (dataset names or dataset groups) are invisible to the meta-learner
-    and to retrieval, e.g. when the user's dataset is itself in the KB. ``cache`` is where
-    the fitted meta-learner and retrieval index are kept (default: the user's cache); an
-    empty folder times a cold start, e.g. in the head-to-head benchmark.
+    ``regime`` None scores on the whole KB (no view, no metric set). ``space`` defaults to
+    the regime's space. ``learner`` (fitted on this view, e.g. the session's) and ``found``
+    (the graph's ``retrieve`` node's runs) skip fitting and retrieval when given; without
+    them the view is read once and the learner and index come from the disk cache.
     """
+    options = options or ShortlistOptions()
     snapshot = KBSnapshot.of(kb)
-    records = snapshot.runs
-    excluded_names = _excluded_datasets(records, exclude_datasets or set())
-    cfg = learner_config or MetaLearnerConfig(seed=seed)
-    learner = fit_or_load(
-        kb,
-        cfg,
-        exclude_datasets=excluded_names,
-        records=records,
-        kb_hash=snapshot.content_hash(),
-        cache=cache,
-    )
-    visible = [r for r in records if r.dataset not in excluded_names]
-    index = (
-        load_or_build(kb, records=records, kb_hash=snapshot.content_hash(), cache=cache)
-        if not excluded_names
-        else RetrievalIndex.build(visible)
-    )
-    found = retrieve(meta_features, index, exclude=excluded_names)
+    view: KnowledgeBase = snapshot
+    if regime is not None:
+        view = regime_kb(snapshot, regime, snapshot.runs)
+        if not view.run_ids():
+            raise KnowledgeBaseError(
+                f"the knowledge base {snapshot.location} holds no {regime} run "
+                f"({REGIME_DESCRIPTION[regime]})"
+            )
+        space = space or get_space(REGIME_SPACE[regime])
+    view_snapshot = KBSnapshot.of(view)
+    records = view_snapshot.runs
+    excluded = _excluded_datasets(records, set(options.exclude_datasets))
+    if learner is None:
+        learner = fit_or_load(
+            view_snapshot,
+            options.learner_config or MetaLearnerConfig(seed=seed),
+            exclude_datasets=excluded,
+            records=records,
+            kb_hash=view_snapshot.content_hash(),
+            cache=options.cache,
+        )
+    visible = [r for r in records if r.dataset not in excluded] if excluded else records
+    if found is None:
+        index = (
+            load_or_build(
+                view_snapshot,
+                records=records,
+                kb_hash=view_snapshot.content_hash(),
+                cache=options.cache,
+            )
+            if not excluded
+            else RetrievalIndex.build(visible)
+        )
+        found = retrieve(meta_features, index, exclude=excluded)
     shortlist = rank(
         meta_features,
         learner,
@@ -367,11 +407,16 @@ def build_shortlist(
         n=n,
         space=space,
         seed=seed,
-        n_samples=n_samples,
-        rule=rule,
+        n_samples=options.n_samples,
+        rule=options.rule,
     )
-    facts = explain_shortlist(learner, shortlist, top_k=facts_per_candidate)
-    return shortlist.model_copy(update={"facts": facts})
+    if options.facts_per_candidate > 0:
+        facts = explain_shortlist(learner, shortlist, top_k=options.facts_per_candidate)
+        shortlist = shortlist.model_copy(update={"facts": facts})
+    if regime is None:
+        return shortlist
+    metric, note = metric_of_runs(records)
+    return shortlist.model_copy(update={"metric": metric, "metric_note": note, "regime": regime})
 
 
 def rank(

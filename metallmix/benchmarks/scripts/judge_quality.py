@@ -131,17 +131,14 @@ def inputs(kb_path: str) -> list[tuple[str, Any]]:
 
 
 # ----------------------------------------------------------------- part 1: the voice
-def _final_state(
-    graph: Any, inputs_: dict[str, Any], configurable: dict[str, Any]
-) -> dict[str, Any]:
+def _final_state(graph: Any, inputs_: dict[str, Any], context: Any) -> dict[str, Any]:
     """The whole final state, rebuilt from the node updates.
 
     The graph's output schema returns only the recommendation and the run id; the benchmark
     needs the judge's verdicts and the LLM exchanges too, so it folds the per-node updates
     (lists append and timings merge, like the state's reducers; the rest is replaced)."""
     final: dict[str, Any] = {"verdicts": [], "exchanges": []}
-    config: Any = {"configurable": configurable}
-    for update in graph.stream(inputs_, config=config, stream_mode="updates"):
+    for update in graph.stream(inputs_, context=context, stream_mode="updates"):
         for delta in update.values():
             for key, value in (delta or {}).items():
                 if key in ("verdicts", "exchanges"):
@@ -155,7 +152,9 @@ def _final_state(
 
 def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None) -> dict[str, Any]:
     """One untracked recommendation through the real graph; the whole final state."""
-    from metallmix import api
+    from metallmix.graphs.configuration import Context
+    from metallmix.graphs.resources import RunResources
+    from metallmix.session import graph
     from metallmix.tools.metafeatures import MetaFeatures
 
     inputs_: dict[str, Any] = {"max_attempts": 2, "dataset_name": name}
@@ -163,12 +162,12 @@ def one(model: str, name: str, data: Any, kb: Any, llm: Any, choose: str | None)
         inputs_["meta_features"] = data
     else:
         inputs_["data"] = data
-    configurable = {"seed": 0, "llm_instance": llm, "kb_instance": kb, "track": False}
+    context = Context(seed=0, track=False, resources=RunResources(kb, llm))
     if choose:
-        configurable["choose"] = choose
+        context.choose = choose  # type: ignore[assignment]
     before = load()
     started = time.perf_counter()
-    final = _final_state(api._graph(), inputs_, configurable)
+    final = _final_state(graph(), inputs_, context)
     total = time.perf_counter() - started
     rec = final["recommendation"]
     verdicts = final["verdicts"]
@@ -303,9 +302,11 @@ def summarise_voice(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def real_shortlists(kb_path: str, limit: int | None) -> list[tuple[str, Any]]:
     """(name, shortlist) of the benchmark's inputs, built by the real graph up to the
     evidence (the LLM is a stand-in that always fails: only the shortlist is kept)."""
-    from metallmix import api
     from metallmix.agents.runtime.fake import ScriptedLLM
     from metallmix.agents.runtime.llm import LLMOutputError
+    from metallmix.graphs.configuration import Context
+    from metallmix.graphs.resources import RunResources
+    from metallmix.session import graph
     from metallmix.tools.kb.store import open_kb
     from metallmix.tools.metafeatures import MetaFeatures
 
@@ -315,14 +316,9 @@ def real_shortlists(kb_path: str, limit: int | None) -> list[tuple[str, Any]]:
         llm = ScriptedLLM([LLMOutputError("no LLM here", raw="")] * 4)
         inputs_: dict[str, Any] = {"max_attempts": 1, "dataset_name": name}
         inputs_["meta_features" if isinstance(data, MetaFeatures) else "data"] = data
-        configurable = {
-            "seed": 0,
-            "llm_instance": llm,
-            "kb_instance": kb,
-            "track": False,
-            "judge_with_llm": False,
-        }
-        final = _final_state(api._graph(), inputs_, configurable)
+        resources = RunResources(kb, llm)
+        context = Context(seed=0, track=False, judge_with_llm=False, resources=resources)
+        final = _final_state(graph(), inputs_, context)
         out.append((name, final["shortlist"]))
         print(f"shortlist {name}: {len(final['shortlist'].candidates)} candidates", file=sys.stderr)
     return out
