@@ -235,7 +235,7 @@ def test_the_features_node_measures_images_and_says_a_card_has_none(
 
     _no_backbones(monkeypatch)
     npz = _write_npz(tmp_path / "tiny.npz", separable=True)
-    update = nodes.features(RecommendationState(data=str(npz)), {})
+    update = nodes.features(RecommendationState(data=str(npz)), None)  # type: ignore[arg-type]
     assert update["meta_features"].landmarks[L.PIXELS] > 0.9
     assert update["landmarks_seconds"] > 0 and update["landmarks_note"].startswith("landmarks: ")
     assert "landmarks: pixels" in capsys.readouterr().err  # the progress step, with seconds
@@ -244,7 +244,7 @@ def test_the_features_node_measures_images_and_says_a_card_has_none(
         '{"name": "c", "class_names": ["a", "b"], "train_counts": {"a": 50, "b": 40}, '
         '"image_height": 28, "image_width": 28, "channels": 1}'
     )
-    update = nodes.features(RecommendationState(data=str(card)), {})
+    update = nodes.features(RecommendationState(data=str(card)), None)  # type: ignore[arg-type]
     assert update["meta_features"].landmarks is None
     assert update["landmarks_note"] == L.MISSING_NO_IMAGES == "landmarks missing (no images)"
     assert update["landmarks_seconds"] is None
