@@ -332,17 +332,25 @@ def lodo_page() -> str:
 # Head-to-head and verification (one comparison run feeds both pages)
 
 COMPARE = "compare_six.json"
-COMPARE_COMMAND = (
-    "metallmix bench compare --data ../shared/data/medical/breastmnist.npz \\\n"
-    "  --data ../shared/data/medical/pneumoniamnist_mod.npz "
-    "--data ../shared/data/medical/brain_tumor_mri.npz \\\n"
-    "  --data ../shared/data/medical/lc25000_lung.npz "
-    "--data ../shared/data/medical/covid_ct.npz \\\n"
-    "  --data ../shared/data/medical/knee_oa_kl.npz --budget 10 --seeds 2 --verify 5 "
-    "--llm fast \\\n"
-    "  --epochs-max 8 --max-train-images 500 --max-val-images 300 --threads 1 --workers 2 "
-    "--name compare_six"
-)
+
+
+def _compare_command(name: str) -> str:
+    """The six-dataset compare command; the published run and issue 28's rerun differ only
+    in the result name."""
+    return (
+        "metallmix bench compare --data ../shared/data/medical/breastmnist.npz \\\n"
+        "  --data ../shared/data/medical/pneumoniamnist_mod.npz "
+        "--data ../shared/data/medical/brain_tumor_mri.npz \\\n"
+        "  --data ../shared/data/medical/lc25000_lung.npz "
+        "--data ../shared/data/medical/covid_ct.npz \\\n"
+        "  --data ../shared/data/medical/knee_oa_kl.npz --budget 10 --seeds 2 --verify 5 "
+        "--llm fast \\\n"
+        "  --epochs-max 8 --max-train-images 500 --max-val-images 300 --threads 1 --workers 2 "
+        f"--name {name}"
+    )
+
+
+COMPARE_COMMAND = _compare_command("compare_six")
 
 
 def _compare_facts(d: dict[str, Any]) -> list[tuple[str, str]]:
@@ -373,17 +381,7 @@ def _compare_facts(d: dict[str, Any]) -> list[tuple[str, str]]:
 
 # Issue 28's rerun: TPE that models, GP, and the halving baselines beside verify@5. About
 # 3 h on 2 cores (the five-method run above took 2 h at load 2-8): not run yet.
-COMPARE_RERUN_COMMAND = (
-    "metallmix bench compare --data ../shared/data/medical/breastmnist.npz \\\n"
-    "  --data ../shared/data/medical/pneumoniamnist_mod.npz "
-    "--data ../shared/data/medical/brain_tumor_mri.npz \\\n"
-    "  --data ../shared/data/medical/lc25000_lung.npz "
-    "--data ../shared/data/medical/covid_ct.npz \\\n"
-    "  --data ../shared/data/medical/knee_oa_kl.npz --budget 10 --seeds 2 --verify 5 "
-    "--llm fast \\\n"
-    "  --epochs-max 8 --max-train-images 500 --max-val-images 300 --threads 1 --workers 2 "
-    "--name compare_six_issue28"
-)
+COMPARE_RERUN_COMMAND = _compare_command("compare_six_issue28")
 COMPARE_QUICK = "compare_quick_three.json"  # `--quick` on three small datasets, if run
 
 
