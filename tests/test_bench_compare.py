@@ -44,6 +44,18 @@ SETTINGS = CompareSettings(
 # metallmix, best-default, RS, TPE and GP trials, and three halvings (verify, RS+SH,
 # best-default+SH) of 3 candidates each at 1 epoch (with a 1-epoch cap the first rung is
 # already every candidate's full run)
+# The settings a stored comparison state carries, as the report tests build it by hand.
+REPORT_SETTINGS: dict[str, Any] = {
+    "seeds": [0],
+    "budget": 10,
+    "verify": 5,
+    "epoch_cap": 5,
+    "max_train_images": None,
+    "max_val_images": None,
+    "models": None,
+    "image_sizes": None,
+    "threads": None,
+}
 N_TRAININGS = 1 + 1 + 2 + 2 + 2 + 3 + 3 + 3
 
 
@@ -455,17 +467,7 @@ def test_majority_class_floor_and_zero_shot_bar(tmp_path: Path) -> None:
         pieces[key] |= {"load_average": 1.0 + i, "cpus": 2}
     state = {
         "pieces": pieces,
-        "settings": {
-            "seeds": [0],
-            "budget": 10,
-            "verify": 5,
-            "epoch_cap": 5,
-            "max_train_images": None,
-            "max_val_images": None,
-            "models": None,
-            "image_sizes": None,
-            "threads": None,
-        },
+        "settings": dict(REPORT_SETTINGS),
     }
     report = build_report(state, ["d"], {"d": floor})
     entry = report["datasets"]["d"]
@@ -573,18 +575,7 @@ def test_report_times_and_halving_comparison() -> None:
     }
     for key in ("d/random+sh/s0", "d/best-default+sh/s0"):
         pieces[key]["warm_seconds"] = pieces[key]["cold_seconds"]
-    settings = {
-        "seeds": [0],
-        "budget": 10,
-        "verify": 5,
-        "epoch_cap": 5,
-        "max_train_images": None,
-        "max_val_images": None,
-        "models": None,
-        "image_sizes": None,
-        "threads": None,
-        "methods": list(METHODS),
-    }
+    settings = {**REPORT_SETTINGS, "methods": list(METHODS)}
     report = build_report({"pieces": pieces, "settings": settings}, ["d"])
     methods = report["datasets"]["d"]["methods"]
     assert (
