@@ -339,6 +339,7 @@ class _FoldTask:
     n_estimators: int
     max_depth: int
     intervals: bool
+    landmark_level: bool  # the accuracy / interval models' landmark anchor (meta.level)
     encoded: dict[str, dict[str, object]]  # run_id -> its frame row (encoded once)
     nthread: int  # XGBoost threads of this fold's fits: its share of the CPUs
 
@@ -410,7 +411,7 @@ def _run_fold(task: _FoldTask) -> _FoldOut:
         interval_learner = MetaLearner.fit(
             train_frame,
             interval_config(seed, n_estimators, max_depth).model_copy(
-                update={"nthread": task.nthread}
+                update={"nthread": task.nthread, "landmark_level": task.landmark_level}
             ),
         )
         fit_seconds["interval"] = time.perf_counter() - t0
@@ -513,6 +514,7 @@ class LodoSpec:
     config_only: bool = True
     intervals: bool = True
     per_regime: bool = True
+    landmark_level: bool = True  # False: the models without the landmarks' level line
 
 
 def run_lodo(
@@ -556,6 +558,9 @@ def run_lodo(
         methods[CONFIG_ONLY] = lodo_config(
             DEFAULT_OBJECTIVE, seed, n_estimators, max_depth, blind=True
         )
+    methods = {
+        m: c.model_copy(update={"landmark_level": spec.landmark_level}) for m, c in methods.items()
+    }
     fit_seconds = dict.fromkeys(methods, 0.0)
     fold_info: list[dict[str, object]] = []
     covered: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -580,6 +585,7 @@ def run_lodo(
             n_estimators,
             max_depth,
             intervals,
+            spec.landmark_level,
             {r.run_id: encoded[r.run_id] for r in (*train, *test)},
             threads,
         )

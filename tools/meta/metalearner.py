@@ -38,6 +38,7 @@ from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
 from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
+from metallmix.tools.meta.level import LandmarkLevel
 from metallmix.tools.meta.targets import (
     BLIND_PREFIX,
     ENSEMBLE,
@@ -161,6 +162,11 @@ class MetaLearnerConfig(BaseModel):
     with_cost: bool = True
     use_meta_features: bool = Field(
         default=True, description="False: the dataset-blind 'config-only' baseline"
+    )
+    landmark_level: bool = Field(
+        default=True,
+        description="anchor the accuracy and interval models on the landmarks' level line "
+        "(level.py); only with meta-features",
     )
     members: tuple[str, ...] = Field(
         default=DEFAULT_MEMBERS,
@@ -369,18 +375,25 @@ class MetaLearner:
         n_rounds = cfg.n_estimators
         learner = cls(encoder, cfg, xgb.Booster())
         blind = learner.blind_columns
+        level = fit_level(rows, acc, cfg)
+        margin = level.margin(rows) if level is not None else None
 
         def train(
-            params: dict[str, object], label: np.ndarray, cols: np.ndarray | None = None
+            params: dict[str, object],
+            label: np.ndarray,
+            cols: np.ndarray | None = None,
+            base: np.ndarray | None = None,
         ) -> xgb.Booster:
             dm = xgb.DMatrix(
                 x if cols is None else x[:, cols], label=label, weight=weight, missing=np.nan
             )
+            if base is not None:
+                dm.set_base_margin(base)
             booster = xgb.train(params, dm, num_boost_round=n_rounds)
             tick(1)
             return booster
 
-        accuracy = train(cfg.xgb_params("reg:squarederror"), acc)
+        accuracy = train(cfg.xgb_params("reg:squarederror"), acc, base=margin)
         scores: dict[str, xgb.Booster] = {}
         labels: dict[str, np.ndarray] = {}  # each target's label, computed once per fit
 
@@ -399,7 +412,12 @@ class MetaLearner:
                 target.xgb_objective, cfg.tree_setting(setting) if setting else None
             )
             params["seed"] = cfg.seed + 1000 * bag
-            if target.is_accuracy and cols is None and params == cfg.xgb_params("reg:squarederror"):
+            if (
+                target.is_accuracy
+                and cols is None
+                and margin is None
+                and params == cfg.xgb_params("reg:squarederror")
+            ):
                 scores[member] = accuracy  # the very same fit: reuse it
                 tick(1)
             elif target.grouped:  # ranking: one query group per dataset, no per-run weight
@@ -415,9 +433,9 @@ class MetaLearner:
         calibration: dict[str, list[float]] = {}
         if cfg.with_uncertainty:
             params = quantile_params(cfg)
-            quantile = train(params, acc)
+            quantile = train(params, acc, base=_quantile_margin(margin))
             residuals, sigmas = conformal_calibration(
-                x, acc, rows["dataset_group"].to_numpy(), params, cfg
+                x, acc, rows["dataset_group"].to_numpy(), params, cfg, rows=rows
             )
             calibration = {
                 "residuals": [round(float(v), 5) for v in residuals],
@@ -451,6 +469,7 @@ class MetaLearner:
             "interval_method": INTERVAL_METHOD if calibration else "none",
             "interval_calibration": calibration,
             "score_members": sorted(scores),
+            "landmark_level": level.model_dump(mode="json") if level is not None else None,
         }
         learner.accuracy_booster = accuracy
         learner.score_boosters = scores
@@ -462,6 +481,27 @@ class MetaLearner:
     # ---------------------------------------------------------------- prediction
     def matrix(self, frame: pd.DataFrame) -> np.ndarray:
         return self.encoder.transform(frame)
+
+    @property
+    def level(self) -> LandmarkLevel | None:
+        """The landmarks' level line the accuracy and interval models start from (None: no
+        anchor, e.g. a KB without landmarks or the dataset-blind baseline)."""
+        stored = self.info.get("landmark_level")
+        return LandmarkLevel.model_validate(stored) if isinstance(stored, dict) else None
+
+    def margin(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each row's level anchor (see :mod:`level`), or None without one."""
+        level = self.level
+        return level.margin(frame) if level is not None else None
+
+    def accuracy_matrix(self, frame: pd.DataFrame, *, quantile: bool = False) -> xgb.DMatrix:
+        """The DMatrix the accuracy (or, with ``quantile``, the interval) model reads: the
+        encoded rows plus their level anchor as base margin."""
+        dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
+        margin = self.margin(frame)
+        if margin is not None:
+            dm.set_base_margin(_quantile_margin(margin) if quantile else margin)
+        return dm
 
     def member_scores(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Raw predictions of every ranking member (``{}`` when the accuracy model ranks)."""
@@ -480,7 +520,7 @@ class MetaLearner:
         the mean within-pool percentile of the members' predictions.
         """
         dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
-        acc = self.accuracy_booster.predict(dm).astype(float)
+        acc = self.accuracy_booster.predict(self.accuracy_matrix(frame)).astype(float)
         members = self.member_scores(frame)
         if not members:
             score = acc
@@ -489,7 +529,8 @@ class MetaLearner:
         else:
             score = next(iter(members.values()))
         if self.quantile_booster is not None:
-            q = np.asarray(self.quantile_booster.predict(dm), dtype=float).reshape(len(acc), -1)
+            qdm = self.accuracy_matrix(frame, quantile=True)
+            q = np.asarray(self.quantile_booster.predict(qdm), dtype=float).reshape(len(acc), -1)
             low, high = self.interval(q)
             low, high = np.minimum(low, acc), np.maximum(high, acc)
         else:
@@ -534,14 +575,23 @@ class MetaLearner:
         acc = rows[target_column(rows)].to_numpy(dtype=float)
         weight = run_weights(rows)
         blind = self.blind_columns
+        margin = self.margin(rows)  # the last full fit's line: the trees were grown on it
 
         def grow(
-            booster: xgb.Booster, params: dict[str, object], label: np.ndarray, cols: bool
+            booster: xgb.Booster,
+            params: dict[str, object],
+            label: np.ndarray,
+            cols: bool,
+            base: np.ndarray | None = None,
         ) -> xgb.Booster:
             dm = xgb.DMatrix(x[:, blind] if cols else x, label=label, weight=weight, missing=np.nan)
+            if base is not None:
+                dm.set_base_margin(base)
             return xgb.train(params, dm, num_boost_round=WARM_ROUNDS, xgb_model=booster)
 
-        accuracy = grow(self.accuracy_booster, cfg.xgb_params("reg:squarederror"), acc, False)
+        accuracy = grow(
+            self.accuracy_booster, cfg.xgb_params("reg:squarederror"), acc, False, margin
+        )
         labels: dict[str, np.ndarray] = {}
         scores: dict[str, xgb.Booster] = {}
         for member, booster in self.score_boosters.items():
@@ -561,7 +611,9 @@ class MetaLearner:
             )
         quantile = None
         if self.quantile_booster is not None:
-            quantile = grow(self.quantile_booster, quantile_params(cfg), acc, False)
+            quantile = grow(
+                self.quantile_booster, quantile_params(cfg), acc, False, _quantile_margin(margin)
+            )
         cost = self.cost_booster
         seconds = rows.get("out_train_seconds")
         if cost is not None and seconds is not None:
@@ -628,7 +680,7 @@ class MetaLearner:
         tests/test_metalearner.py) saves the ``shap`` import and explainer set-up, about
         1-2 s of every recommendation.
         """
-        dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
+        dm = self.accuracy_matrix(frame)
         out = np.asarray(self.accuracy_booster.predict(dm, pred_contribs=True), dtype=float)
         return out[:, :-1], float(out[0, -1]) if len(out) else 0.0
 
@@ -720,6 +772,8 @@ def conformal_calibration(
     groups: np.ndarray,
     params: dict[str, object],
     cfg: MetaLearnerConfig,
+    *,
+    rows: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Residuals and difficulties of *unseen-dataset* runs, what the conformal step needs.
 
@@ -727,6 +781,8 @@ def conformal_calibration(
     predicts the held-out block: residual y - median, difficulty half the 10-90 spread. A
     quantile model scored on its own training datasets is over-confident (LODO: ~42%
     coverage for a nominal 80%); these held-out scores are what makes the 80% hold.
+    With ``rows`` (the frame behind ``x``) the level line is refitted without the held-out
+    block too, so no held-out dataset's own scores place its anchor.
     Empty arrays when there is a single dataset group (nothing to hold out).
     """
     unique = np.unique(groups)
@@ -741,12 +797,30 @@ def conformal_calibration(
     for k in range(folds):
         held = fold_of == k
         dm = xgb.DMatrix(x[~held], label=acc[~held], missing=np.nan)
+        test = xgb.DMatrix(x[held], missing=np.nan)
+        level = fit_level(rows.loc[~held], acc[~held], cfg) if rows is not None else None
+        if level is not None and rows is not None:
+            dm.set_base_margin(_quantile_margin(level.margin(rows.loc[~held])))
+            test.set_base_margin(_quantile_margin(level.margin(rows.loc[held])))
         booster = xgb.train(params, dm, num_boost_round=cfg.n_estimators)
-        q = np.asarray(booster.predict(xgb.DMatrix(x[held], missing=np.nan)), dtype=float)
+        q = np.asarray(booster.predict(test), dtype=float)
         centre, sigma = quantile_centre_and_sigma(q.reshape(int(held.sum()), -1))
         residuals.append(acc[held] - centre)
         sigmas.append(sigma)
     return np.concatenate(residuals), np.concatenate(sigmas)
+
+
+def fit_level(rows: pd.DataFrame, acc: np.ndarray, cfg: MetaLearnerConfig) -> LandmarkLevel | None:
+    """The landmarks' level line for these training rows, or None when the config turns it
+    off, the learner is dataset-blind, or too few tasks have landmarks."""
+    if not (cfg.landmark_level and cfg.use_meta_features):
+        return None
+    return LandmarkLevel.fit(rows, acc)
+
+
+def _quantile_margin(margin: np.ndarray | None) -> np.ndarray | None:
+    """The level anchor for the quantile model: one column per quantile (low, median, high)."""
+    return None if margin is None else np.repeat(np.asarray(margin)[:, None], 3, axis=1)
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float = INTERVAL_COVERAGE) -> float:

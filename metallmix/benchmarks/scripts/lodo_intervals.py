@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--name", default="lodo_intervals")
+    parser.add_argument("--jobs", type=int, default=1, help="folds fitted at once")
+    parser.add_argument(
+        "--no-level", action="store_true", help="without the landmarks' level line (meta.level)"
+    )
     args = parser.parse_args(argv)
     records, label = load_kb_records(args.kb)
     commit = subprocess.run(
@@ -35,8 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout.strip()
     per_seed = []
     for seed in args.seeds:
-        spec = LodoSpec(objectives=("raw",), seed=seed, n_estimators=args.trees, config_only=False)
-        result = run_lodo(records, spec, kb_label=label)
+        spec = LodoSpec(
+            objectives=("raw",),
+            seed=seed,
+            n_estimators=args.trees,
+            config_only=False,
+            landmark_level=not args.no_level,
+        )
+        result = run_lodo(records, spec, kb_label=label, n_jobs=args.jobs)
         row = {"seed": seed, "seconds": result.seconds, "load_average": result.load_average,
                **result.interval}  # fmt: skip
         per_seed.append(row)
