@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix.tools.kb.records import Hyperparameters
 from metallmix.tools.meta.landmarks import LANDMARK_COLUMNS, landmark_columns
+from metallmix.tools.meta.level import LEVEL_GROUP
 from metallmix.tools.metafeatures import MetaFeatures
 
 # 2: optional meta-features (config-only), completed runs only
@@ -366,7 +367,7 @@ def group_kind(group: str) -> str:
     candidates like the model does; the other landmarks describe the dataset."""
     if group == LANDMARK_COLUMNS[0]:
         return "model"
-    if group in MetaFeatures.model_fields or group in LANDMARK_COLUMNS:
+    if group in MetaFeatures.model_fields or group in LANDMARK_COLUMNS or group == LEVEL_GROUP:
         return "meta-feature"
     if group in {"model", "pretrained"}:
         return "model"

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from metallmix.tools.meta.contracts import ShapFact
 from metallmix.tools.meta.encoding import group_kind
+from metallmix.tools.meta.level import LEVEL_GROUP
 from metallmix.tools.meta.metalearner import MetaLearner
 
 MIN_EFFECT_POINTS = 0.05
@@ -52,6 +53,13 @@ def grouped_contributions(learner: MetaLearner, frame: pd.DataFrame) -> tuple[pd
     sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(frame)))
     for j, group in enumerate(groups):
         sums[group] = sums[group] + values[:, j]
+    level = learner.level
+    if level is not None and len(frame):
+        # TreeSHAP puts the base margin (the landmarks' level line) in the bias; report it
+        # as its own step from the KB's average level, so the base stays the KB's.
+        margin = level.margin(frame)
+        sums[LEVEL_GROUP] = margin - level.centre
+        base = base - float(margin[0]) + level.centre
     table = pd.DataFrame({g: v * 100.0 for g, v in sums.items()}, index=frame.index)
     return table, base * 100.0
 
@@ -174,7 +182,14 @@ def waterfall(learner: MetaLearner, row: pd.DataFrame, *, top_k: int = 10) -> Wa
     ranked = contributions.reindex(contributions.abs().sort_values(ascending=False).index)
     shown = ranked.head(top_k)
     rest = float(ranked.iloc[top_k:].sum()) if len(ranked) > top_k else 0.0
-    labels = [f"{g} = {format_value(_value_of(row.iloc[0], str(g)))}" for g in shown.index]
+    margin = learner.margin(row.iloc[:1])
+    level = format_value(float(margin[0])) if margin is not None else "unknown"
+    labels = [
+        f"landmark level {level}"
+        if g == LEVEL_GROUP
+        else f"{g} = {format_value(_value_of(row.iloc[0], str(g)))}"
+        for g in shown.index
+    ]
     steps = [float(v) for v in shown.to_numpy()]
     if len(ranked) > top_k:
         labels.append(f"{len(ranked) - top_k} other features")

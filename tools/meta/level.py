@@ -37,6 +37,9 @@ MIN_LEVEL_TASKS = 8
 # Ridge on the slopes (not the intercept), in units of the features' own variance: keeps
 # the line sane when the tasks' landmarks hardly vary.
 LEVEL_RIDGE = 1e-3
+# The SHAP group the anchor is reported as: how far this dataset's level (from its
+# landmarks) is from the KB tasks' average level, in the explanation's points.
+LEVEL_GROUP = "lm_level"
 
 
 def level_features(frame: pd.DataFrame) -> np.ndarray:
@@ -60,6 +63,7 @@ class LandmarkLevel(BaseModel):
     intercept: float
     slopes: list[float]  # one per LEVEL_FEATURES
     fallback: float  # margin of a row without landmarks
+    centre: float  # the training tasks' mean median label: the KB's average level
     n_tasks: int  # training tasks the line was fitted on
 
     @classmethod
@@ -92,6 +96,7 @@ class LandmarkLevel(BaseModel):
             intercept=round(intercept, 6),
             slopes=[round(float(s), 6) for s in slopes],
             fallback=round(fallback, 6),
+            centre=round(float(mean_y), 6),
             n_tasks=len(per_task),
         )
 
