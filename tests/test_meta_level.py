@@ -15,7 +15,13 @@ from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import grouped_contributions, waterfall
 from metallmix.tools.meta.level import LEVEL_GROUP, MIN_LEVEL_TASKS, LandmarkLevel
-from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig
+from metallmix.tools.meta.metalearner import (
+    CONSTANT,
+    NORMALISED,
+    MetaLearner,
+    MetaLearnerConfig,
+    conformal_scale,
+)
 from metallmix.tools.meta.search_space import make_hyperparameters
 
 SMALL = {"n_estimators": 40, "nthread": 1, "with_cost": False}
@@ -122,3 +128,13 @@ def test_the_explanation_reports_the_level_as_its_own_step() -> None:
     assert abs(grouped_contributions(learner, easy)[1] - base) < 1e-3  # float32 trees
     drawn = waterfall(learner, frame, top_k=40)
     assert any(label.startswith("landmark level 0.") for label in drawn.labels)
+
+
+def test_the_conformal_width_is_the_one_narrower_on_the_calibration_runs() -> None:
+    rng = np.random.default_rng(0)
+    sigmas = rng.uniform(0.02, 0.3, 400)
+    # errors that scale with the difficulty: normalising pays
+    assert conformal_scale(rng.normal(0, 1, 400) * sigmas, sigmas) == NORMALISED
+    # errors blind to it (the level line took out what the spread tracked): one width
+    assert conformal_scale(rng.normal(0, 0.1, 400), sigmas) == CONSTANT
+    assert conformal_scale(np.zeros(0), np.zeros(0)) == NORMALISED  # nothing to choose on
