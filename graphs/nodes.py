@@ -116,9 +116,10 @@ def features(state: RecommendationState, runtime: Runtime[Context]) -> dict[str,
     path = Path(state.data).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory; check the dataset path")
-    mf = compute_meta_features(path, modality=state.modality)
-    # Landmarks: seconds-cheap scores of the user's own images (a card has none).
+    # One read of the user's data serves the meta-features and the landmarks (seconds-cheap
+    # scores of its own images); a card has no images, so no landmarks.
     images = None if path.suffix.lower() == ".json" else load_dataset(path, modality=state.modality)
+    mf = compute_meta_features(images if images is not None else path, modality=state.modality)
     mf, measured, note = attach_landmarks(mf, images)
     step_line(note)
     return {

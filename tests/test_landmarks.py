@@ -235,7 +235,22 @@ def test_the_features_node_measures_images_and_says_a_card_has_none(
 
     _no_backbones(monkeypatch)
     npz = _write_npz(tmp_path / "tiny.npz", separable=True)
+    reads: list[object] = []
+
+    def counted_load(*args: object, **kwargs: object) -> object:
+        reads.append(args[0])
+        return load_dataset(*args, **kwargs)  # type: ignore[arg-type]
+
+    from metallmix.tools import metafeatures
+
+    monkeypatch.setattr(nodes, "load_dataset", counted_load)
+    monkeypatch.setattr(metafeatures, "load_dataset", counted_load)
     update = nodes.features(RecommendationState(data=str(npz)), None)  # type: ignore[arg-type]
+    assert len(reads) == 1  # one read of the user's data serves meta-features and landmarks
+    assert (
+        update["meta_features"]
+        == L.attach_landmarks(compute_meta_features(npz), load_dataset(npz))[0]
+    )
     assert update["meta_features"].landmarks[L.PIXELS] > 0.9
     assert update["landmarks_seconds"] > 0 and update["landmarks_note"].startswith("landmarks: ")
     assert "landmarks: pixels" in capsys.readouterr().err  # the progress step, with seconds
