@@ -598,3 +598,28 @@ def test_report_times_and_halving_comparison() -> None:
     old = {k: v for k, v in settings.items() if k != "methods"}
     legacy = build_report({"pieces": pieces, "settings": old}, ["d"])
     assert list(legacy["datasets"]["d"]["methods"]) == list(LEGACY_METHODS)
+
+
+def test_a_resumed_compare_whose_tracking_store_lost_its_runs_opens_new_ones(
+    tmp_path: Path,
+) -> None:
+    """The state file travels (a comparison resumed on another machine, or after mlruns/
+    was wiped): its finished pieces stay, its stale MLflow ids are replaced, not fatal."""
+    from metallmix.benchmarks.compare import CompareState, _Run
+
+    state = CompareState(tmp_path / "state.json", SETTINGS, ["tiny"])
+    state.data["parent_run_id"] = "0123456789abcdef0123456789abcdef"  # not in this store
+    state.data["runs"] = {"tiny/metallmix": "fedcba9876543210fedcba9876543210"}
+    state.put("tiny/best-default/config", {"config": "kept"})
+    run = _Run(state, tmp_path, None, None)
+    parent = run.parent("tiny")
+    assert parent != "0123456789abcdef0123456789abcdef"
+    assert run.client.get_run(parent).info.status == "RUNNING"
+    child = run.child("tiny/metallmix", parent, "tiny:metallmix")
+    assert child != "fedcba9876543210fedcba9876543210"
+    assert run.client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+    assert state.get("tiny/best-default/config") == {"config": "kept"}
+    # and a second resume keeps the new ids
+    again = _Run(CompareState(tmp_path / "state.json", SETTINGS, ["tiny"]), tmp_path, None, None)
+    assert again.parent("tiny") == parent
+    assert again.child("tiny/metallmix", parent, "tiny:metallmix") == child

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, Field
 
 from metallmix import config
@@ -417,11 +418,25 @@ class _Run:
         self.exp_id = tracking.experiment_id(self.client, EXPERIMENT)
 
     # -- MLflow
+    def _tracked(self, run_id: object) -> bool:
+        """Whether the tracking store still holds ``run_id``. A comparison resumed on
+        another machine, or after the store was wiped, keeps its finished pieces (the state
+        file) and opens new MLflow runs instead of failing on the old ids."""
+        if not run_id:
+            return False
+        try:
+            self.client.get_run(str(run_id))
+        except MlflowException:
+            return False
+        return True
+
     def parent(self, label: str) -> str:
         run_id = self.state.data.get("parent_run_id")
-        if run_id:
-            self.client.update_run(run_id, status="RUNNING")
+        if self._tracked(run_id):
+            self.client.update_run(str(run_id), status="RUNNING")
             return str(run_id)
+        if run_id:  # the store lost it: every recorded run id is stale
+            self.state.data["runs"] = {}
         run = self.client.create_run(
             self.exp_id,
             run_name=f"compare:{label}",
@@ -439,7 +454,7 @@ class _Run:
     def child(self, key: str, parent: str, run_name: str) -> str:
         """A method's run under the parent (created once; its id survives in the state)."""
         existing = self.state.data["runs"].get(key)
-        if existing:
+        if existing and self._tracked(existing):
             return str(existing)
         run = self.client.create_run(
             self.exp_id,
