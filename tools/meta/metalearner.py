@@ -160,7 +160,13 @@ class MetaLearnerConfig(BaseModel):
     colsample_bytree: float = Field(default=0.8, gt=0, le=1)
     min_child_weight: float = Field(default=1.0, ge=0)
     quantiles: tuple[float, float] = (0.1, 0.9)
-    nthread: int = Field(default=2, ge=1)
+    # One XGBoost thread. On these small matrices a second thread gains little when the
+    # machine is idle and costs minutes when it is not: OpenMP threads spin while they wait
+    # for a core. Fitting the shipped KB's CPU-regime learner (555 runs, 47 boosters) at load
+    # 3.2 on 2 cores took 8.5 s with 1 thread and 13.5 s with 2; under `nice -n 10` at the
+    # same load, 9.1 s with 1 and over 150 s with 2 (a user's recommend took 336 s to fit).
+    # The boosters are the same whatever the thread count (hist is deterministic).
+    nthread: int = Field(default=1, ge=1)
     seed: int = 0
     with_uncertainty: bool = True
     with_cost: bool = True
@@ -743,7 +749,7 @@ class MetaLearner:
         for name in sidecar["boosters"]:
             booster = xgb.Booster()
             booster.load_model(str(directory / f"{_file_name(name)}.json"))
-            booster.set_param({"nthread": int(sidecar["config"].get("nthread", 2))})
+            booster.set_param({"nthread": int(sidecar["config"].get("nthread", 1))})
             boosters[name] = booster
         return cls(
             FeatureEncoder.model_validate(sidecar["encoder"]),
