@@ -60,7 +60,13 @@ def test_the_line_recovers_the_level_and_leaves_rows_without_landmarks_at_the_fa
     has = frame["lm_backbone_best"].notna().to_numpy()
     truth = 0.2 + 0.7 * frame["lm_backbone_best"].to_numpy(dtype=float)
     assert np.abs(margin[has] - truth[has]).max() < 0.03
-    assert np.all(margin[~has] == level.fallback)
+    # without landmarks: the chance line (a class count is all a card or Quick-Tune row has)
+    assert level.chance_line is not None
+    chance = 1.0 / frame["mf_n_classes"].to_numpy(dtype=float)
+    by_chance = level.chance_line[0] + level.chance_line[1] * chance
+    np.testing.assert_allclose(margin[~has], np.clip(by_chance[~has], 0, 1))
+    no_count = frame.loc[~has].drop(columns=["mf_n_classes"])
+    assert np.all(level.margin(no_count) == level.fallback)  # nothing at all: one constant
     rest = frame.loc[~has, "out_score"].to_numpy(dtype=float)
     assert level.fallback == round(float(np.median(rest)), 6)
     # one dataset, one margin: every candidate of a dataset starts from the same level, so

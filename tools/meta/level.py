@@ -15,8 +15,10 @@ learn what the line misses, the configuration's effect above all. The line depen
 the dataset, never on the candidate, so every candidate of one dataset gets the same
 margin and the ranking of candidates does not change; only the level and the interval do.
 
-Rows without landmarks (Quick-Tune, cards) get one constant margin, the median score of
-the landmark-less training rows, which is what the trees started from before the anchor.
+Rows without landmarks (Quick-Tune, cards, imported histories) get a second, smaller line:
+chance alone to the tasks' median score, so a 7-class card does not start at a binary
+dataset's level; a row without a class count either gets one constant, the median score
+of the landmark-less training rows.
 A least-squares line on a dozen points is small enough to write here (``numpy.linalg``);
 scikit-learn's ``LinearRegression`` would add nothing but an estimator to serialise.
 """
@@ -29,6 +31,9 @@ from pydantic import BaseModel, ConfigDict
 
 from metallmix.tools.meta.landmarks import BEST_BACKBONE_COLUMN, PIXEL_COLUMN
 
+# Part of every fitted learner's cache key (metalearner._config_tag): a learner cached
+# before the line changed is refitted, not read with the new line. 2: the chance line.
+LEVEL_VERSION = 2
 # The line's inputs, in coefficient order after the intercept (chance = 1 / n_classes).
 LEVEL_FEATURES = (BEST_BACKBONE_COLUMN, PIXEL_COLUMN, "chance")
 # Fewer training tasks with landmarks than this: no anchor (a line through 3 points of 4
@@ -62,7 +67,8 @@ class LandmarkLevel(BaseModel):
 
     intercept: float
     slopes: list[float]  # one per LEVEL_FEATURES
-    fallback: float  # margin of a row without landmarks
+    fallback: float  # margin of a row with neither landmarks nor a class count
+    chance_line: list[float] | None = None  # [intercept, slope]: rows without landmarks
     centre: float  # the training tasks' mean median label: the KB's average level
     n_tasks: int  # training tasks the line was fitted on
 
@@ -77,6 +83,7 @@ class LandmarkLevel(BaseModel):
         fallback = float(np.median(rest)) if rest.size else float(np.nanmedian(label))
         if not has.any():
             return None
+        chance_line = _chance_line(rows, label, feats[:, LEVEL_FEATURES.index("chance")])
         tasks = pd.DataFrame(feats[has], columns=list(LEVEL_FEATURES))
         tasks["label"] = label[has]
         tasks["task"] = rows["dataset"].to_numpy()[has]
@@ -96,14 +103,34 @@ class LandmarkLevel(BaseModel):
             intercept=round(intercept, 6),
             slopes=[round(float(s), 6) for s in slopes],
             fallback=round(fallback, 6),
+            chance_line=chance_line,
             centre=round(float(mean_y), 6),
             n_tasks=len(per_task),
         )
 
     def margin(self, frame: pd.DataFrame) -> np.ndarray:
-        """Each row's anchor: the line where its dataset has landmarks (clipped to [0, 1]),
-        else :attr:`fallback`."""
+        """Each row's anchor, clipped to [0, 1]: the line where its dataset has landmarks,
+        else the chance line where it has a class count, else :attr:`fallback`."""
         feats = level_features(frame)
         has = np.isfinite(feats).all(axis=1)
         line = self.intercept + np.nan_to_num(feats) @ np.asarray(self.slopes, dtype=float)
-        return np.where(has, np.clip(line, 0.0, 1.0), self.fallback)
+        chance = feats[:, LEVEL_FEATURES.index("chance")]
+        other = np.full(len(frame), self.fallback)
+        if self.chance_line is not None:
+            by_chance = self.chance_line[0] + self.chance_line[1] * np.nan_to_num(chance)
+            other = np.where(np.isfinite(chance), by_chance, self.fallback)
+        return np.clip(np.where(has, line, other), 0.0, 1.0)
+
+
+def _chance_line(rows: pd.DataFrame, label: np.ndarray, chance: np.ndarray) -> list[float] | None:
+    """[intercept, slope] of the tasks' median label on chance (1 / classes), or None when
+    fewer than :data:`MIN_LEVEL_TASKS` tasks or a single class count."""
+    ok = np.isfinite(chance) & np.isfinite(label)
+    tasks = pd.DataFrame({"chance": chance[ok], "label": label[ok]})
+    tasks["task"] = rows["dataset"].to_numpy()[ok]
+    per_task = tasks.groupby("task", sort=True).median()
+    x, y = per_task["chance"].to_numpy(dtype=float), per_task["label"].to_numpy(dtype=float)
+    if len(per_task) < MIN_LEVEL_TASKS or np.ptp(x) == 0:
+        return None
+    slope, intercept = np.polyfit(x, y, 1)
+    return [round(float(intercept), 6), round(float(slope), 6)]

@@ -38,7 +38,7 @@ from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
 from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
-from metallmix.tools.meta.level import LandmarkLevel
+from metallmix.tools.meta.level import LEVEL_VERSION, LandmarkLevel
 from metallmix.tools.meta.targets import (
     BLIND_PREFIX,
     ENSEMBLE,
@@ -878,7 +878,9 @@ def _hash_strings(values: Iterable[str]) -> str:
 
 def _config_tag(cfg: MetaLearnerConfig, exclude: Iterable[str] = ()) -> str:
     parts = cfg.model_dump(mode="json", exclude={"seed"})
-    tag_src = json.dumps({"cfg": parts, "exclude": sorted(exclude)}, sort_keys=True)
+    tag_src = json.dumps(
+        {"cfg": parts, "exclude": sorted(exclude), "level": LEVEL_VERSION}, sort_keys=True
+    )
     return hashlib.sha256(tag_src.encode()).hexdigest()[:8]
 
 
