@@ -623,3 +623,21 @@ def test_a_resumed_compare_whose_tracking_store_lost_its_runs_opens_new_ones(
     again = _Run(CompareState(tmp_path / "state.json", SETTINGS, ["tiny"]), tmp_path, None, None)
     assert again.parent("tiny") == parent
     assert again.child("tiny/metallmix", parent, "tiny:metallmix") == child
+
+
+def test_the_benchmarks_recommendations_leave_the_users_last_answer_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metallmix.benchmarks.compare import keep_last_answer
+    from metallmix.kb_changes import last_answer_path
+
+    monkeypatch.setenv("METALLMIX_HOME", str(tmp_path / "home"))
+    path = last_answer_path()
+    with keep_last_answer():  # none before: none after
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"kb": "/tmp/leak-free-copy.sqlite"}')
+    assert not path.exists()
+    path.write_text('{"kb": "mine"}')
+    with keep_last_answer():
+        path.write_text('{"kb": "/tmp/leak-free-copy.sqlite"}')
+    assert path.read_text() == '{"kb": "mine"}'

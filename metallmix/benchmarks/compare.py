@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from metallmix import config
 from metallmix.agents.evidence import ranked_candidates
 from metallmix.api import recommend
-from metallmix.atomic import atomic_path, write_text
+from metallmix.atomic import atomic_path, write_bytes, write_text
 from metallmix.benchmarks.compare_report import HALVING, METHODS, SEARCHES, build_report
 from metallmix.benchmarks.lodo import LeakError, best_default, best_defaults
 from metallmix.errors import ConfigError, KnowledgeBaseError
@@ -583,7 +583,9 @@ class _Run:
             llm = self.llm()
             llm_load_seconds = time.perf_counter() - loading
             explaining = time.perf_counter()
-            with _cache_at(cache):  # the graph's explanation reuses the learner fitted above
+            # the graph's explanation reuses the learner fitted above; the user's last answer
+            # (the next recommend's KB-change notice) is not the benchmark's business
+            with _cache_at(cache), keep_last_answer():
                 rec = recommend(
                     None, llm=llm, kb=kb, seed=seed, shortlist=shortlist, name=dataset.name
                 )
@@ -946,6 +948,24 @@ def _halving_fields(result: VerifyResult, seed: int) -> dict[str, Any]:
         "study": result.study_name,
         "verify_run_id": result.mlflow_run_id,
     }
+
+
+@contextlib.contextmanager
+def keep_last_answer() -> Iterator[None]:
+    """The workspace's ``last_answer.json`` as it was before the block. A benchmark's
+    recommendations on leak-free KB copies must not become the user's last answer: the
+    next real ``recommend`` would announce a hundred "new runs" against a temporary KB."""
+    from metallmix.kb_changes import last_answer_path
+
+    path = last_answer_path()
+    before = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            write_bytes(path, before)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
