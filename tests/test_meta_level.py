@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from metallmix.benchmarks.synthetic import synthetic_records
 from metallmix.tools.kb.frame import records_to_frame
@@ -144,3 +145,17 @@ def test_the_conformal_width_is_the_one_narrower_on_the_calibration_runs() -> No
     # errors blind to it (the level line took out what the spread tracked): one width
     assert conformal_scale(rng.normal(0, 0.1, 400), sigmas) == CONSTANT
     assert conformal_scale(np.zeros(0), np.zeros(0)) == NORMALISED  # nothing to choose on
+
+
+def test_the_lower_end_is_never_below_chance() -> None:
+    records = _records(12)
+    learner = MetaLearner.fit(records_to_frame(records), MetaLearnerConfig(**SMALL))
+    configs = [("resnet18", make_hyperparameters({"lr": 1e-3, "batch_size": 64}))]
+    hard = records[0].meta_features.model_copy(update={"n_classes": 3, "landmarks": None})
+    frame = candidates_frame(hard, configs)
+    # a conformal band reaching 0 (what a wide band on a hard dataset does)
+    learner.interval = lambda q: (np.zeros(len(q)), np.ones(len(q)))  # type: ignore[method-assign]
+    prediction = learner.predict(frame)
+    floor = min(1 / 3, float(prediction.accuracy[0]))
+    assert prediction.low[0] == pytest.approx(floor)
+    assert prediction.low[0] <= prediction.accuracy[0] <= prediction.high[0]

@@ -544,6 +544,7 @@ class MetaLearner:
             q = np.asarray(self.quantile_booster.predict(qdm), dtype=float).reshape(len(acc), -1)
             low, high = self.interval(q)
             low, high = np.minimum(low, acc), np.maximum(high, acc)
+            low = np.maximum(low, np.minimum(chance_level(frame), acc))
         else:
             low, high = acc.copy(), acc.copy()
         if self.cost_booster is not None:
@@ -824,6 +825,17 @@ def conformal_calibration(
         residuals.append(acc[held] - centre)
         sigmas.append(sigma)
     return np.concatenate(residuals), np.concatenate(sigmas)
+
+
+def chance_level(frame: pd.DataFrame) -> np.ndarray:
+    """1 / classes per row (0 where unknown): the balanced accuracy of a model that always
+    answers one class. An interval's lower end below it carries no information (0.4% of the
+    shipped KB's own runs, none of the Quick-Tune runs, score more than 2 points under it),
+    so :meth:`MetaLearner.predict` floors the lower end there (never above the prediction)."""
+    classes = pd.to_numeric(frame.get("mf_n_classes", pd.Series(np.nan, frame.index)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chance = 1.0 / classes.to_numpy(dtype=float)
+    return np.where(np.isfinite(chance) & (chance > 0), chance, 0.0)
 
 
 def fit_level(rows: pd.DataFrame, acc: np.ndarray, cfg: MetaLearnerConfig) -> LandmarkLevel | None:
