@@ -159,3 +159,10 @@ def test_the_lower_end_is_never_below_chance() -> None:
     floor = min(1 / 3, float(prediction.accuracy[0]))
     assert prediction.low[0] == pytest.approx(floor)
     assert prediction.low[0] <= prediction.accuracy[0] <= prediction.high[0]
+
+
+def test_an_out_of_range_interval_is_widened_but_not_below_chance() -> None:
+    from metallmix.tools.meta.shortlist import widen_for_ood
+
+    assert widen_for_ood(0.3, 0.6) == pytest.approx((0.0, 0.9))
+    assert widen_for_ood(0.3, 0.6, floor=1 / 7) == pytest.approx((1 / 7, 0.9))

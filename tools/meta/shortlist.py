@@ -24,7 +24,12 @@ from metallmix.tools.kb.store import KnowledgeBase
 from metallmix.tools.meta.contracts import Candidate, ShapFact, Shortlist, SimilarRun
 from metallmix.tools.meta.encoding import candidates_frame
 from metallmix.tools.meta.explain import facts_for_rows
-from metallmix.tools.meta.metalearner import MetaLearner, MetaLearnerConfig, fit_or_load
+from metallmix.tools.meta.metalearner import (
+    MetaLearner,
+    MetaLearnerConfig,
+    chance_level,
+    fit_or_load,
+)
 from metallmix.tools.meta.metric import metric_of_runs
 from metallmix.tools.meta.portfolio import DEFAULT_RULE, Rule, check_rule, hedged
 from metallmix.tools.meta.retrieval import (
@@ -224,10 +229,11 @@ def evidence_ceiling(found: Retrieved, records: list[RunRecord]) -> tuple[float,
     return min(1.0, best + EVIDENCE_SLACK), why
 
 
-def widen_for_ood(low: float, high: float) -> tuple[float, float]:
-    """The interval an out-of-range dataset gets: its width again on each side (>= 0.1)."""
+def widen_for_ood(low: float, high: float, floor: float = 0.0) -> tuple[float, float]:
+    """The interval an out-of-range dataset gets: its width again on each side (>= 0.1),
+    its lower end not below ``floor`` (chance, where the prediction is not under it)."""
     pad = max(high - low, OOD_MIN_WIDENING)
-    return max(0.0, low - pad), min(1.0, high + pad)
+    return max(floor, low - pad), min(1.0, high + pad)
 
 
 def portfolio(
@@ -458,7 +464,8 @@ def rank(
         seconds = float(pred.seconds[i])
         low, high = float(pred.low[i]), float(pred.high[i])
         if ood:
-            low, high = widen_for_ood(low, high)
+            floor = min(float(chance_level(frame.iloc[[i]])[0]), float(pred.accuracy[i]))
+            low, high = widen_for_ood(low, high, floor)
         elif ceiling is not None:  # never past the evidence (the point stays inside)
             high = max(min(high, ceiling[0]), float(pred.accuracy[i]))
             low = min(low, high)
