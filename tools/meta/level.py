@@ -53,11 +53,18 @@ def level_features(frame: pd.DataFrame) -> np.ndarray:
     nan = np.full(n, np.nan)
     best = pd.to_numeric(frame.get(BEST_BACKBONE_COLUMN, pd.Series(nan)), errors="coerce")
     pixels = pd.to_numeric(frame.get(PIXEL_COLUMN, pd.Series(nan)), errors="coerce")
-    classes = pd.to_numeric(frame.get("mf_n_classes", pd.Series(nan)), errors="coerce")
-    chance = 1.0 / classes.to_numpy(dtype=float)
     return np.column_stack(
-        [best.to_numpy(dtype=float), pixels.to_numpy(dtype=float), chance]
+        [best.to_numpy(dtype=float), pixels.to_numpy(dtype=float), chance_of(frame)]
     ).reshape(n, len(LEVEL_FEATURES))
+
+
+def chance_of(frame: pd.DataFrame) -> np.ndarray:
+    """1 / ``mf_n_classes`` per row (NaN where the class count is unknown)."""
+    classes = pd.to_numeric(
+        frame.get("mf_n_classes", pd.Series(np.nan, frame.index)), errors="coerce"
+    ).to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(classes > 0, 1.0 / classes, np.nan)
 
 
 class LandmarkLevel(BaseModel):

@@ -38,7 +38,7 @@ from metallmix.tools.kb.frame import records_to_frame
 from metallmix.tools.kb.records import RunRecord
 from metallmix.tools.kb.store import KnowledgeBase, kb_content_hash
 from metallmix.tools.meta.encoding import ENCODING_VERSION, FeatureEncoder
-from metallmix.tools.meta.level import LEVEL_VERSION, LandmarkLevel
+from metallmix.tools.meta.level import LEVEL_VERSION, LandmarkLevel, chance_of
 from metallmix.tools.meta.targets import (
     BLIND_PREFIX,
     ENSEMBLE,
@@ -394,11 +394,7 @@ class MetaLearner:
             cols: np.ndarray | None = None,
             base: np.ndarray | None = None,
         ) -> xgb.Booster:
-            dm = xgb.DMatrix(
-                x if cols is None else x[:, cols], label=label, weight=weight, missing=np.nan
-            )
-            if base is not None:
-                dm.set_base_margin(base)
+            dm = margin_matrix(x if cols is None else x[:, cols], base, label=label, weight=weight)
             booster = xgb.train(params, dm, num_boost_round=n_rounds)
             tick(1)
             return booster
@@ -505,18 +501,24 @@ class MetaLearner:
         level = self.level
         return level.margin(frame) if level is not None else None
 
-    def accuracy_matrix(self, frame: pd.DataFrame, *, quantile: bool = False) -> xgb.DMatrix:
+    def accuracy_matrix(
+        self, frame: pd.DataFrame, *, quantile: bool = False, x: np.ndarray | None = None
+    ) -> xgb.DMatrix:
         """The DMatrix the accuracy (or, with ``quantile``, the interval) model reads: the
-        encoded rows plus their level anchor as base margin."""
-        dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
+        encoded rows (``x`` when the caller has encoded them already) plus their level
+        anchor as base margin."""
         margin = self.margin(frame)
-        if margin is not None:
-            dm.set_base_margin(_quantile_margin(margin) if quantile else margin)
-        return dm
+        return margin_matrix(
+            self.matrix(frame) if x is None else x,
+            _quantile_margin(margin) if quantile else margin,
+        )
 
-    def member_scores(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Raw predictions of every ranking member (``{}`` when the accuracy model ranks)."""
-        x = self.matrix(frame)
+    def member_scores(
+        self, frame: pd.DataFrame, x: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Raw predictions of every ranking member (``{}`` when the accuracy model ranks);
+        ``x``: the rows already encoded."""
+        x = self.matrix(frame) if x is None else x
         blind = self.blind_columns
         out: dict[str, np.ndarray] = {}
         for name, booster in sorted(self.score_boosters.items()):
@@ -530,9 +532,10 @@ class MetaLearner:
         With the ensemble objective the score is *relative to the rows passed together*:
         the mean within-pool percentile of the members' predictions.
         """
-        dm = xgb.DMatrix(self.matrix(frame), missing=np.nan)
-        acc = self.accuracy_booster.predict(self.accuracy_matrix(frame)).astype(float)
-        members = self.member_scores(frame)
+        x = self.matrix(frame)  # encoded once for every model below
+        dm = xgb.DMatrix(x, missing=np.nan)
+        acc = self.accuracy_booster.predict(self.accuracy_matrix(frame, x=x)).astype(float)
+        members = self.member_scores(frame, x)
         if not members:
             score = acc
         elif self.config.objective == ENSEMBLE:
@@ -540,7 +543,7 @@ class MetaLearner:
         else:
             score = next(iter(members.values()))
         if self.quantile_booster is not None:
-            qdm = self.accuracy_matrix(frame, quantile=True)
+            qdm = self.accuracy_matrix(frame, quantile=True, x=x)
             q = np.asarray(self.quantile_booster.predict(qdm), dtype=float).reshape(len(acc), -1)
             low, high = self.interval(q)
             low, high = np.minimum(low, acc), np.maximum(high, acc)
@@ -596,9 +599,7 @@ class MetaLearner:
             cols: bool,
             base: np.ndarray | None = None,
         ) -> xgb.Booster:
-            dm = xgb.DMatrix(x[:, blind] if cols else x, label=label, weight=weight, missing=np.nan)
-            if base is not None:
-                dm.set_base_margin(base)
+            dm = margin_matrix(x[:, blind] if cols else x, base, label=label, weight=weight)
             return xgb.train(params, dm, num_boost_round=WARM_ROUNDS, xgb_model=booster)
 
         accuracy = grow(
@@ -813,12 +814,13 @@ def conformal_calibration(
     sigmas: list[np.ndarray] = []
     for k in range(folds):
         held = fold_of == k
-        dm = xgb.DMatrix(x[~held], label=acc[~held], missing=np.nan)
-        test = xgb.DMatrix(x[held], missing=np.nan)
         level = fit_level(rows.loc[~held], acc[~held], cfg) if rows is not None else None
+        train_margin = test_margin = None
         if level is not None and rows is not None:
-            dm.set_base_margin(_quantile_margin(level.margin(rows.loc[~held])))
-            test.set_base_margin(_quantile_margin(level.margin(rows.loc[held])))
+            train_margin = _quantile_margin(level.margin(rows.loc[~held]))
+            test_margin = _quantile_margin(level.margin(rows.loc[held]))
+        dm = margin_matrix(x[~held], train_margin, label=acc[~held])
+        test = margin_matrix(x[held], test_margin)
         booster = xgb.train(params, dm, num_boost_round=cfg.n_estimators)
         q = np.asarray(booster.predict(test), dtype=float)
         centre, sigma = quantile_centre_and_sigma(q.reshape(int(held.sum()), -1))
@@ -832,9 +834,7 @@ def chance_level(frame: pd.DataFrame) -> np.ndarray:
     answers one class. An interval's lower end below it carries no information (0.4% of the
     shipped KB's own runs, none of the Quick-Tune runs, score more than 2 points under it),
     so :meth:`MetaLearner.predict` floors the lower end there (never above the prediction)."""
-    classes = pd.to_numeric(frame.get("mf_n_classes", pd.Series(np.nan, frame.index)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        chance = 1.0 / classes.to_numpy(dtype=float)
+    chance = chance_of(frame)
     return np.where(np.isfinite(chance) & (chance > 0), chance, 0.0)
 
 
@@ -844,6 +844,16 @@ def fit_level(rows: pd.DataFrame, acc: np.ndarray, cfg: MetaLearnerConfig) -> La
     if not (cfg.landmark_level and cfg.use_meta_features):
         return None
     return LandmarkLevel.fit(rows, acc)
+
+
+def margin_matrix(x: np.ndarray, margin: np.ndarray | None, **kwargs: object) -> xgb.DMatrix:
+    """``xgb.DMatrix(x, missing=NaN, **kwargs)`` with ``margin`` (the level anchor) as its
+    base margin when there is one: how every fit and prediction of an anchored model reads
+    its rows."""
+    dm = xgb.DMatrix(x, missing=np.nan, **kwargs)
+    if margin is not None:
+        dm.set_base_margin(margin)
+    return dm
 
 
 def _quantile_margin(margin: np.ndarray | None) -> np.ndarray | None:
