@@ -527,7 +527,8 @@ def compare_protocol() -> list[str]:
         "```",
         "",
         "`--quick` is budget 10, 1 seed, at most 3 epochs, 300 training / 150 validation "
-        "images, 1 torch thread per run and no LLM; every option given explicitly wins "
+        "images, 1 torch thread per run, one worker process per CPU and no LLM; every option "
+        "given explicitly wins "
         "(e.g. `--seeds 2`, `--llm fast`). It is sized to finish three small datasets in "
         "under 30 minutes on 2 idle cores. Without `--quick`: budget 10, 3 seeds, 5 epochs.",
         "",

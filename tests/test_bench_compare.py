@@ -523,6 +523,17 @@ def test_quick_settings_and_explicit_options() -> None:
         resolve_settings(methods=["metallmix", "random+sh"])
 
 
+def test_quick_uses_one_local_worker_per_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --quick trains on one thread per run: in-process it would leave a core idle.
+    from metallmix.cli.compare import CompareBackend
+
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    quick = CompareBackend().open(quick=True)
+    assert quick is not None and quick.workers == 3 and not quick.in_process
+    assert CompareBackend().open() is None  # without --quick: in-process, as before
+    assert CompareBackend(workers=1).open(quick=True).workers == 1  # given wins
+
+
 def test_datasets_in_a_folder(tmp_path: Path) -> None:
     from metallmix.benchmarks.compare import datasets_in
 

@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,8 +79,8 @@ class CompareSize:
         bool,
         typer.Option(
             "--quick",
-            help="Budget 10, 1 seed, ≤3 epochs, ≤300 train / 150 val images, 1 thread, no "
-            "LLM (options given explicitly win).",
+            help="Budget 10, 1 seed, ≤3 epochs, ≤300 train / 150 val images, 1 thread per "
+            "run, one worker per CPU, no LLM (options given explicitly win).",
         ),
     ] = False
     budget: Annotated[
@@ -183,8 +183,12 @@ class CompareBackend:
         ),
     ] = 0
 
-    def open(self) -> Any:
-        """The backend, or None for the plain in-process path."""
+    def open(self, quick: bool = False) -> Any:
+        """The backend, or None for the plain in-process path. ``--quick`` without
+        ``--workers`` uses one local worker per CPU: its runs train on one thread each, so
+        in-process it would leave every core but one idle."""
+        if quick and self.backend_name == "local" and not self.workers and not self.address:
+            return replace(self, workers=os.cpu_count() or 1).open()
         if self.backend_name == "local" and not self.workers and not self.address:
             return None
         backend = make_backend(
@@ -252,7 +256,7 @@ def compare(
         load_dataset(path, modality=modality)
     base = output.name or "compare_" + "+".join(Path(d).stem for d in paths_in)
     state_dir = output.state or output.out / f"{base}.state"
-    backend = execution.open()
+    backend = execution.open(quick)
     if not use_llm:
         stderr.print("zero-shot pick without the LLM (the top-scored candidate, as it explains)")
     with progress("comparison pieces", total=n_pieces(settings, len(paths_in))) as advance:
