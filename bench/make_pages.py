@@ -588,11 +588,15 @@ def compare_quick_section() -> list[str]:
         str(run.get("command", "")),
         "```",
         "",
+        f"The folder held {len(d['datasets'])} datasets ({', '.join(d['datasets'])}: links "
+        "to the shared `.npz` files and their `.json` sidecars). "
         f"Code {run.get('code_version')}, results {commit_of(COMPARE_QUICK)}; wall time "
-        f"{run.get('wall_seconds', 0) / 60:.0f} min on {run.get('cpus')} CPUs shared with "
-        f"other work (1-min load {run.get('load_start')} at the start, {run.get('load_end')} "
-        f"at the end; median {d['load']['median']} as pieces finished). One seed: a single "
-        "draw, not evidence on its own.",
+        f"**{run.get('wall_seconds', 0) / 60:.1f} min** on {run.get('cpus')} CPUs, cold "
+        "caches (a fresh `METALLMIX_HOME`), 1-min load "
+        f"{run.get('load_start')} at the start and {run.get('load_end')} at the end (median "
+        f"{d['load']['median']} as pieces finished; nothing else ran). The bar is 30 "
+        "minutes on 2 idle cores. One seed and 3 epochs: a single draw at small caps, a "
+        "check that the protocol runs end to end, not evidence on its own.",
         "",
         "Test balanced accuracy %, then cold / warm seconds to a trained configuration:",
         "",
