@@ -163,8 +163,51 @@ def test_bad_image_array_shape(tmp_path: Path) -> None:
 def test_not_a_zip(tmp_path: Path) -> None:
     path = tmp_path / "junk.npz"
     path.write_bytes(b"this is no archive")
-    with pytest.raises(DatasetError, match=r"junk\.npz: not a readable \.npz"):
+    with pytest.raises(DatasetError, match=r"junk\.npz: not a \.npz archive \(18 bytes, not a"):
         load_dataset(path)
+
+
+def test_zero_byte_npz_is_an_input_error_not_an_interrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # numpy raises EOFError on an empty file, which click turns into Abort: it read as Ctrl-C
+    # (exit 130) before the loader checked the file was a zip.
+    from metallmix.cli import main
+
+    path = tmp_path / "empty.npz"
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"empty\.npz: not a \.npz archive \(an empty file\)"):
+        load_dataset(path)
+    assert main(["features", str(path)]) == 2
+    assert "an empty file" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_an_eof_error_is_a_failure_not_a_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metallmix.cli import main
+
+    def eof(*args: object, **kwargs: object) -> None:
+        raise EOFError("No data left in file")
+
+    monkeypatch.setattr("metallmix.cli.features.load_dataset", eof)
+    assert main(["features", str(tmp_path / "x.npz")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "error: unexpected end of file (No data left in file)"
+
+
+def test_nan_pixel_rows_are_skipped_then_fatal(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).random((40, 8, 8)).astype(np.float32)
+    data[3, 2, 2] = np.nan
+    path = npz(tmp_path / "n.npz", train_images=data, train_labels=np.array([0, 1] * 20))
+    split = load_dataset(path, val_fraction=0, test_fraction=0).split("train")
+    assert len(list(split.iter_images())) == 39  # never cast to a black image
+    assert len(split.skipped) == 1 and "[3]: 1 NaN or infinite" in split.skipped[0]
+    data[:10, 0, 0] = np.inf
+    path = npz(tmp_path / "n.npz", train_images=data, train_labels=np.array([0, 1] * 20))
+    split = load_dataset(path, val_fraction=0, test_fraction=0).split("train")
+    with pytest.raises(DatasetError, match=r"unreadable \(more than 5%\).*nan_to_num"):
+        list(split.iter_images())
 
 
 def test_truncated_npz_member(tmp_path: Path) -> None:

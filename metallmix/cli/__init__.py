@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted()
     except (typer.Exit, SystemExit) as exc:  # pragma: no cover - click internals
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns EOFError into Abort, not Ctrl-C
+            print(f"error: unexpected end of file ({exc.__cause__})", file=sys.stderr)
+            return 1
         return _interrupted()
     except Exception as exc:  # click usage errors: usage line, hint, "Error: ..."; exit 2
         if isinstance(exc, _click_exceptions()):

@@ -71,7 +71,8 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
     uint8 passes through; integers already in 0..255 are cast; floats in [0, 1] are scaled;
     anything else (16-bit PNG, DICOM, float CT values) is min-max stretched per image, the usual
-    choice when no window is known.
+    choice when no window is known. NaN or infinite values raise ValueError: there is no
+    honest pixel for them, and a cast would silently make them 0.
     """
     if array.dtype == np.uint8:
         return array
@@ -79,6 +80,11 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if array.size == 0:
         return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(
+            f"{int(np.count_nonzero(~np.isfinite(array)))} NaN or infinite pixel value(s); "
+            "replace them (e.g. numpy.nan_to_num) and save again"
+        )
     lo, hi = float(array.min()), float(array.max())
     if np.issubdtype(array.dtype, np.integer) and lo >= 0 and hi <= 255:
         return array.astype(np.uint8)

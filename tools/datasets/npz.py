@@ -74,6 +74,14 @@ class NpzImages(ImageSource):
         for index in indices:
             yield index, self.header
 
+    def _decoded(self, index: int, row: np.ndarray) -> np.ndarray | ImageReadError:
+        """One row as an image, or why it is not one (NaN or infinite values): a damaged
+        row is skipped and reported like an unreadable file, never cast to zeros."""
+        try:
+            return normalize_image(row.copy())
+        except ValueError as exc:
+            return ImageReadError(f"{self.describe(index)}: {exc}")
+
     def iter_pixels(
         self, indices: Sequence[int]
     ) -> Iterator[tuple[int, np.ndarray | ImageReadError]]:
@@ -84,7 +92,7 @@ class NpzImages(ImageSource):
             with np.load(self.path, allow_pickle=False) as data:
                 array = data[self.key]
             for index in wanted:
-                yield index, normalize_image(array[index])
+                yield index, self._decoded(index, array[index])
             return
         row_shape = tuple(int(d) for d in self.shape[1:])
         row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
@@ -106,7 +114,7 @@ class NpzImages(ImageSource):
                         )
                     chunk = np.frombuffer(raw, dtype=self.dtype).reshape((count, *row_shape))
                     while pos < len(wanted) and wanted[pos] < row + count:
-                        yield wanted[pos], normalize_image(chunk[wanted[pos] - row].copy())
+                        yield wanted[pos], self._decoded(wanted[pos], chunk[wanted[pos] - row])
                         pos += 1
                     row += count
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -150,9 +158,19 @@ def _load_labels(path: Path, data: Any, key: str, n_images: int) -> np.ndarray:
 def load_npz(path: Path, options: LoadOptions) -> Dataset:
     """Load a MedMNIST-style ``.npz``; missing val/test pairs are carved from train (seeded)."""
     sidecar = read_sidecar(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # np.load would fall back to unpickling and answer "contains pickled (object) data
+        # ... load it unsafely": wrong for an empty or text file, and advice never to take.
+        size = path.stat().st_size
+        what = "an empty file" if size == 0 else f"{size} bytes, not a zip"
+        raise DatasetError(
+            f"{path}: not a .npz archive ({what}); "
+            "a .npz is the zip of .npy arrays that numpy.savez writes, with train_images and "
+            "train_labels"
+        )
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{path}: not a readable .npz archive ({exc})") from exc
     with data:
         keys = set(data.files)
