@@ -121,3 +121,22 @@ def test_real_demo_subprocess(kb: Path, tmp_path: Path) -> None:
     assert (doc["baseline_warning"] is not None) == near
     assert [o["compute"] for o in doc["other_regimes"]] == ["gpu"]
     assert "no gpu run" in doc["other_regimes"][0]["unavailable"]  # synthetic KB: CPU runs only
+
+
+def test_out_of_range_advice_wraps_instead_of_being_cropped() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from metallmix.cli.recommend import ood_panel
+
+    rec = SimpleNamespace(
+        dataset="tiny",
+        compute="cpu",
+        ood_reasons=["n_images 8 is outside the KB's range 200-5,778 (0.04x the KB's smallest)"],
+    )
+    console = Console(width=60, record=True)
+    console.print(ood_panel(rec))
+    text = " ".join(line.strip("│ ").strip() for line in console.export_text().splitlines())
+    assert "0.04x the KB's smallest" in text  # the reason, whole
+    assert "--verify 3" in text and "the next answer says what changed" in text

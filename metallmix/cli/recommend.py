@@ -143,10 +143,7 @@ def render(rec: Any, console: Console) -> None:
             f"[bold]knowledge base changed:[/bold] {escape(rec.kb_change)}", soft_wrap=True
         )
     if getattr(rec, "ood", False):  # lead with what to do, not with a near-[0%, 100%] band
-        console.print(
-            Panel(escape(ood_advice(rec)), title="outside what the knowledge base knows"),
-            soft_wrap=True,
-        )
+        console.print(ood_panel(rec))
     console.print(
         Panel.fit(escape(rec.summary()), title=escape(f"Recommendation for {rec.dataset}"))
     )
@@ -177,6 +174,12 @@ def render(rec: Any, console: Console) -> None:
         )
     if getattr(rec, "verification", None) is not None:
         render_verification(rec.verification, console)
+
+
+def ood_panel(rec: Any) -> Panel:
+    """The out-of-range advice in a panel that wraps its lines (printed with
+    ``soft_wrap=True`` a panel crops every line at the terminal's width instead)."""
+    return Panel(escape(ood_advice(rec)), title="outside what the knowledge base knows")
 
 
 def ood_advice(rec: Any) -> str:
