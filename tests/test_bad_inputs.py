@@ -1463,6 +1463,23 @@ def test_import_quicktune_from_a_missing_folder_creates_no_kb(
     assert not kb.exists() and not kb.parent.exists()
 
 
+@pytest.mark.parametrize(
+    "body",
+    ["path,label\nx.png,a\n", "dataset,model,out_val_accuracy\nd,resnet18,85\n"],
+    ids=["foreign header", "bad row"],
+)
+def test_import_csv_of_a_bad_table_creates_no_kb(
+    body: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The importer parses the table in check(), before run_import opens (creates) the KB.
+    table = tmp_path / "runs.csv"
+    table.write_text(body)
+    kb = tmp_path / "new" / "kb.sqlite"
+    result = run_cli(["kb", "import-csv", str(table), "--kb", str(kb)], capsys)
+    assert_clean_error(result, None, str(table))
+    assert not kb.exists() and not kb.parent.exists()
+
+
 def test_archive_errors_name_the_users_archive(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
