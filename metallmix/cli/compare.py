@@ -20,7 +20,7 @@ from rich.console import Console
 
 from metallmix.cli.bench import bench_app
 from metallmix.cli.groups import options_from
-from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.cli.output import JsonOption, emit, llm_choice, progress, stderr
 from metallmix.errors import ConfigError
 from metallmix.tools.datasets import load_dataset
 from metallmix.tools.training.backends import make_backend
@@ -101,7 +101,9 @@ class CompareLlm:
 
     llm: Annotated[
         str | None,
-        typer.Option("--llm", help="LLM name, profile (fast, default) or .gguf."),
+        typer.Option(
+            "--llm", callback=llm_choice, help="LLM name, profile (fast, default) or .gguf."
+        ),
     ] = None
     no_llm: Annotated[
         bool,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,6 +27,27 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+
+
+def llm_choice(value: str | None) -> str | None:
+    """``--llm``: a registered name or profile, or an existing .gguf file; anything else is a
+    usage error (exit 2) before any work, not a templated fallback after the whole graph.
+    Missing or damaged weights of a *valid* choice still fall back at run time."""
+    if value is None:
+        return None
+    from metallmix.agents.runtime.registry import ALIASES, REGISTRY, canonical_name
+
+    if canonical_name(value) is not None:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return value
+    problem = "no such file" if value.endswith(".gguf") or "/" in value else "unknown LLM"
+    raise typer.BadParameter(
+        f"{value!r}: {problem}; choose one of {', '.join([*ALIASES, *REGISTRY])}, or give the "
+        "path of a .gguf file (see `metallmix llm list`)",
+        param_hint="'--llm'",
+    )
 
 
 def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from metallmix.agents.evidence import pct, ranked_candidates, seconds
 from metallmix.cli.groups import options_from
-from metallmix.cli.output import JsonOption, emit, progress, stderr
+from metallmix.cli.output import JsonOption, emit, llm_choice, progress, stderr
 from metallmix.cli.verify import render_verification, run_printer
 from metallmix.errors import EXIT_NOT_RECORDED, DatasetError, KnowledgeBaseError
 from metallmix.progress import wait_lines
@@ -33,6 +33,7 @@ DEMO_CARDS = {
 LlmOption = typer.Option(
     None,
     "--llm",
+    callback=llm_choice,
     help="LLM: 'fast' (0.5B), 'default' (1.5B), a registry name or a .gguf path "
     "(default: METALLMIX_LLM or the bundled default).",
 )
