@@ -520,7 +520,10 @@ def compare_protocol() -> list[str]:
         "`.csv` manifest with its `<name>.json` card or sidecar beside it, or a folder of "
         "images per class; nothing needs to be under `../shared`, and each dataset's own runs "
         "are removed from the KB snapshot before anything is recommended (the leak check is "
-        "in the report). The comparison resumes where it stopped: re-run the same command.",
+        "in the report). The comparison resumes where it stopped: re-run the same command. "
+        "Datasets can be split over processes or machines, each run with the same settings "
+        "and its own `--name`; `--merge-from <other>.state` then brings their finished "
+        "pieces into one comparison, which writes one report.",
         "",
         "```bash",
         "metallmix bench compare --data-dir /path/to/datasets --quick --name compare_mine",

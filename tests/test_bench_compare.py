@@ -652,3 +652,36 @@ def test_the_benchmarks_recommendations_leave_the_users_last_answer_alone(
     with keep_last_answer():
         path.write_text('{"kb": "/tmp/leak-free-copy.sqlite"}')
     assert path.read_text() == '{"kb": "mine"}'
+
+
+def test_states_of_a_split_comparison_merge(tmp_path: Path) -> None:
+    from metallmix.benchmarks.compare import CompareState, merge_states
+
+    def state(name: str, datasets: list[str], settings: CompareSettings = SETTINGS) -> Path:
+        folder = tmp_path / f"{name}.state"
+        folder.mkdir()
+        s = CompareState(folder / "state.json", settings, datasets)
+        for d in datasets:
+            s.put(f"{d}/random/s0", {"test_balanced_accuracy": 0.7, "dataset": d})
+        return folder
+
+    main_state, knee = state("six", ["a", "b"]), state("knee", ["c"])
+    assert merge_states(main_state, [knee]) == ["c/random/s0"]
+    merged = json.loads((main_state / "state.json").read_text())
+    assert merged["datasets"] == ["a", "b", "c"] and "c/random/s0" in merged["pieces"]
+    assert merge_states(main_state, [knee]) == []  # again: nothing new, nothing refused
+
+    before = (main_state / "state.json").read_bytes()
+    other = state("other", ["c"], SETTINGS.model_copy(update={"budget": SETTINGS.budget + 1}))
+    with pytest.raises(ConfigError, match="other settings"):
+        merge_states(main_state, [other])
+    clash = state("clash", ["a"])
+    CompareState(clash / "state.json", SETTINGS, ["a"]).put("a/random/s0", {"x": 1})
+    with pytest.raises(ConfigError, match="'a/random/s0' is in both"):
+        merge_states(main_state, [clash])
+    assert (main_state / "state.json").read_bytes() == before  # a refusal writes nothing
+    with pytest.raises(ConfigError, match=r"no state\.json"):
+        merge_states(main_state, [tmp_path / "nowhere"])
+    fresh = tmp_path / "fresh.state"  # a new comparison made of finished ones
+    assert sorted(merge_states(fresh, [main_state, knee])) == [f"{d}/random/s0" for d in "abc"]
+    assert json.loads((fresh / "state.json").read_text())["settings"] == merged["settings"]

@@ -390,6 +390,51 @@ class CompareState:
         write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
 
 
+def merge_states(into: Path, others: Sequence[Path]) -> list[str]:
+    """Copy the finished pieces of other comparisons' state folders into ``into``'s (created
+    when new, with their settings), so one command then writes one report: datasets split
+    over processes or machines (each run with the same settings and its own ``--name``).
+    Returns the keys added.
+
+    Refused, leaving every state as it was: other settings, or a piece both states hold with
+    different results. The MLflow runs stay in each comparison's own tracking store."""
+    target = into / "state.json"
+    data: dict[str, Any] = (
+        json.loads(target.read_text())
+        if target.is_file()
+        else {"version": STATE_VERSION, "settings": None, "datasets": [], "pieces": {}}
+    )
+    added: list[str] = []
+    for other in others:
+        path = other / "state.json"
+        if not path.is_file():
+            raise ConfigError(f"{other}: no state.json; give the state folder of a comparison")
+        theirs = json.loads(path.read_text())
+        if data["settings"] is None:  # a new comparison: it takes the first one's settings
+            data["settings"] = theirs.get("settings")
+        if theirs.get("settings") != data.get("settings"):
+            raise ConfigError(
+                f"{other} was run with other settings ({theirs.get('settings')}) than {into} "
+                f"({data.get('settings')}); only comparisons with the same settings merge"
+            )
+        for key, value in theirs.get("pieces", {}).items():
+            mine = data["pieces"].get(key)
+            if mine is not None and mine != value:
+                raise ConfigError(
+                    f"piece {key!r} is in both {into} and {other} with different results; "
+                    "keep one of them (delete the piece from the other state.json)"
+                )
+            if mine is None:
+                data["pieces"][key] = value
+                added.append(key)
+        for name in theirs.get("datasets", []):
+            if name not in data["datasets"]:
+                data["datasets"].append(name)
+    into.mkdir(parents=True, exist_ok=True)
+    write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str))
+    return added
+
+
 # ----------------------------------------------------------------------------- running
 
 

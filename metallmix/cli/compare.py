@@ -164,6 +164,15 @@ class CompareOutput:
         Path | None,
         typer.Option("--state", help="State folder for resumption (default: <out>/<name>.state)."),
     ] = None
+    merge_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--merge-from",
+            help="State folder of another comparison with the same settings (repeatable): "
+            "its finished pieces join this one's before it runs, e.g. datasets split over "
+            "processes or machines.",
+        ),
+    ] = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +267,11 @@ def compare(
         load_dataset(path, modality=modality)
     base = output.name or "compare_" + "+".join(Path(d).stem for d in paths_in)
     state_dir = output.state or output.out / f"{base}.state"
+    if output.merge_from:
+        from metallmix.benchmarks.compare import merge_states
+
+        added = merge_states(state_dir, output.merge_from)
+        stderr.print(f"merged {len(added)} finished pieces into {state_dir}")
     backend = execution.open(quick)
     if not use_llm:
         stderr.print("zero-shot pick without the LLM (the top-scored candidate, as it explains)")
