@@ -1300,12 +1300,23 @@ def headline_rows() -> list[tuple[str, str, str]]:
         v["verify_vs_rs"]["balanced_at_least_rs"] and v["verify_vs_rs"]["time_at_most_rs_at_k"]
         for v in d["datasets"].values()
     )
+    halved = [
+        v["verify_vs_halving"]["random+sh"]
+        for v in d["datasets"].values()
+        if "random+sh" in (v.get("verify_vs_halving") or {})
+    ]
+    against_sh = (
+        f"; at least RS+SH@{d['settings']['verify']}'s (the same halving over random "
+        f"configurations) on {sum(h['at_least'] for h in halved)} of {len(halved)}"
+        if halved
+        else ""
+    )
     rows.append(
         (
             f"Verification (`--verify {d['settings']['verify']}`)",
             f"{pct(o['metallmix+verify']['test_balanced_accuracy_mean'])}% balanced accuracy; "
             f"at least RS@{d['settings']['budget']}'s in at most RS@{d['settings']['verify']}'s "
-            f"time on {both} of {n}",
+            f"time on {both} of {n}{against_sh}",
             "verify.md",
         )
     )
