@@ -450,7 +450,7 @@ def interval_floor_lines() -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Head-to-head and verification (one comparison run feeds both pages)
 
-COMPARE = "compare_six.json"
+COMPARE = "compare_six_issue28.json"
 
 
 def _compare_command(name: str) -> str:
