@@ -329,14 +329,30 @@ def _looks_like_path(value: str) -> bool:
     return value.endswith(".gguf") or os.sep in value or "/" in value or Path(value).is_file()
 
 
+def _no_file(path: Path, source: str) -> ModelUnavailableError:
+    where = "METALLMIX_LLM_PATH" if source == "env" else "the given path"
+    return ModelUnavailableError(
+        f"LLM weights not found at {path} ({where}): no such file; give an existing "
+        "GGUF file or a registry name (see `metallmix llm list`)"
+    )
+
+
+def check_request(name_or_path: str) -> None:
+    """Raise the error :func:`resolve_weights` would for a request that names nothing: not a
+    registered name or profile, nor an existing file where a path is meant. Reads no
+    weights: the CLI checks ``--llm`` with it before any work."""
+    if canonical_name(name_or_path) is None and _looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise _no_file(path, "path")
+        return
+    get_spec(name_or_path)
+
+
 def _from_path(path: Path, source: str, wanted: ModelSpec | None = None) -> ResolvedWeights:
     path = path.expanduser()
     if not path.is_file():
-        where = "METALLMIX_LLM_PATH" if source == "env" else "the given path"
-        raise ModelUnavailableError(
-            f"LLM weights not found at {path} ({where}): no such file; give an existing "
-            "GGUF file or a registry name (see `metallmix llm list`)"
-        )
+        raise _no_file(path, source)
     # A file carrying an official name must be that file: a wrong size or hash is corruption.
     spec = wanted or find_spec_by_file(filename=path.name)
     sha = verify_file(path, spec)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -32,22 +31,18 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdo
 def llm_choice(value: str | None) -> str | None:
     """``--llm``: a registered name or profile, or an existing .gguf file; anything else is a
     usage error (exit 2) before any work, not a templated fallback after the whole graph.
-    Missing or damaged weights of a *valid* choice still fall back at run time."""
+    The check is weight resolution's own (``check_request``), so the two never disagree;
+    missing or damaged weights of a *valid* choice still fall back at run time."""
     if value is None:
         return None
-    from metallmix.agents.runtime.registry import ALIASES, REGISTRY, canonical_name
+    from metallmix.agents.runtime.weights import check_request
+    from metallmix.errors import ModelUnavailableError
 
-    if canonical_name(value) is not None:
-        return value
-    path = Path(value).expanduser()
-    if path.is_file():
-        return value
-    problem = "no such file" if value.endswith(".gguf") or "/" in value else "unknown LLM"
-    raise typer.BadParameter(
-        f"{value!r}: {problem}; choose one of {', '.join([*ALIASES, *REGISTRY])}, or give the "
-        "path of a .gguf file (see `metallmix llm list`)",
-        param_hint="'--llm'",
-    )
+    try:
+        check_request(value)
+    except ModelUnavailableError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--llm'") from exc
+    return value
 
 
 def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
