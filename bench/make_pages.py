@@ -390,10 +390,10 @@ def interval_section() -> list[str]:
         "the level line.",
         "",
     ]
-    return lines + interval_floor_lines()
+    return lines + seen_floor_lines()
 
 
-def interval_floor_lines() -> list[str]:
+def seen_floor_lines() -> list[str]:
     """What a model that has *seen* the held-out dataset reaches
     (``bench/seen_dataset_floor.py``): the floor under the LODO figures above."""
     if not (RESULTS / SEEN_FLOOR).exists():

@@ -666,22 +666,25 @@ def test_states_of_a_split_comparison_merge(tmp_path: Path) -> None:
         return folder
 
     main_state, knee = state("six", ["a", "b"]), state("knee", ["c"])
-    assert merge_states(main_state, [knee]) == ["c/random/s0"]
+    assert merge_states(main_state, [knee], SETTINGS) == ["c/random/s0"]
     merged = json.loads((main_state / "state.json").read_text())
     assert merged["datasets"] == ["a", "b", "c"] and "c/random/s0" in merged["pieces"]
-    assert merge_states(main_state, [knee]) == []  # again: nothing new, nothing refused
+    assert merge_states(main_state, [knee], SETTINGS) == []  # again: nothing new, nothing refused
 
     before = (main_state / "state.json").read_bytes()
     other = state("other", ["c"], SETTINGS.model_copy(update={"budget": SETTINGS.budget + 1}))
     with pytest.raises(ConfigError, match="other settings"):
-        merge_states(main_state, [other])
+        merge_states(main_state, [other], SETTINGS)
     clash = state("clash", ["a"])
     CompareState(clash / "state.json", SETTINGS, ["a"]).put("a/random/s0", {"x": 1})
     with pytest.raises(ConfigError, match="'a/random/s0' is in both"):
-        merge_states(main_state, [clash])
+        merge_states(main_state, [clash], SETTINGS)
     assert (main_state / "state.json").read_bytes() == before  # a refusal writes nothing
     with pytest.raises(ConfigError, match=r"no state\.json"):
-        merge_states(main_state, [tmp_path / "nowhere"])
+        merge_states(main_state, [tmp_path / "nowhere"], SETTINGS)
     fresh = tmp_path / "fresh.state"  # a new comparison made of finished ones
-    assert sorted(merge_states(fresh, [main_state, knee])) == [f"{d}/random/s0" for d in "abc"]
+    added = merge_states(fresh, [main_state, knee], SETTINGS)
+    assert sorted(added) == [f"{d}/random/s0" for d in "abc"]
     assert json.loads((fresh / "state.json").read_text())["settings"] == merged["settings"]
+    # a new state has the whole layout: the comparison resumes from it
+    assert CompareState(fresh / "state.json", SETTINGS, []).data["runs"] == {}

@@ -366,14 +366,7 @@ class CompareState:
                 )
             self.data: dict[str, Any] = data
         else:
-            self.data = {
-                "version": STATE_VERSION,
-                "settings": fingerprint,
-                "datasets": [],
-                "parent_run_id": None,
-                "runs": {},
-                "pieces": {},
-            }
+            self.data = new_state(fingerprint)
         for name in datasets:
             if name not in self.data["datasets"]:
                 self.data["datasets"].append(name)
@@ -387,22 +380,38 @@ class CompareState:
         self.save()
 
     def save(self) -> None:
-        write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
+        save_state(self.path, self.data)
 
 
-def merge_states(into: Path, others: Sequence[Path]) -> list[str]:
-    """Copy the finished pieces of other comparisons' state folders into ``into``'s (created
-    when new, with their settings), so one command then writes one report: datasets split
-    over processes or machines (each run with the same settings and its own ``--name``).
-    Returns the keys added.
+def new_state(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The state of a comparison with no piece finished yet."""
+    return {
+        "version": STATE_VERSION,
+        "settings": fingerprint,
+        "datasets": [],
+        "parent_run_id": None,
+        "runs": {},
+        "pieces": {},
+    }
+
+
+def save_state(path: Path, data: dict[str, Any]) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def merge_states(into: Path, others: Sequence[Path], settings: CompareSettings) -> list[str]:
+    """Copy the finished pieces of other comparisons' state folders into ``into``'s (a new
+    one when it has none, for ``settings``), so one command then writes one report: datasets
+    split over processes or machines (each run with the same settings and its own
+    ``--name``). Returns the keys added.
 
     Refused, leaving every state as it was: other settings, or a piece both states hold with
     different results. The MLflow runs stay in each comparison's own tracking store."""
     target = into / "state.json"
-    data: dict[str, Any] = (
+    data = (
         json.loads(target.read_text())
         if target.is_file()
-        else {"version": STATE_VERSION, "settings": None, "datasets": [], "pieces": {}}
+        else new_state(settings.model_dump(mode="json"))
     )
     added: list[str] = []
     for other in others:
@@ -410,8 +419,6 @@ def merge_states(into: Path, others: Sequence[Path]) -> list[str]:
         if not path.is_file():
             raise ConfigError(f"{other}: no state.json; give the state folder of a comparison")
         theirs = json.loads(path.read_text())
-        if data["settings"] is None:  # a new comparison: it takes the first one's settings
-            data["settings"] = theirs.get("settings")
         if theirs.get("settings") != data.get("settings"):
             raise ConfigError(
                 f"{other} was run with other settings ({theirs.get('settings')}) than {into} "
@@ -431,7 +438,7 @@ def merge_states(into: Path, others: Sequence[Path]) -> list[str]:
             if name not in data["datasets"]:
                 data["datasets"].append(name)
     into.mkdir(parents=True, exist_ok=True)
-    write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str))
+    save_state(target, data)
     return added
 
 

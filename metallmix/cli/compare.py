@@ -198,9 +198,10 @@ class CompareBackend:
         """The backend, or None for the plain in-process path. ``--quick`` without
         ``--workers`` uses one local worker per CPU: its runs train on one thread each, so
         in-process it would leave every core but one idle."""
-        if quick and self.backend_name == "local" and not self.workers and not self.address:
+        in_process = self.backend_name == "local" and not self.workers and not self.address
+        if in_process and quick:
             return replace(self, workers=os.cpu_count() or 1).open()
-        if self.backend_name == "local" and not self.workers and not self.address:
+        if in_process:
             return None
         backend = make_backend(
             self.backend_name, address=self.address, workers=self.workers or None
@@ -270,7 +271,7 @@ def compare(
     if output.merge_from:
         from metallmix.benchmarks.compare import merge_states
 
-        added = merge_states(state_dir, output.merge_from)
+        added = merge_states(state_dir, output.merge_from, settings)
         stderr.print(f"merged {len(added)} finished pieces into {state_dir}")
     backend = execution.open(quick)
     if not use_llm:
